@@ -1,0 +1,29 @@
+# Two commands do all set-up: `make demo` and `make test` create .venv if missing and
+# install pcs with pinned versions (constraints.txt) before running.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs
+
+.PHONY: install demo test bench clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.regression --workdir=$(WORKDIR)/regression
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=10 tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/step_overhead.py
+
+clean:
+	rm -rf $(VENV) $(WORKDIR) *.egg-info

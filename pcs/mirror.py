@@ -1,0 +1,117 @@
+"""PILoT run as mirror descent on x itself, holding no m, w copies.
+
+Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pcs import alpha as alpha_lib
+from pcs import reparam
+from pcs import selection
+from pcs import theory
+
+
+class MirrorState(NamedTuple):
+  """State of :func:`mirror`.
+
+  Attributes:
+    count: number of updates taken (int32).
+    log_a: log a_t, float32 scalar (one a_t for all selected leaves).
+    inner_state: the inner optimizer's state over the dual variables z (selected
+      leaves) and the unselected leaves; the same size as the bare optimizer's.
+    alpha_state: the current alpha (and the controller's bookkeeping).
+  """
+  count: jax.Array
+  log_a: jax.Array
+  inner_state: Any
+  alpha_state: alpha_lib.AlphaState
+
+
+def mirror(
+    inner: optax.GradientTransformation,
+    *,
+    alpha: alpha_lib.Alpha = 0.0,
+    beta: float = 1.0,
+    where: selection.Where = None,
+    learning_rate: Optional[optax.ScalarOrSchedule] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""PILoT as mirror descent with the time-dependent hyperbolic-entropy potential.
+
+  For each selected leaf, with a_t = exp(log_a_t):
+
+      z_t     = 1/2 arcsinh(x_t / a_t)                 (dual coordinates)
+      z_{t+1} = z_t + inner_update(g_t)                (inner step, g = grad f(x))
+      a_{t+1} = a_t exp(-4 eta_t alpha_t),  a_0 = beta / 2
+      x_{t+1} = a_{t+1} sinh(2 z_{t+1})
+
+  For plain SGD with step eta_t, ``pcs.pilot`` with the same alpha and beta is a
+  discretisation of the same flow (gamma = m^2 - w^2 = 2 a_t), so both converge to
+  the same limit as eta -> 0 (:func:`pcs.theory.kkt_limit`). Pass that eta_t as
+  ``learning_rate``; it sets how far time advances per step. Only a scalar log a_t
+  is kept, so the state is the bare optimizer's plus a few scalars. The maps are
+  evaluated in log space (:func:`pcs.theory.mirror_map`): finite for a_t -> 0 and
+  huge |x| / a_t.
+
+  Reference: Jacobs & Burkholz, ICLR 2025, Theorem on the time-dependent mirror
+  flow of x = m * w with weight decay.
+
+  Args:
+    inner: any optax optimizer; it steps z for selected leaves, x for the others.
+    alpha: decay strength: float >= 0, optax schedule, or :func:`pcs.alpha_controller`.
+    beta: the initial imbalance m0^2 - w0^2 = 2 a_0, > 0.
+    where: leaves to sparsify (default: ndim >= 2); see :func:`pcs.select`.
+    learning_rate: eta_t, float or schedule; required unless alpha is 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
+  """
+  alpha_lib.check_alpha(alpha)
+  alpha_lib.check_scalar('beta', beta, minimum=0.0)
+  if not isinstance(beta, jax.core.Tracer) and not float(beta) > 0:
+    raise ValueError('mirror needs `beta` > 0 (a_0 = beta / 2); beta = 0 fixes '
+                     'a_t = 0, where x cannot change sign: use pcs.spred for that.')
+  reparam.check_learning_rate('mirror', alpha, learning_rate)
+  inner = optax.with_extra_args_support(inner)
+
+  def to_dual(params, mask, log_a):
+    return jax.tree.map(
+        lambda x, s: theory.mirror_map(x, log_a) if s else x, params, mask)
+
+  def init_fn(params):
+    mask = selection.select(params, where)
+    log_a = jnp.log(jnp.asarray(beta, jnp.float32) / 2)
+    return MirrorState(
+        count=jnp.zeros((), jnp.int32),
+        log_a=log_a,
+        inner_state=inner.init(to_dual(params, mask, log_a)),
+        alpha_state=alpha_lib.init(alpha))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(reparam.NO_PARAMS_MSG.format(name='mirror'))
+    mask = selection.select(params, where)
+    alpha_t = alpha_lib.current(alpha, state.alpha_state, state.count)
+    z = to_dual(params, mask, state.log_a)
+    inner_updates, inner_state = inner.update(updates, state.inner_state, z, **extra_args)
+    eta_t = (reparam.schedule_value(learning_rate, state.count)
+             if learning_rate is not None else jnp.zeros((), jnp.float32))
+    log_a = state.log_a - 4 * eta_t * alpha_t
+    new_x = jax.tree.map(
+        lambda x, zi, du, s: theory.inverse_mirror_map(zi + du.astype(zi.dtype), log_a)
+        if s else x, params, z, inner_updates, mask)
+    out = jax.tree.map(
+        lambda x, nx, du, s: (nx - x) if s else du, params, new_x, inner_updates, mask)
+    alpha_state = alpha_lib.advance(
+        alpha, state.alpha_state, alpha_t, extra_args.get('accuracy'),
+        lambda: selection.l1_norm(new_x, mask))
+    return out, MirrorState(
+        count=optax.safe_int32_increment(state.count),
+        log_a=log_a,
+        inner_state=inner_state,
+        alpha_state=alpha_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

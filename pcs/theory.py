@@ -1,0 +1,150 @@
+"""The time-dependent mirror flow behind PILoT, and the references it is checked against.
+
+Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
+
+Training x = m * w with decay alpha_t is, in continuous time, the mirror flow
+
+    d/dt grad R_{a_t}(x) = -grad f(x),     grad R_a(x) = 1/2 arcsinh(x / a),
+
+with the hyperbolic-entropy potential (summed over coordinates)
+
+    R_a(x) = 1/2 sum_i [ x_i arcsinh(x_i / a) - sqrt(x_i^2 + a^2) ],
+
+and a_t = (m^2 - w^2) / 2 = beta/2 * exp(-4 int_0^t alpha). R_a is ~ ||x||^2 / (4a)
+for large a (implicit L2) and ~ 1/2 log(1/a) ||x||_1 for small a (implicit L1).
+For an underdetermined least-squares loss, the flow converges to
+
+    x_inf = argmin_{A x = y} R_{a_inf}(x) - c.x,   c = 1/2 arcsinh(x_0 / a_0),
+
+whose KKT point is x = a_inf sinh(2 (c + A^T nu)) with A x = y (:func:`kkt_limit`).
+"""
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+
+def potential(x: jax.Array, a) -> jax.Array:
+  """R_a(x) = 1/2 sum [x arcsinh(x/a) - sqrt(x^2 + a^2)], a > 0."""
+  return 0.5 * jnp.sum(x * jnp.arcsinh(x / a) - jnp.hypot(x, a))
+
+
+def mirror_map(x: jax.Array, log_a) -> jax.Array:
+  """grad R_a(x) = 1/2 arcsinh(x / a), with a = exp(log_a).
+
+  Evaluated without forming x / a where it would overflow: for |x| > a,
+  arcsinh(x/a) = sign(x) [log|x| - log a + log(1 + sqrt(1 + (a/x)^2))]. Finite
+  for every finite x and finite log_a (a may underflow to 0).
+  """
+  dtype = jnp.result_type(x)
+  work = jnp.promote_types(dtype, jnp.float32)
+  x = jnp.asarray(x, work)
+  log_a = jnp.asarray(log_a, work)
+  a = jnp.exp(log_a)
+  absx = jnp.abs(x)
+  large = absx > a
+  safe_x = jnp.where(large, absx, jnp.ones_like(absx))
+  ratio = jnp.exp(log_a - jnp.log(safe_x))  # a / |x| <= 1 on this branch
+  far = jnp.sign(x) * (jnp.log(safe_x) - log_a + jnp.log1p(jnp.sqrt(1 + ratio**2)))
+  near_ratio = jnp.exp(jnp.log(jnp.where(large, 0, absx)) - log_a)  # |x| / a <= 1
+  near = jnp.sign(x) * jnp.arcsinh(near_ratio)
+  return (0.5 * jnp.where(large, far, near)).astype(dtype)
+
+
+def inverse_mirror_map(z: jax.Array, log_a) -> jax.Array:
+  """(grad R_a)^{-1}(z) = a sinh(2 z), with a = exp(log_a).
+
+  Evaluated as sign(z) exp(log a + 2|z| - log 2) (1 - exp(-4|z|)), exact in
+  exact arithmetic and free of overflow in the intermediate sinh; saturates at
+  the dtype's largest finite value instead of returning inf.
+  """
+  dtype = jnp.result_type(z)
+  work = jnp.promote_types(dtype, jnp.float32)
+  z = jnp.asarray(z, work)
+  log_a = jnp.asarray(log_a, work)
+  absz = jnp.abs(z)
+  log_max = jnp.log(jnp.finfo(dtype).max).astype(work)
+  magnitude = jnp.exp(jnp.minimum(log_a + 2 * absz - jnp.log(2.0), log_max))
+  x = jnp.sign(z) * magnitude * -jnp.expm1(-4 * absz)
+  big = jnp.finfo(dtype).max
+  return jnp.clip(x, -big, big).astype(dtype)
+
+
+def a_schedule(alpha: Callable[[np.ndarray], np.ndarray] | float,
+               learning_rate: Callable[[np.ndarray], np.ndarray] | float,
+               beta: float, num_steps: int) -> np.ndarray:
+  """a_t = beta/2 * exp(-4 sum_{k<t} eta_k alpha_k) for t = 0..num_steps (float64).
+
+  This is how a_t follows alpha and the learning rate eta for plain SGD on
+  (m, w) in the small-step limit; :func:`pcs.mirror` uses it exactly.
+  """
+  steps = np.arange(num_steps)
+  alphas = np.broadcast_to(np.asarray(alpha(steps) if callable(alpha) else alpha,
+                                      np.float64), steps.shape)
+  etas = np.broadcast_to(np.asarray(learning_rate(steps) if callable(learning_rate)
+                                    else learning_rate, np.float64), steps.shape)
+  integral = np.concatenate([[0.0], np.cumsum(etas * alphas)])
+  return beta / 2 * np.exp(-4 * integral)
+
+
+def kkt_limit(A: np.ndarray, y: np.ndarray, x0: np.ndarray, a0: float, a_inf: float,
+              *, tol: float = 1e-12, max_iter: int = 100) -> np.ndarray:
+  """Solves min_{A x = y} R_{a_inf}(x) - c.x, c = 1/2 arcsinh(x0 / a0), in float64.
+
+  The KKT conditions give x(nu) = a_inf sinh(2 (c + A^T nu)) with A x(nu) = y;
+  Newton's method on the dual variable nu (dimension n) with a backtracking line
+  search on ||A x(nu) - y|| solves them. The Jacobian of A x(nu) is
+  A diag(2 a_inf cosh(2 (c + A^T nu))) A^T, positive definite for full-rank A.
+
+  Raises:
+    RuntimeError: if Newton does not reach ``tol`` (relative residual).
+  """
+  A, y, x0 = (np.asarray(v, np.float64) for v in (A, y, x0))
+  c = 0.5 * np.arcsinh(x0 / a0)
+  nu = np.zeros(A.shape[0])
+  scale = max(np.linalg.norm(y), 1e-300)
+
+  def residual(nu):
+    return A @ (a_inf * np.sinh(2 * (c + A.T @ nu))) - y
+
+  with np.errstate(over='ignore', invalid='ignore'):  # overflowing trials are rejected
+    r = residual(nu)
+    for _ in range(max_iter):
+      if np.linalg.norm(r) <= tol * scale:
+        return a_inf * np.sinh(2 * (c + A.T @ nu))
+      weights = 2 * a_inf * np.cosh(2 * (c + A.T @ nu))
+      step = np.linalg.solve((A * weights) @ A.T, r)
+      t = 1.0
+      while True:
+        candidate = nu - t * step
+        r_new = residual(candidate)
+        if np.all(np.isfinite(r_new)) and np.linalg.norm(r_new) < np.linalg.norm(r):
+          break
+        t /= 2
+        if t < 1e-12:
+          raise RuntimeError('kkt_limit: line search failed.')
+      nu, r = candidate, r_new
+  raise RuntimeError(f'kkt_limit: no convergence in {max_iter} Newton steps '
+                     f'(relative residual {np.linalg.norm(r) / scale:.2e}).')
+
+
+def basis_pursuit(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """min ||x||_1 s.t. A x = y, as the LP over x = u - v, u, v >= 0 (scipy HiGHS)."""
+  A = np.asarray(A, np.float64)
+  n, d = A.shape
+  result = scipy.optimize.linprog(
+      np.ones(2 * d), A_eq=np.hstack([A, -A]), b_eq=np.asarray(y, np.float64),
+      bounds=(0, None), method='highs')
+  if result.status != 0:
+    raise RuntimeError(f'basis_pursuit: linprog failed: {result.message}')
+  return result.x[:d] - result.x[d:]
+
+
+def min_l2_correction(A: np.ndarray, y: np.ndarray, x0: np.ndarray) -> np.ndarray:
+  """argmin_{A x = y} ||x - x0||_2 = x0 + A^+ (y - A x0): the limit for large a."""
+  A = np.asarray(A, np.float64)
+  x0 = np.asarray(x0, np.float64)
+  return x0 + np.linalg.lstsq(A, np.asarray(y, np.float64) - A @ x0, rcond=None)[0]
