@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=10 tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/step_overhead.py
+	$(PY) -m benchmarks.step_overhead
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) *.egg-info

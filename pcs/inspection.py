@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pcs import pilot
 from pcs import selection
 from pcs import theory
 from pcs.mirror import MirrorState
@@ -28,23 +29,20 @@ def find_state(opt_state: Any) -> PcsState:
   return found[0]
 
 
-def latents(opt_state: Any, params: Any = None, where: selection.Where = None) -> Any:
+def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
   """The latent variables behind ``params``, for inspection.
 
   For :func:`pcs.pilot` / :func:`pcs.spred`: the params tree with
-  ``Factors(m, w)`` at each selected leaf (x = m * w) and None elsewhere; read
-  the fields by name (``u.m``, ``u.w``), which also works after flax.nnx has
-  stored them as a ``State``. For :func:`pcs.mirror`: the dual coordinates
-  ``z = 1/2 arcsinh(x / a_t)`` at each selected leaf (needs ``params`` and the
-  ``where`` given to mirror) and None elsewhere.
+  ``Factors(m, w)`` at each selected leaf (x = m * w, w = x / m) and None
+  elsewhere. For :func:`pcs.mirror`: the dual coordinates
+  ``z = 1/2 arcsinh(x / a_t)`` at each selected leaf and None elsewhere.
+  Pass the same ``where`` as to the transform.
   """
   state = find_state(opt_state)
-  if isinstance(state, ReparamState):
-    return jax.tree.map(lambda u: None if isinstance(u, optax.MaskedNode) else u,
-                        state.latents, is_leaf=lambda n: isinstance(n, optax.MaskedNode))
-  if params is None:
-    raise ValueError('latents of pcs.mirror need `params` (z is computed from x).')
   mask = selection.select(params, where)
+  if isinstance(state, ReparamState):
+    return jax.tree.map(lambda x, u, s: pilot.factors(u, x) if s else None,
+                        params, state.latents, mask)
   return jax.tree.map(lambda x, s: theory.mirror_map(x, state.log_a) if s else None,
                       params, mask)
 
@@ -69,7 +67,7 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
     def gamma(x, u, s):
       if not s:
         return None
-      m, w = u.m.astype(jnp.float32), u.w.astype(jnp.float32)
+      m, w = (v.astype(jnp.float32) for v in pilot.factors(u, x))
       return jnp.sum(jnp.square(m) - jnp.square(w)), m.size
     parts = jax.tree.leaves(jax.tree.map(gamma, params, state.latents, mask),
                             is_leaf=lambda n: isinstance(n, tuple))

@@ -20,6 +20,17 @@ class Factors(NamedTuple):
   w: jax.Array
 
 
+class Scale(NamedTuple):
+  """What PILoT's state keeps of x = m * w: m alone; w = x / m is recovered from x."""
+  m: jax.Array
+
+
+def factors(stored: Scale, x: jax.Array) -> Factors:
+  """Rebuilds ``Factors(m, w)`` from the stored m and the current weight, w = x / m."""
+  m = stored.m
+  return Factors(m, jnp.where(m != 0, x / jnp.where(m != 0, m, 1), 0).astype(m.dtype))
+
+
 def product_init(x: jax.Array, beta) -> Factors:
   """The sign-flip friendly initialisation of x = m * w.
 
@@ -53,7 +64,8 @@ def _squared_norms(u: Factors) -> jax.Array:
 def product(beta=1.0) -> reparam.Reparameterization:
   """The reparameterization x = m * w with penalty ||m||^2 + ||w||^2."""
   return reparam.Reparameterization(
-      init=lambda x: product_init(x, beta), to_x=_product, penalty=_squared_norms)
+      init=lambda x: product_init(x, beta), to_x=_product, penalty=_squared_norms,
+      store=lambda u: Scale(u.m), restore=factors)
 
 
 def pilot(
@@ -67,7 +79,8 @@ def pilot(
 ) -> optax.GradientTransformationExtraArgs:
   r"""PILoT: train every selected weight as x = m * w with weight decay alpha_t.
 
-  The user's parameters stay x; m and w live in the optimizer state. Each step
+  The user's parameters stay x; the optimizer state keeps m (w = x / m is
+  recovered from the parameters, which stay the source of truth). Each step
   minimises ``f(m * w) + alpha_t (||m||^2 + ||w||^2)`` with ``inner``:
 
       grad_m = g * w + 2 alpha_t m,   grad_w = g * m + 2 alpha_t w,   g = grad f(x),

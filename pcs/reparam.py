@@ -32,15 +32,29 @@ NO_PARAMS_MSG = (
     'They are used to emit updates with apply_updates(params, updates) = new weights.')
 
 
+def _keep_all(u):
+  return u
+
+
+def _stored_is_whole(stored, x):
+  del x
+  return stored
+
+
 class Reparameterization(NamedTuple):
   """A continuous sparsification method: u = init(x), x = to_x(u), penalty P(u).
 
   ``u`` is a NamedTuple of arrays (NamedTuples survive flax.nnx's state handling,
-  plain tuples do not); ``penalty`` returns a scalar summed over the leaf.
+  plain tuples do not); ``penalty`` returns a scalar summed over the leaf. The
+  state keeps ``store(u)``, and ``restore(stored, x)`` rebuilds u with the help of
+  the current weight x: PILoT keeps only m and recovers w = x / m, so the user's
+  parameters stay the source of truth and one latent copy is saved.
   """
   init: Callable[[jax.Array], tuple]
   to_x: Callable[[tuple], jax.Array]
   penalty: Callable[[tuple], jax.Array]
+  store: Callable[[tuple], Any] = _keep_all
+  restore: Callable[[Any, jax.Array], tuple] = _stored_is_whole
 
 
 class ReparamState(NamedTuple):
@@ -48,8 +62,8 @@ class ReparamState(NamedTuple):
 
   Attributes:
     count: number of updates taken (int32).
-    latents: the params tree with each selected leaf replaced by its latent
-      NamedTuple (for PILoT, ``Factors(m, w)``) and each other leaf by ``MaskedNode()``.
+    latents: the params tree with each selected leaf replaced by the stored part
+      of its latents (for PILoT, ``Scale(m)``) and each other leaf by ``MaskedNode()``.
     inner_state: the inner optimizer's state over the latents and unselected leaves.
     alpha_state: the current alpha (and the controller's bookkeeping).
   """
@@ -119,7 +133,7 @@ def reparameterize(
         lambda x, s: reparam.init(x) if s else optax.MaskedNode(), params, mask)
     return ReparamState(
         count=jnp.zeros((), jnp.int32),
-        latents=latents,
+        latents=_store(reparam, params, latents, mask),
         inner_state=inner.init(_merge(params, latents, mask)),
         alpha_state=alpha_lib.init(alpha))
 
@@ -128,6 +142,9 @@ def reparameterize(
       raise ValueError(NO_PARAMS_MSG.format(name=name))
     mask = selection.select(params, where)
     alpha_t = alpha_lib.current(alpha, state.alpha_state, state.count)
+    current = jax.tree.map(
+        lambda x, stored, s: reparam.restore(stored, x) if s else optax.MaskedNode(),
+        params, state.latents, mask)
 
     def latent_grad(g, u, s):
       if not s:
@@ -139,9 +156,9 @@ def reparameterize(
       return jax.tree.map(lambda gu, pu: gu + alpha_t.astype(gu.dtype) * pu,
                           grads, penalty_grad(u))
 
-    inner_grads = jax.tree.map(latent_grad, updates, state.latents, mask)
+    inner_grads = jax.tree.map(latent_grad, updates, current, mask)
     inner_updates, inner_state = inner.update(
-        inner_grads, state.inner_state, _merge(params, state.latents, mask), **extra_args)
+        inner_grads, state.inner_state, _merge(params, current, mask), **extra_args)
 
     if decoupled:
       decay = alpha_t * schedule_value(learning_rate, state.count)
@@ -154,7 +171,7 @@ def reparameterize(
 
     latents = jax.tree.map(
         lambda x, u, du, s: step_latent(u, du) if s else optax.MaskedNode(),
-        params, state.latents, inner_updates, mask)
+        params, current, inner_updates, mask)
     new_x = jax.tree.map(
         lambda x, u, s: reparam.to_x(u).astype(x.dtype) if s else x, params, latents, mask)
     out = jax.tree.map(
@@ -164,11 +181,17 @@ def reparameterize(
         lambda: selection.l1_norm(new_x, mask))
     return out, ReparamState(
         count=optax.safe_int32_increment(state.count),
-        latents=latents,
+        latents=_store(reparam, params, latents, mask),
         inner_state=inner_state,
         alpha_state=alpha_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _store(reparam, params, latents, mask):
+  """The part of each selected leaf's latents that the state keeps."""
+  return jax.tree.map(lambda x, u, s: reparam.store(u) if s else optax.MaskedNode(),
+                      params, latents, mask)
 
 
 def _merge(params, latents, mask):

@@ -54,8 +54,8 @@ def test_gamma_decays_as_exp_of_integrated_alpha():
       return (optax.apply_updates(x, updates), state), None
 
     x = jnp.asarray(X0, jnp.float32)
-    (_, state), _ = jax.lax.scan(step, (x, tx.init(x)), None, length=steps)
-    m, w = pcs.latents(state)
+    (x, state), _ = jax.lax.scan(step, (x, tx.init(x)), None, length=steps)
+    m, w = pcs.latents(state, x, where=EVERYTHING)
     gamma = np.asarray(m, np.float64)**2 - np.asarray(w, np.float64)**2
     # Closed form of int_0^T 0.3 / (1 + s) ds = 0.3 log(1 + T), sampled as SGD does.
     integral = eta * sum(0.3 / (1.0 + eta * k) for k in range(steps))

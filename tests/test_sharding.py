@@ -1,0 +1,98 @@
+"""Data-parallel training on 8 simulated CPU devices matches one device (cf. optax sharding_test)."""
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+import pytest
+
+import pcs
+from tests import helpers
+
+STEPS = 5
+TRANSFORMS = {
+    'pilot': lambda: pcs.pilot(optax.adam(1e-2), alpha=pcs.alpha_controller(
+        1e-3, delta=2.0, steps_per_epoch=2, num_epochs=4)),
+    'mirror': lambda: pcs.mirror(optax.sgd(0.05, momentum=0.9), alpha=1e-2, learning_rate=0.05),
+}
+
+
+def _accuracy(params, inputs, labels):
+  return (helpers.mlp_apply(params, inputs).argmax(-1) == labels).mean()
+
+
+def _single_device(tx, params, inputs, labels):
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(helpers.loss_fn)(params, inputs, labels)
+    updates, state = tx.update(grads, state, params,
+                               accuracy=_accuracy(params, inputs, labels))
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(STEPS):
+    params, state = step(params, state)
+  return params, state
+
+
+@pytest.fixture(scope='module')
+def devices():
+  if jax.device_count() < 8:
+    pytest.skip('needs XLA_FLAGS=--xla_force_host_platform_device_count=8')
+  return jax.devices()[:8]
+
+
+@pytest.mark.parametrize('name', sorted(TRANSFORMS))
+def test_jit_with_named_sharding_matches_one_device(name, devices):
+  tx = TRANSFORMS[name]()
+  params = helpers.mlp_params()
+  inputs, labels = helpers.batch(size=64)
+  expected, expected_state = _single_device(tx, params, inputs, labels)
+
+  mesh = jax.sharding.Mesh(np.array(devices), ('data',))
+  replicated = NamedSharding(mesh, P())
+  by_batch = NamedSharding(mesh, P('data'))
+  params = jax.device_put(params, replicated)
+  state = jax.device_put(tx.init(params), replicated)
+  inputs, labels = jax.device_put((inputs, labels), by_batch)
+  assert len(inputs.sharding.device_set) == 8
+
+  @jax.jit
+  def step(params, state, inputs, labels):
+    grads = jax.grad(helpers.loss_fn)(params, inputs, labels)
+    updates, state = tx.update(grads, state, params,
+                               accuracy=_accuracy(params, inputs, labels))
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(STEPS):
+    params, state = step(params, state, inputs, labels)
+  assert params['dense0']['kernel'].sharding.is_fully_replicated
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               params, expected)
+  np.testing.assert_allclose(pcs.stats(state, params)['alpha'],
+                             pcs.stats(expected_state, expected)['alpha'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', sorted(TRANSFORMS))
+def test_pmap_with_pmean_matches_one_device(name, devices):
+  tx = TRANSFORMS[name]()
+  params = helpers.mlp_params()
+  inputs, labels = helpers.batch(size=64)
+  expected, _ = _single_device(tx, params, inputs, labels)
+
+  def step(params, state, inputs, labels):
+    grads = jax.lax.pmean(jax.grad(helpers.loss_fn)(params, inputs, labels), 'batch')
+    accuracy = jax.lax.pmean(_accuracy(params, inputs, labels), 'batch')
+    updates, state = tx.update(grads, state, params, accuracy=accuracy)
+    return optax.apply_updates(params, updates), state
+
+  pstep = jax.pmap(step, axis_name='batch', devices=devices)
+  replicate = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (8,) + x.shape), tree)
+  params_r, state_r = replicate(params), replicate(tx.init(params))
+  shards = lambda x: x.reshape((8, -1) + x.shape[1:])
+  for _ in range(STEPS):
+    params_r, state_r = pstep(params_r, state_r, shards(inputs), shards(labels))
+  got = jax.tree.map(lambda x: x[0], params_r)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               got, expected)
