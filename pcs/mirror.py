@@ -103,11 +103,8 @@ def mirror(
     new_x = jax.tree.map(
         lambda x, zi, du, s: theory.inverse_mirror_map(zi + du.astype(zi.dtype), log_a)
         if s else x, params, z, inner_updates, mask)
-    out = jax.tree.map(
-        lambda x, nx, du, s: (nx - x) if s else du, params, new_x, inner_updates, mask)
-    alpha_state = alpha_lib.advance(
-        alpha, state.alpha_state, alpha_t, extra_args.get('accuracy'),
-        lambda: selection.l1_norm(new_x, mask))
+    out, alpha_state = reparam.finish_step(alpha, state.alpha_state, alpha_t, extra_args,
+                                           params, new_x, inner_updates, mask)
     return out, MirrorState(
         count=optax.safe_int32_increment(state.count),
         log_a=log_a,

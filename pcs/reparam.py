@@ -174,11 +174,8 @@ def reparameterize(
         params, current, inner_updates, mask)
     new_x = jax.tree.map(
         lambda x, u, s: reparam.to_x(u).astype(x.dtype) if s else x, params, latents, mask)
-    out = jax.tree.map(
-        lambda x, nx, du, s: (nx - x) if s else du, params, new_x, inner_updates, mask)
-    alpha_state = alpha_lib.advance(
-        alpha, state.alpha_state, alpha_t, extra_args.get('accuracy'),
-        lambda: selection.l1_norm(new_x, mask))
+    out, alpha_state = finish_step(alpha, state.alpha_state, alpha_t, extra_args,
+                                   params, new_x, inner_updates, mask)
     return out, ReparamState(
         count=optax.safe_int32_increment(state.count),
         latents=_store(reparam, params, latents, mask),
@@ -186,6 +183,17 @@ def reparameterize(
         alpha_state=alpha_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def finish_step(alpha, alpha_state, alpha_t, extra_args, params, new_x, inner_updates, mask):
+  """The emitted updates (``new_x - x`` on selected leaves, the inner update elsewhere)
+  and the alpha state after a step that used ``alpha_t``."""
+  out = jax.tree.map(
+      lambda x, nx, du, s: (nx - x) if s else du, params, new_x, inner_updates, mask)
+  alpha_state = alpha_lib.advance(
+      alpha, alpha_state, alpha_t, extra_args.get('accuracy'),
+      lambda: selection.l1_norm(new_x, mask))
+  return out, alpha_state
 
 
 def _store(reparam, params, latents, mask):

@@ -91,3 +91,16 @@ def test_sparsity_counts_exact_zeros_of_selected_leaves():
   # kernel: 3 zeros of 4; conv: 1 zero of 2; the bias (ndim 1) is not selected.
   np.testing.assert_allclose(pcs.sparsity(params), 4 / 6)
   np.testing.assert_allclose(pcs.sparsity(params, where=lambda p, x: True), 9 / 11)
+
+
+def test_mirror_stays_finite_as_a_vanishes():
+  """a_t = 1/2 exp(-4 * 1e3 * t): log a reaches -1.2e4 in three steps; x stays finite."""
+  params = {'kernel': jnp.array([[1e-20, -3.0], [1e20, 0.0]])}
+  tx = pcs.mirror(optax.sgd(1.0), alpha=1e3, learning_rate=1.0)
+  state = tx.init(params)
+  grads = {'kernel': jnp.array([[1.0, -1.0], [1e10, 1.0]])}
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    assert bool(jnp.all(jnp.isfinite(params['kernel'])))
+  np.testing.assert_allclose(pcs.find_state(state).log_a, np.log(0.5) - 12_000, rtol=1e-6)

@@ -22,14 +22,17 @@ def _accuracy(params, inputs, labels):
   return (helpers.mlp_apply(params, inputs).argmax(-1) == labels).mean()
 
 
-def _single_device(tx, params, inputs, labels):
-  @jax.jit
-  def step(params, state):
-    grads = jax.grad(helpers.loss_fn)(params, inputs, labels)
-    updates, state = tx.update(grads, state, params,
-                               accuracy=_accuracy(params, inputs, labels))
-    return optax.apply_updates(params, updates), state
+def _step(tx, params, state, inputs, labels, mean_over=None):
+  """One training step; ``mean_over`` names the pmap axis to average gradients over."""
+  average = (lambda t: jax.lax.pmean(t, mean_over)) if mean_over else (lambda t: t)
+  grads = average(jax.grad(helpers.loss_fn)(params, inputs, labels))
+  accuracy = average(_accuracy(params, inputs, labels))
+  updates, state = tx.update(grads, state, params, accuracy=accuracy)
+  return optax.apply_updates(params, updates), state
 
+
+def _single_device(tx, params, inputs, labels):
+  step = jax.jit(lambda params, state: _step(tx, params, state, inputs, labels))
   state = tx.init(params)
   for _ in range(STEPS):
     params, state = step(params, state)
@@ -58,13 +61,7 @@ def test_jit_with_named_sharding_matches_one_device(name, devices):
   inputs, labels = jax.device_put((inputs, labels), by_batch)
   assert len(inputs.sharding.device_set) == 8
 
-  @jax.jit
-  def step(params, state, inputs, labels):
-    grads = jax.grad(helpers.loss_fn)(params, inputs, labels)
-    updates, state = tx.update(grads, state, params,
-                               accuracy=_accuracy(params, inputs, labels))
-    return optax.apply_updates(params, updates), state
-
+  step = jax.jit(lambda *args: _step(tx, *args))
   for _ in range(STEPS):
     params, state = step(params, state, inputs, labels)
   assert params['dense0']['kernel'].sharding.is_fully_replicated
@@ -81,13 +78,8 @@ def test_pmap_with_pmean_matches_one_device(name, devices):
   inputs, labels = helpers.batch(size=64)
   expected, _ = _single_device(tx, params, inputs, labels)
 
-  def step(params, state, inputs, labels):
-    grads = jax.lax.pmean(jax.grad(helpers.loss_fn)(params, inputs, labels), 'batch')
-    accuracy = jax.lax.pmean(_accuracy(params, inputs, labels), 'batch')
-    updates, state = tx.update(grads, state, params, accuracy=accuracy)
-    return optax.apply_updates(params, updates), state
-
-  pstep = jax.pmap(step, axis_name='batch', devices=devices)
+  pstep = jax.pmap(lambda *args: _step(tx, *args, mean_over='batch'), axis_name='batch',
+                   devices=devices)
   replicate = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (8,) + x.shape), tree)
   params_r, state_r = replicate(params), replicate(tx.init(params))
   shards = lambda x: x.reshape((8, -1) + x.shape[1:])

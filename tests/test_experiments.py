@@ -1,0 +1,47 @@
+"""The regression experiment and the benchmark run end to end on small settings."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import step_overhead
+from experiments import models
+from experiments import regression
+from experiments.configs import regression as regression_config
+
+
+def test_regression_experiment_writes_results_that_match_the_theory(tmp_path):
+  config = regression_config.get_config()
+  config.num_inits = 2
+  config.num_steps = 6000
+  config.record_every = 1000
+  config.constants = (1e-2,)
+  config.methods = ('pilot', 'spred_init')
+  config.transition_integrals = (0.0, 1.0)
+  results = regression.run_experiment(config, str(tmp_path))
+  assert os.path.getsize(tmp_path / 'regression.png') > 10_000
+  saved = json.loads((tmp_path / 'regression.json').read_text())
+  assert set(saved['methods']) == {f'{m}/{s}' for m in config.methods
+                                   for s in ('const_0.01', '1/k', '1/k^2', '0.95^k')}
+  assert len(saved['methods']['pilot/1/k']['error_mean']) == 6
+  transition = results['transition']
+  np.testing.assert_allclose(transition['l1_pilot'], transition['l1_theory'], rtol=1e-2)
+  assert transition['l1_basis_pursuit'] < transition['l1_pilot'][1] < transition['l1_pilot'][0]
+  best = lambda method: min(r['final_error_mean'] for r in results['methods'].values()
+                            if r['method'] == method)
+  assert best('pilot') < best('spred_init')
+
+
+def test_step_overhead_benchmark_reports_state_sizes():
+  rows = step_overhead.measure('tiny MLP', models.MLP((32, 10)), (16,), batch=8, repeats=2)
+  by_variant = {variant: (ratio, state) for _, variant, _, ratio, state in rows}
+  assert set(by_variant) == {'bare', 'pilot', 'mirror'}
+  assert by_variant['bare'] == (1.0, 1.0)
+  # SGD momentum keeps one trace per parameter. pilot: m + traces of m and w on kernels
+  # (2 x 16 x 32 + 32 x 10 + traces of biases); mirror: the bare size plus a few scalars.
+  kernels, biases = 16 * 32 + 32 * 10, 32 + 10
+  np.testing.assert_allclose(by_variant['pilot'][1], (3 * kernels + biases) / (kernels + biases),
+                             rtol=1e-2)
+  np.testing.assert_allclose(by_variant['mirror'][1], 1.0, atol=0.02)
