@@ -62,11 +62,13 @@ def make_problem(seed: int, n: int = 40, d: int = 100, k: int = 5,
   return Problem(A, A @ x_star, x_star, x_inits)
 
 
-def _l1_m(u: pcs.Factors):
+def _l1_m(u: pcs.Factors, step):
+  del step
   return jnp.sum(jnp.abs(u.m))
 
 
-def _l1_x(u: pcs.Factors):
+def _l1_x(u: pcs.Factors, step):
+  del step
   return jnp.sum(jnp.abs(u.m * u.w))
 
 
@@ -82,7 +84,7 @@ def make_method(name: str, alpha: Callable, learning_rate: float, beta: float):
   if name not in penalties:
     raise ValueError(f'Unknown method {name!r}; choose from pilot, l1_m, l1_x, spred_init.')
   method = pcs.Reparameterization(
-      init=lambda x: pcs.product_init(x, beta), to_x=lambda u: u.m * u.w,
+      init=lambda x: pcs.product_init(x, beta), to_x=lambda u, step: u.m * u.w,
       penalty=penalties[name])
   return pcs.reparameterize(inner, method, alpha=alpha, where=everything)
 

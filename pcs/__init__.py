@@ -6,16 +6,26 @@ see Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
 
 from pcs import theory
 from pcs.alpha import AlphaController, AlphaState, alpha_controller
+from pcs.continuous_sparsification import MaskLatent, continuous_sparsification
+from pcs.gmp import PruningState, gmp, magnitude
 from pcs.inspection import find_state, latents, stats
+from pcs.l1 import L1State, l1
+from pcs.masked import KeepMaskedState, keep_masked
 from pcs.mirror import MirrorState, mirror
 from pcs.pilot import Factors, Scale, pilot, product_init, spred
+from pcs.powerprop import PowerLatent, powerprop
+from pcs.pruning import SparsitySummary, apply_masks, prune, summary
 from pcs.reparam import Reparameterization, ReparamState, reparameterize
 from pcs.selection import select, sparsity
+from pcs.soft_threshold import ThresholdLatent, soft_threshold
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'AlphaController', 'AlphaState', 'Factors', 'MirrorState', 'ReparamState', 'Reparameterization', 'Scale',
-    'alpha_controller', 'find_state', 'latents', 'mirror', 'pilot', 'product_init',
-    'reparameterize', 'select', 'sparsity', 'spred', 'stats', 'theory',
+    'AlphaController', 'AlphaState', 'Factors', 'KeepMaskedState', 'L1State', 'MaskLatent',
+    'MirrorState', 'PowerLatent', 'PruningState', 'ReparamState', 'Reparameterization', 'Scale',
+    'SparsitySummary', 'ThresholdLatent', 'alpha_controller', 'apply_masks',
+    'continuous_sparsification', 'find_state', 'gmp', 'keep_masked', 'l1', 'latents',
+    'magnitude', 'mirror', 'pilot', 'powerprop', 'product_init', 'prune', 'reparameterize',
+    'select', 'soft_threshold', 'sparsity', 'spred', 'stats', 'summary', 'theory',
 ]

@@ -53,11 +53,13 @@ def product_init(x: jax.Array, beta) -> Factors:
   return Factors(m0.astype(dtype), w0.astype(dtype))
 
 
-def _product(u: Factors) -> jax.Array:
+def _product(u: Factors, step) -> jax.Array:
+  del step
   return u.m * u.w
 
 
-def _squared_norms(u: Factors) -> jax.Array:
+def _squared_norms(u: Factors, step) -> jax.Array:
+  del step
   return jnp.sum(jnp.square(u.m)) + jnp.sum(jnp.square(u.w))
 
 

@@ -1,16 +1,17 @@
 """One wrapper for every continuous sparsification method that trains x through latents.
 
 A method is a :class:`Reparameterization`: how its latent variables u (a
-NamedTuple of arrays, e.g. ``Factors(m, w)``) map to the weight, ``x = to_x(u)``,
-how they are initialised from x, and a penalty P(u). For
-each selected leaf the wrapper keeps u in the optimizer state and minimises
+NamedTuple of arrays, e.g. ``Factors(m, w)``) map to the weight, ``x = to_x(u, t)``,
+how they are initialised from x, and a penalty P(u, t) (t: the step, for methods
+with a temperature). For each selected leaf the wrapper keeps u in the optimizer
+state and minimises
 
-    L(u) = f(to_x(u)) + alpha_t * P(u)
+    L(u) = f(to_x(u, t)) + alpha_t * P(u, t)
 
 with the user's optax optimizer: the gradient is mapped by the chain rule,
 ``grad_u = J_to_x(u)^T grad_x f``, the inner optimizer steps u, and the emitted
-update is ``to_x(u_new) - x``, so ``optax.apply_updates(params, updates)`` equals
-``to_x(u_new)``. Unselected leaves are passed to the inner optimizer unchanged.
+update is ``to_x(u_new, t + 1) - x``, so ``optax.apply_updates(params, updates)``
+equals ``to_x(u_new, t + 1)``. Unselected leaves are passed to the inner optimizer unchanged.
 
 Coupled mode (default) adds ``alpha_t * grad P(u)`` to the gradient the inner
 optimizer sees (Algorithm 1 of Jacobs & Burkholz, ICLR 2025). Decoupled mode
@@ -42,17 +43,18 @@ def _stored_is_whole(stored, x):
 
 
 class Reparameterization(NamedTuple):
-  """A continuous sparsification method: u = init(x), x = to_x(u), penalty P(u).
+  """A continuous sparsification method: u = init(x), x = to_x(u, t), penalty P(u, t).
 
   ``u`` is a NamedTuple of arrays (NamedTuples survive flax.nnx's state handling,
-  plain tuples do not); ``penalty`` returns a scalar summed over the leaf. The
+  plain tuples do not); t is the int32 step count; ``penalty`` returns a scalar
+  summed over the leaf; ``to_x(init(x), 0)`` must equal x. The
   state keeps ``store(u)``, and ``restore(stored, x)`` rebuilds u with the help of
   the current weight x: PILoT keeps only m and recovers w = x / m, so the user's
   parameters stay the source of truth and one latent copy is saved.
   """
   init: Callable[[jax.Array], tuple]
-  to_x: Callable[[tuple], jax.Array]
-  penalty: Callable[[tuple], jax.Array]
+  to_x: Callable[[tuple, jax.Array], jax.Array]
+  penalty: Callable[[tuple, jax.Array], jax.Array]
   store: Callable[[tuple], Any] = _keep_all
   restore: Callable[[Any, jax.Array], tuple] = _stored_is_whole
 
@@ -125,7 +127,6 @@ def reparameterize(
   if decoupled:
     check_learning_rate(f'{name}(decoupled=True)', alpha, learning_rate)
   inner = optax.with_extra_args_support(inner)
-  penalty_grad = jax.grad(reparam.penalty)
 
   def init_fn(params):
     mask = selection.select(params, where)
@@ -142,6 +143,8 @@ def reparameterize(
       raise ValueError(NO_PARAMS_MSG.format(name=name))
     mask = selection.select(params, where)
     alpha_t = alpha_lib.current(alpha, state.alpha_state, state.count)
+    step, next_step = state.count, optax.safe_int32_increment(state.count)
+    penalty_grad = jax.grad(lambda u: reparam.penalty(u, step))
     current = jax.tree.map(
         lambda x, stored, s: reparam.restore(stored, x) if s else optax.MaskedNode(),
         params, state.latents, mask)
@@ -149,7 +152,7 @@ def reparameterize(
     def latent_grad(g, u, s):
       if not s:
         return g
-      _, pullback = jax.vjp(reparam.to_x, u)
+      _, pullback = jax.vjp(lambda u: reparam.to_x(u, step), u)
       (grads,) = pullback(g)
       if decoupled:
         return grads
@@ -173,11 +176,12 @@ def reparameterize(
         lambda x, u, du, s: step_latent(u, du) if s else optax.MaskedNode(),
         params, current, inner_updates, mask)
     new_x = jax.tree.map(
-        lambda x, u, s: reparam.to_x(u).astype(x.dtype) if s else x, params, latents, mask)
+        lambda x, u, s: reparam.to_x(u, next_step).astype(x.dtype) if s else x,
+        params, latents, mask)
     out, alpha_state = finish_step(alpha, state.alpha_state, alpha_t, extra_args,
                                    params, new_x, inner_updates, mask)
     return out, ReparamState(
-        count=optax.safe_int32_increment(state.count),
+        count=next_step,
         latents=_store(reparam, params, latents, mask),
         inner_state=inner_state,
         alpha_state=alpha_state)

@@ -1,0 +1,75 @@
+"""Continuous Sparsification: a sigmoid mask with an annealed temperature and L1 on the mask.
+
+Savarese, Silva & Maire, "Winning the Lottery with Continuous Sparsification", NeurIPS 2020.
+"""
+
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pcs import alpha as alpha_lib
+from pcs import reparam
+from pcs import selection
+
+
+class MaskLatent(NamedTuple):
+  """The weight w and the mask logits s (same shape)."""
+  w: jax.Array
+  s: jax.Array
+
+
+def continuous_sparsification(
+    inner: optax.GradientTransformation,
+    *,
+    l1_strength: float,
+    num_steps: int,
+    final_temperature: float = 200.0,
+    mask_init: float = 0.0,
+    where: selection.Where = None,
+) -> optax.GradientTransformationExtraArgs:
+  """x = w * sigmoid(beta_t s) / sigmoid(s0), L1 on the mask, temperature annealed.
+
+  Minimises ``f(x) + l1_strength * sum sigmoid(beta_t s)`` with the temperature
+  growing geometrically, ``beta_t = final_temperature ** (t / num_steps)``, from 1
+  to ``final_temperature``. From step ``num_steps`` on the mask is hard,
+  ``x = w * 1[s > 0] / sigmoid(s0)``, so pruned weights are exact zeros.
+  Initialised with ``w = x``, ``s = s0 = mask_init``, so x is unchanged.
+
+  Reference: Savarese et al., NeurIPS 2020, Eq. (6)-(8).
+
+  Args:
+    inner: any optax optimizer.
+    l1_strength: lambda >= 0 on ||sigmoid(beta s)||_1.
+    num_steps: steps over which the temperature is annealed (>= 1).
+    final_temperature: beta at ``num_steps`` (>= 1).
+    mask_init: s0, the initial mask logit.
+    where: leaves to sparsify (default: ndim >= 2).
+  """
+  alpha_lib.check_scalar('l1_strength', l1_strength, minimum=0.0)
+  alpha_lib.check_scalar('final_temperature', final_temperature, minimum=1.0)
+  alpha_lib.check_scalar('mask_init', mask_init, minimum=-float('inf'))
+  if not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool) or num_steps < 1:
+    raise ValueError(f'`num_steps` must be an integer >= 1; got {num_steps!r}.')
+  scale = 1.0 / jax.nn.sigmoid(jnp.float32(mask_init))
+
+  def temperature(step):
+    return jnp.asarray(final_temperature, jnp.float32) ** (
+        jnp.minimum(step, num_steps).astype(jnp.float32) / num_steps)
+
+  def init(x):
+    return MaskLatent(x, jnp.full(x.shape, mask_init, x.dtype))
+
+  def to_x(u, step):
+    soft = jax.nn.sigmoid(temperature(step).astype(u.s.dtype) * u.s)
+    mask = jnp.where(step >= num_steps, (u.s > 0).astype(u.s.dtype), soft)
+    return u.w * mask * scale.astype(u.w.dtype)
+
+  def penalty(u, step):
+    return jnp.sum(jax.nn.sigmoid(temperature(step).astype(u.s.dtype) * u.s))
+
+  return reparam.reparameterize(
+      inner, reparam.Reparameterization(init, to_x, penalty), alpha=l1_strength,
+      where=where, name='continuous_sparsification')

@@ -1,0 +1,59 @@
+"""Powerpropagation: x = w |w|^(p - 1), a reparameterization that favours sparse weights.
+
+Schwarz et al., "Powerpropagation: A sparsity inducing weight reparameterisation", NeurIPS 2021.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pcs import alpha as alpha_lib
+from pcs import reparam
+from pcs import selection
+
+
+class PowerLatent(NamedTuple):
+  """The latent weight w with x = w |w|^(p - 1)."""
+  w: jax.Array
+
+
+def powerprop(
+    inner: optax.GradientTransformation,
+    *,
+    power: float = 2.0,
+    weight_decay: float = 0.0,
+    where: selection.Where = None,
+) -> optax.GradientTransformationExtraArgs:
+  """x = w |w|^(p - 1): the gradient dx/dw = p |w|^(p - 1) is small for small weights.
+
+  Trains ``f(x) + weight_decay / 2 ||w||^2`` from ``w = sign(x) |x|^(1/p)``; weights
+  near zero barely move, so magnitude pruning after training (:func:`pcs.prune`)
+  removes them with little loss.
+
+  Reference: Schwarz et al., NeurIPS 2021, Eq. (1).
+
+  Args:
+    inner: any optax optimizer.
+    power: p >= 1 (p = 1 is plain training).
+    weight_decay: lambda >= 0 on w.
+    where: leaves to reparameterize (default: ndim >= 2).
+  """
+  alpha_lib.check_scalar('power', power, minimum=1.0)
+  alpha_lib.check_scalar('weight_decay', weight_decay, minimum=0.0)
+
+  def init(x):
+    return PowerLatent(jnp.sign(x) * jnp.abs(x) ** (1.0 / power))
+
+  def to_x(u, step):
+    del step
+    return jnp.sign(u.w) * jnp.abs(u.w) ** power  # = w |w|^(p-1), finite slope at 0
+
+  def penalty(u, step):
+    del step
+    return 0.5 * jnp.sum(jnp.square(u.w))
+
+  return reparam.reparameterize(
+      inner, reparam.Reparameterization(init, to_x, penalty), alpha=weight_decay,
+      where=where, name='powerprop')

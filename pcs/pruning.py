@@ -1,0 +1,233 @@
+"""Exact-sparsity magnitude pruning: global, layerwise, ERK and N:M masks, and a summary.
+
+Masks are bool pytrees with the structure of the params (True = kept); leaves not
+selected by ``where`` get all-True masks. Ties in magnitude are broken by position
+(the earlier flat index is pruned first), so masks are deterministic. The number
+of pruned weights is round(sparsity * size), per layer (layerwise, ERK) or over
+all selected weights (global).
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcs import selection
+
+SCOPES = ('global', 'layerwise', 'erk')
+
+
+def check_sparsity(sparsity) -> None:
+  """Raises ValueError unless a concrete ``sparsity`` is a number in [0, 1)."""
+  if isinstance(sparsity, jax.core.Tracer):
+    return
+  try:
+    value = float(sparsity)
+  except (TypeError, ValueError):
+    raise ValueError(f'`sparsity` must be a number in [0, 1); got {sparsity!r}.') from None
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f'`sparsity` must be in [0, 1); got {sparsity!r}.')
+
+
+def check_scope(scope: str) -> None:
+  if scope not in SCOPES:
+    raise ValueError(f'`scope` must be one of {SCOPES}; got {scope!r}.')
+
+
+def _keep_largest(magnitudes: jax.Array, num_pruned) -> jax.Array:
+  """Bool mask of a flat vector keeping all but the ``num_pruned`` smallest entries.
+
+  A stable sort ranks equal magnitudes by position, so ties prune earlier entries
+  first; ``num_pruned`` may be traced.
+  """
+  order = jnp.argsort(magnitudes, stable=True)
+  ranks = jnp.zeros(magnitudes.shape, jnp.int32).at[order].set(
+      jnp.arange(magnitudes.size, dtype=jnp.int32))
+  return ranks >= num_pruned
+
+
+def erk_densities(shapes: Sequence[Tuple[int, ...]], sparsity) -> jax.Array:
+  """Per-layer densities of the Erdos-Renyi-Kernel distribution.
+
+  density_l = min(1, c * sum(shape_l) / prod(shape_l)), with c chosen so that
+  sum_l density_l * size_l = (1 - sparsity) * sum_l size_l; layers that would exceed
+  density 1 are kept dense and c is re-solved for the others.
+
+  Reference: Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020.
+  """
+  sizes = jnp.asarray([float(np.prod(s)) for s in shapes])
+  scores = jnp.asarray([float(sum(s)) / float(np.prod(s)) for s in shapes])
+  budget = (1.0 - jnp.asarray(sparsity, jnp.float32)) * jnp.sum(sizes)
+  dense = jnp.zeros(sizes.shape, bool)
+  for _ in range(len(shapes)):
+    free = jnp.sum(jnp.where(dense, 0.0, scores * sizes))
+    c = (budget - jnp.sum(jnp.where(dense, sizes, 0.0))) / jnp.maximum(free, 1e-30)
+    dense = dense | (c * scores > 1.0)
+  return jnp.where(dense, 1.0, jnp.minimum(1.0, c * scores))
+
+
+def magnitude_masks(params: Any, sparsity, *, scope: str = 'global',
+                    where: selection.Where = None) -> Any:
+  """Masks that prune the smallest-magnitude selected weights (see :func:`prune`).
+
+  ``sparsity`` may be a traced scalar (as in :func:`pcs.gmp`); scope and where are
+  static.
+  """
+  check_sparsity(sparsity)
+  check_scope(scope)
+  mask_tree = selection.select(params, where)
+  leaves, treedef = jax.tree.flatten(params)
+  chosen = [i for i, c in enumerate(jax.tree.leaves(mask_tree)) if c]
+  masks = [jnp.ones(jnp.shape(x), bool) for x in leaves]
+  if not chosen:
+    return jax.tree.unflatten(treedef, masks)
+  sparsity = jnp.asarray(sparsity, jnp.float32)
+  magnitudes = [jnp.abs(leaves[i]).astype(jnp.float32).ravel() for i in chosen]
+  if scope == 'global':
+    flat = jnp.concatenate(magnitudes)
+    keep = _keep_largest(flat, jnp.round(sparsity * flat.size).astype(jnp.int32))
+    offsets = np.cumsum([0] + [m.size for m in magnitudes])
+    pieces = [keep[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+  else:
+    if scope == 'layerwise':
+      fractions = [sparsity] * len(chosen)
+    else:
+      densities = erk_densities([jnp.shape(leaves[i]) for i in chosen], sparsity)
+      fractions = [1.0 - densities[j] for j in range(len(chosen))]
+    pieces = [_keep_largest(m, jnp.round(f * m.size).astype(jnp.int32))
+              for m, f in zip(magnitudes, fractions)]
+  for i, piece in zip(chosen, pieces):
+    masks[i] = piece.reshape(jnp.shape(leaves[i]))
+  return jax.tree.unflatten(treedef, masks)
+
+
+def n_m_masks(params: Any, n: int, m: int, *, where: selection.Where = None) -> Any:
+  """N:M masks: in every group of m consecutive weights along the input axis
+  (axis -2: the fan-in of Dense (in, out) and Conv (..., in, out) kernels), keep
+  the n largest magnitudes (ties: the earlier weight is pruned first).
+
+  Reference: Mishra et al., "Accelerating Sparse Deep Neural Networks", 2021 (2:4).
+  """
+  if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
+    raise ValueError(f'`n_m` must be two integers 0 < N <= M; got {(n, m)!r}.')
+  mask_tree = selection.select(params, where)
+
+  def leaf_mask(path, x, chosen):
+    if not chosen:
+      return jnp.ones(jnp.shape(x), bool)
+    if jnp.ndim(x) < 2 or jnp.shape(x)[-2] % m:
+      raise ValueError(
+          f'`n_m`: M = {m} must divide the input axis (-2) of every selected leaf; '
+          f'{jax.tree_util.keystr(path)} has shape {jnp.shape(x)}.')
+    moved = jnp.moveaxis(jnp.abs(x).astype(jnp.float32), -2, -1)
+    groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
+    order = jnp.argsort(groups, axis=-1, stable=True)
+    ranks = jnp.argsort(order, axis=-1, stable=True)
+    keep = (ranks >= m - n).reshape(moved.shape)
+    return jnp.moveaxis(keep, -1, -2)
+
+  return jax.tree_util.tree_map_with_path(leaf_mask, params, mask_tree)
+
+
+def check_masks(params: Any, masks: Any) -> None:
+  """Raises ValueError unless ``masks`` is a bool pytree shaped like ``params``."""
+  p_def, m_def = jax.tree.structure(params), jax.tree.structure(masks)
+  if p_def != m_def:
+    raise ValueError(f'`masks` must have the structure of params; got {m_def}, '
+                     f'params have {p_def}.')
+  for path, x, mk in zip(*zip(*jax.tree_util.tree_flatten_with_path(params)[0]),
+                         jax.tree.leaves(masks)):
+    if jnp.shape(mk) != jnp.shape(x) or jnp.result_type(mk) != jnp.bool_:
+      raise ValueError(f'`masks` at {jax.tree_util.keystr(path)} must be a bool array of '
+                       f'shape {jnp.shape(x)}; got {jnp.result_type(mk)}{list(jnp.shape(mk))}.')
+
+
+def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global',
+          n_m: Optional[Tuple[int, int]] = None,
+          where: selection.Where = None) -> Tuple[Any, Any]:
+  """Zeroes the smallest-magnitude weights to an exact target sparsity.
+
+  Args:
+    params: the parameter pytree.
+    sparsity: fraction of the selected weights to zero, in [0, 1). Exactly
+      round(sparsity * n) weights are pruned per layer (``layerwise``), over all
+      selected weights (``global``), or per layer with the ERK distribution's
+      per-layer densities (``erk``, Evci et al., 2020).
+    scope: ``'global'``, ``'layerwise'`` or ``'erk'``.
+    n_m: ``(N, M)`` for N:M sparsity (keep N of every M along the input axis)
+      instead of ``sparsity``.
+    where: leaves to prune (default: every leaf with ndim >= 2).
+
+  Returns:
+    ``(pruned_params, masks)``; ``masks`` is a bool pytree (True = kept).
+  """
+  if (sparsity is None) == (n_m is None):
+    raise ValueError('prune needs exactly one of `sparsity` and `n_m`.')
+  if n_m is not None:
+    if not isinstance(n_m, (tuple, list)) or len(n_m) != 2:
+      raise ValueError(f'`n_m` must be a pair (N, M); got {n_m!r}.')
+    masks = n_m_masks(params, *n_m, where=where)
+  else:
+    masks = magnitude_masks(params, sparsity, scope=scope, where=where)
+  return apply_masks(params, masks), masks
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+  """x * mask, in each leaf's dtype."""
+  check_masks(params, masks)
+  return jax.tree.map(lambda x, mk: jnp.where(mk, x, jnp.zeros_like(x)), params, masks)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSparsity:
+  name: str
+  shape: Tuple[int, ...]
+  size: int
+  zeros: int
+
+  @property
+  def sparsity(self) -> float:
+    return self.zeros / self.size if self.size else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsitySummary:
+  """Per-layer and global sparsity of the selected leaves; ``print`` it for a table."""
+  layers: Tuple[LayerSparsity, ...]
+
+  @property
+  def size(self) -> int:
+    return sum(layer.size for layer in self.layers)
+
+  @property
+  def zeros(self) -> int:
+    return sum(layer.zeros for layer in self.layers)
+
+  @property
+  def sparsity(self) -> float:
+    return self.zeros / self.size if self.size else 0.0
+
+  def __str__(self) -> str:
+    width = max([len(layer.name) for layer in self.layers] + [5])
+    lines = [f"{'layer':<{width}}  {'shape':<18} {'size':>10} {'zeros':>10} {'sparsity':>9}"]
+    for layer in self.layers:
+      lines.append(f'{layer.name:<{width}}  {str(layer.shape):<18} {layer.size:>10} '
+                   f'{layer.zeros:>10} {layer.sparsity:>9.2%}')
+    lines.append(f"{'total':<{width}}  {'':<18} {self.size:>10} {self.zeros:>10} "
+                 f'{self.sparsity:>9.2%}')
+    return '\n'.join(lines)
+
+
+def summary(params: Any, where: selection.Where = None) -> SparsitySummary:
+  """Per-layer and global counts of exact zeros among the leaves selected by ``where``."""
+  mask_tree = selection.select(params, where, check_float=False)
+  layers = []
+  for (path, x), chosen in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                               jax.tree.leaves(mask_tree)):
+    if chosen:
+      layers.append(LayerSparsity(
+          name=jax.tree_util.keystr(path), shape=tuple(jnp.shape(x)), size=int(jnp.size(x)),
+          zeros=int(jnp.sum(jnp.asarray(x) == 0))))
+  return SparsitySummary(tuple(layers))

@@ -1,0 +1,64 @@
+"""STR: soft threshold reparameterization with a learnable threshold per layer.
+
+Kusupati et al., "Soft Threshold Weight Reparameterization for Learnable Sparsity", ICML 2020.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pcs import alpha as alpha_lib
+from pcs import reparam
+from pcs import selection
+
+
+class ThresholdLatent(NamedTuple):
+  """STR's latents: the dense weight w and the layer's threshold logit s (a scalar)."""
+  w: jax.Array
+  s: jax.Array
+
+
+def soft_threshold(
+    inner: optax.GradientTransformation,
+    *,
+    weight_decay: float,
+    init_threshold: float = -5.0,
+    where: selection.Where = None,
+) -> optax.GradientTransformationExtraArgs:
+  """STR: x = sign(w) relu(|w| - sigmoid(s)), one learnable s per selected leaf.
+
+  Trained on ``f(x) + weight_decay / 2 (||w||^2 + s^2)`` (coupled through ``inner``);
+  the decay on s pulls it up from ``init_threshold`` < 0, so the threshold
+  sigmoid(s) grows and weights below it become exact zeros. Initialised with
+  ``s = init_threshold`` and ``w = sign(x) (|x| + sigmoid(s))`` so that x is unchanged.
+  The gradient reaches w only where |w| > sigmoid(s), and s through
+  ``-sum sign(w) 1[|w| > sigmoid(s)] sigmoid'(s) g``.
+
+  Reference: Kusupati et al., ICML 2020, Eq. (2)-(4).
+
+  Args:
+    inner: any optax optimizer.
+    weight_decay: lambda >= 0 on w and s.
+    init_threshold: s_0, the initial threshold logit (finite).
+    where: leaves to sparsify (default: ndim >= 2).
+  """
+  alpha_lib.check_scalar('weight_decay', weight_decay, minimum=0.0)
+  alpha_lib.check_scalar('init_threshold', init_threshold, minimum=-float('inf'))
+
+  def init(x):
+    s = jnp.asarray(init_threshold, x.dtype)
+    return ThresholdLatent(jnp.sign(x) * (jnp.abs(x) + jax.nn.sigmoid(s)), s)
+
+  def to_x(u, step):
+    del step
+    return jnp.sign(u.w) * jax.nn.relu(jnp.abs(u.w) - jax.nn.sigmoid(u.s))
+
+  def penalty(u, step):
+    del step
+    return 0.5 * (jnp.sum(jnp.square(u.w)) + jnp.square(u.s))
+
+  return reparam.reparameterize(
+      inner, reparam.Reparameterization(init, to_x, penalty), alpha=weight_decay,
+      where=where, name='soft_threshold')
