@@ -8,6 +8,7 @@ from pcs import theory
 from pcs.alpha import AlphaController, AlphaState, alpha_controller
 from pcs.continuous_sparsification import MaskLatent, continuous_sparsification
 from pcs.gmp import PruningState, gmp, magnitude
+from pcs.imp import PruningResult, iterative_pruning
 from pcs.inspection import find_state, latents, stats
 from pcs.l1 import L1State, l1
 from pcs.masked import KeepMaskedState, keep_masked
@@ -23,9 +24,9 @@ __version__ = '0.1.0'
 
 __all__ = [
     'AlphaController', 'AlphaState', 'Factors', 'KeepMaskedState', 'L1State', 'MaskLatent',
-    'MirrorState', 'PowerLatent', 'PruningState', 'ReparamState', 'Reparameterization', 'Scale',
+    'MirrorState', 'PowerLatent', 'PruningResult', 'PruningState', 'ReparamState', 'Reparameterization', 'Scale',
     'SparsitySummary', 'ThresholdLatent', 'alpha_controller', 'apply_masks',
-    'continuous_sparsification', 'find_state', 'gmp', 'keep_masked', 'l1', 'latents',
+    'continuous_sparsification', 'find_state', 'gmp', 'iterative_pruning', 'keep_masked', 'l1', 'latents',
     'magnitude', 'mirror', 'pilot', 'powerprop', 'product_init', 'prune', 'reparameterize',
     'select', 'soft_threshold', 'sparsity', 'spred', 'stats', 'summary', 'theory',
 ]

@@ -16,6 +16,17 @@ TRANSFORMS = {
         1e-3, delta=2.0, steps_per_epoch=2, num_epochs=4)),
     'mirror': lambda: pcs.mirror(optax.sgd(0.05, momentum=0.9), alpha=1e-2, learning_rate=0.05),
 }
+BASELINES = {
+    'soft_threshold': lambda: pcs.soft_threshold(optax.adam(1e-2), weight_decay=1e-3),
+    'continuous_sparsification': lambda: pcs.continuous_sparsification(
+        optax.adam(1e-2), l1_strength=1e-3, num_steps=3),
+    'powerprop': lambda: pcs.powerprop(optax.sgd(0.05)),
+    'l1': lambda: pcs.l1(optax.sgd(0.05), strength=0.1, learning_rate=0.05),
+    'gmp': lambda: pcs.gmp(optax.adam(1e-2), final_sparsity=0.6, begin_step=0, end_step=4,
+                           frequency=2, scope='global'),
+    'keep_masked': lambda: pcs.keep_masked(
+        optax.adam(1e-2), pcs.prune(helpers.mlp_params(), 0.5)[1]),
+}
 
 
 def _accuracy(params, inputs, labels):
@@ -46,9 +57,9 @@ def devices():
   return jax.devices()[:8]
 
 
-@pytest.mark.parametrize('name', sorted(TRANSFORMS))
+@pytest.mark.parametrize('name', sorted(TRANSFORMS) + sorted(BASELINES))
 def test_jit_with_named_sharding_matches_one_device(name, devices):
-  tx = TRANSFORMS[name]()
+  tx = {**TRANSFORMS, **BASELINES}[name]()
   params = helpers.mlp_params()
   inputs, labels = helpers.batch(size=64)
   expected, expected_state = _single_device(tx, params, inputs, labels)
@@ -67,8 +78,11 @@ def test_jit_with_named_sharding_matches_one_device(name, devices):
   assert params['dense0']['kernel'].sharding.is_fully_replicated
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
                params, expected)
-  np.testing.assert_allclose(pcs.stats(state, params)['alpha'],
-                             pcs.stats(expected_state, expected)['alpha'], rtol=1e-6)
+  assert step._cache_size() == 1
+  if name in TRANSFORMS:
+    np.testing.assert_allclose(pcs.stats(state, params)['alpha'],
+                               pcs.stats(expected_state, expected)['alpha'], rtol=1e-6)
+  assert pcs.summary(params).zeros == pcs.summary(expected).zeros
 
 
 @pytest.mark.parametrize('name', sorted(TRANSFORMS))

@@ -1,0 +1,125 @@
+"""Iterative magnitude pruning with weight rewinding (WR) or learning-rate rewinding (LRR).
+
+Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019 (WR, with Frankle et al.,
+"Linear Mode Connectivity and the Lottery Ticket Hypothesis", ICML 2020, for rewinding
+to an early iterate); Renda, Frankle & Carbin, "Comparing Rewinding and Fine-tuning in
+Neural Network Pruning", ICLR 2020 (LRR).
+"""
+
+import numbers
+import os
+from typing import Any, Callable, List, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from pcs import alpha as alpha_lib
+from pcs import pruning
+from pcs import selection
+
+REWINDS = ('weights', 'learning_rate')
+
+
+class PruningResult(NamedTuple):
+  """params: after the last retraining; masks: final (True = kept); history: per cycle."""
+  params: Any
+  masks: Any
+  history: List[dict]
+
+
+def iterative_pruning(
+    train: Callable[[Any, Any, int], Any],
+    params: Any,
+    *,
+    num_cycles: int,
+    keep_fraction: float = 0.8,
+    rewind: str = 'weights',
+    rewind_params: Any = None,
+    scope: str = 'global',
+    where: selection.Where = None,
+    checkpoint_dir: Optional[str] = None,
+) -> PruningResult:
+  """Cycles of train -> prune -> rewind -> retrain, with any trainer.
+
+  Cycle c = 0..num_cycles calls ``train(start_params, masks, c) -> trained_params``
+  (the caller trains with its own loop and optimizer, e.g. wrapped in
+  ``pcs.keep_masked(tx, masks)``, any pcs method including ``pcs.pilot``). After cycles
+  0..num_cycles-1 the trained weights are pruned to sparsity ``1 - keep_fraction^(c+1)``
+  (a fraction ``1 - keep_fraction`` of the remaining weights, :func:`pcs.prune`), and
+  the next cycle starts from
+
+    * ``rewind='weights'`` (WR): ``rewind_params * masks``, the rewind point (default:
+      the ``params`` passed in; pass an early iterate for late rewinding);
+    * ``rewind='learning_rate'`` (LRR): ``trained * masks``; the caller's learning-rate
+      schedule restarts because ``train`` is called afresh.
+
+  With ``checkpoint_dir``, the masks, rewind point and next start are saved with orbax
+  after every cycle, and a rerun with the same directory resumes after the last
+  completed cycle.
+
+  Returns:
+    A :class:`PruningResult` with the last trained params, the final masks and a
+    history of ``{'cycle', 'target_sparsity', 'sparsity'}`` per cycle.
+  """
+  if not isinstance(num_cycles, numbers.Integral) or isinstance(num_cycles, bool) or num_cycles < 0:
+    raise ValueError(f'`num_cycles` must be an integer >= 0; got {num_cycles!r}.')
+  alpha_lib.check_scalar('keep_fraction', keep_fraction, minimum=0.0)
+  if not 0.0 < keep_fraction <= 1.0:
+    raise ValueError(f'`keep_fraction` must be in (0, 1]; got {keep_fraction!r}.')
+  if rewind not in REWINDS:
+    raise ValueError(f'`rewind` must be one of {REWINDS}; got {rewind!r}.')
+  pruning.check_scope(scope)
+  rewind_params = params if rewind_params is None else rewind_params
+  if jax.tree.structure(rewind_params) != jax.tree.structure(params):
+    raise ValueError('`rewind_params` must have the structure of params.')
+  selection.select(params, where)
+
+  record = {'cycle': 0, 'start': params, 'rewind': rewind_params,
+            'masks': jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params),
+            'history': []}
+  manager = None
+  if checkpoint_dir is not None:
+    manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir),
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    if manager.latest_step() is not None:
+      record = _restore(manager, record)
+
+  for cycle in range(record['cycle'], num_cycles + 1):
+    trained = train(record['start'], record['masks'], cycle)
+    achieved = pruning.summary(trained, where).sparsity
+    target = 1.0 - keep_fraction ** cycle
+    record['history'].append({'cycle': cycle, 'target_sparsity': target, 'sparsity': achieved})
+    if cycle == num_cycles:
+      if manager is not None:
+        manager.close()
+      return PruningResult(trained, record['masks'], record['history'])
+    pruned, masks = pruning.prune(trained, 1.0 - keep_fraction ** (cycle + 1), scope=scope,
+                                  where=where)
+    start = pruned if rewind == 'learning_rate' else pruning.apply_masks(record['rewind'], masks)
+    record = {'cycle': cycle + 1, 'start': start, 'rewind': record['rewind'],
+              'masks': masks, 'history': record['history']}
+    if manager is not None:
+      manager.save(cycle + 1, args=ocp.args.StandardSave(_as_saved(record)))
+      manager.wait_until_finished()
+  raise AssertionError('unreachable')
+
+
+def _as_saved(record):
+  history = record['history']
+  return {'cycle': record['cycle'], 'start': record['start'], 'rewind': record['rewind'],
+          'masks': record['masks'],
+          'history': {key: [h[key] for h in history]
+                      for key in ('cycle', 'target_sparsity', 'sparsity')}}
+
+
+def _restore(manager, template):
+  step = manager.latest_step()
+  abstract = _as_saved(template)
+  abstract['history'] = {key: [0.0] * step for key in abstract['history']}
+  saved = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  history = [{'cycle': int(c), 'target_sparsity': float(t), 'sparsity': float(s)}
+             for c, t, s in zip(*(saved['history'][k]
+                                  for k in ('cycle', 'target_sparsity', 'sparsity')))]
+  return {'cycle': int(saved['cycle']), 'start': saved['start'], 'rewind': saved['rewind'],
+          'masks': saved['masks'], 'history': history}

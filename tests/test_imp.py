@@ -1,0 +1,103 @@
+"""Iterative pruning (WR and LRR) with any trainer, PILoT included, and resumable checkpoints."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import pcs
+from tests import helpers
+
+INPUTS, LABELS = helpers.batch()
+
+
+def _trainer(make_tx, steps=20, calls=None):
+  def train(params, masks, cycle):
+    if calls is not None:
+      calls.append((cycle, params, masks))
+    tx = pcs.keep_masked(make_tx(), masks)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+      grads = jax.grad(helpers.loss_fn)(params, INPUTS, LABELS)
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+      params, state = step(params, state)
+    return params
+  return train
+
+
+@pytest.mark.parametrize('rewind', ['weights', 'learning_rate'])
+def test_each_cycle_prunes_a_fifth_of_the_rest_and_rewinds(rewind):
+  init = helpers.mlp_params()
+  calls = []
+  result = pcs.iterative_pruning(_trainer(lambda: optax.sgd(0.1, momentum=0.9), calls=calls),
+                                 init, num_cycles=4, keep_fraction=0.8, rewind=rewind)
+  size = pcs.summary(init).size
+  previous_masks = None
+  for cycle, start, masks in calls:
+    zeros = pcs.summary(start).zeros
+    assert zeros == round((1 - 0.8 ** cycle) * size)  # exact global target
+    if previous_masks is not None:  # nested: once pruned, always pruned
+      for old, new in zip(jax.tree.leaves(previous_masks), jax.tree.leaves(masks)):
+        assert bool(jnp.all(old | ~new))
+    previous_masks = masks
+    if cycle and rewind == 'weights':  # WR: the start is the init, masked
+      expected = jax.tree.map(lambda x, m: jnp.where(m, x, 0), init, masks)
+      jax.tree.map(np.testing.assert_array_equal, start, expected)
+  if rewind == 'learning_rate':  # LRR: the start is the previous cycle's result, pruned
+    assert not np.allclose(calls[2][1]['dense0']['kernel'], init['dense0']['kernel'])
+  assert [h['cycle'] for h in result.history] == [0, 1, 2, 3, 4]
+  np.testing.assert_allclose([h['sparsity'] for h in result.history],
+                             [1 - 0.8 ** c for c in range(5)], atol=1 / size)
+
+
+def test_pilot_as_the_per_cycle_trainer():
+  result = pcs.iterative_pruning(
+      _trainer(lambda: pcs.pilot(optax.sgd(0.1, momentum=0.9), alpha=1e-3)),
+      helpers.mlp_params(), num_cycles=3, rewind='learning_rate')
+  assert abs(result.history[-1]['sparsity'] - (1 - 0.8 ** 3)) < 1e-2
+  assert float(helpers.loss_fn(result.params, INPUTS, LABELS)) < float(
+      helpers.loss_fn(helpers.mlp_params(), INPUTS, LABELS))
+
+
+class Killed(Exception):
+  pass
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+  make = lambda: optax.adam(1e-2)
+  uninterrupted = pcs.iterative_pruning(_trainer(make), helpers.mlp_params(), num_cycles=3)
+
+  def crashing(params, masks, cycle):
+    if cycle == 2:
+      raise Killed()
+    return _trainer(make)(params, masks, cycle)
+
+  with pytest.raises(Killed):
+    pcs.iterative_pruning(crashing, helpers.mlp_params(), num_cycles=3,
+                          checkpoint_dir=str(tmp_path))
+  calls = []
+  resumed = pcs.iterative_pruning(_trainer(make, calls=calls), helpers.mlp_params(),
+                                  num_cycles=3, checkpoint_dir=str(tmp_path))
+  assert [c for c, _, _ in calls] == [2, 3]  # cycles 0 and 1 were not repeated
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.masks, uninterrupted.masks)
+  assert resumed.history == uninterrupted.history
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(num_cycles=-1), '`num_cycles`'),
+    (dict(num_cycles=2, keep_fraction=0.0), '`keep_fraction`'),
+    (dict(num_cycles=2, keep_fraction=1.5), '`keep_fraction`'),
+    (dict(num_cycles=2, rewind='both'), '`rewind`'),
+    (dict(num_cycles=2, scope='random'), '`scope`'),
+    (dict(num_cycles=2, rewind_params={'w': jnp.ones(2)}), '`rewind_params`'),
+])
+def test_bad_input(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    pcs.iterative_pruning(lambda p, m, c: p, helpers.mlp_params(), **kwargs)
