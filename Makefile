@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs
 
-.PHONY: install demo test bench clean
+.PHONY: install demo regression test bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,13 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m experiments.sweep --workdir=$(WORKDIR)/demo
+
+regression: $(STAMP)
 	$(PY) -m experiments.regression --workdir=$(WORKDIR)/regression
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=10 tests
+	PCS_NOTEBOOK_STEPS=100 $(PY) -m pytest -q -n 2 --durations=10 tests --nbmake notebooks/quickstart.ipynb
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.step_overhead

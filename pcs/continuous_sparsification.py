@@ -60,7 +60,8 @@ def continuous_sparsification(
         jnp.minimum(step, num_steps).astype(jnp.float32) / num_steps)
 
   def init(x):
-    return MaskLatent(x, jnp.full(x.shape, mask_init, x.dtype))
+    # A copy: state buffers must not alias the params (callers may donate both).
+    return MaskLatent(jnp.copy(x), jnp.full(x.shape, mask_init, x.dtype))
 
   def to_x(u, step):
     soft = jax.nn.sigmoid(temperature(step).astype(u.s.dtype) * u.s)

@@ -172,7 +172,8 @@ def _train(tx, steps, batch=None):
   params = helpers.mlp_params()
   inputs, labels = helpers.batch() if batch is None else batch
   state = tx.init(params)
-  step = jax.jit(lambda p, s: _apply(tx, p, s, inputs, labels))
+  # Donating both catches state buffers that alias the params.
+  step = jax.jit(lambda p, s: _apply(tx, p, s, inputs, labels), donate_argnums=(0, 1))
   for _ in range(steps):
     params, state = step(params, state)
   assert step._cache_size() == 1

@@ -1,0 +1,45 @@
+"""Default: the mnist1d 1-D CNN sparsified to 90% with PILoT; offline, minutes on a CPU.
+
+Every key can be overridden on the command line, e.g. ``--config.method=gmp
+--config.sparsity=0.98``. Method hyperparameters live in their own sub-dicts
+(``--config.pilot.alpha=3e-4``); they were tuned on mnist1d so that each method
+gets the same epochs and a sensible setting (see README).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.dataset = 'mnist1d'
+  config.data_dir = '~/tensorflow_datasets'
+  config.model = 'cnn1d'
+  config.method = 'pilot'
+  config.sparsity = 0.9
+  config.prune_scope = 'global'
+
+  config.num_epochs = 30
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.learning_rate = 0.05
+  config.lr_schedule = 'cosine'
+  config.warmup_epochs = 1
+  config.momentum = 0.9
+  config.weight_decay = 1e-4
+  config.finetune_epochs = 0
+  config.finetune_learning_rate = 0.01
+  config.seed = 0
+  config.num_devices = 0   # 0: all devices
+  config.eval_train = True
+
+  config.pilot = ml_collections.ConfigDict(
+      {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.0, 'l1_threshold': 0.0})
+  config.spred = ml_collections.ConfigDict({'weight_decay': 1e-3})
+  config.str = ml_collections.ConfigDict({'weight_decay': 1e-3, 'init_threshold': -5.0})
+  config.cs = ml_collections.ConfigDict(
+      {'l1_strength': 1e-4, 'final_temperature': 200.0, 'mask_init': 0.5})
+  config.powerprop = ml_collections.ConfigDict({'power': 2.0})
+  config.l1 = ml_collections.ConfigDict({'strength': 1e-4})
+  config.gmp = ml_collections.ConfigDict(
+      {'begin_fraction': 0.1, 'end_fraction': 0.7, 'frequency_epochs': 1.0})
+  return config

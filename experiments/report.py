@@ -1,0 +1,100 @@
+r"""Turns a folder of results.json files into a markdown table and an accuracy-vs-sparsity plot.
+
+  python -m experiments.report --results=runs/demo
+
+Groups runs by (dataset, model, method, target sparsity) and reports the mean test
+accuracy and its spread (sample standard deviation) over seeds.
+"""
+
+import collections
+import glob
+import json
+import os
+from typing import List
+
+from absl import app
+from absl import flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('results', None, 'Folder searched recursively for results.json files.')
+
+
+def load(folder: str) -> List[dict]:
+  paths = sorted(glob.glob(os.path.join(folder, '**', 'results.json'), recursive=True))
+  results = []
+  for path in paths:
+    with open(path) as f:
+      results.append(json.load(f))
+  return results
+
+
+def _cell(values) -> str:
+  values = np.asarray(values) * 100
+  if len(values) == 1:
+    return f'{values[0]:.1f}'
+  return f'{values.mean():.1f} ± {values.std(ddof=1):.1f} (n={len(values)})'
+
+
+def table(results: List[dict]) -> str:
+  """Markdown: one row per method, one column per target sparsity (test accuracy, %)."""
+  groups = collections.defaultdict(list)
+  for r in results:
+    groups[(r['method'], r['target_sparsity'])].append(r['test_accuracy'])
+  sparsities = sorted({s for _, s in groups})
+  methods = sorted({m for m, _ in groups}, key=lambda m: (m != 'dense', m))
+  title = ' / '.join(sorted({f"{r['dataset']} {r['model']}" for r in results}))
+  lines = [f'Test accuracy (%) on {title}, by target sparsity (mean ± std over seeds):', '',
+           '| method | ' + ' | '.join(f'{s:.0%}' for s in sparsities) + ' |',
+           '|---|' + '---:|' * len(sparsities)]
+  for method in methods:
+    cells = [_cell(groups[(method, s)]) if (method, s) in groups else '' for s in sparsities]
+    lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def plot(results: List[dict], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  groups = collections.defaultdict(list)
+  for r in results:
+    groups[(r['method'], r['target_sparsity'])].append(100 * r['test_accuracy'])
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for method in sorted({m for m, _ in groups}):
+    points = sorted((s, np.mean(v), np.std(v)) for (m, s), v in groups.items() if m == method)
+    s, mean, std = (np.asarray(c) for c in zip(*points))
+    if method == 'dense' and len(s) == 1:
+      ax.axhline(mean[0], ls='--', c='k', label='dense (0%)')
+      continue
+    ax.errorbar(s * 100, mean, yerr=std, marker='o', capsize=3, label=method)
+  ax.set(xlabel='sparsity (%)', ylabel='test accuracy (%)', title='Accuracy vs sparsity')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report(folder: str) -> str:
+  """Writes report.md and accuracy_vs_sparsity.png into ``folder``; returns the table."""
+  results = load(folder)
+  if not results:
+    raise ValueError(f'No results.json found under {folder!r}.')
+  text = table(results)
+  with open(os.path.join(folder, 'report.md'), 'w') as f:
+    f.write(text + '\n')
+  plot(results, os.path.join(folder, 'accuracy_vs_sparsity.png'))
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.results:
+    raise app.UsageError('--results is required.')
+  print(report(FLAGS.results))
+
+
+if __name__ == '__main__':
+  app.run(main)

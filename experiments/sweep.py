@@ -1,0 +1,58 @@
+r"""The main job: several methods at several sparsities, then the report (``make demo``).
+
+  python -m experiments.sweep --workdir=runs/demo
+
+Runs ``train.train_and_evaluate`` in one process for every (method, sparsity, seed)
+of the config plus the dense reference, each in ``<workdir>/<method>_<sparsity>_s<seed>``
+(finished runs are skipped, interrupted ones resume), then writes ``report.md`` and
+``accuracy_vs_sparsity.png`` and prints the table.
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import report
+from experiments import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory of the sweep; one subfolder per run.')
+flags.DEFINE_list('methods', ['pilot', 'spred', 'str', 'gmp', 'l1'], 'Methods to compare.')
+flags.DEFINE_list('sparsities', ['0.9', '0.95', '0.98'], 'Target sparsities.')
+flags.DEFINE_list('seeds', ['0'], 'Seeds.')
+flags.DEFINE_bool('dense', True, 'Also train the dense reference (sparsity 0).')
+config_flags.DEFINE_config_file(
+    'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+    'Base configuration shared by all runs.', lock_config=True)
+flags.mark_flags_as_required(['workdir'])
+
+
+def runs(methods, sparsities, seeds, dense):
+  out = [('dense', 0.0, seed) for seed in seeds] if dense else []
+  return out + [(m, s, seed) for m in methods for s in sparsities for seed in seeds]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  start = time.time()
+  todo = runs(FLAGS.methods, [float(s) for s in FLAGS.sparsities],
+              [int(s) for s in FLAGS.seeds], FLAGS.dense)
+  for i, (method, sparsity, seed) in enumerate(todo):
+    workdir = os.path.join(FLAGS.workdir, f'{method}_{sparsity:g}_s{seed}')
+    if os.path.exists(os.path.join(workdir, 'results.json')):
+      continue
+    config = FLAGS.config.copy_and_resolve_references()
+    config.method, config.sparsity, config.seed = method, sparsity, seed
+    print(f'[{i + 1}/{len(todo)}] {method} at sparsity {sparsity:g}, seed {seed}')
+    train.train_and_evaluate(config, workdir)
+  print(report.report(FLAGS.workdir))
+  print(f'\n{len(todo)} runs in {time.time() - start:.0f}s; table: {FLAGS.workdir}/report.md, '
+        f'plot: {FLAGS.workdir}/accuracy_vs_sparsity.png')
+
+
+if __name__ == '__main__':
+  app.run(main)
