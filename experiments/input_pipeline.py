@@ -96,5 +96,5 @@ def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec,
 
 
 def steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str, batch_size: int) -> int:
-  """Training steps per epoch (the remainder is dropped)."""
-  return builder.info.splits[split].num_examples // batch_size
+  """Training steps per epoch over the whole split (the remainder is dropped)."""
+  return int(builder.as_dataset(split=split).cardinality().numpy()) // batch_size

@@ -96,3 +96,16 @@ def test_he_normal_init():
   np.testing.assert_allclose(np.std(kernel), np.sqrt(2 / 784), rtol=0.05)
   with pytest.raises(ValueError, match="Unknown model 'resnet1000'"):
     models.create_model('resnet1000', 10)
+
+
+@pytest.mark.parametrize('name,shape', [('cifar10', (32, 32, 3)), ('imagenet2012', (224, 224, 3))])
+def test_image_pipelines_on_mock_data(name, shape, tmp_path):
+  spec = datasets.DATASETS[name]
+  with tfds.testing.mock_data(num_examples=8):
+    builder = tfds.builder(name, data_dir=str(tmp_path))
+    for train in (True, False):
+      split = spec.train_split if train else spec.test_split
+      batch, mask = next(input_pipeline.epoch_batches(builder, spec, split, 4, train=train,
+                                                      seed=0, epoch=0))
+      assert batch['input'].shape == (4,) + shape and batch['input'].dtype == np.float32
+      assert mask.all() and abs(float(batch['input'].mean())) < 3  # normalized

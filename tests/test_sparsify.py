@@ -45,8 +45,14 @@ def test_pilot_run_writes_results_logs_and_events(data_dir, tmp_path):
   assert abs(results['achieved_sparsity'] - 0.9) < 1 / 30_000  # exact: within one weight
   lines = _lines(tmp_path)
   assert [l['epoch'] for l in lines] == [1, 2]
+  # Algorithm 1 with T = 2: epoch 1 improves on -inf with ||x||_1 >= K and 1 <= T/2, so
+  # alpha grows by delta; epoch 2 is past T/2, so it shrinks back.
+  config = default.get_config()
+  assert lines[0]['l1_norm'] >= config.pilot.l1_threshold
+  assert [l['alpha'] for l in lines] == pytest.approx(
+      [config.pilot.alpha * config.pilot.delta, config.pilot.alpha])
   for line in lines:
-    assert line['alpha'] == pytest.approx(1e-3) and 0 < line['a'] < 0.5 and line['l1_norm'] > 0
+    assert 0 < line['a'] < 0.5 and line['l1_norm'] > 0
   assert lines[1]['train_loss'] < lines[0]['train_loss']
   assert os.listdir(tmp_path / 'tensorboard')
 
@@ -140,3 +146,31 @@ def test_report_table_and_plot(tmp_path):
   assert f'| pilot |  | 82.0 ± {std:.1f} (n=2) |' in text
   assert '| dense | 90.0 |  |' in text and text.index('| dense') < text.index('| gmp')
   assert (tmp_path / 'accuracy_vs_sparsity.png').stat().st_size > 5_000
+
+
+@pytest.mark.parametrize('name', ['default', 'cifar10_resnet20', 'cifar100_resnet18',
+                                  'imagenet_resnet50', 'regression'])
+def test_configs_load_and_name_known_things(name):
+  import importlib
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
+  if name == 'regression':
+    assert config.num_samples == 40 and config.dim == 100
+    return
+  from experiments import datasets, models
+  assert config.dataset in datasets.DATASETS and config.model in models.MODELS
+  assert config.method in train.METHODS and 0 <= config.sparsity < 1
+
+
+def test_cifar10_resnet20_end_to_end_on_mock_data(tmp_path, monkeypatch):
+  """The CIFAR path (augmentation, BatchNorm state, sharding) on tfds's generated mock data."""
+  import tensorflow_datasets as tfds
+  from experiments import datasets
+  monkeypatch.setattr(datasets, 'builder',
+                      lambda name, data_dir: tfds.builder(name, data_dir=str(tmp_path / 'd')))
+  with tfds.testing.mock_data(num_examples=64):
+    config = _config('unused', dataset='cifar10', model='resnet20', batch_size=32,
+                     eval_batch_size=32, num_epochs=1, sparsity=0.9)
+    results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert (results['dataset'], results['model']) == ('cifar10', 'resnet20')
+  assert abs(results['achieved_sparsity'] - 0.9) < 1e-4
+  assert np.isfinite(_lines(tmp_path / 'run')[0]['train_loss'])
