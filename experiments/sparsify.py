@@ -10,6 +10,7 @@ cluster's auto-detection with ``--distributed``).
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -17,12 +18,17 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from experiments import config_checks
 from experiments import train
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
+if __name__ == '__main__':  # before DEFINE_config_file, which applies the overrides at once
+  config_checks.exit_on_bad_overrides(DEFAULT_CONFIG)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for results, logs and checkpoints.')
 config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+    'config', DEFAULT_CONFIG,
     'Experiment configuration (ml_collections file).', lock_config=True)
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detect).')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: address of process 0.')
@@ -38,7 +44,11 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('JAX process %d / %d, %d local devices, %d in all.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, train.NonFiniteError) as error:  # bad input or a diverged run: no traceback
+    print(f'Error: {error}', file=sys.stderr)
+    sys.exit(1)
   if jax.process_index() == 0:
     print(f"{results['method']} on {results['dataset']}/{results['model']}: test accuracy "
           f"{results['test_accuracy']:.4f} at sparsity {results['achieved_sparsity']:.4f} "

@@ -15,8 +15,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import config_checks
 from experiments import report
 from experiments import train
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
+if __name__ == '__main__':  # before DEFINE_config_file, which applies the overrides at once
+  config_checks.exit_on_bad_overrides(DEFAULT_CONFIG)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory of the sweep; one subfolder per run.')
@@ -25,7 +30,7 @@ flags.DEFINE_list('sparsities', ['0.9', '0.95', '0.98'], 'Target sparsities.')
 flags.DEFINE_list('seeds', ['0'], 'Seeds.')
 flags.DEFINE_bool('dense', True, 'Also train the dense reference (sparsity 0).')
 config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+    'config', DEFAULT_CONFIG,
     'Base configuration shared by all runs.', lock_config=True)
 flags.mark_flags_as_required(['workdir'])
 

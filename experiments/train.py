@@ -10,6 +10,7 @@ after every epoch; a rerun with the same workdir resumes from the last one.
 
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -27,11 +28,17 @@ import tensorflow as tf
 import tqdm
 
 import pcs
+from experiments import config_checks
 from experiments import datasets
 from experiments import input_pipeline
 from experiments import models
 
 METHODS = ('dense', 'pilot', 'mirror', 'spred', 'str', 'cs', 'powerprop', 'l1', 'gmp')
+NO_BAD_STEP = np.iinfo(np.int32).max
+
+
+class NonFiniteError(FloatingPointError):
+  """A NaN or Inf appeared in the loss, the gradients or the parameters."""
 
 
 @flax.struct.dataclass
@@ -102,6 +109,8 @@ def make_optimizer(config, steps_per_epoch: int):
                  scope=config.prune_scope)
   else:
     raise ValueError(f'Unknown method {method!r}; choose one of {METHODS}.')
+  if config.on_nonfinite == 'skip':
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_nonfinite_steps)
   return optax.with_extra_args_support(tx)
 
 
@@ -109,8 +118,17 @@ def _variables(state, params):
   return {'params': params, **({'batch_stats': state.batch_stats} if state.batch_stats else {})}
 
 
-def make_steps(model, tx, mesh):
-  """Jitted train and eval steps: batch sharded on 'data', state replicated."""
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_steps(model, tx, mesh, skip_nonfinite: bool = False):
+  """Jitted train and eval steps: batch sharded on 'data', state replicated.
+
+  The train step also reports ``bad_step``: its step number if the loss or gradients
+  were non-finite (with ``skip_nonfinite``: if the parameters became non-finite,
+  since such steps are skipped), else ``NO_BAD_STEP``; reduced with ``min``.
+  """
   replicated = NamedSharding(mesh, P())
   by_batch = NamedSharding(mesh, P('data'))
 
@@ -124,10 +142,15 @@ def make_steps(model, tx, mesh):
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     deltas, opt_state = tx.update(grads, state.opt_state, state.params, accuracy=accuracy)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, deltas),
+    params = optax.apply_updates(state.params, deltas)
+    finite_inputs = jnp.isfinite(loss) & _all_finite(grads)
+    ok = _all_finite(params) if skip_nonfinite else finite_inputs
+    new_state = TrainState(step=state.step + 1, params=params,
                            batch_stats=updates.get('batch_stats', state.batch_stats),
                            opt_state=opt_state)
-    return new_state, {'loss': loss, 'accuracy': accuracy}
+    return new_state, {'loss': loss, 'accuracy': accuracy,
+                       'skipped': (~finite_inputs).astype(jnp.int32),
+                       'bad_step': jnp.where(ok, NO_BAD_STEP, state.step)}
 
   def eval_step(state, batch, mask):
     logits = model.apply(_variables(state, state.params), batch['input'], train=False)
@@ -161,6 +184,25 @@ def evaluate(evaluate_step, state, builder, spec, split, config, sharding) -> di
           'accuracy': float(sums['correct'] / sums['count'])}
 
 
+@jax.jit
+def fingerprint(tree) -> jax.Array:
+  """A uint32 digest of every bit of ``tree`` (position-weighted sums of the raw bits).
+
+  Saved with each checkpoint and recomputed after restoring it, so a corrupted or
+  truncated checkpoint is detected instead of being loaded.
+  """
+  total = jnp.uint32(0)
+  for i, leaf in enumerate(jax.tree.leaves(tree)):
+    leaf = jnp.ravel(jnp.asarray(leaf))
+    if leaf.dtype == jnp.bool_:
+      leaf = leaf.astype(jnp.uint8)
+    bits = leaf.dtype.itemsize * 8
+    words = jax.lax.bitcast_convert_type(leaf, jnp.dtype(f'uint{bits}')).astype(jnp.uint32)
+    weights = jnp.arange(1, words.size + 1, dtype=jnp.uint32)
+    total = total + jnp.uint32(2 * i + 1) * (jnp.sum(words) + jnp.sum(words * weights))
+  return total
+
+
 def _checkpoint_manager(workdir, phase):
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints', phase),
@@ -182,23 +224,43 @@ def _epoch_logs(config, state, train_metrics, test_metrics, epoch, phase) -> dic
 
 def _run_phase(phase, state, tx, config, workdir, model, mesh, builder, spec, first_epoch,
                num_epochs, log_file, writer, extra_to_save):
-  """Epochs ``first_epoch..num_epochs`` of one phase, checkpointing after each."""
-  train_step, eval_step, sharding = make_steps(model, tx, mesh)
+  """Epochs ``first_epoch..num_epochs`` of one phase, checkpointing after each.
+
+  Returns the state and the last epoch's training metrics (None if no epoch was left).
+  """
+  train_metrics = None
+  train_step, eval_step, sharding = make_steps(model, tx, mesh,
+                                               config.on_nonfinite == 'skip')
   manager = _checkpoint_manager(workdir, phase)
   bar = tqdm.tqdm(range(first_epoch, num_epochs + 1), desc=f'{config.method} {phase}',
                   unit='epoch', initial=first_epoch - 1, total=num_epochs,
                   disable=jax.process_index() != 0)
   for epoch in bar:
-    sums, steps = None, 0
+    sums, bad_step, steps = None, NO_BAD_STEP, 0
     for batch, _ in input_pipeline.epoch_batches(
         builder, spec, spec.train_split, config.batch_size, train=True, seed=config.seed,
         epoch=epoch if phase == 'train' else 10_000 + epoch):
       state, metrics = train_step(state, _global(batch, sharding))
+      bad_step = jnp.minimum(bad_step, metrics.pop('bad_step'))
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       steps += 1
-    train_metrics = {k: float(v) / steps for k, v in jax.device_get(sums).items()}
+    sums, bad_step = jax.device_get((sums, bad_step))  # one host round trip per epoch
+    if bad_step != NO_BAD_STEP:
+      last = manager.latest_step()
+      manager.close()
+      where = (f'the last good checkpoint is {phase} epoch {last} in '
+               f'{manager.directory} (kept; nothing after it was saved)' if last is not None
+               else 'no checkpoint of this phase was written yet')
+      raise NonFiniteError(
+          f'Non-finite loss, gradients or parameters at step {int(bad_step)} ({phase} epoch '
+          f'{epoch}); {where}. Lower the learning rate, or rerun with '
+          "--config.on_nonfinite=skip to skip such steps.")
+    skipped = int(sums.pop('skipped'))
+    train_metrics = {k: float(v) / steps for k, v in sums.items()}
+    train_metrics['skipped_steps'] = skipped
     test_metrics = evaluate(eval_step, state, builder, spec, spec.test_split, config, sharding)
     logs = _epoch_logs(config, state, train_metrics, test_metrics, epoch, phase)
+    logs['skipped_steps'] = train_metrics['skipped_steps']
     bar.set_postfix(acc=f"{logs['test_accuracy']:.3f}", sparsity=f"{logs['sparsity']:.3f}")
     if jax.process_index() == 0:
       log_file.write(json.dumps(logs) + '\n')
@@ -207,17 +269,37 @@ def _run_phase(phase, state, tx, config, workdir, model, mesh, builder, spec, fi
         if isinstance(value, float):
           writer.scalar(f'{phase}/{key}', value, logs['step'])
       writer.flush()
-    manager.save(epoch, args=ocp.args.StandardSave({'state': state, **extra_to_save}))
+    saved = {'state': state, **extra_to_save}
+    manager.save(epoch, args=ocp.args.StandardSave(
+        {**saved, 'fingerprint': fingerprint(saved)}))
     manager.wait_until_finished()
   manager.close()
   return state, train_metrics
 
 
-def _restore(manager, template):
-  step = manager.latest_step()
-  if step is None:
-    return None, 0
-  return manager.restore(step, args=ocp.args.StandardRestore(template)), step
+def _restore(manager, template, workdir, phase):
+  """The newest checkpoint whose fingerprint verifies, and its step; (None, 0) if none.
+
+  A checkpoint that cannot be read or whose content does not match its fingerprint
+  is moved to ``<workdir>/checkpoints/corrupted/`` and the next older one is tried.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(
+          {**template, 'fingerprint': jnp.uint32(0)}))
+    except Exception as error:  # pylint: disable=broad-except  (any unreadable checkpoint)
+      reason = f'it cannot be read ({type(error).__name__}: {str(error)[:200]})'
+    else:
+      expected = restored.pop('fingerprint')
+      if int(fingerprint(restored)) == int(expected):
+        return restored, step
+      reason = 'its content does not match its fingerprint'
+    target = os.path.join(workdir, 'checkpoints', 'corrupted', f'{phase}-{step}-{int(time.time())}')
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(os.path.join(str(manager.directory), str(step)), target)
+    manager.reload()
+    print(f'Skipped {phase} checkpoint {step}: {reason}; moved to {target}.')
+  return None, 0
 
 
 def _truncate_logs(path, phase, last_epoch):
@@ -235,10 +317,12 @@ def _truncate_logs(path, phase, last_epoch):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured experiment in ``workdir`` and returns (and writes) its results."""
   start_time = time.time()
-  if config.method not in METHODS:
-    raise ValueError(f'Unknown method {config.method!r}; choose one of {METHODS}.')
-  pcs.pruning.check_sparsity(config.sparsity)
-  spec = datasets.DATASETS.get(config.dataset)
+  config_checks.validate(config)
+  config_path = os.path.join(workdir, 'config.json')
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      config_checks.check_workdir(config, json.load(f), workdir)
+  spec = datasets.DATASETS[config.dataset]
   builder = datasets.builder(config.dataset, config.data_dir)
   model = models.create_model(config.model, spec.num_classes)
   devices = jax.devices()[:config.num_devices] if config.num_devices else jax.devices()
@@ -252,6 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'`batch_size` ({config.batch_size}) exceeds the training set.')
 
   tf.io.gfile.makedirs(workdir)
+  if not os.path.exists(config_path):
+    with open(config_path, 'w') as f:
+      json.dump(config.to_dict(), f, indent=1)
   variables = model.init(jax.random.key(config.seed),
                          jnp.zeros((1,) + spec.input_shape, jnp.float32), train=False)
   params = variables['params']
@@ -264,9 +351,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   finetune_sgd = optax.sgd(config.finetune_learning_rate, momentum=config.momentum)
   manager = _checkpoint_manager(workdir, 'finetune')
-  all_kept = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params)
+  all_kept = jax.device_put(jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params),
+                            replicated)
   template_tx = pcs.keep_masked(finetune_sgd, all_kept)
-  restored, finetune_done = _restore(manager, {
+  restored, finetune_done = _restore(manager, workdir=workdir, phase='finetune', template={
       'state': jax.device_put(TrainState(state.step, params, batch_stats,
                                          template_tx.init(params)), replicated),
       'masks': all_kept})
@@ -275,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(log_path, 'a') as log_file:
     if restored is None:  # (re)start or continue training, then prune
       manager = _checkpoint_manager(workdir, 'train')
-      restored_train, done = _restore(manager, {'state': state})
+      restored_train, done = _restore(manager, {'state': state}, workdir, 'train')
       manager.close()
       if restored_train is not None:
         state = restored_train['state']
@@ -286,8 +374,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           config.num_epochs, log_file, writer, {})
       dense_eval = evaluate(make_steps(model, tx, mesh)[1], state, builder, spec,
                             spec.test_split, config, NamedSharding(mesh, P('data')))
-      pruned, masks = pcs.prune(jax.device_get(state.params), config.sparsity,
-                                scope=config.prune_scope)
+      pruned, masks = jax.device_put(pcs.prune(jax.device_get(state.params), config.sparsity,
+                                               scope=config.prune_scope), replicated)
       finetune_tx = pcs.keep_masked(finetune_sgd, masks)
       state = jax.device_put(TrainState(state.step, pruned, state.batch_stats,
                                         finetune_tx.init(pruned)), replicated)
@@ -304,7 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _, eval_step, by_batch = make_steps(model, finetune_tx, mesh)
   test = evaluate(eval_step, state, builder, spec, spec.test_split, config, by_batch)
   train = (evaluate(eval_step, state, builder, spec, spec.train_split, config, by_batch)
-           if config.eval_train else {'accuracy': train_metrics['accuracy']})
+           if config.eval_train or train_metrics is None
+           else {'accuracy': train_metrics['accuracy']})
   results = {
       'method': config.method, 'dataset': config.dataset, 'model': config.model,
       'target_sparsity': float(config.sparsity),
@@ -313,6 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'test_accuracy_before_pruning': dense_eval['accuracy'] if dense_eval else None,
       'num_epochs': config.num_epochs, 'finetune_epochs': config.finetune_epochs,
       'seed': config.seed, 'num_devices': len(devices),
+      'params_fingerprint': int(fingerprint(state.params)),
       'wall_time_s': time.time() - start_time, 'config': config.to_dict(),
   }
   if jax.process_index() == 0:

@@ -3,6 +3,8 @@
 Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
 """
 
+import math
+import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -83,7 +85,12 @@ def mirror(
 
   def init_fn(params):
     mask = selection.select(params, where)
-    log_a = jnp.log(jnp.asarray(beta, jnp.float32) / 2)
+    # log a_0 = log beta - log 2, in float64 for a Python beta: a float32 beta / 2 can
+    # underflow to 0 (log -> -inf) while its logarithm is perfectly representable.
+    if isinstance(beta, numbers.Real):
+      log_a = jnp.asarray(math.log(beta) - math.log(2.0), jnp.float32)
+    else:
+      log_a = jnp.log(jnp.asarray(beta, jnp.float32)) - jnp.log(2.0)
     return MirrorState(
         count=jnp.zeros((), jnp.int32),
         log_a=log_a,

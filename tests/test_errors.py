@@ -104,3 +104,9 @@ def test_mirror_stays_finite_as_a_vanishes():
     params = optax.apply_updates(params, updates)
     assert bool(jnp.all(jnp.isfinite(params['kernel'])))
   np.testing.assert_allclose(pcs.find_state(state).log_a, np.log(0.5) - 12_000, rtol=1e-6)
+
+
+def test_mirror_with_beta_below_float32_range():
+  """beta / 2 = 5e-41 underflows float32; log a_0 must still be exact (found by hypothesis)."""
+  state = pcs.mirror(optax.sgd(0.1), beta=1e-40).init(PARAMS)
+  np.testing.assert_allclose(pcs.find_state(state).log_a, np.log(1e-40 / 2), rtol=1e-6)

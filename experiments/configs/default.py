@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.num_devices = 0   # 0: all devices
   config.eval_train = True
+  config.on_nonfinite = 'stop'     # 'stop': halt naming the step; 'skip': drop such steps
+  config.max_nonfinite_steps = 5   # with 'skip': consecutive bad steps before giving up
 
   # Tuned on mnist1d at 95% sparsity, lr 0.1, 30 epochs (README: grid and figures).
   # pilot: Algorithm 1's controller; alpha grows x1.3 per improving epoch in the first

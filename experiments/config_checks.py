@@ -1,0 +1,169 @@
+"""Checks that fail early and clearly on a bad config, before any file is written."""
+
+import difflib
+import importlib.util
+import numbers
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import ml_collections
+
+from experiments import datasets
+from experiments import models
+
+LR_SCHEDULES = ('cosine', 'step', 'constant')
+ON_NONFINITE = ('stop', 'skip')
+SCOPES = ('global', 'layerwise', 'erk')
+# Keys that may change between a run and its resumption without changing its results' meaning.
+RESUMABLE_CHANGES = ('data_dir', 'num_devices', 'eval_train')
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> List[str]:
+  keys = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flat_keys(value, f'{prefix}{key}.')
+    else:
+      keys.append(f'{prefix}{key}')
+  return keys
+
+
+def _lookup(config, key):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location('_pcs_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _parses_as(value: str, default) -> bool:
+  if isinstance(default, bool):
+    return value.lower() in ('true', 'false', '1', '0')
+  try:
+    if isinstance(default, numbers.Integral):
+      int(value)
+    elif isinstance(default, numbers.Real):
+      float(value)
+  except ValueError:
+    return False
+  return True
+
+
+def check_overrides(argv: Sequence[str], default_config_path: str) -> Optional[str]:
+  """The error message for the first bad ``--config.<key>=<value>`` in ``argv``, or None.
+
+  Unknown keys get the closest valid keys; values that do not parse as the key's
+  type (int, float, bool) name the type expected.
+  """
+  path = default_config_path
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1]
+  if not os.path.exists(path):
+    return f'--config={path}: no such config file.'
+  config = load_config_file(path)
+  keys = flat_keys(config)
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    key, _, value = arg[len('--config.'):].partition('=')
+    if key not in keys:
+      close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+      hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ''
+      return (f'Unknown config key {key!r} in {arg!r}.{hint} Valid keys: '
+              f"{', '.join(keys)}.")
+    default = _lookup(config, key)
+    if value and not _parses_as(value, default):
+      kind = type(default).__name__
+      return f'{arg!r}: {key} takes a {kind} (default {default!r}); got {value!r}.'
+  return None
+
+
+def exit_on_bad_overrides(default_config_path: str) -> None:
+  """Checks ``sys.argv`` before absl parses it; prints the problem and exits with 2."""
+  message = check_overrides(sys.argv, default_config_path)
+  if message:
+    print(f'Error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _need(condition, message):
+  if not condition:
+    raise ValueError(message)
+
+
+def _int(config, key, minimum):
+  value = _lookup(config, key)
+  _need(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum,
+        f'config.{key} must be an integer >= {minimum}; got {value!r}.')
+
+
+def _real(config, key, low, high=float('inf'), *, open_high=False):
+  value = _lookup(config, key)
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value and (
+      value < high if open_high else value <= high)
+  bound = f'[{low}, {high})' if open_high else f'[{low}, {high}]'
+  _need(ok, f'config.{key} must be a number in {bound}; got {value!r}.')
+
+
+def _choice(config, key, choices):
+  value = _lookup(config, key)
+  _need(value in choices, f'config.{key} must be one of {tuple(choices)}; got {value!r}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key and what is allowed, for the first bad value."""
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  _choice(config, 'dataset', sorted(datasets.DATASETS))
+  _choice(config, 'model', sorted(models.MODELS))
+  _choice(config, 'method', train.METHODS)
+  _choice(config, 'lr_schedule', LR_SCHEDULES)
+  _choice(config, 'prune_scope', SCOPES)
+  _choice(config, 'on_nonfinite', ON_NONFINITE)
+  _real(config, 'sparsity', 0.0, 1.0, open_high=True)
+  for key, minimum in (('num_epochs', 1), ('batch_size', 1), ('eval_batch_size', 1),
+                       ('warmup_epochs', 0), ('finetune_epochs', 0), ('seed', 0),
+                       ('num_devices', 0), ('max_nonfinite_steps', 1)):
+    _int(config, key, minimum)
+  _need(config.warmup_epochs <= config.num_epochs,
+        f'config.warmup_epochs ({config.warmup_epochs}) must be <= config.num_epochs '
+        f'({config.num_epochs}).')
+  for key in ('learning_rate', 'finetune_learning_rate', 'weight_decay'):
+    _real(config, key, 0.0)
+  _real(config, 'momentum', 0.0, 1.0, open_high=True)
+  _real(config, 'gmp.begin_fraction', 0.0, 1.0)
+  _real(config, 'gmp.end_fraction', config.gmp.begin_fraction, 1.0)
+  _real(config, 'gmp.frequency_epochs', 0.0)
+  _real(config, 'pilot.delta', 1.0)
+  # The transforms check their own hyperparameters and name them.
+  train.make_optimizer(config, steps_per_epoch=1)
+
+
+def check_workdir(config: ml_collections.ConfigDict, saved: dict, workdir: str) -> None:
+  """Refuses a workdir whose saved config differs from ``config`` (results would mix)."""
+  current = config.to_dict()
+  differing = sorted(
+      key for key in set(flat_dict(saved)) | set(flat_dict(current))
+      if key.split('.')[0] not in RESUMABLE_CHANGES
+      and flat_dict(saved).get(key) != flat_dict(current).get(key))
+  if differing:
+    changes = ', '.join(f'{k}: {flat_dict(saved).get(k)!r} -> {flat_dict(current).get(k)!r}'
+                        for k in differing)
+    raise ValueError(f'{workdir} holds a run with a different config ({changes}). Use another '
+                     '--workdir, or delete this one to start over; nothing was changed.')
+
+
+def flat_dict(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flat_dict(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+  return out

@@ -1,0 +1,73 @@
+"""Fault injection: SIGKILL the sparsify binary at random moments and during a checkpoint
+write, restart it, and check that it ends exactly like an uninterrupted run."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from experiments import train
+from experiments.configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS, FINETUNE = 4, 2
+RANDOM_KILLS = 3
+
+
+def _flags(workdir, data_dir):
+  return [f'--workdir={workdir}', f'--config.data_dir={data_dir}',
+          f'--config.num_epochs={EPOCHS}', f'--config.finetune_epochs={FINETUNE}',
+          '--config.eval_train=False']
+
+
+def _start(kill_at_save, workdir, data_dir):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(REPO, 'tests', 'fault_runner.py'), str(kill_at_save)]
+      + _flags(workdir, data_dir), cwd=REPO, env={**os.environ, 'PYTHONPATH': REPO},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_runs_resume_and_end_like_an_uninterrupted_run(data_dir, tmp_path):
+  config = default.get_config()
+  config.data_dir, config.num_epochs, config.finetune_epochs = data_dir, EPOCHS, FINETUNE
+  config.eval_train = False
+  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+
+  workdir = tmp_path / 'killed'
+  outputs, kills = [], []
+  # 1: killed while writing its second checkpoint (train epoch 2).
+  process = _start(2, workdir, data_dir)
+  outputs.append(process.communicate(timeout=300)[0])
+  assert process.returncode == -9
+  kills.append('during the write of checkpoint 2')
+  # 2..: killed at seeded random moments (start-up, training, fine-tuning, saving).
+  rng = np.random.default_rng(0)
+  for delay in rng.uniform(2.0, 20.0, size=RANDOM_KILLS):
+    process = _start(0, workdir, data_dir)
+    try:
+      outputs.append(process.communicate(timeout=delay)[0])
+    except subprocess.TimeoutExpired:
+      process.kill()
+      outputs.append(process.communicate()[0])
+      kills.append(f'after {delay:.1f}s')
+  # Last: run to completion.
+  process = _start(0, workdir, data_dir)
+  outputs.append(process.communicate(timeout=300)[0])
+  assert process.returncode == 0, outputs[-1][-3000:]
+
+  assert any('Resuming' in out for out in outputs[1:]), outputs
+  # A kill can leave a half-written checkpoint; none may have been loaded. Complete ones
+  # must never be set aside, so any 'Skipped' line must concern an unreadable checkpoint.
+  for out in outputs:
+    for line in out.splitlines():
+      if line.startswith('Skipped'):
+        assert 'cannot be read' in line, line
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['params_fingerprint'] == reference['params_fingerprint']
+  assert results['test_accuracy'] == reference['test_accuracy']
+  assert (workdir / 'metrics.jsonl').read_text() == (
+      tmp_path / 'reference' / 'metrics.jsonl').read_text()
+  assert len(kills) >= 2, kills  # at least the checkpoint-write kill and one random kill
