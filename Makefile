@@ -26,7 +26,7 @@ test: $(STAMP)
 	PCS_NOTEBOOK_STEPS=100 $(PY) -m pytest -q -n 2 --durations=10 tests --nbmake notebooks/quickstart.ipynb
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.step_overhead
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) *.egg-info

@@ -28,13 +28,20 @@ flags.DEFINE_integer('conv_batch', 128, 'Batch size of ResNet-20 on 32x32x3 inpu
 FLAGS = flags.FLAGS
 
 
-def _variants(lr=0.1):
+def _variants(lr=0.1, names=None):
   inner = lambda: optax.sgd(lr, momentum=0.9)
-  return {
-      'bare': inner(),
-      'pilot': pcs.pilot(inner(), alpha=1e-4),
-      'mirror': pcs.mirror(inner(), alpha=1e-4, learning_rate=lr),
+  variants = {
+      'bare': lambda: inner(),
+      'pilot': lambda: pcs.pilot(inner(), alpha=1e-4),
+      'mirror': lambda: pcs.mirror(inner(), alpha=1e-4, learning_rate=lr),
+      'spred': lambda: pcs.spred(inner(), weight_decay=1e-4),
+      'str': lambda: pcs.soft_threshold(inner(), weight_decay=1e-4),
+      'cs': lambda: pcs.continuous_sparsification(inner(), l1_strength=1e-4, num_steps=1000),
+      'powerprop': lambda: pcs.powerprop(inner()),
+      'l1': lambda: pcs.l1(inner(), strength=1e-4, learning_rate=lr),
+      'gmp': lambda: pcs.gmp(inner(), final_sparsity=0.9, begin_step=0, end_step=1000),
   }
+  return {k: v() for k, v in variants.items() if names is None or k in names}
 
 
 def _make_step(model, tx, has_batch_stats):
@@ -61,7 +68,7 @@ def _bytes(tree):
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def measure(name, model, input_shape, batch, repeats):
+def measure(name, model, input_shape, batch, repeats, names=None):
   """Median step time and state bytes of each variant, measured interleaved."""
   rng = np.random.default_rng(0)
   inputs = jnp.asarray(rng.normal(size=(batch,) + input_shape), jnp.float32)
@@ -70,7 +77,7 @@ def measure(name, model, input_shape, batch, repeats):
   params = variables['params']
   extra = {k: v for k, v in variables.items() if k != 'params'}
   runs = {}
-  for variant, tx in _variants().items():
+  for variant, tx in _variants(names=names).items():
     state = tx.init(params)
     step = _make_step(model, tx, bool(extra))
     carry = (params, extra, state)
@@ -96,19 +103,31 @@ def measure(name, model, input_shape, batch, repeats):
   return rows
 
 
+def run_all(repeats):
+  """Every method on the MLP and ResNet-20, and pilot/mirror on MLPs of growing width."""
+  rows = measure('MLP 784-1024-1024-10', models.MLP((1024, 1024, 10)), (784,),
+                 FLAGS.mlp_batch, repeats)
+  rows += measure('ResNet-20', models.resnet20(), (32, 32, 3), FLAGS.conv_batch, repeats)
+  for width in (256, 2048, 4096):
+    rows += measure(f'MLP 784-{width}-{width}-10', models.MLP((width, width, 10)), (784,),
+                    FLAGS.mlp_batch, repeats, names=('bare', 'pilot', 'mirror'))
+  return rows
+
+
+def markdown(rows) -> str:
+  lines = ['| model | variant | median step (ms) | time / bare | optimizer state / params |',
+           '|---|---|---:|---:|---:|']
+  for name, variant, ms, ratio, state in rows:
+    lines.append(f'| {name} | {variant} | {ms:.2f} | {ratio:.3f}x | {state:.2f}x |')
+  return '\n'.join(lines)
+
+
 def main(argv):
   del argv
   print(f'# pcs step overhead: {platform.processor() or platform.machine()}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, '
         f'optax {optax.__version__}, {time.strftime("%Y-%m-%d")}')
-  rows = measure('MLP 784-1024-1024-10', models.MLP((1024, 1024, 10)), (784,),
-                 FLAGS.mlp_batch, FLAGS.repeats)
-  rows += measure('ResNet-20', models.resnet20(), (32, 32, 3), FLAGS.conv_batch,
-                  FLAGS.repeats)
-  print('| model | variant | median step (ms) | time / bare | optimizer state / params |')
-  print('|---|---|---:|---:|---:|')
-  for name, variant, ms, ratio, state in rows:
-    print(f'| {name} | {variant} | {ms:.2f} | {ratio:.3f}x | {state:.2f}x |')
+  print(markdown(run_all(FLAGS.repeats)))
 
 
 if __name__ == '__main__':

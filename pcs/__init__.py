@@ -7,6 +7,7 @@ see Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
 from pcs import theory
 from pcs.alpha import AlphaController, AlphaState, alpha_controller
 from pcs.continuous_sparsification import MaskLatent, continuous_sparsification
+from pcs.export import NMKernel, export, sparse_apply
 from pcs.gmp import PruningState, gmp, magnitude
 from pcs.imp import PruningResult, iterative_pruning
 from pcs.inspection import find_state, latents, stats
@@ -24,9 +25,9 @@ __version__ = '0.1.0'
 
 __all__ = [
     'AlphaController', 'AlphaState', 'Factors', 'KeepMaskedState', 'L1State', 'MaskLatent',
-    'MirrorState', 'PowerLatent', 'PruningResult', 'PruningState', 'ReparamState', 'Reparameterization', 'Scale',
+    'MirrorState', 'NMKernel', 'PowerLatent', 'PruningResult', 'PruningState', 'ReparamState', 'Reparameterization', 'Scale',
     'SparsitySummary', 'ThresholdLatent', 'alpha_controller', 'apply_masks',
-    'continuous_sparsification', 'find_state', 'gmp', 'iterative_pruning', 'keep_masked', 'l1', 'latents',
+    'continuous_sparsification', 'export', 'find_state', 'gmp', 'iterative_pruning', 'keep_masked', 'l1', 'latents',
     'magnitude', 'mirror', 'pilot', 'powerprop', 'product_init', 'prune', 'reparameterize',
-    'select', 'soft_threshold', 'sparsity', 'spred', 'stats', 'summary', 'theory',
+    'select', 'soft_threshold', 'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory',
 ]

@@ -37,7 +37,8 @@ def test_regression_experiment_writes_results_that_match_the_theory(tmp_path):
 def test_step_overhead_benchmark_reports_state_sizes():
   rows = step_overhead.measure('tiny MLP', models.MLP((32, 10)), (16,), batch=8, repeats=2)
   by_variant = {variant: (ratio, state) for _, variant, _, ratio, state in rows}
-  assert set(by_variant) == {'bare', 'pilot', 'mirror'}
+  assert set(by_variant) == {'bare', 'pilot', 'mirror', 'spred', 'str', 'cs', 'powerprop', 'l1',
+                             'gmp'}
   assert by_variant['bare'] == (1.0, 1.0)
   # SGD momentum keeps one trace per parameter. pilot: m + traces of m and w on kernels
   # (2 x 16 x 32 + 32 x 10 + traces of biases); mirror: the bare size plus a few scalars.
@@ -45,3 +46,13 @@ def test_step_overhead_benchmark_reports_state_sizes():
   np.testing.assert_allclose(by_variant['pilot'][1], (3 * kernels + biases) / (kernels + biases),
                              rtol=1e-2)
   np.testing.assert_allclose(by_variant['mirror'][1], 1.0, atol=0.02)
+
+
+def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):
+  from benchmarks import sparse_inference
+  monkeypatch.setattr(sparse_inference, 'SPARSITIES', (0.0, 0.95))
+  rows = sparse_inference.measure('mnist1d CNN', models.CNN1D, (40, 1), repeats=2)
+  assert len(rows) == 4  # 2 sparsities x 2 batch sizes; outputs were checked against dense
+  at95 = [r for r in rows if r['sparsity'] == 0.95]
+  assert all(r['bcoo_kb'] < 0.25 * r['dense_kb'] for r in at95)  # 5% of entries + indices
+  assert 'crossover' in sparse_inference.markdown(rows)
