@@ -103,16 +103,16 @@ def markdown(rows) -> str:
   return '\n'.join(lines)
 
 
-def run(repeats: int) -> str:
+def run(repeats: int) -> list:
   rows = []
   for name, make_model, shape in MODELS:
     rows += measure(name, make_model, shape, repeats)
-  return markdown(rows)
+  return rows
 
 
 def main(argv):
   del argv
-  print(run(FLAGS.inference_repeats))
+  print(markdown(run(FLAGS.inference_repeats)))
 
 
 if __name__ == '__main__':

@@ -56,3 +56,19 @@ def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):
   at95 = [r for r in rows if r['sparsity'] == 0.95]
   assert all(r['bcoo_kb'] < 0.25 * r['dense_kb'] for r in at95)  # 5% of entries + indices
   assert 'crossover' in sparse_inference.markdown(rows)
+
+
+def test_benchmark_target_verdicts():
+  from benchmarks import __main__ as bench
+  from benchmarks import sparse_inference
+  steps = [('MLP 784-1024-1024-10', 'pilot', 1.0, 1.15, 3.0),
+           ('MLP 784-1024-1024-10', 'mirror', 1.0, 1.6, 1.0),
+           ('ResNet-20', 'pilot', 1.0, 1.01, 3.0), ('ResNet-20', 'mirror', 1.0, 1.0, 1.0)]
+  inference = [{'model': name, 'batch': 1, 'sparsity': 0.95, 'bcoo_ratio': ratio,
+                'bcsr_ratio': 2.0} for (name, _, _), ratio in zip(sparse_inference.MODELS,
+                                                                  (0.5, 1.25, 3.0))]
+  text = bench.targets(steps, inference)
+  assert '| pilot step <= 1.10x bare on the MLP | 1.150x | missed by 0.05x |' in text
+  assert '| pilot step <= 1.02x bare on ResNet-20 | 1.010x | met |' in text
+  assert 'mnist1d CNN | 0.50x dense | met |' in text
+  assert 'ResNet-20 | 2.00x dense | missed: 2.00x slower |' in text
