@@ -14,7 +14,6 @@ import shutil
 import time
 from typing import Any
 
-from absl import logging
 import flax
 from flax.metrics import tensorboard
 import jax

@@ -4,7 +4,6 @@ from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from pcs import pilot
 from pcs import selection

@@ -19,7 +19,7 @@ For an underdetermined least-squares loss, the flow converges to
 whose KKT point is x = a_inf sinh(2 (c + A^T nu)) with A x = y (:func:`kkt_limit`).
 """
 
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

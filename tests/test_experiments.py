@@ -3,7 +3,6 @@
 import json
 import os
 
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import step_overhead
