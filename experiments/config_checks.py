@@ -147,14 +147,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def check_workdir(config: ml_collections.ConfigDict, saved: dict, workdir: str) -> None:
   """Refuses a workdir whose saved config differs from ``config`` (results would mix)."""
-  current = config.to_dict()
-  differing = sorted(
-      key for key in set(flat_dict(saved)) | set(flat_dict(current))
-      if key.split('.')[0] not in RESUMABLE_CHANGES
-      and flat_dict(saved).get(key) != flat_dict(current).get(key))
+  before, now = flat_dict(saved), flat_dict(config.to_dict())
+  differing = sorted(key for key in set(before) | set(now)
+                     if key.split('.')[0] not in RESUMABLE_CHANGES
+                     and before.get(key) != now.get(key))
   if differing:
-    changes = ', '.join(f'{k}: {flat_dict(saved).get(k)!r} -> {flat_dict(current).get(k)!r}'
-                        for k in differing)
+    changes = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differing)
     raise ValueError(f'{workdir} holds a run with a different config ({changes}). Use another '
                      '--workdir, or delete this one to start over; nothing was changed.')
 

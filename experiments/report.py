@@ -30,17 +30,23 @@ def load(folder: str) -> List[dict]:
 
 
 def _cell(values) -> str:
-  values = np.asarray(values) * 100
+  values = np.asarray(values)
   if len(values) == 1:
     return f'{values[0]:.1f}'
   return f'{values.mean():.1f} ± {values.std(ddof=1):.1f} (n={len(values)})'
 
 
-def table(results: List[dict]) -> str:
-  """Markdown: one row per method, one column per target sparsity (test accuracy, %)."""
+def accuracies(results: List[dict]) -> dict:
+  """Test accuracies (%) grouped by (method, target sparsity), one entry per seed."""
   groups = collections.defaultdict(list)
   for r in results:
-    groups[(r['method'], r['target_sparsity'])].append(r['test_accuracy'])
+    groups[(r['method'], r['target_sparsity'])].append(100 * r['test_accuracy'])
+  return groups
+
+
+def table(results: List[dict]) -> str:
+  """Markdown: one row per method, one column per target sparsity (test accuracy, %)."""
+  groups = accuracies(results)
   sparsities = sorted({s for _, s in groups})
   methods = sorted({m for m, _ in groups}, key=lambda m: (m != 'dense', m))
   title = ' / '.join(sorted({f"{r['dataset']} {r['model']}" for r in results}))
@@ -58,9 +64,7 @@ def plot(results: List[dict], path: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  groups = collections.defaultdict(list)
-  for r in results:
-    groups[(r['method'], r['target_sparsity'])].append(100 * r['test_accuracy'])
+  groups = accuracies(results)
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for method in sorted({m for m, _ in groups}):
     points = sorted((s, np.mean(v), np.std(v)) for (m, s), v in groups.items() if m == method)

@@ -113,27 +113,27 @@ def make_optimizer(config, steps_per_epoch: int):
   return optax.with_extra_args_support(tx)
 
 
-def _variables(state, params):
-  return {'params': params, **({'batch_stats': state.batch_stats} if state.batch_stats else {})}
+def _variables(params, batch_stats):
+  return {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
 
 
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_steps(model, tx, mesh, skip_nonfinite: bool = False):
-  """Jitted train and eval steps: batch sharded on 'data', state replicated.
+def make_train_step(model, tx, mesh, skip_nonfinite: bool = False):
+  """The jitted train step: batch sharded on 'data', state replicated.
 
-  The train step also reports ``bad_step``: its step number if the loss or gradients
-  were non-finite (with ``skip_nonfinite``: if the parameters became non-finite,
-  since such steps are skipped), else ``NO_BAD_STEP``; reduced with ``min``.
+  It also reports ``bad_step``: its step number if the loss or gradients were
+  non-finite (with ``skip_nonfinite``: if the parameters became non-finite, since
+  such steps are skipped), else ``NO_BAD_STEP``; reduced with ``min``.
   """
   replicated = NamedSharding(mesh, P())
   by_batch = NamedSharding(mesh, P('data'))
 
   def train_step(state, batch):
     def loss_fn(params):
-      logits, updates = model.apply(_variables(state, params), batch['input'], train=True,
+      logits, updates = model.apply(_variables(params, state.batch_stats), batch['input'], train=True,
                                     mutable=['batch_stats'])
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       return loss, (logits, updates)
@@ -151,18 +151,25 @@ def make_steps(model, tx, mesh, skip_nonfinite: bool = False):
                        'skipped': (~finite_inputs).astype(jnp.int32),
                        'bad_step': jnp.where(ok, NO_BAD_STEP, state.step)}
 
-  def eval_step(state, batch, mask):
-    logits = model.apply(_variables(state, state.params), batch['input'], train=False)
+  return jax.jit(train_step, in_shardings=(replicated, by_batch),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_eval_step(model, mesh):
+  """The jitted eval step; it reads only params and batch statistics, so one
+  compilation serves every phase of a run whatever the optimizer."""
+  replicated = NamedSharding(mesh, P())
+  by_batch = NamedSharding(mesh, P('data'))
+
+  def eval_step(params, batch_stats, batch, mask):
+    logits = model.apply(_variables(params, batch_stats), batch['input'], train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     correct = jnp.argmax(logits, -1) == batch['label']
     return {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
             'count': jnp.sum(mask)}
 
-  train = jax.jit(train_step, in_shardings=(replicated, by_batch),
-                  out_shardings=(replicated, replicated), donate_argnums=0)
-  evaluate = jax.jit(eval_step, in_shardings=(replicated, by_batch, by_batch),
-                     out_shardings=replicated)
-  return train, evaluate, by_batch
+  return jax.jit(eval_step, in_shardings=(replicated, replicated, by_batch, by_batch),
+                 out_shardings=replicated)
 
 
 def _global(batch, sharding):
@@ -176,7 +183,8 @@ def evaluate(evaluate_step, state, builder, spec, split, config, sharding) -> di
   sums = None
   for batch, mask in input_pipeline.epoch_batches(builder, spec, split, batch_size,
                                                   train=False, seed=config.seed, epoch=0):
-    out = evaluate_step(state, _global(batch, sharding), _global(mask, sharding))
+    out = evaluate_step(state.params, state.batch_stats, _global(batch, sharding),
+                        _global(mask, sharding))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   return {'loss': float(sums['loss'] / sums['count']),
@@ -221,15 +229,15 @@ def _epoch_logs(config, state, train_metrics, test_metrics, epoch, phase) -> dic
   return logs
 
 
-def _run_phase(phase, state, tx, config, workdir, model, mesh, builder, spec, first_epoch,
-               num_epochs, log_file, writer, extra_to_save):
+def _run_phase(phase, state, tx, eval_step, config, workdir, model, mesh, builder, spec,
+               first_epoch, num_epochs, log_file, writer, extra_to_save):
   """Epochs ``first_epoch..num_epochs`` of one phase, checkpointing after each.
 
   Returns the state and the last epoch's training metrics (None if no epoch was left).
   """
   train_metrics = None
-  train_step, eval_step, sharding = make_steps(model, tx, mesh,
-                                               config.on_nonfinite == 'skip')
+  train_step = make_train_step(model, tx, mesh, config.on_nonfinite == 'skip')
+  sharding = NamedSharding(mesh, P('data'))
   manager = _checkpoint_manager(workdir, phase)
   bar = tqdm.tqdm(range(first_epoch, num_epochs + 1), desc=f'{config.method} {phase}',
                   unit='epoch', initial=first_epoch - 1, total=num_epochs,
@@ -330,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f'{len(devices)} devices.')
   mesh = jax.sharding.Mesh(np.array(devices), ('data',))
   replicated = NamedSharding(mesh, P())
+  by_batch = NamedSharding(mesh, P('data'))
+  eval_step = make_eval_step(model, mesh)
   steps_per_epoch = input_pipeline.steps_per_epoch(builder, spec.train_split, config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f'`batch_size` ({config.batch_size}) exceeds the training set.')
@@ -369,10 +379,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f'Resuming {workdir} after training epoch {done}.')
       _truncate_logs(log_path, 'train', done)
       state, train_metrics = _run_phase(
-          'train', state, tx, config, workdir, model, mesh, builder, spec, done + 1,
+          'train', state, tx, eval_step, config, workdir, model, mesh, builder, spec, done + 1,
           config.num_epochs, log_file, writer, {})
-      dense_eval = evaluate(make_steps(model, tx, mesh)[1], state, builder, spec,
-                            spec.test_split, config, NamedSharding(mesh, P('data')))
+      dense_eval = evaluate(eval_step, state, builder, spec, spec.test_split, config,
+                            by_batch)
       pruned, masks = jax.device_put(pcs.prune(jax.device_get(state.params), config.sparsity,
                                                scope=config.prune_scope), replicated)
       finetune_tx = pcs.keep_masked(finetune_sgd, masks)
@@ -385,10 +395,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.finetune_epochs:
       _truncate_logs(log_path, 'finetune', finetune_done)
       state, train_metrics = _run_phase(
-          'finetune', state, finetune_tx, config, workdir, model, mesh, builder, spec,
+          'finetune', state, finetune_tx, eval_step, config, workdir, model, mesh, builder, spec,
           finetune_done + 1, config.finetune_epochs, log_file, writer, {'masks': masks})
 
-  _, eval_step, by_batch = make_steps(model, finetune_tx, mesh)
   test = evaluate(eval_step, state, builder, spec, spec.test_split, config, by_batch)
   train = (evaluate(eval_step, state, builder, spec, spec.train_split, config, by_batch)
            if config.eval_train or train_metrics is None

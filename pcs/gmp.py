@@ -9,6 +9,7 @@ import optax
 
 from pcs import masked
 from pcs import pruning
+from pcs import reparam
 from pcs import selection
 
 
@@ -37,8 +38,7 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise ValueError(f'{name}.update needs the current parameters: call '
-                       'update(grads, state, params).')
+      raise ValueError(reparam.NO_PARAMS_MSG.format(name=name))
     inner_updates, inner_state = masked.masked_step(
         inner, updates, state.inner_state, params, state.masks, extra_args)
     new_x = optax.apply_updates(params, inner_updates)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from pcs import pruning
+from pcs import reparam
 
 
 class KeepMaskedState(NamedTuple):
@@ -65,8 +66,7 @@ def keep_masked(inner: optax.GradientTransformation, masks: Any
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise ValueError('keep_masked.update needs the current parameters: call '
-                       'update(grads, state, params).')
+      raise ValueError(reparam.NO_PARAMS_MSG.format(name='keep_masked'))
     pruning.check_masks(params, masks)
     out, inner_state = masked_step(inner, updates, state.inner_state, params, masks, extra_args)
     return out, KeepMaskedState(inner_state)
