@@ -7,7 +7,15 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 
+import hypothesis  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# `ci` (the default) replays the same examples on every run, so CI is never red by chance;
+# `pytest --hypothesis-profile=explore` searches afresh with many more examples.
+_COMMON = dict(deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.register_profile('ci', max_examples=25, derandomize=True, **_COMMON)
+hypothesis.settings.register_profile('explore', max_examples=1000, **_COMMON)
+hypothesis.settings.load_profile('ci')
 
 
 @pytest.fixture(scope='session')

@@ -11,13 +11,12 @@ import optax
 import pcs
 from pcs import theory
 
-SETTINGS = hypothesis.settings(max_examples=25, deadline=None,
-                               suppress_health_check=[hypothesis.HealthCheck.too_slow])
-# XLA on CPU flushes subnormal numbers to zero, so they are excluded (see README).
-finite64 = st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+# XLA on CPU flushes subnormal numbers to zero (see README), so inputs stay clear of them: with
+# beta <= 1e6, m0 <= 1e3 for tiny x, and w0 = x / m0 is normal whenever |x| >= 1e-300.
+magnitudes = st.floats(1e-300, 1e30)
+finite64 = st.one_of(st.just(0.0), magnitudes, magnitudes.map(lambda v: -v))
 
 
-@SETTINGS
 @hypothesis.given(hnp.arrays(np.float64, st.integers(1, 16), elements=finite64),
                   st.floats(1e-6, 1e6))
 def test_init_identities_for_any_x_and_beta(x, beta):
@@ -38,7 +37,6 @@ def _params(shape_list, seed):
           for i, s in enumerate(shape_list)}
 
 
-@SETTINGS
 @hypothesis.given(shapes, st.floats(0.0, 0.999), st.integers(0, 2**31 - 1))
 def test_prune_hits_the_exact_target(shape_list, sparsity, seed):
   params = _params(shape_list, seed)
@@ -51,7 +49,6 @@ def test_prune_hits_the_exact_target(shape_list, sparsity, seed):
   assert sum(int(jnp.sum(~m)) for m in masks.values()) == round(sparsity * total)
 
 
-@SETTINGS
 @hypothesis.given(shapes, st.floats(0.0, 0.95), st.integers(0, 2**31 - 1))
 def test_keep_masked_keeps_masks_fixed(shape_list, sparsity, seed):
   params = _params(shape_list, seed)
@@ -80,7 +77,6 @@ TRANSFORMS = [
 ]
 
 
-@SETTINGS
 @hypothesis.given(trees, st.integers(0, len(TRANSFORMS) - 1))
 def test_updates_always_match_the_params_tree(shape_tree, which):
   rng = np.random.default_rng(0)
@@ -96,7 +92,6 @@ def test_updates_always_match_the_params_tree(shape_tree, which):
     params = optax.apply_updates(params, updates)
 
 
-@SETTINGS
 @hypothesis.given(hnp.arrays(np.float32, 16,
                              elements=st.floats(-3.0000000054977558e+38, 3.0000000054977558e+38,
                                                 width=32, allow_nan=False, allow_infinity=False)),
