@@ -58,6 +58,11 @@ def mirror(
   evaluated in log space (:func:`pcs.theory.mirror_map`): finite for a_t -> 0 and
   huge |x| / a_t.
 
+  With momentum mu in ``inner``, a steady drift of z is amplified by 1 / (1 - mu)
+  while a_t decays outside ``inner``: a constant alpha then acts on x as the L1
+  penalty 2 alpha (1 - mu), where ``pcs.pilot`` (whose decay passes through the
+  momentum) gives 2 alpha. Scale alpha by 1 / (1 - mu) to match pilot.
+
   Reference: Jacobs & Burkholz, ICLR 2025, Theorem on the time-dependent mirror
   flow of x = m * w with weight decay.
 

@@ -66,8 +66,19 @@ def test_benchmark_target_verdicts():
   inference = [{'model': name, 'batch': 1, 'sparsity': 0.95, 'bcoo_ratio': ratio,
                 'bcsr_ratio': 2.0} for (name, _, _), ratio in zip(sparse_inference.MODELS,
                                                                   (0.5, 1.25, 3.0))]
-  text = bench.targets(steps, inference)
+  def recovery(d, solver, seconds, solved=True):
+    return {'d': d, 'solver': solver, 'time_s': seconds, 'solved': solved}
+  recoveries = [recovery(1000, 'pcs pilot', 0.01), recovery(1000, 'HiGHS simplex', 0.5),
+                recovery(10_000, 'pcs pilot', 3.0), recovery(10_000, 'pcs mirror', 2.0),
+                recovery(10_000, 'HiGHS simplex', 1.0), recovery(10_000, 'HiGHS IPM', 120, False),
+                recovery(100_000, 'pcs pilot', 1.5), recovery(100_000, 'HiGHS IPM', 120, False)]
+  text = bench.targets(steps, inference, recoveries)
   assert '| pilot step <= 1.10x bare on the MLP | 1.150x | missed by 0.05x |' in text
   assert '| pilot step <= 1.02x bare on ResNet-20 | 1.010x | met |' in text
   assert 'mnist1d CNN | 0.50x dense | met |' in text
   assert 'ResNet-20 | 2.00x dense | missed: 2.00x slower |' in text
+  assert ('| pcs reaches basis pursuit faster than HiGHS, d = 1e+04 | pcs mirror 2 s vs HiGHS '
+          'simplex 1 s (2x) | missed: 2x slower |') in text
+  assert ('| pcs reaches basis pursuit faster than HiGHS, d = 1e+05 | pcs pilot 1.5 s; HiGHS not '
+          'solved in 120 s | met |') in text
+  assert 'd = 1e+03' not in text
