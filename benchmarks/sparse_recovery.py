@@ -90,13 +90,13 @@ down to 1e-5 lambda_max; LARS) run to their own tolerances in a child process st
 peak resident memory added by the solve. float32 for the jax solvers, float64 otherwise;
 the child's copy-on-write start adds a few ms to the CPU solvers at d = 1e3.
 
-Why: every jax iteration costs two products with A; FISTA needs about 80 of them at every
-d, pcs 250-330, so FISTA wins by its iteration count, not its iteration cost (pcs's
-iterations are the cheaper ones). LARS and warm-started coordinate descent are exact
-homotopy methods whose cost grows with k n d; they match pcs at d = 1e4 and need the
-dense matrix (LARS) or run out of time at 1e5. The LP doubles the variables and, with a
-dense A, hands HiGHS 2 n d non-zeros: it is the only exact method here and by far the
-slowest and the largest in memory.""".format(cap=TIME_CAP_S)
+Why: every jax iteration costs two products with A (pcs's iterations are the cheaper
+ones); FISTA needs about 80 of them at every d, pcs 300-380, so FISTA wins on iteration
+count. LARS and warm-started coordinate descent are homotopy methods: LARS is exact and
+quick while k is small but needs a dense A; coordinate descent's epochs are cheap on a
+sparse A (8 entries per column), which puts it second at d = 1e5. The LP doubles the
+variables and, with a dense A, hands HiGHS 2 n d non-zeros: it is the only exact method
+here, and neither simplex nor interior point finished within the limit from d = 1e4.""".format(cap=TIME_CAP_S)
 
 
 @dataclasses.dataclass
