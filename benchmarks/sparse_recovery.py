@@ -348,6 +348,9 @@ def _solve_with_peak_memory(run):
 def _solve_in_child(run):
   """``_solve_with_peak_memory(run)`` in a forked child, killed at TIME_CAP_S (then None).
 
+  A child that dies without an answer (an exception, the OOM killer) raises RuntimeError
+  instead of passing for a slow solve.
+
   The child inherits the prepared problem and runs only scipy / scikit-learn code.
   """
   context = multiprocessing.get_context('fork')
@@ -356,9 +359,15 @@ def _solve_in_child(run):
     warnings.filterwarnings('ignore', message='os.fork', category=RuntimeWarning)
     process = context.Process(target=lambda: send.send(_solve_with_peak_memory(run)))
     process.start()
-  result = receive.recv() if receive.poll(TIME_CAP_S) else None
+  deadline = time.monotonic() + TIME_CAP_S
+  while not receive.poll(0.1) and process.is_alive() and time.monotonic() < deadline:
+    pass
+  result = receive.recv() if receive.poll() else None
   process.kill()
   process.join()
+  if result is None and time.monotonic() < deadline:
+    raise RuntimeError(f'a CPU solver died in its child process (exit code {process.exitcode}) '
+                       'before returning; run it in-process to see why.')
   return result
 
 

@@ -113,3 +113,18 @@ def test_measure_times_memory_and_the_time_cap(monkeypatch):
   assert '| 4e+02 | 100 | 10 | dense | stuck | stopped at 5 | not solved |' in table
   assert sparse_recovery.fastest(list(rows.values()), D)['solver'] in (
       'pcs pilot', 'HiGHS simplex', 'LassoLars')
+
+
+def test_a_cpu_solver_that_dies_is_an_error_not_a_timeout(monkeypatch):
+  def crashes(problem):
+    del problem
+    def run():
+      raise MemoryError('out of memory')
+    return run
+
+  monkeypatch.setattr(sparse_recovery, 'SOLVERS', {
+      'crashes': sparse_recovery.Solver(crashes, on_host=True)})
+  start = time.perf_counter()
+  with pytest.raises(RuntimeError, match='died in its child process'):
+    sparse_recovery.measure(D, repeats=1)
+  assert time.perf_counter() - start < sparse_recovery.TIME_CAP_S / 2
