@@ -174,12 +174,28 @@ def _lipschitz(A, At, d, iterations=50):
   return 1.05 * jnp.linalg.norm(At @ (A @ v))
 
 
+def _scales(A, At, b):
+  """(L, lambda_max) = (||A||_2^2, ||A' b||_inf): the step 1 / L and the top of the Lasso path."""
+  return _lipschitz(A, At, At.shape[0]), jnp.max(jnp.abs(At @ b))
+
+
+def _until_recovered(step, carry, x_star):
+  """Iterates ``carry = (i, x, ...) -> step(carry)`` in one while loop until x meets the
+  success criterion or i reaches MAX_ITERATIONS; returns (x, i)."""
+  threshold = TOLERANCE * jnp.max(jnp.abs(x_star))
+
+  def running(carry):
+    i, x = carry[:2]
+    return (i < MAX_ITERATIONS) & ~_recovered(x, x_star, threshold)
+
+  i, x = jax.lax.while_loop(running, step, carry)[:2]
+  return x, i
+
+
 def _pcs_solver(kind: str, start=1.0, decay=None, momentum=0.95):
   """pcs.pilot or pcs.mirror; the defaults are the recommended settings (module docstring)."""
   def solve(A, At, b, x_star):
-    d = At.shape[0]
-    lipschitz = _lipschitz(A, At, d)
-    lambda_max = jnp.max(jnp.abs(At @ b))
+    lipschitz, lambda_max = _scales(A, At, b)
     rate = RECOMMENDED_DECAY[kind] if decay is None else decay
     alpha = lambda t: 0.5 * lambda_max * jnp.maximum(LAMBDA_FLOOR, start * rate**t)
     inner = optax.sgd(1.0 / lipschitz, momentum=momentum, nesterov=True)
@@ -189,7 +205,6 @@ def _pcs_solver(kind: str, start=1.0, decay=None, momentum=0.95):
     else:
       tx = pcs.mirror(inner, alpha=alpha, beta=1.0, where=every_leaf,
                       learning_rate=1.0 / lipschitz)
-    threshold = TOLERANCE * jnp.max(jnp.abs(x_star))
 
     def step(carry):
       i, x, state = carry
@@ -197,13 +212,8 @@ def _pcs_solver(kind: str, start=1.0, decay=None, momentum=0.95):
       updates, state = tx.update(g, state, x)
       return i + 1, optax.apply_updates(x, updates), state
 
-    def running(carry):
-      i, x, _ = carry
-      return (i < MAX_ITERATIONS) & ~_recovered(x, x_star, threshold)
-
-    x0 = jnp.zeros(d, jnp.float32)
-    i, x, _ = jax.lax.while_loop(running, step, (0, x0, tx.init(x0)))
-    return x, i
+    x0 = jnp.zeros(At.shape[0], jnp.float32)
+    return _until_recovered(step, (0, x0, tx.init(x0)), x_star)
   return solve
 
 
@@ -218,10 +228,7 @@ def _fista(A, At, b, x_star, decay):
   y = x_t + (theta_t - 1) / theta_{t+1} (x_t - x_{t-1}),  x_{t+1} = S_{lambda_t / L}(y - A'(A y - b) / L),
   theta_{t+1} = (1 + sqrt(1 + 4 theta_t^2)) / 2, reset to 1 when (y - x_{t+1})'(x_{t+1} - x_t) > 0.
   """
-  d = At.shape[0]
-  lipschitz = _lipschitz(A, At, d)
-  lambda_max = jnp.max(jnp.abs(At @ b))
-  threshold = TOLERANCE * jnp.max(jnp.abs(x_star))
+  lipschitz, lambda_max = _scales(A, At, b)
 
   def step(carry):
     i, x, x_prev, theta = carry
@@ -233,13 +240,8 @@ def _fista(A, At, b, x_star, decay):
     restart = jnp.vdot(y - x_next, x_next - x) > 0
     return i + 1, x_next, x, jnp.where(restart, 1.0, theta_next)
 
-  def running(carry):
-    i, x, _, _ = carry
-    return (i < MAX_ITERATIONS) & ~_recovered(x, x_star, threshold)
-
-  x0 = jnp.zeros(d, jnp.float32)
-  i, x, _, _ = jax.lax.while_loop(running, step, (0, x0, x0, jnp.float32(1.0)))
-  return x, i
+  x0 = jnp.zeros(At.shape[0], jnp.float32)
+  return _until_recovered(step, (0, x0, x0, jnp.float32(1.0)), x_star)
 
 
 def _jax_solver(solve: Callable):
@@ -348,10 +350,9 @@ def _solve_with_peak_memory(run):
 def _solve_in_child(run):
   """``_solve_with_peak_memory(run)`` in a forked child, killed at TIME_CAP_S (then None).
 
-  A child that dies without an answer (an exception, the OOM killer) raises RuntimeError
+  The child inherits the prepared problem and runs only scipy / scikit-learn code. A
+  child that dies without an answer (an exception, the OOM killer) raises RuntimeError
   instead of passing for a slow solve.
-
-  The child inherits the prepared problem and runs only scipy / scikit-learn code.
   """
   context = multiprocessing.get_context('fork')
   receive, send = context.Pipe(duplex=False)
