@@ -360,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   finetune_sgd = optax.sgd(config.finetune_learning_rate, momentum=config.momentum)
   manager = _checkpoint_manager(workdir, 'finetune')
-  all_kept = jax.device_put(jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params),
+  all_kept = jax.device_put(pcs.pruning.all_kept(params),
                             replicated)
   template_tx = pcs.keep_masked(finetune_sgd, all_kept)
   restored, finetune_done = _restore(manager, workdir=workdir, phase='finetune', template={

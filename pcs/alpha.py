@@ -13,12 +13,13 @@ to ``update`` as an extra argument (``accuracy=``, the batch accuracy), averaged
 ``steps_per_epoch`` calls.
 """
 
-import numbers
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from pcs import checks
 
 
 class AlphaController(NamedTuple):
@@ -68,42 +69,21 @@ def alpha_controller(init_alpha: float, *, delta: float, steps_per_epoch: int,
     An :class:`AlphaController` to pass as ``alpha=`` to :func:`pcs.pilot` or
     :func:`pcs.mirror`.
   """
-  check_scalar('init_alpha', init_alpha, minimum=0.0)
-  check_scalar('l1_threshold', l1_threshold, minimum=0.0)
-  if not _is_real(delta) or not delta > 1:
+  checks.check_scalar('init_alpha', init_alpha, minimum=0.0)
+  checks.check_scalar('l1_threshold', l1_threshold, minimum=0.0)
+  if not checks.is_real(delta) or not delta > 1:
     raise ValueError(f'`delta` must be a number > 1; got {delta!r}.')
-  for name, value in (('steps_per_epoch', steps_per_epoch), ('num_epochs', num_epochs)):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-      raise ValueError(f'`{name}` must be an integer >= 1; got {value!r}.')
+  checks.check_integer('steps_per_epoch', steps_per_epoch, minimum=1)
+  checks.check_integer('num_epochs', num_epochs, minimum=1)
   return AlphaController(float(init_alpha), float(delta), float(l1_threshold),
                          int(steps_per_epoch), int(num_epochs))
-
-
-def _is_real(value) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_scalar(name: str, value: Any, *, minimum: float) -> None:
-  """Raises ValueError unless a concrete ``value`` is a finite real >= ``minimum``.
-
-  Traced values (e.g. hyperparameters under ``optax.inject_hyperparams`` inside
-  ``jit``) cannot be inspected and pass through.
-  """
-  if isinstance(value, jax.core.Tracer):
-    return
-  if isinstance(value, jax.Array) or hasattr(value, 'dtype'):
-    if jnp.ndim(value) != 0:
-      raise ValueError(f'`{name}` must be a scalar; got shape {jnp.shape(value)}.')
-    value = value.item()
-  if not _is_real(value) or not (minimum <= value < float('inf')):
-    raise ValueError(f'`{name}` must be a finite number >= {minimum}; got {value!r}.')
 
 
 def check_alpha(alpha: Alpha) -> None:
   """Raises ValueError unless ``alpha`` is a float >= 0, a schedule or a controller."""
   if isinstance(alpha, AlphaController) or callable(alpha):
     return
-  check_scalar('alpha', alpha, minimum=0.0)
+  checks.check_scalar('alpha', alpha, minimum=0.0)
 
 
 def init(alpha: Alpha) -> AlphaState:

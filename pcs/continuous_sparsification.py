@@ -3,22 +3,47 @@
 Savarese, Silva & Maire, "Winning the Lottery with Continuous Sparsification", NeurIPS 2020.
 """
 
-import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import reparam
 from pcs import selection
 
 
 class MaskLatent(NamedTuple):
-  """The weight w and the mask logits s (same shape)."""
-  w: jax.Array
-  s: jax.Array
+  """The weight w and the mask logits s (same shape; params-shaped trees in the state)."""
+  w: Any
+  s: Any
+
+
+class MaskState(NamedTuple):
+  """What the state keeps per weight: w, s and the temperature beta_t (a scalar)."""
+  w: Any
+  s: Any
+  temperature: Any
+
+  def latents(self, params: Any, where: selection.Where = None) -> MaskLatent:
+    """``MaskLatent(w=tree, s=tree)``."""
+    del params, where
+    return MaskLatent(self.w, self.s)
+
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``temperature`` beta_t and ``mask_density``, the fraction of s > 0."""
+    del params, where
+    temperatures = jax.tree.leaves(self.temperature)
+    logits = jax.tree.leaves(self.s)
+    size = max(sum(s.size for s in logits), 1)
+    return {
+        'temperature': (temperatures[0].astype(jnp.float32) if temperatures
+                        else jnp.ones((), jnp.float32)),
+        'mask_density': sum((jnp.sum(s > 0, dtype=jnp.float32) for s in logits),
+                            jnp.zeros((), jnp.float32)) / size,
+    }
 
 
 def continuous_sparsification(
@@ -48,12 +73,11 @@ def continuous_sparsification(
     mask_init: s0, the initial mask logit.
     where: leaves to sparsify (default: ndim >= 2).
   """
-  alpha_lib.check_scalar('l1_strength', l1_strength, minimum=0.0)
-  alpha_lib.check_scalar('final_temperature', final_temperature, minimum=1.0)
-  alpha_lib.check_scalar('mask_init', mask_init, minimum=-float('inf'))
-  if not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool) or num_steps < 1:
-    raise ValueError(f'`num_steps` must be an integer >= 1; got {num_steps!r}.')
-  scale = 1.0 / jax.nn.sigmoid(jnp.float32(mask_init))
+  checks.check_scalar('l1_strength', l1_strength, minimum=0.0)
+  checks.check_scalar('final_temperature', final_temperature, minimum=1.0)
+  checks.check_scalar('mask_init', mask_init, minimum=-float('inf'))
+  checks.check_integer('num_steps', num_steps, minimum=1)
+  scale = 1.0 / jax.nn.sigmoid(jnp.asarray(mask_init, jnp.float32))
 
   def temperature(step):
     return jnp.asarray(final_temperature, jnp.float32) ** (
@@ -71,6 +95,13 @@ def continuous_sparsification(
   def penalty(u, step):
     return jnp.sum(jax.nn.sigmoid(temperature(step).astype(u.s.dtype) * u.s))
 
+  def store(u, step):
+    return MaskState(u.w, u.s, temperature(step).astype(u.s.dtype))
+
+  def restore(stored, x):
+    del x
+    return MaskLatent(stored.w, stored.s)
+
   return reparam.reparameterize(
-      inner, reparam.Reparameterization(init, to_x, penalty), alpha=l1_strength,
+      inner, reparam.Reparameterization(init, to_x, penalty, store, restore), alpha=l1_strength,
       where=where, name='continuous_sparsification')

@@ -1,12 +1,12 @@
 """Gradual magnitude pruning and one-shot magnitude pruning during training, masks in the state."""
 
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from pcs import checks
 from pcs import masked
 from pcs import pruning
 from pcs import reparam
@@ -14,15 +14,30 @@ from pcs import selection
 
 
 class PruningState(NamedTuple):
-  """count: steps taken; masks: bool tree like params (True = kept); inner_state."""
+  """State of :func:`gmp` and :func:`magnitude`.
+
+  Attributes:
+    count: steps taken (int32).
+    target: the target sparsity of the latest step's schedule (float32).
+    masks: bool tree like the params (True = kept).
+    inner_state: the inner optimizer's state.
+  """
   count: jax.Array
+  target: jax.Array
   masks: Any
   inner_state: optax.OptState
 
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``target_sparsity`` (scheduled) and ``mask_sparsity`` over the selected leaves."""
+    chosen = selection.select(params, where, check_float=False)
+    kept = [m for m, c in zip(jax.tree.leaves(self.masks), jax.tree.leaves(chosen)) if c]
+    size = max(sum(m.size for m in kept), 1)
+    pruned = sum((jnp.sum(~m, dtype=jnp.float32) for m in kept), jnp.zeros((), jnp.float32))
+    return {'target_sparsity': self.target, 'mask_sparsity': pruned / size}
 
-def _check_step(name, value):
-  if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-    raise ValueError(f'`{name}` must be an integer >= 0; got {value!r}.')
+
+def _traced(*values) -> bool:
+  return any(isinstance(v, jax.core.Tracer) for v in values)
 
 
 def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, scope,
@@ -33,8 +48,8 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
 
   def init_fn(params):
     selection.select(params, where)
-    masks = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params)
-    return PruningState(jnp.zeros((), jnp.int32), masks, inner.init(params))
+    return PruningState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
+                        pruning.all_kept(params), inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -43,14 +58,15 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
         inner, updates, state.inner_state, params, state.masks, extra_args)
     new_x = optax.apply_updates(params, inner_updates)
     step = state.count
+    target = jnp.asarray(sparsity_at(step), jnp.float32)
     masks = jax.lax.cond(
         is_pruning_step(step),
-        lambda x: pruning.magnitude_masks(x, sparsity_at(step), scope=scope, where=where),
+        lambda x: pruning.magnitude_masks(x, target, scope=scope, where=where),
         lambda x: state.masks, new_x)
     out = jax.tree.map(lambda nx, x, m: jnp.where(m, nx, jnp.zeros_like(nx)) - x,
                        new_x, params, masks)
-    return out, PruningState(optax.safe_int32_increment(step), masks,
-                             masked.zero_masked(inner_state, masks))
+    return out, PruningState(optax.safe_int32_increment(step), target, masks,
+                             masked.zero_pruned(inner, inner_state, masks))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -89,18 +105,17 @@ def gmp(
   """
   pruning.check_sparsity(final_sparsity)
   pruning.check_sparsity(initial_sparsity)
-  if initial_sparsity > final_sparsity:
+  checks.check_integer('begin_step', begin_step, minimum=0)
+  checks.check_integer('end_step', end_step, minimum=0)
+  checks.check_integer('frequency', frequency, minimum=1)
+  if not _traced(initial_sparsity, final_sparsity) and initial_sparsity > final_sparsity:
     raise ValueError(f'`initial_sparsity` ({initial_sparsity}) must be <= '
                      f'`final_sparsity` ({final_sparsity}).')
-  _check_step('begin_step', begin_step)
-  _check_step('end_step', end_step)
-  if end_step < begin_step:
+  if not _traced(begin_step, end_step) and end_step < begin_step:
     raise ValueError(f'`end_step` ({end_step}) must be >= `begin_step` ({begin_step}).')
-  if not isinstance(frequency, numbers.Integral) or frequency < 1:
-    raise ValueError(f'`frequency` must be an integer >= 1; got {frequency!r}.')
-  span = max(end_step - begin_step, 1)
 
   def sparsity_at(step):
+    span = jnp.maximum(jnp.asarray(end_step) - begin_step, 1)
     progress = jnp.clip((step - begin_step) / span, 0.0, 1.0)
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
 
@@ -135,6 +150,6 @@ def magnitude(
     where: leaves to prune (default: ndim >= 2).
   """
   pruning.check_sparsity(sparsity)
-  _check_step('step', step)
-  return _scheduled_pruning(inner, lambda t: jnp.float32(sparsity), lambda t: t == step,
+  checks.check_integer('step', step, minimum=0)
+  return _scheduled_pruning(inner, lambda t: jnp.asarray(sparsity, jnp.float32), lambda t: t == step,
                             scope, where, 'magnitude')

@@ -6,7 +6,6 @@ to an early iterate); Renda, Frankle & Carbin, "Comparing Rewinding and Fine-tun
 Neural Network Pruning", ICLR 2020 (LRR).
 """
 
-import numbers
 import os
 from typing import Any, Callable, List, NamedTuple, Optional
 
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import pruning
 from pcs import selection
 
@@ -62,9 +61,8 @@ def iterative_pruning(
     A :class:`PruningResult` with the last trained params, the final masks and a
     history of ``{'cycle', 'target_sparsity', 'sparsity'}`` per cycle.
   """
-  if not isinstance(num_cycles, numbers.Integral) or isinstance(num_cycles, bool) or num_cycles < 0:
-    raise ValueError(f'`num_cycles` must be an integer >= 0; got {num_cycles!r}.')
-  alpha_lib.check_scalar('keep_fraction', keep_fraction, minimum=0.0)
+  checks.check_integer('num_cycles', num_cycles, minimum=0)
+  checks.check_scalar('keep_fraction', keep_fraction, minimum=0.0)
   if not 0.0 < keep_fraction <= 1.0:
     raise ValueError(f'`keep_fraction` must be in (0, 1]; got {keep_fraction!r}.')
   if rewind not in REWINDS:
@@ -76,7 +74,7 @@ def iterative_pruning(
   selection.select(params, where)
 
   record = {'cycle': 0, 'start': params, 'rewind': rewind_params,
-            'masks': jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params),
+            'masks': pruning.all_kept(params),
             'history': []}
   manager = None
   if checkpoint_dir is not None:

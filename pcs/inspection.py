@@ -1,80 +1,106 @@
-"""What users log and inspect: alpha_t, a_t, ||x||_1, sparsity, and the latent variables."""
+"""What users log and inspect: every pcs state's own scalars, ||x||_1, sparsity, and latents.
 
-from typing import Any, Union
+Each pcs state type owns its accessors (``stats(params, where)``, and for methods
+with latent variables ``latents(params, where)``), next to the transform that
+makes it. The functions here find those states wherever they sit in an optax
+composition (chain, masked, multi_transform, inject_hyperparams, MultiSteps,
+apply_if_finite, and one pcs transform inside another) and call them.
+"""
+
+from typing import Any, List
 
 import jax
 import jax.numpy as jnp
 
-from pcs import pilot
 from pcs import selection
-from pcs import theory
-from pcs.mirror import MirrorState
-from pcs.reparam import ReparamState
-
-PcsState = Union[ReparamState, MirrorState]
 
 
-def find_state(opt_state: Any) -> PcsState:
-  """The single pcs state inside ``opt_state`` (through chains, inject_hyperparams, MultiSteps).
+def _is_pcs_state(node: Any) -> bool:
+  return isinstance(node, tuple) and hasattr(type(node), 'stats') and hasattr(node, '_fields')
+
+
+def find_states(opt_state: Any) -> List[Any]:
+  """Every pcs state inside ``opt_state``, outermost first (a pcs state inside
+  another, e.g. ``pcs.gmp(pcs.pilot(...))``, is found too)."""
+  found = []
+  for node in jax.tree.leaves(opt_state, is_leaf=_is_pcs_state):
+    if _is_pcs_state(node):
+      found.append(node)
+      found.extend(find_states(getattr(node, 'inner_state', None)))
+  return found
+
+
+def find_state(opt_state: Any) -> Any:
+  """The single pcs state with latent variables (pilot, spred, mirror, STR, CS,
+  PowerProp, or a :func:`pcs.reparameterize` method) inside ``opt_state``.
 
   Raises:
-    ValueError: if ``opt_state`` holds no pcs state or more than one.
+    ValueError: if ``opt_state`` holds no such state or more than one.
   """
-  found = [node for node in jax.tree.leaves(
-      opt_state, is_leaf=lambda n: isinstance(n, (ReparamState, MirrorState)))
-           if isinstance(node, (ReparamState, MirrorState))]
+  found = [s for s in find_states(opt_state) if hasattr(type(s), 'latents')]
   if len(found) != 1:
-    raise ValueError(f'`opt_state` must hold exactly one pcs state; found {len(found)}.')
+    raise ValueError('`opt_state` must hold exactly one pcs state with latent variables '
+                     '(pilot, spred, mirror, soft_threshold, continuous_sparsification, '
+                     f'powerprop or reparameterize); found {len(found)}.')
   return found[0]
 
 
 def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
   """The latent variables behind ``params``, for inspection.
 
-  For :func:`pcs.pilot` / :func:`pcs.spred`: the params tree with
-  ``Factors(m, w)`` at each selected leaf (x = m * w, w = x / m) and None
-  elsewhere. For :func:`pcs.mirror`: the dual coordinates
-  ``z = 1/2 arcsinh(x / a_t)`` at each selected leaf and None elsewhere.
-  Pass the same ``where`` as to the transform.
+  A NamedTuple of params-shaped trees with ``optax.MaskedNode()`` at the leaves the
+  method does not act on: ``Factors(m, w)`` for :func:`pcs.pilot` / :func:`pcs.spred`
+  (x = m * w), ``ThresholdLatent(w, s)`` for STR, ``MaskLatent(w, s)`` for CS,
+  ``PowerLatent(w)`` for PowerProp; for :func:`pcs.mirror` the tree of dual
+  coordinates ``z = 1/2 arcsinh(x / a_t)``. spred and mirror keep no per-leaf
+  state, so they use ``where``: pass the transform's.
   """
-  state = find_state(opt_state)
-  mask = selection.select(params, where)
-  if isinstance(state, ReparamState):
-    return jax.tree.map(lambda x, u, s: pilot.factors(u, x) if s else None,
-                        params, state.latents, mask)
-  return jax.tree.map(lambda x, s: theory.mirror_map(x, state.log_a) if s else None,
-                      params, mask)
+  return find_state(opt_state).latents(params, where)
 
 
 def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
-  """Scalars to log each epoch.
+  """Scalars to log each epoch, for any pcs transform or composition of them.
 
-  Returns a dict of float32 scalars:
-    ``alpha``: alpha_t of the latest step;
-    ``a``: a_t, the scale of the potential R_a: ``exp(log_a)`` for mirror, the
-      mean of ``(m^2 - w^2) / 2`` over selected weights for pilot/spred (exact
-      a_t for SGD, a summary for adaptive optimizers);
-    ``l1_norm``: ``||x||_1`` over the leaves selected by ``where``;
-    ``sparsity``: fraction of exact zeros among them.
-  Pass the same ``where`` as to the transform.
+  Always: ``l1_norm`` = ||x||_1 and ``sparsity`` (fraction of exact zeros) over the
+  leaves selected by ``where`` (pass the transform's; default ndim >= 2), and
+  ``small_1e-3`` / ``small_1e-6``, the fractions with |x| below 1e-3 and 1e-6
+  (compressible is not sparse: only exact zeros count as sparsity). Then each pcs
+  state's own:
+
+  * pilot / spred / mirror: ``alpha`` (alpha_t of the latest step) and ``a`` (a_t:
+    ``exp(log_a)`` for mirror; the mean of (m^2 - w^2) / 2 for pilot, exact for
+    SGD; 0 for spred);
+  * soft_threshold: ``alpha`` (its weight decay) and ``threshold/<layer>``;
+  * continuous_sparsification: ``alpha``, ``temperature`` and ``mask_density``;
+  * powerprop: ``alpha`` (its weight decay);
+  * l1: ``threshold`` (eta_t * lambda);
+  * gmp / magnitude: ``target_sparsity`` (scheduled) and ``mask_sparsity``.
+
+  Returns:
+    A dict of float32 scalars.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no pcs state, or two report the same key.
   """
-  state = find_state(opt_state)
+  states = find_states(opt_state)
+  if not states:
+    raise ValueError('`opt_state` holds no pcs state: pass the state of a pcs transform '
+                     '(or of an optax composition that contains one).')
   mask = selection.select(params, where, check_float=False)
-  if isinstance(state, MirrorState):
-    a = jnp.exp(state.log_a)
-  else:
-    def gamma(x, u, s):
-      if not s:
-        return None
-      m, w = (v.astype(jnp.float32) for v in pilot.factors(u, x))
-      return jnp.sum(jnp.square(m) - jnp.square(w)), m.size
-    parts = jax.tree.leaves(jax.tree.map(gamma, params, state.latents, mask),
-                            is_leaf=lambda n: isinstance(n, tuple))
-    total = sum(size for _, size in parts)
-    a = sum((g for g, _ in parts), jnp.zeros((), jnp.float32)) / (2 * max(total, 1))
-  return {
-      'alpha': state.alpha_state.alpha,
-      'a': a,
-      'l1_norm': selection.l1_norm(params, mask),
-      'sparsity': selection.sparsity(params, where),
-  }
+  chosen = [x for x, c in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if c]
+  size = max(sum(jnp.size(x) for x in chosen), 1)
+
+  def fraction_below(bound):
+    return sum((jnp.sum(jnp.abs(x) < bound, dtype=jnp.float32) for x in chosen),
+               jnp.zeros((), jnp.float32)) / size
+
+  out = {'l1_norm': selection.l1_norm(params, mask),
+         'sparsity': selection.sparsity(params, where),
+         'small_1e-3': fraction_below(1e-3), 'small_1e-6': fraction_below(1e-6)}
+  for state in states:
+    for key, value in state.stats(params, where).items():
+      if key in out:
+        raise ValueError(f'Two pcs states in `opt_state` report {key!r}; inspect them '
+                         'separately with pcs.find_states.')
+      out[key] = jnp.asarray(value, jnp.float32)
+  return out

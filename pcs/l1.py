@@ -1,19 +1,32 @@
 """Explicit L1 regularization by proximal soft-thresholding (exact zeros)."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import reparam
 from pcs import selection
 
 
 class L1State(NamedTuple):
+  """State of :func:`l1`.
+
+  Attributes:
+    count: steps taken (int32).
+    threshold: the soft threshold eta_t * lambda of the latest step (float32).
+    inner_state: the inner optimizer's state.
+  """
   count: jax.Array
+  threshold: jax.Array
   inner_state: optax.OptState
+
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``threshold``: eta_t * lambda of the latest step."""
+    del params, where
+    return {'threshold': self.threshold}
 
 
 def l1(
@@ -40,14 +53,14 @@ def l1(
     learning_rate: eta_t, float or schedule: the threshold is eta_t * lambda.
     where: leaves to regularize (default: ndim >= 2).
   """
-  alpha_lib.check_scalar('strength', strength, minimum=0.0)
+  checks.check_scalar('strength', strength, minimum=0.0)
   if not callable(learning_rate):
-    alpha_lib.check_scalar('learning_rate', learning_rate, minimum=0.0)
+    checks.check_scalar('learning_rate', learning_rate, minimum=0.0)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
     selection.select(params, where)
-    return L1State(jnp.zeros((), jnp.int32), inner.init(params))
+    return L1State(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -63,6 +76,6 @@ def l1(
       return jnp.sign(y) * jnp.maximum(jnp.abs(y) - threshold.astype(x.dtype), 0) - x
 
     out = jax.tree.map(prox, params, inner_updates, mask)
-    return out, L1State(optax.safe_int32_increment(state.count), inner_state)
+    return out, L1State(optax.safe_int32_increment(state.count), threshold, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

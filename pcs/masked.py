@@ -11,48 +11,46 @@ from pcs import reparam
 
 
 class KeepMaskedState(NamedTuple):
+  """The inner optimizer's state (pruned entries of its params-shaped trees zeroed)."""
   inner_state: optax.OptState
 
 
-def zero_masked(tree: Any, masks: Any) -> Any:
-  """Zeroes masked entries in every subtree of ``tree`` shaped like ``masks``.
+def zero_pruned(inner: optax.GradientTransformation, inner_state: Any, masks: Any) -> Any:
+  """Zeroes the pruned entries of every params-shaped tree in ``inner``'s state.
 
-  This reaches the per-parameter buffers of any optax state (momentum traces,
-  Adam's moments), whatever wrappers they sit in.
+  The trees are found with ``optax.tree_utils.tree_map_params``, so this reaches
+  momentum traces, Adam's moments and the latents of a pcs inner (pilot's m, STR's
+  w) whatever wrappers they sit in. Leaves whose shape is not the weight's (a
+  per-layer scalar such as STR's threshold) are left as they are.
   """
-  masks_def = jax.tree.structure(masks)
-  shapes = [jnp.shape(m) for m in jax.tree.leaves(masks)]
+  def zero(value, mask):
+    if reparam.is_hole(value) or jnp.shape(value) != jnp.shape(mask):
+      return value
+    return jnp.where(mask, value, jnp.zeros_like(value))
 
-  def shaped_like_masks(node) -> bool:
-    return (jax.tree.structure(node) == masks_def and
-            [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes)
-
-  def apply(node):
-    if not shaped_like_masks(node):
-      return node
-    return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), node, masks)
-
-  return jax.tree.map(apply, tree, is_leaf=shaped_like_masks)
+  return optax.tree_utils.tree_map_params(inner, zero, inner_state, masks,
+                                          is_leaf=reparam.is_hole)
 
 
 def masked_step(inner, updates, inner_state, params, masks, extra_args):
-  """Runs ``inner`` on masked gradients, zeroes masked moments, and returns the
-  updates that leave pruned weights exactly zero (``-x`` there) with the new state."""
-  grads = zero_masked(updates, masks)
+  """Runs ``inner`` on masked gradients, zeroes pruned entries of its state, and
+  returns the updates that leave pruned weights exactly zero (``-x`` there)."""
+  grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, masks)
   inner_updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
   inner_updates = jax.tree.map(
       lambda du, x, m: jnp.where(m, du, -x.astype(du.dtype)), inner_updates, params, masks)
-  return inner_updates, zero_masked(inner_state, masks)
+  return inner_updates, zero_pruned(inner, inner_state, masks)
 
 
 def keep_masked(inner: optax.GradientTransformation, masks: Any
                 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that weights where ``masks`` is False stay exactly zero.
 
-  For pruned entries the gradient fed to ``inner`` is zero, the optimizer's
-  per-parameter buffers (any subtree of its state shaped like the params) are
-  zeroed, and the emitted update is ``-x``, so ``apply_updates`` gives exact zeros
-  even if the weight was not yet zero. Use it to fine-tune after :func:`pcs.prune`.
+  For pruned entries the gradient fed to ``inner`` is zero, every params-shaped
+  tree of its state is zeroed there (:func:`zero_pruned`: momentum, Adam's
+  moments, and a pcs inner's latents and their moments), and the emitted update is
+  ``-x``, so ``apply_updates`` gives exact zeros even if the weight was not yet
+  zero. Use it to fine-tune after :func:`pcs.prune`.
 
   Args:
     inner: any optax optimizer (including a pcs transform).
@@ -62,7 +60,7 @@ def keep_masked(inner: optax.GradientTransformation, masks: Any
 
   def init_fn(params):
     pruning.check_masks(params, masks)
-    return KeepMaskedState(zero_masked(inner.init(params), masks))
+    return KeepMaskedState(zero_pruned(inner, inner.init(params), masks))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import reparam
 from pcs import selection
 from pcs import theory
@@ -31,6 +32,19 @@ class MirrorState(NamedTuple):
   log_a: jax.Array
   inner_state: Any
   alpha_state: alpha_lib.AlphaState
+
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``alpha`` of the latest step and ``a`` = a_t = exp(log_a)."""
+    del params, where
+    return {'alpha': self.alpha_state.alpha, 'a': jnp.exp(self.log_a)}
+
+  def latents(self, params: Any, where: selection.Where = None) -> Any:
+    """The dual coordinates z = 1/2 arcsinh(x / a_t) at the leaves selected by
+    ``where`` (pass the transform's), holes elsewhere."""
+    mask = selection.select(params, where)
+    return jax.tree.map(
+        lambda x, s: theory.mirror_map(x, self.log_a) if s else optax.MaskedNode(),
+        params, mask)
 
 
 def mirror(
@@ -77,7 +91,7 @@ def mirror(
     An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
   """
   alpha_lib.check_alpha(alpha)
-  alpha_lib.check_scalar('beta', beta, minimum=0.0)
+  checks.check_scalar('beta', beta, minimum=0.0)
   if not isinstance(beta, jax.core.Tracer) and not float(beta) > 0:
     raise ValueError('mirror needs `beta` > 0 (a_0 = beta / 2); beta = 0 fixes '
                      'a_t = 0, where x cannot change sign: use pcs.spred for that.')
@@ -109,14 +123,12 @@ def mirror(
     alpha_t = alpha_lib.current(alpha, state.alpha_state, state.count)
     z = to_dual(params, mask, state.log_a)
     inner_updates, inner_state = inner.update(updates, state.inner_state, z, **extra_args)
-    eta_t = (reparam.schedule_value(learning_rate, state.count)
-             if learning_rate is not None else jnp.zeros((), jnp.float32))
-    log_a = state.log_a - 4 * eta_t * alpha_t
-    new_x = jax.tree.map(
-        lambda x, zi, du, s: theory.inverse_mirror_map(zi + du.astype(zi.dtype), log_a)
-        if s else x, params, z, inner_updates, mask)
-    out, alpha_state = reparam.finish_step(alpha, state.alpha_state, alpha_t, extra_args,
-                                           params, new_x, inner_updates, mask)
+    log_a = state.log_a - 4 * reparam.step_size(learning_rate, alpha_t, state.count) * alpha_t
+    out = jax.tree.map(
+        lambda x, zi, du, s: theory.inverse_mirror_map(zi + du.astype(zi.dtype), log_a) - x
+        if s else du, params, z, inner_updates, mask)
+    alpha_state = reparam.advance_alpha(alpha, state.alpha_state, alpha_t, extra_args,
+                                        params, out, mask)
     return out, MirrorState(
         count=optax.safe_int32_increment(state.count),
         log_a=log_a,

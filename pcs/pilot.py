@@ -3,32 +3,95 @@
 Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
 """
 
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import reparam
 from pcs import selection
 
 
 class Factors(NamedTuple):
-  """The latent pair of x = m * w."""
-  m: jax.Array
-  w: jax.Array
+  """The latent pair of x = m * w (arrays for one weight, or trees in the state)."""
+  m: Any
+  w: Any
 
 
-class Scale(NamedTuple):
-  """What PILoT's state keeps of x = m * w: m alone; w = x / m is recovered from x."""
-  m: jax.Array
-
-
-def factors(stored: Scale, x: jax.Array) -> Factors:
+def factors(stored: 'Scale', x: jax.Array) -> Factors:
   """Rebuilds ``Factors(m, w)`` from the stored m and the current weight, w = x / m."""
   m = stored.m
   return Factors(m, jnp.where(m != 0, x / jnp.where(m != 0, m, 1), 0).astype(m.dtype))
+
+
+def balanced_factors(stored: 'Balanced', x: jax.Array) -> Factors:
+  """spred's latents from x alone: m = sqrt|x|, w = sign(x) m, so m^2 - w^2 = 0 exactly.
+
+  With ``w = +-m`` exactly, the gradients ``g w + 2 alpha m`` and ``g m + 2 alpha w``
+  differ only in sign (IEEE rounding is symmetric), so any sign-symmetric inner
+  optimizer keeps ``w_new = +-m_new`` and ``x_new = m_new w_new = sign(x) m_new^2``:
+  no weight changes sign, in floating point too.
+  """
+  del stored
+  m = jnp.sqrt(jnp.abs(x))
+  return Factors(m, jnp.sign(x) * m)
+
+
+def _mean_gamma(m_tree: Any, params: Any, restore: Callable) -> jax.Array:
+  """a = mean over selected weights of (m^2 - w^2) / 2, in float32."""
+  parts = jax.tree.leaves(reparam.map_selected(
+      lambda m, x: _GammaSum(*_gamma_sum(restore(m, x))), m_tree, params),
+      is_leaf=lambda n: isinstance(n, _GammaSum))
+  total = sum(p.count for p in parts)
+  return sum((p.total for p in parts), jnp.zeros((), jnp.float32)) / (2 * max(total, 1))
+
+
+class _GammaSum(NamedTuple):
+  total: jax.Array
+  count: int
+
+
+def _gamma_sum(u: Factors):
+  m, w = (v.astype(jnp.float32) for v in u)
+  return jnp.sum(jnp.square(m) - jnp.square(w)), m.size
+
+
+class Scale(NamedTuple):
+  """What PILoT's state keeps of x = m * w: m alone; w = x / m is recovered from x.
+
+  In the state ``m`` is a params-shaped tree with ``optax.MaskedNode`` holes.
+  """
+  m: Any
+
+  def latents(self, params: Any, where: selection.Where = None) -> Factors:
+    """``Factors(m=tree, w=tree)`` with w = x / m, holes where pilot does not act."""
+    del where
+    return reparam.unzip(reparam.map_selected(
+        lambda m, x: factors(Scale(m), x), self.m, params), Factors)
+
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``a``: the mean of (m^2 - w^2) / 2 over selected weights (exact a_t for SGD)."""
+    del where
+    return {'a': _mean_gamma(self.m, params, lambda m, x: factors(Scale(m), x))}
+
+
+class Balanced(NamedTuple):
+  """What spred's state keeps: nothing; m = sqrt|x| and w = sign(x) m come from x."""
+
+  def latents(self, params: Any, where: selection.Where = None) -> Factors:
+    """``Factors(m=tree, w=tree)`` at the leaves selected by ``where``, holes elsewhere."""
+    mask = selection.select(params, where)
+    chosen = jax.tree.map(lambda x, s: x if s else optax.MaskedNode(), params, mask)
+    return reparam.unzip(reparam.map_selected(
+        lambda x: balanced_factors(self, x), chosen), Factors)
+
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``a`` = 0: the balanced factors have m^2 - w^2 = 0 exactly."""
+    del params, where
+    return {'a': jnp.zeros((), jnp.float32)}
 
 
 def product_init(x: jax.Array, beta) -> Factors:
@@ -64,10 +127,18 @@ def _squared_norms(u: Factors, step) -> jax.Array:
 
 
 def product(beta=1.0) -> reparam.Reparameterization:
-  """The reparameterization x = m * w with penalty ||m||^2 + ||w||^2."""
+  """The reparameterization x = m * w with penalty ||m||^2 + ||w||^2.
+
+  For beta > 0 the state keeps m (w = x / m); for beta = 0 it keeps nothing and
+  the factors are the balanced ``m = sqrt|x|, w = sign(x) m`` (:func:`balanced_factors`).
+  """
+  if isinstance(beta, (int, float)) and beta == 0:
+    return reparam.Reparameterization(
+        init=lambda x: product_init(x, 0.0), to_x=_product, penalty=_squared_norms,
+        store=lambda u, step: Balanced(), restore=balanced_factors)
   return reparam.Reparameterization(
       init=lambda x: product_init(x, beta), to_x=_product, penalty=_squared_norms,
-      store=lambda u: Scale(u.m), restore=factors)
+      store=lambda u, step: Scale(u.m), restore=factors)
 
 
 def pilot(
@@ -117,7 +188,7 @@ def pilot(
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
   """
-  alpha_lib.check_scalar('beta', beta, minimum=0.0)
+  checks.check_scalar('beta', beta, minimum=0.0)
   return reparam.reparameterize(
       inner, product(beta), alpha=alpha, where=where, decoupled=decoupled,
       learning_rate=learning_rate, name='pilot')
@@ -134,7 +205,11 @@ def spred(
   Minimises ``f(u * v) + weight_decay (||u||^2 + ||v||^2)`` from
   ``u0 = sqrt|x|, v0 = sign(x) sqrt|x|``; at a minimiser this equals
   ``f(x) + 2 weight_decay ||x||_1``. It is :func:`pilot` with ``beta=0`` and a
-  constant alpha, so gamma = u^2 - v^2 = 0 forever and no weight changes sign.
+  constant alpha, so gamma = u^2 - v^2 = 0 forever and no weight changes sign. The
+  state keeps no latent copy: ``u = sqrt|x|, v = sign(x) u`` are recovered from x
+  each step, which keeps the balance exact in floating point
+  (:func:`balanced_factors`), for any sign-symmetric inner optimizer (sgd, momentum,
+  adam, lion, weight decay, global-norm clipping).
 
   Reference: Ziyin & Wang, "spred: Solving L1 Penalty with SGD", ICML 2023.
 
@@ -146,6 +221,6 @@ def spred(
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
   """
-  alpha_lib.check_scalar('weight_decay', weight_decay, minimum=0.0)
+  checks.check_scalar('weight_decay', weight_decay, minimum=0.0)
   return reparam.reparameterize(
       inner, product(0.0), alpha=weight_decay, where=where, name='spred')

@@ -3,20 +3,21 @@
 Schwarz et al., "Powerpropagation: A sparsity inducing weight reparameterisation", NeurIPS 2021.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import reparam
 from pcs import selection
 
 
 class PowerLatent(NamedTuple):
-  """The latent weight w with x = w |w|^(p - 1)."""
-  w: jax.Array
+  """The latent weight w with x = w |w|^(p - 1) (a params-shaped tree in the state)."""
+  w: Any
 
 
 def powerprop(
@@ -40,8 +41,8 @@ def powerprop(
     weight_decay: lambda >= 0 on w.
     where: leaves to reparameterize (default: ndim >= 2).
   """
-  alpha_lib.check_scalar('power', power, minimum=1.0)
-  alpha_lib.check_scalar('weight_decay', weight_decay, minimum=0.0)
+  checks.check_scalar('power', power, minimum=1.0)
+  checks.check_scalar('weight_decay', weight_decay, minimum=0.0)
 
   def init(x):
     return PowerLatent(jnp.sign(x) * jnp.abs(x) ** (1.0 / power))

@@ -131,6 +131,11 @@ def n_m_masks(params: Any, n: int, m: int, *, where: selection.Where = None) -> 
   return jax.tree_util.tree_map_with_path(leaf_mask, params, mask_tree)
 
 
+def all_kept(params: Any) -> Any:
+  """All-True masks shaped like ``params`` (nothing pruned)."""
+  return jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params)
+
+
 def check_masks(params: Any, masks: Any) -> None:
   """Raises ValueError unless ``masks`` is a bool pytree shaped like ``params``."""
   p_def, m_def = jax.tree.structure(params), jax.tree.structure(masks)

@@ -1,14 +1,13 @@
 """One wrapper for every continuous sparsification method that trains x through latents.
 
 A method is a :class:`Reparameterization`: how its latent variables u (a
-NamedTuple of arrays, e.g. ``Factors(m, w)``) map to the weight, ``x = to_x(u, t)``,
-how they are initialised from x, and a penalty P(u, t) (t: the step, for methods
-with a temperature). For each selected leaf the wrapper keeps u in the optimizer
-state and minimises
+NamedTuple of arrays per weight, e.g. ``Factors(m, w)``) map to the weight,
+``x = to_x(u, t)``, how they are initialised from x, and a penalty P(u, t) (t: the
+step, for methods with a temperature). For each selected leaf the wrapper minimises
 
     L(u) = f(to_x(u, t)) + alpha_t * P(u, t)
 
-with the user's optax optimizer: the gradient is mapped by the chain rule,
+with the user's optax optimizer: the gradient is pulled back by the chain rule,
 ``grad_u = J_to_x(u)^T grad_x f``, the inner optimizer steps u, and the emitted
 update is ``to_x(u_new, t + 1) - x``, so ``optax.apply_updates(params, updates)``
 equals ``to_x(u_new, t + 1)``. Unselected leaves are passed to the inner optimizer unchanged.
@@ -17,6 +16,13 @@ Coupled mode (default) adds ``alpha_t * grad P(u)`` to the gradient the inner
 optimizer sees (Algorithm 1 of Jacobs & Burkholz, ICLR 2025). Decoupled mode
 applies it after the inner step, ``u <- u + inner_update - lr_t * alpha_t * grad P(u)``,
 as AdamW decouples weight decay (Loshchilov & Hutter, ICLR 2019).
+
+State layout: every per-weight quantity is a tree shaped like the params, with
+``optax.MaskedNode()`` at the leaves a transform does not act on (the convention of
+``optax.masked``). Latents are kept as one such tree per latent variable (an m tree,
+a w tree), never as NamedTuples at the leaves, so ``optax.tree_utils.tree_map_params``
+(with ``is_leaf=lambda n: isinstance(n, optax.MaskedNode)``), flax.nnx, orbax and
+every optax wrapper see ordinary params-shaped trees.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -26,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import selection
 
 NO_PARAMS_MSG = (
@@ -33,7 +40,39 @@ NO_PARAMS_MSG = (
     'They are used to emit updates with apply_updates(params, updates) = new weights.')
 
 
-def _keep_all(u):
+def is_hole(node: Any) -> bool:
+  """True for ``optax.MaskedNode``, the placeholder of a leaf a transform skips."""
+  return isinstance(node, optax.MaskedNode)
+
+
+def map_selected(fn: Callable, tree: Any, *rest: Any) -> Any:
+  """``fn(leaf, *rest_leaves)`` at every leaf of ``tree`` that is not a hole.
+
+  ``tree`` has the params' structure with ``MaskedNode`` holes; each of ``rest`` has
+  the params' structure (holes allowed at the same places, or anything there: it is
+  not read). Holes stay holes.
+  """
+  return jax.tree.map(lambda u, *xs: u if is_hole(u) else fn(u, *xs), tree, *rest,
+                      is_leaf=is_hole)
+
+
+def unzip(tree: Any, cls: type) -> Any:
+  """A tree with a NamedTuple ``cls`` at each leaf -> ``cls`` of trees (holes kept)."""
+  return cls(*(jax.tree.map(lambda u, i=i: u[i], tree, is_leaf=lambda n: isinstance(n, cls))
+               for i in range(len(cls._fields))))
+
+
+def zip_leaves(trees: tuple, like: Any) -> Any:
+  """The inverse of :func:`unzip`: ``cls`` of trees -> a tree with ``cls`` at each leaf.
+
+  ``like`` gives the structure and the holes (it works for a ``cls`` with no fields).
+  """
+  cls = type(trees)
+  return map_selected(lambda _, *leaves: cls(*leaves), like, *trees)
+
+
+def _keep_all(u, step):
+  del step
   return u
 
 
@@ -45,18 +84,32 @@ def _stored_is_whole(stored, x):
 class Reparameterization(NamedTuple):
   """A continuous sparsification method: u = init(x), x = to_x(u, t), penalty P(u, t).
 
-  ``u`` is a NamedTuple of arrays (NamedTuples survive flax.nnx's state handling,
-  plain tuples do not); t is the int32 step count; ``penalty`` returns a scalar
-  summed over the leaf; ``to_x(init(x), 0)`` must equal x. The
-  state keeps ``store(u)``, and ``restore(stored, x)`` rebuilds u with the help of
-  the current weight x: PILoT keeps only m and recovers w = x / m, so the user's
-  parameters stay the source of truth and one latent copy is saved.
+  ``u`` is a NamedTuple of arrays for one weight; t is the int32 step count;
+  ``penalty`` returns a scalar summed over the leaf; ``to_x(init(x), 0)`` must
+  equal x. The state keeps ``store(u, t)`` (a NamedTuple of arrays too), and
+  ``restore(stored, x)`` rebuilds u with the help of the current weight x: PILoT
+  keeps only m and recovers w = x / m, so the user's parameters stay the source of
+  truth and one latent copy is saved. A stored NamedTuple class may define
+  ``stats(self, params)`` and ``latents(self, params)`` (see
+  :class:`pcs.pilot.Scale`); they are called on the state's trees of that class.
   """
   init: Callable[[jax.Array], tuple]
   to_x: Callable[[tuple, jax.Array], jax.Array]
   penalty: Callable[[tuple, jax.Array], jax.Array]
-  store: Callable[[tuple], Any] = _keep_all
+  store: Callable[[tuple, jax.Array], Any] = _keep_all
   restore: Callable[[Any, jax.Array], tuple] = _stored_is_whole
+
+
+class Reparameterized(NamedTuple):
+  """What the inner optimizer steps: the other weights and the latent trees.
+
+  Attributes:
+    weights: the params tree with a hole at every reparameterized leaf.
+    latents: the method's latent NamedTuple of trees (e.g. ``Factors(m=..., w=...)``),
+      with holes at the other leaves.
+  """
+  weights: Any
+  latents: Any
 
 
 class ReparamState(NamedTuple):
@@ -64,35 +117,64 @@ class ReparamState(NamedTuple):
 
   Attributes:
     count: number of updates taken (int32).
-    latents: the params tree with each selected leaf replaced by the stored part
-      of its latents (for PILoT, ``Scale(m)``) and each other leaf by ``MaskedNode()``.
-    inner_state: the inner optimizer's state over the latents and unselected leaves.
+    stored: the stored latent NamedTuple of trees (for PILoT ``Scale(m=tree)``),
+      holes where the transform does not act.
+    inner_state: the inner optimizer's state over :class:`Reparameterized` trees.
     alpha_state: the current alpha (and the controller's bookkeeping).
   """
   count: jax.Array
-  latents: Any
+  stored: Any
   inner_state: Any
   alpha_state: alpha_lib.AlphaState
+
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``alpha`` of the latest step and the stored class's own ``stats``."""
+    own = getattr(self.stored, 'stats', None)
+    return {'alpha': self.alpha_state.alpha, **(own(params, where) if own else {})}
+
+  def latents(self, params: Any, where: selection.Where = None) -> Any:
+    """The latent NamedTuple of trees behind ``params`` (holes where not selected)."""
+    own = getattr(self.stored, 'latents', None)
+    return own(params, where) if own else self.stored
 
 
 def check_learning_rate(name: str, alpha: alpha_lib.Alpha,
                         learning_rate: Optional[optax.ScalarOrSchedule]) -> None:
-  """Raises ValueError if ``learning_rate`` is needed (alpha may be nonzero) but missing."""
+  """Raises ValueError if ``learning_rate`` is needed (alpha may be nonzero) but missing.
+
+  A traced alpha (``optax.inject_hyperparams`` under ``jit``) cannot be inspected
+  and passes; the update then turns a nonzero alpha without learning rate into NaN
+  (see :func:`step_size`).
+  """
   if learning_rate is None:
+    if isinstance(alpha, jax.core.Tracer):
+      return
     if not isinstance(alpha, alpha_lib.AlphaController) and not callable(alpha):
-      if not isinstance(alpha, jax.core.Tracer) and float(alpha) == 0.0:
+      if float(alpha) == 0.0:
         return
     raise ValueError(
         f'{name} needs `learning_rate` (float or schedule, the inner optimizer\'s '
         'step size) when alpha can be nonzero: time in the mirror flow advances by '
         'learning_rate per step.')
   if not callable(learning_rate):
-    alpha_lib.check_scalar('learning_rate', learning_rate, minimum=0.0)
+    checks.check_scalar('learning_rate', learning_rate, minimum=0.0)
 
 
 def schedule_value(value: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
   """``value(count)`` for a schedule, else ``value``, as float32."""
   return jnp.asarray(value(count) if callable(value) else value, jnp.float32)
+
+
+def step_size(learning_rate: Optional[optax.ScalarOrSchedule], alpha_t: jax.Array,
+              count: jax.Array) -> jax.Array:
+  """eta_t; without a learning rate 0 where alpha_t = 0 and NaN elsewhere.
+
+  The NaN case is reachable only with a traced alpha (``inject_hyperparams`` under
+  ``jit``) set nonzero without ``learning_rate``; eagerly it is a ValueError.
+  """
+  if learning_rate is not None:
+    return schedule_value(learning_rate, count)
+  return jnp.where(alpha_t == 0, 0.0, jnp.nan).astype(jnp.float32)
 
 
 def reparameterize(
@@ -107,8 +189,8 @@ def reparameterize(
 ) -> optax.GradientTransformationExtraArgs:
   """Trains each selected weight x as ``to_x(u)`` with penalty ``alpha_t * P(u)``.
 
-  See the module docstring for the update rule. Extra keyword arguments of
-  ``update`` are passed on to ``inner``; ``accuracy=`` also drives an
+  See the module docstring for the update rule and the state layout. Extra keyword
+  arguments of ``update`` are passed on to ``inner``; ``accuracy=`` also drives an
   :class:`pcs.AlphaController`.
 
   Args:
@@ -127,15 +209,27 @@ def reparameterize(
   if decoupled:
     check_learning_rate(f'{name}(decoupled=True)', alpha, learning_rate)
   inner = optax.with_extra_args_support(inner)
+  example = jax.eval_shape(reparam.init, jax.ShapeDtypeStruct((1, 1), jnp.float32))
+  latent_cls = type(example)
+  stored_cls = type(jax.eval_shape(reparam.store, example, jnp.zeros((), jnp.int32)))
+
+  def split(params, mask):
+    """(selected x with holes elsewhere, other weights with holes at selected)."""
+    chosen = jax.tree.map(lambda x, s: x if s else optax.MaskedNode(), params, mask)
+    others = jax.tree.map(lambda x, s: optax.MaskedNode() if s else x, params, mask)
+    return chosen, others
 
   def init_fn(params):
     mask = selection.select(params, where)
-    latents = jax.tree.map(
-        lambda x, s: reparam.init(x) if s else optax.MaskedNode(), params, mask)
+    chosen, others = split(params, mask)
+    latents = unzip(map_selected(reparam.init, chosen), latent_cls)
+    count = jnp.zeros((), jnp.int32)
+    stored = unzip(map_selected(lambda x, u: reparam.store(u, count), chosen,
+                                zip_leaves(latents, chosen)), stored_cls)
     return ReparamState(
-        count=jnp.zeros((), jnp.int32),
-        latents=_store(reparam, params, latents, mask),
-        inner_state=inner.init(_merge(params, latents, mask)),
+        count=count,
+        stored=stored,
+        inner_state=inner.init(Reparameterized(others, latents)),
         alpha_state=alpha_lib.init(alpha))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -144,68 +238,57 @@ def reparameterize(
     mask = selection.select(params, where)
     alpha_t = alpha_lib.current(alpha, state.alpha_state, state.count)
     step, next_step = state.count, optax.safe_int32_increment(state.count)
+    chosen, others = split(params, mask)
+    _, other_grads = split(updates, mask)
     penalty_grad = jax.grad(lambda u: reparam.penalty(u, step))
-    current = jax.tree.map(
-        lambda x, stored, s: reparam.restore(stored, x) if s else optax.MaskedNode(),
-        params, state.latents, mask)
 
-    def latent_grad(g, u, s):
-      if not s:
-        return g
+    def pull_back(x, stored, g):
+      """Restores u from x and the stored part; the gradient the inner step sees."""
+      u = reparam.restore(stored, x)
       _, pullback = jax.vjp(lambda u: reparam.to_x(u, step), u)
-      (grads,) = pullback(g)
-      if decoupled:
-        return grads
-      return jax.tree.map(lambda gu, pu: gu + alpha_t.astype(gu.dtype) * pu,
-                          grads, penalty_grad(u))
+      (grad,) = pullback(g.astype(x.dtype))
+      if not decoupled:
+        grad = jax.tree.map(lambda gu, pu: gu + alpha_t.astype(gu.dtype) * pu,
+                            grad, penalty_grad(u))
+      return _Pair(u, grad)
 
-    inner_grads = jax.tree.map(latent_grad, updates, current, mask)
+    restored = map_selected(pull_back, chosen, zip_leaves(state.stored, chosen), updates)
+    latent_leaves, grad_leaves = unzip(restored, _Pair)
+    latents, grads = unzip(latent_leaves, latent_cls), unzip(grad_leaves, latent_cls)
     inner_updates, inner_state = inner.update(
-        inner_grads, state.inner_state, _merge(params, current, mask), **extra_args)
+        Reparameterized(other_grads, grads), state.inner_state,
+        Reparameterized(others, latents), **extra_args)
+    decay = (alpha_t * schedule_value(learning_rate, step)) if decoupled else None
 
-    if decoupled:
-      decay = alpha_t * schedule_value(learning_rate, state.count)
-    def step_latent(u, du):
+    def step_to_x(x, u, du):
+      """Steps u by the inner update (and the decoupled decay); emits x_new - x."""
       new = jax.tree.map(lambda ui, dui: ui + dui.astype(ui.dtype), u, du)
       if decoupled:
         new = jax.tree.map(lambda ni, pu: ni - decay.astype(ni.dtype) * pu,
                            new, penalty_grad(u))
-      return new
+      return _Pair(reparam.to_x(new, next_step).astype(x.dtype) - x, reparam.store(new, next_step))
 
-    latents = jax.tree.map(
-        lambda x, u, du, s: step_latent(u, du) if s else optax.MaskedNode(),
-        params, current, inner_updates, mask)
-    new_x = jax.tree.map(
-        lambda x, u, s: reparam.to_x(u, next_step).astype(x.dtype) if s else x,
-        params, latents, mask)
-    out, alpha_state = finish_step(alpha, state.alpha_state, alpha_t, extra_args,
-                                   params, new_x, inner_updates, mask)
-    return out, ReparamState(
-        count=next_step,
-        latents=_store(reparam, params, latents, mask),
-        inner_state=inner_state,
-        alpha_state=alpha_state)
+    stepped = map_selected(step_to_x, chosen, zip_leaves(latents, chosen),
+                           zip_leaves(inner_updates.latents, chosen))
+    chosen_out, stored_leaves = unzip(stepped, _Pair)
+    stored = unzip(stored_leaves, stored_cls)
+    out = jax.tree.map(lambda s, a, b: a if s else b, mask, chosen_out, inner_updates.weights)
+    alpha_state = advance_alpha(alpha, state.alpha_state, alpha_t, extra_args, params, out, mask)
+    return out, ReparamState(count=next_step, stored=stored, inner_state=inner_state,
+                             alpha_state=alpha_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def finish_step(alpha, alpha_state, alpha_t, extra_args, params, new_x, inner_updates, mask):
-  """The emitted updates (``new_x - x`` on selected leaves, the inner update elsewhere)
-  and the alpha state after a step that used ``alpha_t``."""
-  out = jax.tree.map(
-      lambda x, nx, du, s: (nx - x) if s else du, params, new_x, inner_updates, mask)
-  alpha_state = alpha_lib.advance(
+class _Pair(NamedTuple):
+  """Two per-leaf results, unzipped into two trees."""
+  first: Any
+  second: Any
+
+
+def advance_alpha(alpha, alpha_state, alpha_t, extra_args, params, updates, mask):
+  """The alpha state after a step that used ``alpha_t``; the controller reads
+  ``accuracy=`` from ``extra_args`` and ||x_new||_1 of the selected leaves."""
+  return alpha_lib.advance(
       alpha, alpha_state, alpha_t, extra_args.get('accuracy'),
-      lambda: selection.l1_norm(new_x, mask))
-  return out, alpha_state
-
-
-def _store(reparam, params, latents, mask):
-  """The part of each selected leaf's latents that the state keeps."""
-  return jax.tree.map(lambda x, u, s: reparam.store(u) if s else optax.MaskedNode(),
-                      params, latents, mask)
-
-
-def _merge(params, latents, mask):
-  """The tree the inner optimizer sees: latents at selected leaves, x elsewhere."""
-  return jax.tree.map(lambda x, u, s: u if s else x, params, latents, mask)
+      lambda: selection.l1_norm(optax.apply_updates(params, updates), mask))

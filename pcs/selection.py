@@ -61,6 +61,19 @@ def _as_bool(value) -> bool:
   raise ValueError(f'`where` trees must hold bools only; got {value!r}.')
 
 
+def path_name(path: tuple) -> str:
+  """A key path as ``'a/b/kernel'`` (dict keys, attribute names and indices joined by /)."""
+  parts = []
+  for key in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return '/'.join(parts)
+
+
 def _leaves_with_path(params, mask):
   paths_and_x = jax.tree_util.tree_flatten_with_path(params)[0]
   chosen = jax.tree.leaves(mask)

@@ -3,21 +3,33 @@
 Kusupati et al., "Soft Threshold Weight Reparameterization for Learnable Sparsity", ICML 2020.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from pcs import alpha as alpha_lib
+from pcs import checks
 from pcs import reparam
 from pcs import selection
 
 
 class ThresholdLatent(NamedTuple):
-  """STR's latents: the dense weight w and the layer's threshold logit s (a scalar)."""
-  w: jax.Array
-  s: jax.Array
+  """STR's latents: the dense weight w and the layer's threshold logit s (a scalar).
+
+  In the state, ``w`` and ``s`` are params-shaped trees (holes where STR does not act).
+  """
+  w: Any
+  s: Any
+
+  def stats(self, params: Any, where: selection.Where = None) -> dict:
+    """``threshold/<layer>``: each layer's threshold sigmoid(s)."""
+    del params, where
+    out = {}
+    for path, s in jax.tree_util.tree_flatten_with_path(self.s)[0]:
+      out[f'threshold/{selection.path_name(path)}'] = jax.nn.sigmoid(s.astype(jnp.float32))
+    return out
 
 
 def soft_threshold(
@@ -44,8 +56,8 @@ def soft_threshold(
     init_threshold: s_0, the initial threshold logit (finite).
     where: leaves to sparsify (default: ndim >= 2).
   """
-  alpha_lib.check_scalar('weight_decay', weight_decay, minimum=0.0)
-  alpha_lib.check_scalar('init_threshold', init_threshold, minimum=-float('inf'))
+  checks.check_scalar('weight_decay', weight_decay, minimum=0.0)
+  checks.check_scalar('init_threshold', init_threshold, minimum=-float('inf'))
 
   def init(x):
     s = jnp.asarray(init_threshold, x.dtype)

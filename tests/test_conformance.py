@@ -137,10 +137,12 @@ def test_unselected_leaves_get_the_bare_inner_update():
                                     optax.adam(1e-2).init(biases), biases)
   for k in params:
     np.testing.assert_array_equal(updates[k]['bias'], bare[k])
-  # Biases appear once in the inner state (not duplicated): count the leaves.
+  # Biases appear once in the inner state (not duplicated), kernels once per latent.
   inner_mu = state.inner_state[0].mu
-  assert jax.tree.structure(inner_mu['dense0']['bias']) == jax.tree.structure(0)
-  assert len(jax.tree.leaves(inner_mu['dense0']['kernel'])) == 2  # m and w
+  assert jax.tree.structure(inner_mu.weights['dense0']['bias']) == jax.tree.structure(0)
+  assert isinstance(inner_mu.weights['dense0']['kernel'], optax.MaskedNode)
+  assert [isinstance(t['dense0']['kernel'], jax.Array) for t in inner_mu.latents] == [True, True]
+  assert all(isinstance(t['dense0']['bias'], optax.MaskedNode) for t in inner_mu.latents)
 
 
 def test_mirror_state_is_the_bare_optimizer_size():
@@ -214,9 +216,9 @@ def test_dtypes_are_preserved(transform, dtype):
     chex.assert_trees_all_equal_dtypes(new, params)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     if transform == 'pilot':
-      for m, w in jax.tree.leaves(pcs.latents(state, new),
-                                  is_leaf=lambda n: isinstance(n, pcs.Factors)):
-        assert m.dtype == w.dtype == jnp.dtype(dtype)
+      factors = pcs.latents(state, new)
+      for leaf in jax.tree.leaves(factors.m) + jax.tree.leaves(factors.w):
+        assert leaf.dtype == jnp.dtype(dtype)
 
 
 def test_extra_args_reach_the_inner_optimizer():
@@ -265,7 +267,8 @@ def test_flax_nnx_optimizer():
   assert values[-1] < 0.5 * values[0]
   opt_state = nnx.as_pure(optimizer.opt_state)
   params = nnx.as_pure(nnx.state(model, nnx.Param))
-  kernel = pcs.latents(opt_state, params)['kernel']
+  factors = pcs.latents(opt_state, params)
+  kernel = pcs.Factors(factors.m['kernel'], factors.w['kernel'])
   assert bool(jnp.all(kernel.m > jnp.abs(kernel.w)))  # beta = 1: m^2 - w^2 > 0 stays
   logged = pcs.stats(opt_state, params)
   np.testing.assert_allclose(logged['l1_norm'], jnp.abs(model.kernel[...]).sum(), rtol=1e-6)

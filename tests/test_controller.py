@@ -26,10 +26,10 @@ def _run(alpha, accuracies, pass_accuracy=True):
   params, state = PARAMS, tx.init(PARAMS)
   used = []
   for acc in accuracies:
-    m_before = pcs.latents(state, params)['kernel'].m
+    m_before = pcs.latents(state, params).m['kernel']
     params, state = step(params, state, acc)
     # g = 0: m' = (1 - 2 eta alpha_t) m, an independent read-out of alpha_t.
-    ratio = np.asarray(pcs.latents(state, params)['kernel'].m / m_before)
+    ratio = np.asarray(pcs.latents(state, params).m['kernel'] / m_before)
     used.append(float((1 - ratio[0, 0]) / (2 * ETA)))
   return np.array(used), state
 

@@ -49,10 +49,8 @@ def test_soft_threshold_step_matches_hand_computation():
 def test_soft_threshold_learns_its_threshold_and_sparsifies():
   tx = pcs.soft_threshold(optax.sgd(0.1, momentum=0.9), weight_decay=5e-3, init_threshold=-4.0)
   params, state = _train(tx, steps=300)
-  thresholds = [jax.nn.sigmoid(u.s) for u in jax.tree.leaves(
-      pcs.find_state(state).latents, is_leaf=lambda n: isinstance(n, pcs.ThresholdLatent))
-                if isinstance(u, pcs.ThresholdLatent)]
-  assert all(float(t) > 2 * float(jax.nn.sigmoid(-4.0)) for t in thresholds)
+  thresholds = [jax.nn.sigmoid(s) for s in jax.tree.leaves(pcs.latents(state, params).s)]
+  assert len(thresholds) == sum(jax.tree.leaves(pcs.select(params))) and all(float(t) > 2 * float(jax.nn.sigmoid(-4.0)) for t in thresholds)
   assert float(pcs.sparsity(params)) > 0.1
 
 
@@ -75,9 +73,7 @@ def test_continuous_sparsification_ends_with_a_hard_sparse_mask():
   tx = pcs.continuous_sparsification(optax.sgd(0.1, momentum=0.9), l1_strength=1e-2,
                                      num_steps=steps, mask_init=0.5)
   params, state = _train(tx, steps=steps + 5)
-  mask_logits = [u.s for u in jax.tree.leaves(
-      pcs.find_state(state).latents, is_leaf=lambda n: isinstance(n, pcs.MaskLatent))
-                 if isinstance(u, pcs.MaskLatent)]
+  mask_logits = jax.tree.leaves(pcs.latents(state, params).s)
   expected_zeros = sum(int(jnp.sum(s <= 0)) for s in mask_logits)
   total = sum(s.size for s in mask_logits)
   assert expected_zeros > 0
