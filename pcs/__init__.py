@@ -10,7 +10,7 @@ from pcs.continuous_sparsification import MaskLatent, continuous_sparsification
 from pcs.export import NMKernel, export, sparse_apply
 from pcs.gmp import PruningState, gmp, magnitude
 from pcs.imp import PruningResult, iterative_pruning
-from pcs.inspection import find_state, latents, stats
+from pcs.inspection import find_state, find_states, latents, stats
 from pcs.l1 import L1State, l1
 from pcs.masked import KeepMaskedState, keep_masked
 from pcs.mirror import MirrorState, mirror
@@ -27,7 +27,7 @@ __all__ = [
     'AlphaController', 'AlphaState', 'Factors', 'KeepMaskedState', 'L1State', 'MaskLatent',
     'MirrorState', 'NMKernel', 'PowerLatent', 'PruningResult', 'PruningState', 'ReparamState', 'Reparameterization', 'Scale',
     'SparsitySummary', 'ThresholdLatent', 'alpha_controller', 'apply_masks',
-    'continuous_sparsification', 'export', 'find_state', 'gmp', 'iterative_pruning', 'keep_masked', 'l1', 'latents',
+    'continuous_sparsification', 'export', 'find_state', 'find_states', 'gmp', 'iterative_pruning', 'keep_masked', 'l1', 'latents',
     'magnitude', 'mirror', 'pilot', 'powerprop', 'product_init', 'prune', 'reparameterize',
     'select', 'soft_threshold', 'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory',
 ]

@@ -27,12 +27,12 @@ class MaskState(NamedTuple):
   s: Any
   temperature: Any
 
-  def latents(self, params: Any, where: selection.Where = None) -> MaskLatent:
+  def restore_trees(self, params: Any, where: selection.Where = None) -> MaskLatent:
     """``MaskLatent(w=tree, s=tree)``."""
     del params, where
     return MaskLatent(self.w, self.s)
 
-  def stats(self, params: Any, where: selection.Where = None) -> dict:
+  def stored_stats(self, params: Any, where: selection.Where = None) -> dict:
     """``temperature`` beta_t and ``mask_density``, the fraction of s > 0."""
     del params, where
     temperatures = jax.tree.leaves(self.temperature)

@@ -12,14 +12,14 @@ by a sparse one. Formats:
   N kept values and their uint8 positions; ``x`` is gathered and contracted.
 """
 
+import importlib
 from typing import Any, Dict, NamedTuple, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental import sparse
 import numpy as np
 
+from pcs import extras
 from pcs import selection
 
 FORMATS = ('bcoo', 'bcsr', 'n_m')
@@ -84,9 +84,9 @@ def export(params: Any, *, format: str = 'bcoo',  # pylint: disable=redefined-bu
       continue
     matrix = _as_matrix(jnp.asarray(kernel))
     if format == 'bcoo':
-      out[names[:-1]] = sparse.BCOO.fromdense(matrix)
+      out[names[:-1]] = _sparse().BCOO.fromdense(matrix)
     elif format == 'bcsr':
-      out[names[:-1]] = sparse.BCSR.fromdense(matrix.T)
+      out[names[:-1]] = _sparse().BCSR.fromdense(matrix.T)
     else:
       out[names[:-1]] = _n_m_from(np.asarray(matrix), kernel, names)
   return out
@@ -106,7 +106,13 @@ def _n_m_from(matrix, kernel, names):
                    'pcs.prune(params, n_m=(N, M)) first.')
 
 
+def _sparse():
+  """jax.experimental.sparse, loaded on first use (it imports scipy.sparse)."""
+  return importlib.import_module('jax.experimental.sparse')
+
+
 def _sparse_matmul(x2d: jax.Array, kernel: Any) -> jax.Array:
+  sparse = _sparse()
   if isinstance(kernel, sparse.BCOO):
     return x2d @ kernel
   if isinstance(kernel, sparse.BCSR):
@@ -129,7 +135,7 @@ def _normalize_padding(padding, spatial):
   return [tuple(p) if not isinstance(p, int) else (p, p) for p in padding]
 
 
-def _conv(module: nn.Conv, x: jax.Array, kernel: Any, bias) -> jax.Array:
+def _conv(module: Any, x: jax.Array, kernel: Any, bias) -> jax.Array:
   spatial = len(module.kernel_size)
   if module.feature_group_count != 1 or any(
       d not in (None, 1) and d != (1,) * spatial for d in (module.input_dilation,
@@ -150,14 +156,15 @@ def _conv(module: nn.Conv, x: jax.Array, kernel: Any, bias) -> jax.Array:
   return y if bias is None else y + bias
 
 
-def sparse_apply(model: nn.Module, variables: Any, exported: Dict[Tuple[str, ...], Any],
+def sparse_apply(model: Any, variables: Any, exported: Dict[Tuple[str, ...], Any],
                  *args, **kwargs):
   """``model.apply(variables, *args, **kwargs)`` with the exported layers computed sparsely.
 
   Every ``nn.Dense`` or ``nn.Conv`` whose module path is in ``exported`` uses its sparse
   kernel; all other layers (norms, pooling, unexported kernels) run as usual. Jittable
-  (the sparse kernels are pytrees).
+  (the sparse kernels are pytrees). Needs flax (``pip install 'pcs[export]'``).
   """
+  nn = extras.require('flax.linen', 'pcs.sparse_apply')
   params = variables['params']
 
   def interceptor(next_fun, call_args, call_kwargs, context):

@@ -11,9 +11,9 @@ from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from pcs import checks
+from pcs import extras
 from pcs import pruning
 from pcs import selection
 
@@ -78,10 +78,11 @@ def iterative_pruning(
             'history': []}
   manager = None
   if checkpoint_dir is not None:
+    ocp = extras.require('orbax.checkpoint', 'pcs.iterative_pruning(checkpoint_dir=...)')
     manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir),
                                     options=ocp.CheckpointManagerOptions(max_to_keep=2))
     if manager.latest_step() is not None:
-      record = _restore(manager, record)
+      record = _restore(ocp, manager, record)
 
   for cycle in range(record['cycle'], num_cycles + 1):
     trained = train(record['start'], record['masks'], cycle)
@@ -111,7 +112,7 @@ def _as_saved(record):
                       for key in ('cycle', 'target_sparsity', 'sparsity')}}
 
 
-def _restore(manager, template):
+def _restore(ocp, manager, template):
   step = manager.latest_step()
   abstract = _as_saved(template)
   abstract['history'] = {key: [0.0] * step for key in abstract['history']}

@@ -66,13 +66,13 @@ class Scale(NamedTuple):
   """
   m: Any
 
-  def latents(self, params: Any, where: selection.Where = None) -> Factors:
+  def restore_trees(self, params: Any, where: selection.Where = None) -> Factors:
     """``Factors(m=tree, w=tree)`` with w = x / m, holes where pilot does not act."""
     del where
     return reparam.unzip(reparam.map_selected(
         lambda m, x: factors(Scale(m), x), self.m, params), Factors)
 
-  def stats(self, params: Any, where: selection.Where = None) -> dict:
+  def stored_stats(self, params: Any, where: selection.Where = None) -> dict:
     """``a``: the mean of (m^2 - w^2) / 2 over selected weights (exact a_t for SGD)."""
     del where
     return {'a': _mean_gamma(self.m, params, lambda m, x: factors(Scale(m), x))}
@@ -81,14 +81,14 @@ class Scale(NamedTuple):
 class Balanced(NamedTuple):
   """What spred's state keeps: nothing; m = sqrt|x| and w = sign(x) m come from x."""
 
-  def latents(self, params: Any, where: selection.Where = None) -> Factors:
+  def restore_trees(self, params: Any, where: selection.Where = None) -> Factors:
     """``Factors(m=tree, w=tree)`` at the leaves selected by ``where``, holes elsewhere."""
     mask = selection.select(params, where)
     chosen = jax.tree.map(lambda x, s: x if s else optax.MaskedNode(), params, mask)
     return reparam.unzip(reparam.map_selected(
         lambda x: balanced_factors(self, x), chosen), Factors)
 
-  def stats(self, params: Any, where: selection.Where = None) -> dict:
+  def stored_stats(self, params: Any, where: selection.Where = None) -> dict:
     """``a`` = 0: the balanced factors have m^2 - w^2 = 0 exactly."""
     del params, where
     return {'a': jnp.zeros((), jnp.float32)}

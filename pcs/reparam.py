@@ -90,7 +90,8 @@ class Reparameterization(NamedTuple):
   ``restore(stored, x)`` rebuilds u with the help of the current weight x: PILoT
   keeps only m and recovers w = x / m, so the user's parameters stay the source of
   truth and one latent copy is saved. A stored NamedTuple class may define
-  ``stats(self, params)`` and ``latents(self, params)`` (see
+  ``stored_stats(self, params, where)`` (method-specific scalars) and
+  ``restore_trees(self, params, where)`` (the full latents; see
   :class:`pcs.pilot.Scale`); they are called on the state's trees of that class.
   """
   init: Callable[[jax.Array], tuple]
@@ -129,12 +130,12 @@ class ReparamState(NamedTuple):
 
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``alpha`` of the latest step and the stored class's own ``stats``."""
-    own = getattr(self.stored, 'stats', None)
+    own = getattr(self.stored, 'stored_stats', None)
     return {'alpha': self.alpha_state.alpha, **(own(params, where) if own else {})}
 
   def latents(self, params: Any, where: selection.Where = None) -> Any:
     """The latent NamedTuple of trees behind ``params`` (holes where not selected)."""
-    own = getattr(self.stored, 'latents', None)
+    own = getattr(self.stored, 'restore_trees', None)
     return own(params, where) if own else self.stored
 
 

@@ -23,7 +23,7 @@ class ThresholdLatent(NamedTuple):
   w: Any
   s: Any
 
-  def stats(self, params: Any, where: selection.Where = None) -> dict:
+  def stored_stats(self, params: Any, where: selection.Where = None) -> dict:
     """``threshold/<layer>``: each layer's threshold sigmoid(s)."""
     del params, where
     out = {}

@@ -19,12 +19,13 @@ For an underdetermined least-squares loss, the flow converges to
 whose KKT point is x = a_inf sinh(2 (c + A^T nu)) with A x = y (:func:`kkt_limit`).
 """
 
+import importlib
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
+
 
 
 def potential(x: jax.Array, a) -> jax.Array:
@@ -132,10 +133,14 @@ def kkt_limit(A: np.ndarray, y: np.ndarray, x0: np.ndarray, a0: float, a_inf: fl
 
 
 def basis_pursuit(A: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """min ||x||_1 s.t. A x = y, as the LP over x = u - v, u, v >= 0 (scipy HiGHS)."""
+  """min ||x||_1 s.t. A x = y, as the LP over x = u - v, u, v >= 0 (scipy HiGHS).
+
+  scipy (a dependency of jax) is imported here, not with pcs.
+  """
+  optimize = importlib.import_module('scipy.optimize')
   A = np.asarray(A, np.float64)
   n, d = A.shape
-  result = scipy.optimize.linprog(
+  result = optimize.linprog(
       np.ones(2 * d), A_eq=np.hstack([A, -A]), b_eq=np.asarray(y, np.float64),
       bounds=(0, None), method='highs')
   if result.status != 0:

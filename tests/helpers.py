@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import pcs
+
 
 def mlp_params(seed=0, dtype=jnp.float32, sizes=(16, 32, 4)):
   rng = np.random.default_rng(seed)
@@ -36,3 +38,30 @@ def loss_fn(params, inputs, labels):
   logits = mlp_apply(params, inputs.astype(jax.tree.leaves(params)[0].dtype))
   return optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), labels).mean()
+
+
+# Every pcs transform, built around a given inner optimizer, as users build them.
+METHODS = {
+    'pilot': lambda inner: pcs.pilot(inner, alpha=1e-3),
+    'pilot_decoupled': lambda inner: pcs.pilot(inner, alpha=1e-3, decoupled=True,
+                                               learning_rate=0.05),
+    'pilot_controller': lambda inner: pcs.pilot(inner, alpha=pcs.alpha_controller(
+        1e-3, delta=1.5, steps_per_epoch=2, num_epochs=4)),
+    'mirror': lambda inner: pcs.mirror(inner, alpha=1e-3, learning_rate=0.05),
+    'spred': lambda inner: pcs.spred(inner, weight_decay=1e-4),
+    'soft_threshold': lambda inner: pcs.soft_threshold(inner, weight_decay=1e-3),
+    'continuous_sparsification': lambda inner: pcs.continuous_sparsification(
+        inner, l1_strength=1e-4, num_steps=20),
+    'powerprop': lambda inner: pcs.powerprop(inner, power=2.0),
+    'l1': lambda inner: pcs.l1(inner, strength=1e-3, learning_rate=0.05),
+    'gmp': lambda inner: pcs.gmp(inner, final_sparsity=0.5, begin_step=2, end_step=6,
+                                 frequency=2),
+    'magnitude': lambda inner: pcs.magnitude(inner, sparsity=0.5, step=3),
+    'gmp_of_pilot': lambda inner: pcs.gmp(pcs.pilot(inner, alpha=1e-3), final_sparsity=0.5,
+                                          begin_step=2, end_step=6, frequency=2),
+}
+
+INNERS = {
+    'momentum': lambda: optax.sgd(0.05, momentum=0.9),
+    'adam': lambda: optax.adam(1e-2),
+}
