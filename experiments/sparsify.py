@@ -9,6 +9,8 @@ and orbax checkpoints; rerunning with the same workdir resumes. Multi-host: pass
 cluster's auto-detection with ``--distributed``).
 """
 
+from experiments import quiet  # first: it quiets TensorFlow before TensorFlow loads
+
 import os
 import sys
 
@@ -40,6 +42,7 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet.apply()
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('JAX process %d / %d, %d local devices, %d in all.', jax.process_index(),

@@ -8,6 +8,8 @@ of the config plus the dense reference, each in ``<workdir>/<method>_<sparsity>_
 ``accuracy_vs_sparsity.png`` and prints the table.
 """
 
+from experiments import quiet  # first: it quiets TensorFlow before TensorFlow loads
+
 import os
 import time
 
@@ -43,6 +45,7 @@ def runs(methods, sparsities, seeds, dense):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet.apply()
   start = time.time()
   todo = runs(FLAGS.methods, [float(s) for s in FLAGS.sparsities],
               [int(s) for s in FLAGS.seeds], FLAGS.dense)
@@ -53,7 +56,9 @@ def main(argv):
     config = FLAGS.config.copy_and_resolve_references()
     config.method, config.sparsity, config.seed = method, sparsity, seed
     print(f'[{i + 1}/{len(todo)}] {method} at sparsity {sparsity:g}, seed {seed}')
-    train.train_and_evaluate(config, workdir)
+    results = train.train_and_evaluate(config, workdir)
+    print(f"  test accuracy {results['test_accuracy']:.4f} at sparsity "
+          f"{results['achieved_sparsity']:.4f} in {results['wall_time_s']:.0f}s")
   print(report.report(FLAGS.workdir))
   print(f'\n{len(todo)} runs in {time.time() - start:.0f}s; table: {FLAGS.workdir}/report.md, '
         f'plot: {FLAGS.workdir}/accuracy_vs_sparsity.png')

@@ -216,16 +216,18 @@ def _checkpoint_manager(workdir, phase):
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
 
-def _epoch_logs(config, state, train_metrics, test_metrics, epoch, phase) -> dict:
-  params = state.params
+def _epoch_logs(state, train_metrics, test_metrics, epoch, phase) -> dict:
+  """The epoch's metrics and every scalar ``pcs.stats`` reports for the optimizer."""
   logs = {'phase': phase, 'epoch': epoch, 'step': int(state.step),
           'train_loss': train_metrics['loss'], 'train_accuracy': train_metrics['accuracy'],
-          'test_loss': test_metrics['loss'], 'test_accuracy': test_metrics['accuracy'],
-          'l1_norm': float(pcs.selection.l1_norm(params, pcs.select(params))),
-          'sparsity': float(pcs.sparsity(params)), 'alpha': None, 'a': None}
-  if config.method in ('pilot', 'mirror', 'spred') and phase == 'train':
-    stats = jax.device_get(pcs.stats(state.opt_state, params))
-    logs.update(alpha=float(stats['alpha']), a=float(stats['a']))
+          'test_loss': test_metrics['loss'], 'test_accuracy': test_metrics['accuracy']}
+  if pcs.find_states(state.opt_state):
+    stats = pcs.stats(state.opt_state, state.params)
+  else:  # a plain optax optimizer: the weights' own statistics only
+    mask = pcs.select(state.params)
+    stats = {'l1_norm': pcs.selection.l1_norm(state.params, mask),
+             'sparsity': pcs.sparsity(state.params)}
+  logs.update({key: float(value) for key, value in jax.device_get(stats).items()})
   return logs
 
 
@@ -266,7 +268,7 @@ def _run_phase(phase, state, tx, eval_step, config, workdir, model, mesh, builde
     train_metrics = {k: float(v) / steps for k, v in sums.items()}
     train_metrics['skipped_steps'] = skipped
     test_metrics = evaluate(eval_step, state, builder, spec, spec.test_split, config, sharding)
-    logs = _epoch_logs(config, state, train_metrics, test_metrics, epoch, phase)
+    logs = _epoch_logs(state, train_metrics, test_metrics, epoch, phase)
     logs['skipped_steps'] = train_metrics['skipped_steps']
     bar.set_postfix(acc=f"{logs['test_accuracy']:.3f}", sparsity=f"{logs['sparsity']:.3f}")
     if jax.process_index() == 0:

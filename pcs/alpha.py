@@ -35,8 +35,9 @@ Alpha = Union[float, jax.Array, Callable[[jax.Array], jax.Array], AlphaControlle
 
 
 class AlphaState(NamedTuple):
-  """Current alpha and, for the controller, its per-epoch bookkeeping."""
-  alpha: jax.Array            # float32, the value used by the latest step
+  """Alpha and, for the controller, its per-epoch bookkeeping."""
+  alpha: jax.Array            # float32, the value the next step uses (the controller's)
+  used: jax.Array             # float32, the value the latest step used (what to log)
   epoch: jax.Array            # int32, completed epochs
   step_in_epoch: jax.Array    # int32, steps taken in the current epoch
   accuracy_sum: jax.Array     # float32, sum of batch accuracies this epoch
@@ -96,6 +97,7 @@ def init(alpha: Alpha) -> AlphaState:
     start = alpha
   return AlphaState(
       alpha=jnp.asarray(start, jnp.float32),
+      used=jnp.asarray(start, jnp.float32),
       epoch=jnp.zeros((), jnp.int32),
       step_in_epoch=jnp.zeros((), jnp.int32),
       accuracy_sum=jnp.zeros((), jnp.float32),
@@ -120,7 +122,7 @@ def advance(alpha: Alpha, state: AlphaState, alpha_t: jax.Array,
   called only then.
   """
   if not isinstance(alpha, AlphaController):
-    return state._replace(alpha=alpha_t)
+    return state._replace(alpha=alpha_t, used=alpha_t)
   step_in_epoch = state.step_in_epoch + 1
   accuracy_sum = state.accuracy_sum
   if accuracy is not None:
@@ -132,11 +134,11 @@ def advance(alpha: Alpha, state: AlphaState, alpha_t: jax.Array,
     improved = True if accuracy is None else mean_accuracy > state.last_accuracy
     grow = improved & (l1_norm() >= alpha.l1_threshold) & (2 * epoch <= alpha.num_epochs)
     new_alpha = jnp.where(grow, state.alpha * alpha.delta, state.alpha / alpha.delta)
-    return AlphaState(new_alpha, epoch, jnp.zeros((), jnp.int32),
+    return AlphaState(new_alpha, alpha_t, epoch, jnp.zeros((), jnp.int32),
                       jnp.zeros((), jnp.float32), mean_accuracy)
 
   def mid_epoch(_):
-    return AlphaState(state.alpha, state.epoch, step_in_epoch, accuracy_sum,
+    return AlphaState(state.alpha, alpha_t, state.epoch, step_in_epoch, accuracy_sum,
                       state.last_accuracy)
 
   return lax.cond(step_in_epoch >= alpha.steps_per_epoch, end_epoch, mid_epoch, None)

@@ -36,7 +36,7 @@ class MirrorState(NamedTuple):
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``alpha`` of the latest step and ``a`` = a_t = exp(log_a)."""
     del params, where
-    return {'alpha': self.alpha_state.alpha, 'a': jnp.exp(self.log_a)}
+    return {'alpha': self.alpha_state.used, 'a': jnp.exp(self.log_a)}
 
   def latents(self, params: Any, where: selection.Where = None) -> Any:
     """The dual coordinates z = 1/2 arcsinh(x / a_t) at the leaves selected by

@@ -131,7 +131,7 @@ class ReparamState(NamedTuple):
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``alpha`` of the latest step and the stored class's own ``stats``."""
     own = getattr(self.stored, 'stored_stats', None)
-    return {'alpha': self.alpha_state.alpha, **(own(params, where) if own else {})}
+    return {'alpha': self.alpha_state.used, **(own(params, where) if own else {})}
 
   def latents(self, params: Any, where: selection.Where = None) -> Any:
     """The latent NamedTuple of trees behind ``params`` (holes where not selected)."""

@@ -42,7 +42,8 @@ def test_hand_worked_trace():
   used, state = _run(alpha, [0.4, 0.6, 0.5, 0.7, 0.7, 0.7, 0.8, 0.8])
   np.testing.assert_allclose(used, [0.01, 0.01, 0.02, 0.02, 0.04, 0.04, 0.02, 0.02], rtol=1e-4)
   assert int(state.alpha_state.epoch) == 4
-  np.testing.assert_allclose(state.alpha_state.alpha, 0.01, rtol=1e-6)
+  np.testing.assert_allclose(state.alpha_state.alpha, 0.01, rtol=1e-6)  # the next epoch's
+  np.testing.assert_allclose(pcs.stats(state, PARAMS)['alpha'], 0.02, rtol=1e-6)  # epoch 4's
   np.testing.assert_allclose(state.alpha_state.last_accuracy, 0.8, rtol=1e-6)
 
 

@@ -45,12 +45,13 @@ def test_pilot_run_writes_results_logs_and_events(data_dir, tmp_path):
   assert abs(results['achieved_sparsity'] - 0.9) < 1 / 30_000  # exact: within one weight
   lines = _lines(tmp_path)
   assert [l['epoch'] for l in lines] == [1, 2]
-  # Algorithm 1 with T = 2: epoch 1 improves on -inf with ||x||_1 >= K and 1 <= T/2, so
-  # alpha grows by delta; epoch 2 is past T/2, so it shrinks back.
+  # Algorithm 1 with T = 2: epoch 1 trains with alpha_init and improves on -inf with
+  # ||x||_1 >= K and 1 <= T/2, so epoch 2 trains with alpha grown by delta. Each line
+  # logs the alpha its epoch used.
   config = default.get_config()
   assert lines[0]['l1_norm'] >= config.pilot.l1_threshold
   assert [l['alpha'] for l in lines] == pytest.approx(
-      [config.pilot.alpha * config.pilot.delta, config.pilot.alpha])
+      [config.pilot.alpha, config.pilot.alpha * config.pilot.delta])
   for line in lines:
     assert 0 < line['a'] < 0.5 and line['l1_norm'] > 0
   assert lines[1]['train_loss'] < lines[0]['train_loss']
