@@ -25,7 +25,7 @@ def _machine() -> str:
   cpu = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo') as f:
-      cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+      cpu = next(row.split(':', 1)[1].strip() for row in f if row.startswith('model name'))
   except (OSError, StopIteration):
     pass
   return (f'{cpu}, {os.cpu_count()} cores; {jax.device_count()} x {jax.devices()[0].device_kind} '
@@ -71,7 +71,8 @@ def targets(step_rows, inference_rows, recovery_rows) -> str:
                    f"{highs_best['solver']} {highs_best['time_s']:.3g} s ({ratio:.2g}x) | "
                    f"{'met' if ratio < 1 else f'missed: {ratio:.2g}x slower'} |")
   lines += ['', 'Why the misses: on CPU the MLP step is memory-bound and XLA:CPU materialises five '
-            'element-wise passes per kernel for pilot where one fused pass would do (about 1.06x by '
+            'element-wise passes per kernel for pilot where one fused pass would do (about 1.06x '
+            'by '
             'the same traffic count); the overhead grows with width as the optimizer update '
             'becomes a larger share of the step. Sparse products in `jax.experimental.sparse` '
             'lower to gathers and scatters on CPU, while dense products and convolutions use '

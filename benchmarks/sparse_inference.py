@@ -99,7 +99,8 @@ def markdown(rows) -> str:
   for name, _, _ in MODELS:
     for batch in BATCHES:
       found = crossover(rows, name, batch)
-      lines.append(f"| {name} | {batch} | {f'{found:.0%}' if found is not None else 'never (up to 99%)'} |")
+      where = f'{found:.0%}' if found is not None else 'never (up to 99%)'
+      lines.append(f'| {name} | {batch} | {where} |')
   return '\n'.join(lines)
 
 

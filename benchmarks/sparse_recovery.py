@@ -25,9 +25,9 @@ Why pcs is an L1 solver at all: with decay alpha the flow of x = m * w is
 fixed points satisfy the Lasso optimality condition grad f(x) = -2 alpha sign(x)
 (Jacobs & Burkholz, ICLR 2025): alpha_t = lambda_t / 2 follows the Lasso path, and
 lambda -> 0 with the support fixed is basis pursuit. (``pcs.mirror`` decays a_t outside
-the inner optimizer, so with momentum mu its path is lambda_t = 2 alpha_t (1 - mu).) The recommended solver settings,
-the fastest that solved all of 20 tuning instances (d = 400 and 1000, dense and sparse,
-seeds 1-5; the benchmark uses seed 0), used unchanged at every d:
+the inner optimizer, so with momentum mu its path is lambda_t = 2 alpha_t (1 - mu).) The
+recommended solver settings, the fastest that solved all of 20 tuning instances (d = 400 and
+1000, dense and sparse, seeds 1-5; the benchmark uses seed 0), used unchanged at every d:
 
   L = ||A||_2^2 (power iteration),  lambda_max = ||A' b||_inf,
   lambda_t = lambda_max max(1e-5, r^t), r = 0.97 (pilot), 0.985 (mirror); alpha_t = lambda_t / 2,
@@ -78,7 +78,7 @@ LAMBDA_FLOOR = 1e-5
 RECOMMENDED_DECAY = {'pilot': 0.97, 'mirror': 0.985}
 
 
-SUMMARY = """Recover a k-sparse x* from b = A x* (n = d/4, k = n/10; Gaussian A up to d = 1e4,
+SUMMARY = f"""Recover a k-sparse x* from b = A x* (n = d/4, k = n/10; Gaussian A up to d = 1e4,
 8 non-zeros per column above), the basis-pursuit solution, to relative error 1e-3 with the
 same support. pcs runs GD on x = m * w (pilot) or mirror descent (mirror) with Nesterov
 momentum and the decay alpha_t = lambda_t / 2 following a Lasso continuation lambda_t =
@@ -86,7 +86,7 @@ lambda_max max(1e-5, r^t); FISTA (jax, adaptive restart) follows its own continu
 (0.9^t); both stop, inside one jitted loop, at the first iterate that meets the criterion.
 HiGHS (LP on [A, -A]) and scikit-learn (warm-started coordinate descent along 20 penalties
 down to 1e-5 lambda_max; LARS) run to their own tolerances in a child process stopped after
-{cap:.0f} s. Settings were tuned on other instances (see the module docstring). Memory:
+{TIME_CAP_S:.0f} s. Settings were tuned on other instances (see the module docstring). Memory:
 peak resident memory added by the solve. float32 for the jax solvers, float64 otherwise;
 the child's copy-on-write start adds a few ms to the CPU solvers at d = 1e3.
 
@@ -96,7 +96,7 @@ count. LARS and warm-started coordinate descent are homotopy methods: LARS is ex
 quick while k is small but needs a dense A; coordinate descent's epochs are cheap on a
 sparse A (8 entries per column), which puts it second at d = 1e5. The LP doubles the
 variables and, with a dense A, hands HiGHS 2 n d non-zeros: it is the only exact method
-here, and neither simplex nor interior point finished within the limit from d = 1e4.""".format(cap=TIME_CAP_S)
+here, and neither simplex nor interior point finished within the limit from d = 1e4."""
 
 
 @dataclasses.dataclass
@@ -225,7 +225,8 @@ def _fista_solver(decay=0.9):
 def _fista(A, At, b, x_star, decay):
   """FISTA with gradient restart on 1/2 ||A x - b||^2 + lambda_t ||x||_1.
 
-  y = x_t + (theta_t - 1) / theta_{t+1} (x_t - x_{t-1}),  x_{t+1} = S_{lambda_t / L}(y - A'(A y - b) / L),
+  y = x_t + (theta_t - 1) / theta_{t+1} (x_t - x_{t-1}),
+  x_{t+1} = S_{lambda_t / L}(y - A'(A y - b) / L),
   theta_{t+1} = (1 + sqrt(1 + 4 theta_t^2)) / 2, reset to 1 when (y - x_{t+1})'(x_{t+1} - x_t) > 0.
   """
   lipschitz, lambda_max = _scales(A, At, b)

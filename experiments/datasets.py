@@ -10,7 +10,7 @@ prepared beforehand (see :func:`builder`).
 
 import dataclasses
 import os
-from typing import Tuple
+from typing import ClassVar, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -41,7 +41,8 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
   """MNIST-1D, generated locally by ``mnist1d.data.make_dataset`` (default arguments)."""
 
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'mnist1d 0.0.2 make_dataset with get_dataset_args() defaults.'}
+  RELEASE_NOTES: ClassVar[dict] = {
+      '1.0.0': 'mnist1d 0.0.2 make_dataset with get_dataset_args() defaults.'}
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -69,7 +70,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 8x8 handwritten digits, split 80/20 by a fixed permutation."""
 
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'sklearn.datasets.load_digits, permutation seed 0.'}
+  RELEASE_NOTES: ClassVar[dict] = {'1.0.0': 'sklearn.datasets.load_digits, permutation seed 0.'}
 
   def _info(self):
     return tfds.core.DatasetInfo(

@@ -115,11 +115,15 @@ def train(tx: optax.GradientTransformation, A, y, x_init, num_steps: int,
   return x, trajectory
 
 
+def _constant(t, value):
+  del t
+  return jnp.full((), value, jnp.float32)
+
+
 def schedules(config) -> dict:
   """alpha_t by name: the constants and alpha0 / k, alpha0 / k^2, alpha0 0.95^k."""
   epoch = lambda t: 1.0 + t // config.steps_per_epoch
-  out = {f'const_{c:g}': (lambda c: lambda t: jnp.full((), c, jnp.float32))(c)
-         for c in config.constants}
+  out = {f'const_{c:g}': functools.partial(_constant, value=c) for c in config.constants}
   a0 = config.decay_alpha0
   out['1/k'] = lambda t: a0 / epoch(t)
   out['1/k^2'] = lambda t: a0 / epoch(t)**2
@@ -153,7 +157,7 @@ def transition(config, problem: Problem, progress) -> dict:
   a0 = config.beta / 2
   measured, predicted = [], []
   for integral in config.transition_integrals:
-    decay_steps = int(round(integral / (config.learning_rate * config.transition_alpha)))
+    decay_steps = round(integral / (config.learning_rate * config.transition_alpha))
     alpha = lambda t, n=decay_steps: jnp.where(t < n, config.transition_alpha, 0.0)
     tx = pcs.pilot(optax.sgd(config.learning_rate), alpha=alpha, beta=config.beta,
                    where=lambda *_: True)

@@ -133,8 +133,8 @@ def make_train_step(model, tx, mesh, skip_nonfinite: bool = False):
 
   def train_step(state, batch):
     def loss_fn(params):
-      logits, updates = model.apply(_variables(params, state.batch_stats), batch['input'], train=True,
-                                    mutable=['batch_stats'])
+      logits, updates = model.apply(_variables(params, state.batch_stats), batch['input'],
+                                    train=True, mutable=['batch_stats'])
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       return loss, (logits, updates)
 
@@ -225,7 +225,7 @@ def _epoch_logs(state, train_metrics, test_metrics, epoch, phase) -> dict:
     stats = pcs.stats(state.opt_state, state.params)
   else:  # a plain optax optimizer: the weights' own statistics only
     mask = pcs.select(state.params)
-    stats = {'l1_norm': pcs.selection.l1_norm(state.params, mask),
+    stats = {'l1_norm': pcs.core.l1_norm(state.params, mask),
              'sparsity': pcs.sparsity(state.params)}
   logs.update({key: float(value) for key, value in jax.device_get(stats).items()})
   return logs
@@ -318,9 +318,10 @@ def _truncate_logs(path, phase, last_epoch):
   with open(path) as f:
     lines = [json.loads(line) for line in f if line.strip()]
   order = {'train': 0, 'finetune': 1}
-  kept = [l for l in lines if (order[l['phase']], l['epoch']) <= (order[phase], last_epoch)]
+  kept = [row for row in lines
+          if (order[row['phase']], row['epoch']) <= (order[phase], last_epoch)]
   with open(path, 'w') as f:
-    f.writelines(json.dumps(l) + '\n' for l in kept)
+    f.writelines(json.dumps(row) + '\n' for row in kept)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -2,32 +2,34 @@
 
 ``tx = pcs.pilot(optax.sgd(0.1, momentum=0.9), alpha=1e-4)`` wraps any optax optimizer;
 see Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
+
+The names below are re-exported flat from the families they belong to:
+``pcs.core`` (the shared mechanism), ``pcs.implicit`` (PILoT), ``pcs.baselines``,
+``pcs.pruning``, ``pcs.sparse_inference`` and ``pcs.theory`` (float64 references).
 """
 
 from pcs import theory
-from pcs.alpha import AlphaController, AlphaState, alpha_controller
-from pcs.continuous_sparsification import MaskLatent, continuous_sparsification
-from pcs.export import NMKernel, export, sparse_apply
-from pcs.gmp import PruningState, gmp, magnitude
-from pcs.imp import PruningResult, iterative_pruning
-from pcs.inspection import find_state, find_states, latents, stats
-from pcs.l1 import L1State, l1
-from pcs.masked import KeepMaskedState, keep_masked
-from pcs.mirror import MirrorState, mirror
-from pcs.pilot import Factors, Scale, pilot, product_init, spred
-from pcs.powerprop import PowerLatent, powerprop
-from pcs.pruning import SparsitySummary, apply_masks, prune, summary
-from pcs.reparam import Reparameterization, ReparamState, reparameterize
-from pcs.selection import select, sparsity
-from pcs.soft_threshold import ThresholdLatent, soft_threshold
+from pcs.baselines import (L1State, MaskLatent, MaskState, PowerLatent, ThresholdLatent,
+                           continuous_sparsification, l1, powerprop, soft_threshold)
+from pcs.core import (AlphaController, AlphaState, Reparameterization, Reparameterized,
+                      ReparamState, alpha_controller, find_state, find_states, latents,
+                      reparameterize, select, sparsity, stats)
+from pcs.implicit import (Balanced, Factors, MirrorState, Scale, mirror, pilot, product_init,
+                          spred)
+from pcs.pruning import (IterativePruningResult, KeepMaskedState, ScheduledPruningState,
+                         SparsitySummary, apply_masks, gmp, iterative_pruning, keep_masked,
+                         one_shot_pruning, prune, summary)
+from pcs.sparse_inference import NMKernel, export, sparse_apply
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = [
-    'AlphaController', 'AlphaState', 'Factors', 'KeepMaskedState', 'L1State', 'MaskLatent',
-    'MirrorState', 'NMKernel', 'PowerLatent', 'PruningResult', 'PruningState', 'ReparamState', 'Reparameterization', 'Scale',
-    'SparsitySummary', 'ThresholdLatent', 'alpha_controller', 'apply_masks',
-    'continuous_sparsification', 'export', 'find_state', 'find_states', 'gmp', 'iterative_pruning', 'keep_masked', 'l1', 'latents',
-    'magnitude', 'mirror', 'pilot', 'powerprop', 'product_init', 'prune', 'reparameterize',
-    'select', 'soft_threshold', 'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory',
+    'AlphaController', 'AlphaState', 'Balanced', 'Factors', 'IterativePruningResult',
+    'KeepMaskedState', 'L1State', 'MaskLatent', 'MaskState', 'MirrorState', 'NMKernel',
+    'PowerLatent', 'ReparamState', 'Reparameterization', 'Reparameterized', 'Scale',
+    'ScheduledPruningState', 'SparsitySummary', 'ThresholdLatent', 'alpha_controller',
+    'apply_masks', 'continuous_sparsification', 'export', 'find_state', 'find_states', 'gmp',
+    'iterative_pruning', 'keep_masked', 'l1', 'latents', 'mirror', 'one_shot_pruning', 'pilot',
+    'powerprop', 'product_init', 'prune', 'reparameterize', 'select', 'soft_threshold',
+    'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory',
 ]

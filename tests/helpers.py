@@ -6,12 +6,13 @@ import numpy as np
 import optax
 
 import pcs
+import itertools
 
 
 def mlp_params(seed=0, dtype=jnp.float32, sizes=(16, 32, 4)):
   rng = np.random.default_rng(seed)
   params = {}
-  for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+  for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
     params[f'dense{i}'] = {
         'kernel': jnp.asarray(rng.normal(size=(fan_in, fan_out)) * np.sqrt(2 / fan_in), dtype),
         'bias': jnp.zeros((fan_out,), dtype)}
@@ -56,7 +57,7 @@ METHODS = {
     'l1': lambda inner: pcs.l1(inner, strength=1e-3, learning_rate=0.05),
     'gmp': lambda inner: pcs.gmp(inner, final_sparsity=0.5, begin_step=2, end_step=6,
                                  frequency=2),
-    'magnitude': lambda inner: pcs.magnitude(inner, sparsity=0.5, step=3),
+    'one_shot_pruning': lambda inner: pcs.one_shot_pruning(inner, sparsity=0.5, step=3),
     'gmp_of_pilot': lambda inner: pcs.gmp(pcs.pilot(inner, alpha=1e-3), final_sparsity=0.5,
                                           begin_step=2, end_step=6, frequency=2),
 }

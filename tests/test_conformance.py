@@ -54,7 +54,7 @@ def _train(tx, steps=30, params=None):
 @pytest.mark.parametrize('transform', sorted(TRANSFORMS))
 def test_any_inner_optimizer_trains(transform, inner):
   tx = TRANSFORMS[transform](INNERS[inner]())
-  params, state, losses, step = _train(tx)
+  params, _state, losses, step = _train(tx)
   assert all(np.isfinite(losses))
   assert losses[-1] < 0.8 * losses[0], losses
   chex.assert_trees_all_equal_shapes_and_dtypes(params, helpers.mlp_params())

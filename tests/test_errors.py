@@ -32,7 +32,8 @@ def test_invalid_hyperparameters(make, message):
 
 
 @pytest.mark.parametrize('transform', [
-    pcs.pilot(optax.sgd(0.1)), pcs.mirror(optax.sgd(0.1)), pcs.spred(optax.sgd(0.1), weight_decay=0.1),
+    pcs.pilot(optax.sgd(0.1)), pcs.mirror(optax.sgd(0.1)),
+    pcs.spred(optax.sgd(0.1), weight_decay=0.1),
     pcs.l1(optax.sgd(0.1), strength=0.1, learning_rate=0.1),
     pcs.gmp(optax.sgd(0.1), final_sparsity=0.5, begin_step=0, end_step=2),
     pcs.keep_masked(optax.sgd(0.1), jax.tree.map(lambda x: jnp.ones(x.shape, bool), PARAMS))])

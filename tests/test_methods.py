@@ -1,4 +1,4 @@
-"""Each baseline implements its defining formula (hand computation) and shows its known behaviour."""
+"""Each baseline implements its defining formula (hand computation) and its known behaviour."""
 
 import functools
 
@@ -50,7 +50,8 @@ def test_soft_threshold_learns_its_threshold_and_sparsifies():
   tx = pcs.soft_threshold(optax.sgd(0.1, momentum=0.9), weight_decay=5e-3, init_threshold=-4.0)
   params, state = _train(tx, steps=300)
   thresholds = [jax.nn.sigmoid(s) for s in jax.tree.leaves(pcs.latents(state, params).s)]
-  assert len(thresholds) == sum(jax.tree.leaves(pcs.select(params))) and all(float(t) > 2 * float(jax.nn.sigmoid(-4.0)) for t in thresholds)
+  assert len(thresholds) == sum(jax.tree.leaves(pcs.select(params)))
+  assert all(float(t) > 2 * float(jax.nn.sigmoid(-4.0)) for t in thresholds)
   assert float(pcs.sparsity(params)) > 0.1
 
 
@@ -118,8 +119,8 @@ def test_l1_converges_to_the_lasso_solution_with_exact_zeros():
     grad_x = A.T @ r / n
     return 0.5 * r @ r / n + lam * uv.sum(), np.concatenate([grad_x + lam, -grad_x + lam])
   result = scipy.optimize.minimize(objective, np.zeros(2 * d), jac=True, method='L-BFGS-B',
-                                   bounds=[(0, None)] * (2 * d), options={'ftol': 1e-15, 'gtol': 1e-12,
-                                                                         'maxiter': 10_000})
+                                   bounds=[(0, None)] * (2 * d),
+                                   options={'ftol': 1e-15, 'gtol': 1e-12, 'maxiter': 10_000})
   lasso = result.x[:d] - result.x[d:]
   np.testing.assert_allclose(x, lasso, atol=2e-3)
   assert np.sum(x == 0) >= np.sum(np.abs(lasso) < 1e-6) - 1 and np.sum(x == 0) > d // 2
@@ -143,8 +144,8 @@ def test_gmp_hits_the_scheduled_sparsity_at_every_step():
   assert step._cache_size() == 1
 
 
-def test_magnitude_prunes_once_then_keeps_the_masks():
-  tx = pcs.magnitude(optax.sgd(0.1, momentum=0.9), sparsity=0.9, step=3)
+def test_one_shot_pruning_prunes_once_then_keeps_the_masks():
+  tx = pcs.one_shot_pruning(optax.sgd(0.1, momentum=0.9), sparsity=0.9, step=3)
   params = helpers.mlp_params()
   inputs, labels = helpers.batch()
   state = tx.init(params)
@@ -182,7 +183,7 @@ def _train(tx, steps, batch=None):
     lambda: pcs.powerprop(optax.adam(1e-2)),
     lambda: pcs.l1(optax.adam(1e-2), strength=1e-3, learning_rate=1e-2),
     lambda: pcs.gmp(optax.adam(1e-2), final_sparsity=0.5, begin_step=0, end_step=20),
-    lambda: pcs.magnitude(optax.adam(1e-2), sparsity=0.5, step=5),
+    lambda: pcs.one_shot_pruning(optax.adam(1e-2), sparsity=0.5, step=5),
 ])
 def test_every_method_trains_under_jit(make):
   tx = make()
@@ -213,8 +214,8 @@ def test_every_method_trains_under_jit(make):
      '`frequency`'),
     (lambda: pcs.gmp(optax.sgd(0.1), final_sparsity=0.5, begin_step=0, end_step=2, scope='rand'),
      '`scope`'),
-    (lambda: pcs.magnitude(optax.sgd(0.1), sparsity=-0.1, step=3), '`sparsity`'),
-    (lambda: pcs.magnitude(optax.sgd(0.1), sparsity=0.5, step=-3), '`step`'),
+    (lambda: pcs.one_shot_pruning(optax.sgd(0.1), sparsity=-0.1, step=3), '`sparsity`'),
+    (lambda: pcs.one_shot_pruning(optax.sgd(0.1), sparsity=0.5, step=-3), '`step`'),
 ])
 def test_invalid_method_hyperparameters(make, message):
   with pytest.raises(ValueError, match=message):

@@ -48,7 +48,7 @@ TRANSFORMS = {
            {'strength': 1e-5, 'learning_rate': 1e-3}),
     'gmp': (_with(pcs.gmp, MOMENTUM),
             {'final_sparsity': 0.5, 'begin_step': 0, 'end_step': 100, 'frequency': 10}),
-    'magnitude': (_with(pcs.magnitude, MOMENTUM),
+    'one_shot_pruning': (_with(pcs.one_shot_pruning, MOMENTUM),
                   {'sparsity': 0.5, 'step': 10}),
     'gmp_of_pilot': (lambda where: functools.partial(
         pcs.gmp, pcs.pilot(MOMENTUM, alpha=1e-4, where=where), where=where),
@@ -71,7 +71,7 @@ EXPECTED_FAILURES = {
     ('spred', 'test_optimizers', '_setup_parabola'): _SIGNS,
     ('continuous_sparsification', 'test_optimizers', '_setup_parabola'): _MASK,
     **{(name, 'test_optimizers', target): _PRUNED
-       for name in ('gmp', 'magnitude', 'gmp_of_pilot')
+       for name in ('gmp', 'one_shot_pruning', 'gmp_of_pilot')
        for target in ('_setup_parabola', '_setup_rosenbrock', '_setup_matrix_parabola',
                       '_setup_mixed_tensor_target')},
 }

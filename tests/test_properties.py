@@ -9,7 +9,7 @@ import numpy as np
 import optax
 
 import pcs
-from pcs import theory
+from pcs import implicit
 
 # XLA on CPU flushes subnormal numbers to zero (see README), so inputs stay clear of them: with
 # beta <= 1e6, m0 <= 1e3 for tiny x, and w0 = x / m0 is normal whenever |x| >= 1e-300.
@@ -97,9 +97,9 @@ def test_updates_always_match_the_params_tree(shape_tree, which):
                                                 width=32, allow_nan=False, allow_infinity=False)),
                   st.floats(-1e4, 80.0), st.floats(-1e3, 1e3))
 def test_mirror_never_produces_inf_or_nan(x, log_a, step):
-  z = theory.mirror_map(jnp.asarray(x), log_a)
+  z = implicit.mirror_map(jnp.asarray(x), log_a)
   assert bool(jnp.all(jnp.isfinite(z)))
-  assert bool(jnp.all(jnp.isfinite(theory.inverse_mirror_map(z + step, log_a))))
+  assert bool(jnp.all(jnp.isfinite(implicit.inverse_mirror_map(z + step, log_a))))
   # The transform, from beta = 2 a_0 (down to 1e-304, below float32's range) with a decay.
   params = {'kernel': jnp.asarray(x).reshape(4, 4)}
   tx = pcs.mirror(optax.sgd(1.0), alpha=abs(step), beta=2 * float(np.exp(max(log_a, -700.0))),

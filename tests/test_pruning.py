@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import pcs
-from pcs import pruning
+from pcs.pruning import _masks as pruning
 from tests import helpers
 
 
@@ -26,7 +26,8 @@ def test_global_prunes_the_globally_smallest_weights(sparsity):
   k = round(sparsity * flat.size)
   threshold = np.sort(flat)[k - 1] if k else -1.0
   for name in ('conv', 'dense'):
-    np.testing.assert_array_equal(np.asarray(masks[name]), np.abs(np.asarray(params[name])) > threshold)
+    np.testing.assert_array_equal(np.asarray(masks[name]),
+                                  np.abs(np.asarray(params[name])) > threshold)
   assert bool(jnp.all(masks['bias'])) and bool(jnp.all(pruned['bias'] == params['bias']))
   assert pcs.summary(pruned).zeros == k
 
@@ -40,7 +41,7 @@ def test_layerwise_is_exact_in_every_layer(sparsity):
 
 def test_ties_are_broken_by_position():
   params = {'w': jnp.ones((4, 5))}
-  pruned, masks = pcs.prune(params, 0.35, scope='layerwise')
+  _pruned, masks = pcs.prune(params, 0.35, scope='layerwise')
   expected = np.arange(20).reshape(4, 5) >= 7  # round(0.35 * 20) = 7: the first 7 go
   np.testing.assert_array_equal(masks['w'], expected)
   np.testing.assert_array_equal(pcs.prune(params, 0.35)[1]['w'], expected)

@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(REPO, 'experiments', 'configs', 'default.py')
 
 BAD_OVERRIDES = [
-    ('--config.lerning_rate=0.1', r"Unknown config key 'lerning_rate'.*Did you mean 'learning_rate'"),
+    ('--config.lerning_rate=0.1',
+     r"Unknown config key 'lerning_rate'.*Did you mean 'learning_rate'"),
     ('--config.pilot.alpah=0.1', r"Unknown config key 'pilot.alpah'.*Did you mean 'pilot.alpha'"),
     ('--config.sparsty=0.9', r"Did you mean 'sparsity'"),
     ('--config.num_epochs=2.5', r'num_epochs takes a int .*got .2\.5'),

@@ -1,4 +1,4 @@
-"""Data-parallel training on 8 simulated CPU devices matches one device (cf. optax sharding_test)."""
+"""Data-parallel training on 8 simulated CPU devices matches one device (cf. optax sharding)."""
 
 import jax
 import jax.numpy as jnp

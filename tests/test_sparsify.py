@@ -44,13 +44,13 @@ def test_pilot_run_writes_results_logs_and_events(data_dir, tmp_path):
   assert (results['method'], results['dataset'], results['model']) == ('pilot', 'mnist1d', 'cnn1d')
   assert abs(results['achieved_sparsity'] - 0.9) < 1 / 30_000  # exact: within one weight
   lines = _lines(tmp_path)
-  assert [l['epoch'] for l in lines] == [1, 2]
+  assert [row['epoch'] for row in lines] == [1, 2]
   # Algorithm 1 with T = 2: epoch 1 trains with alpha_init and improves on -inf with
   # ||x||_1 >= K and 1 <= T/2, so epoch 2 trains with alpha grown by delta. Each line
   # logs the alpha its epoch used.
   config = default.get_config()
   assert lines[0]['l1_norm'] >= config.pilot.l1_threshold
-  assert [l['alpha'] for l in lines] == pytest.approx(
+  assert [row['alpha'] for row in lines] == pytest.approx(
       [config.pilot.alpha, config.pilot.alpha * config.pilot.delta])
   for line in lines:
     assert 0 < line['a'] < 0.5 and line['l1_norm'] > 0
@@ -65,7 +65,7 @@ def test_every_method_runs(method, data_dir, tmp_path):
       str(tmp_path))
   assert abs(results['achieved_sparsity'] - 0.8) < 1e-4
   assert 0.0 <= results['test_accuracy'] <= 1.0
-  assert [l['phase'] for l in _lines(tmp_path)] == ['train', 'finetune']
+  assert [row['phase'] for row in _lines(tmp_path)] == ['train', 'finetune']
 
 
 def test_eight_devices_give_the_metrics_of_one(data_dir, tmp_path):
@@ -119,7 +119,7 @@ def test_sigkill_and_restart_resumes(data_dir, tmp_path):
   assert not (tmp_path / 'results.json').exists()
   done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
-  epochs = [l['epoch'] for l in _lines(tmp_path)]
+  epochs = [row['epoch'] for row in _lines(tmp_path)]
   assert epochs == [1, 2, 3, 4, 5, 6]
   assert json.loads((tmp_path / 'results.json').read_text())['num_epochs'] == 6
 

@@ -8,7 +8,6 @@ functional loop; the optax wrappers; ``tree_map_params``; orbax against an
 inners; spred's signs; and the core import without optional packages.
 """
 
-import functools
 import os
 import subprocess
 import sys
@@ -210,7 +209,7 @@ INJECTED = {
     'l1': (pcs.l1, dict(strength=1e-3, learning_rate=0.05)),
     'gmp': (pcs.gmp, dict(final_sparsity=0.5, begin_step=1, end_step=3, frequency=1,
                           initial_sparsity=0.1)),
-    'magnitude': (pcs.magnitude, dict(sparsity=0.5, step=2)),
+    'one_shot_pruning': (pcs.one_shot_pruning, dict(sparsity=0.5, step=2)),
 }
 
 

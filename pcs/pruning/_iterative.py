@@ -10,17 +10,16 @@ import os
 from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 
-from pcs import checks
-from pcs import extras
-from pcs import pruning
-from pcs import selection
+from pcs.core import _checks as checks
+from pcs.core import _extras as extras
+from pcs.pruning import _masks as pruning
+from pcs.core import _selection as selection
 
 REWINDS = ('weights', 'learning_rate')
 
 
-class PruningResult(NamedTuple):
+class IterativePruningResult(NamedTuple):
   """params: after the last retraining; masks: final (True = kept); history: per cycle."""
   params: Any
   masks: Any
@@ -38,7 +37,7 @@ def iterative_pruning(
     scope: str = 'global',
     where: selection.Where = None,
     checkpoint_dir: Optional[str] = None,
-) -> PruningResult:
+) -> IterativePruningResult:
   """Cycles of train -> prune -> rewind -> retrain, with any trainer.
 
   Cycle c = 0..num_cycles calls ``train(start_params, masks, c) -> trained_params``
@@ -58,7 +57,7 @@ def iterative_pruning(
   completed cycle.
 
   Returns:
-    A :class:`PruningResult` with the last trained params, the final masks and a
+    A :class:`IterativePruningResult` with the last trained params, the final masks and a
     history of ``{'cycle', 'target_sparsity', 'sparsity'}`` per cycle.
   """
   checks.check_integer('num_cycles', num_cycles, minimum=0)
@@ -92,7 +91,7 @@ def iterative_pruning(
     if cycle == num_cycles:
       if manager is not None:
         manager.close()
-      return PruningResult(trained, record['masks'], record['history'])
+      return IterativePruningResult(trained, record['masks'], record['history'])
     pruned, masks = pruning.prune(trained, 1.0 - keep_fraction ** (cycle + 1), scope=scope,
                                   where=where)
     start = pruned if rewind == 'learning_rate' else pruning.apply_masks(record['rewind'], masks)

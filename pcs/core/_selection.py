@@ -45,8 +45,8 @@ def select(params: Any, where: Where = None, *, check_float: bool = True) -> Any
           f'{where_def}, params have {params_def}.')
     mask = jax.tree.map(_as_bool, where)
   if check_float:
-    for path, (x, chosen) in _leaves_with_path(params, mask):
-      if chosen and not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    for path, x in selected_leaves(params, mask):
+      if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise ValueError(
             f'`where` selects the leaf {jax.tree_util.keystr(path)} of dtype '
             f'{jnp.result_type(x)}; only real floating-point leaves can be '
@@ -74,10 +74,11 @@ def path_name(path: tuple) -> str:
   return '/'.join(parts)
 
 
-def _leaves_with_path(params, mask):
-  paths_and_x = jax.tree_util.tree_flatten_with_path(params)[0]
-  chosen = jax.tree.leaves(mask)
-  return [(p, (x, c)) for (p, x), c in zip(paths_and_x, chosen)]
+def selected_leaves(params: Any, mask: Any) -> list:
+  """``[(path, leaf)]`` for the leaves of ``params`` where ``mask`` (from :func:`select`) holds."""
+  return [(path, x) for (path, x), chosen
+          in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(mask))
+          if chosen]
 
 
 def sparsity(params: Any, where: Where = None) -> jax.Array:
@@ -93,8 +94,7 @@ def sparsity(params: Any, where: Where = None) -> jax.Array:
   Returns:
     A float32 scalar in [0, 1]; 0 when nothing is selected.
   """
-  mask = select(params, where, check_float=False)
-  chosen = [x for x, c in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if c]
+  chosen = [x for _, x in selected_leaves(params, select(params, where, check_float=False))]
   total = sum(jnp.size(x) for x in chosen)
   if total == 0:
     return jnp.zeros((), jnp.float32)
@@ -104,6 +104,6 @@ def sparsity(params: Any, where: Where = None) -> jax.Array:
 
 def l1_norm(params: Any, mask: Any) -> jax.Array:
   """``||x||_1 = sum_i |x_i|`` over the leaves of ``params`` where ``mask`` is True."""
-  chosen = [x for x, c in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if c]
+  chosen = [x for _, x in selected_leaves(params, mask)]
   return sum((jnp.sum(jnp.abs(x), dtype=jnp.float32) for x in chosen),
              jnp.zeros((), jnp.float32))

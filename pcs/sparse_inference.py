@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcs import extras
-from pcs import selection
+from pcs.core import _extras as extras
+from pcs.core import _selection as selection
 
 FORMATS = ('bcoo', 'bcsr', 'n_m')
 
@@ -77,10 +77,9 @@ def export(params: Any, *, format: str = 'bcoo',  # pylint: disable=redefined-bu
     raise ValueError(f'`format` must be one of {FORMATS}; got {format!r}.')
   mask = selection.select(params, where)
   out = {}
-  for (path, kernel), chosen in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                    jax.tree.leaves(mask)):
+  for path, kernel in selection.selected_leaves(params, mask):
     names = tuple(getattr(k, 'key', str(k)) for k in path)
-    if not chosen or names[-1] != 'kernel':
+    if names[-1] != 'kernel':
       continue
     matrix = _as_matrix(jnp.asarray(kernel))
     if format == 'bcoo':

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcs import selection
+from pcs.core import _selection as selection
+import itertools
 
 SCOPES = ('global', 'layerwise', 'erk')
 
@@ -89,7 +90,7 @@ def magnitude_masks(params: Any, sparsity, *, scope: str = 'global',
     flat = jnp.concatenate(magnitudes)
     keep = _keep_largest(flat, jnp.round(sparsity * flat.size).astype(jnp.int32))
     offsets = np.cumsum([0] + [m.size for m in magnitudes])
-    pieces = [keep[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    pieces = [keep[a:b] for a, b in itertools.pairwise(offsets)]
   else:
     if scope == 'layerwise':
       fractions = [sparsity] * len(chosen)
@@ -218,7 +219,7 @@ class SparsitySummary:
     width = max([len(layer.name) for layer in self.layers] + [5])
     lines = [f"{'layer':<{width}}  {'shape':<18} {'size':>10} {'zeros':>10} {'sparsity':>9}"]
     for layer in self.layers:
-      lines.append(f'{layer.name:<{width}}  {str(layer.shape):<18} {layer.size:>10} '
+      lines.append(f'{layer.name:<{width}}  {layer.shape!s:<18} {layer.size:>10} '
                    f'{layer.zeros:>10} {layer.sparsity:>9.2%}')
     lines.append(f"{'total':<{width}}  {'':<18} {self.size:>10} {self.zeros:>10} "
                  f'{self.sparsity:>9.2%}')
@@ -229,10 +230,8 @@ def summary(params: Any, where: selection.Where = None) -> SparsitySummary:
   """Per-layer and global counts of exact zeros among the leaves selected by ``where``."""
   mask_tree = selection.select(params, where, check_float=False)
   layers = []
-  for (path, x), chosen in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                               jax.tree.leaves(mask_tree)):
-    if chosen:
-      layers.append(LayerSparsity(
-          name=jax.tree_util.keystr(path), shape=tuple(jnp.shape(x)), size=int(jnp.size(x)),
-          zeros=int(jnp.sum(jnp.asarray(x) == 0))))
+  for path, x in selection.selected_leaves(params, mask_tree):
+    layers.append(LayerSparsity(
+        name=jax.tree_util.keystr(path), shape=tuple(jnp.shape(x)), size=int(jnp.size(x)),
+        zeros=int(jnp.sum(jnp.asarray(x) == 0))))
   return SparsitySummary(tuple(layers))

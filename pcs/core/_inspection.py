@@ -12,7 +12,7 @@ from typing import Any, List
 import jax
 import jax.numpy as jnp
 
-from pcs import selection
+from pcs.core import _selection as selection
 
 
 def _is_pcs_state(node: Any) -> bool:
@@ -87,7 +87,7 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
     raise ValueError('`opt_state` holds no pcs state: pass the state of a pcs transform '
                      '(or of an optax composition that contains one).')
   mask = selection.select(params, where, check_float=False)
-  chosen = [x for x, c in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if c]
+  chosen = [x for _, x in selection.selected_leaves(params, mask)]
   size = max(sum(jnp.size(x) for x in chosen), 1)
 
   def fraction_below(bound):

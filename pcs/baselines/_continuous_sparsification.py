@@ -9,10 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcs import alpha as alpha_lib
-from pcs import checks
-from pcs import reparam
-from pcs import selection
+from pcs.core import _checks as checks
+from pcs.core import _reparameterize as reparam
+from pcs.core import _selection as selection
 
 
 class MaskLatent(NamedTuple):

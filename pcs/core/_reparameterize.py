@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcs import alpha as alpha_lib
-from pcs import checks
-from pcs import selection
+from pcs.core import _alpha as alpha_lib
+from pcs.core import _checks as checks
+from pcs.core import _selection as selection
 
 NO_PARAMS_MSG = (
     '{name}.update needs the current parameters: call update(grads, state, params). '
@@ -150,9 +150,9 @@ def check_learning_rate(name: str, alpha: alpha_lib.Alpha,
   if learning_rate is None:
     if isinstance(alpha, jax.core.Tracer):
       return
-    if not isinstance(alpha, alpha_lib.AlphaController) and not callable(alpha):
-      if float(alpha) == 0.0:
-        return
+    if (not isinstance(alpha, alpha_lib.AlphaController) and not callable(alpha)
+        and float(alpha) == 0.0):
+      return
     raise ValueError(
         f'{name} needs `learning_rate` (float or schedule, the inner optimizer\'s '
         'step size) when alpha can be nonzero: time in the mirror flow advances by '

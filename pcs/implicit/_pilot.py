@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcs import alpha as alpha_lib
-from pcs import checks
-from pcs import reparam
-from pcs import selection
+from pcs.core import _alpha as alpha_lib
+from pcs.core import _checks as checks
+from pcs.core import _reparameterize as reparam
+from pcs.core import _selection as selection
 
 
 class Factors(NamedTuple):
@@ -200,13 +200,13 @@ def spred(
     weight_decay: float,
     where: selection.Where = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """spred: x = u * v with balanced init and constant weight decay.
+  """spred: x = m * w with balanced init and constant weight decay.
 
-  Minimises ``f(u * v) + weight_decay (||u||^2 + ||v||^2)`` from
-  ``u0 = sqrt|x|, v0 = sign(x) sqrt|x|``; at a minimiser this equals
+  Minimises ``f(m * w) + weight_decay (||m||^2 + ||w||^2)`` from
+  ``m0 = sqrt|x|, w0 = sign(x) sqrt|x|`` (the paper's u, v); at a minimiser this equals
   ``f(x) + 2 weight_decay ||x||_1``. It is :func:`pilot` with ``beta=0`` and a
-  constant alpha, so gamma = u^2 - v^2 = 0 forever and no weight changes sign. The
-  state keeps no latent copy: ``u = sqrt|x|, v = sign(x) u`` are recovered from x
+  constant alpha, so gamma = m^2 - w^2 = 0 forever and no weight changes sign. The
+  state keeps no latent copy: ``m = sqrt|x|, w = sign(x) m`` are recovered from x
   each step, which keeps the balance exact in floating point
   (:func:`balanced_factors`), for any sign-symmetric inner optimizer (sgd, momentum,
   adam, lion, weight decay, global-norm clipping).

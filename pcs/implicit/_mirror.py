@@ -11,11 +11,52 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcs import alpha as alpha_lib
-from pcs import checks
-from pcs import reparam
-from pcs import selection
-from pcs import theory
+from pcs.core import _alpha as alpha_lib
+from pcs.core import _checks as checks
+from pcs.core import _reparameterize as reparam
+from pcs.core import _selection as selection
+
+
+def mirror_map(x: jax.Array, log_a) -> jax.Array:
+  """grad R_a(x) = 1/2 arcsinh(x / a), with a = exp(log_a).
+
+  Evaluated without forming x / a where it would overflow: for |x| > a,
+  arcsinh(x/a) = sign(x) [log|x| - log a + log(1 + sqrt(1 + (a/x)^2))]. Finite
+  for every finite x and finite log_a (a may underflow to 0).
+  """
+  dtype = jnp.result_type(x)
+  work = jnp.promote_types(dtype, jnp.float32)
+  x = jnp.asarray(x, work)
+  log_a = jnp.asarray(log_a, work)
+  a = jnp.exp(log_a)
+  absx = jnp.abs(x)
+  large = absx > a
+  safe_x = jnp.where(large, absx, jnp.ones_like(absx))
+  ratio = jnp.exp(log_a - jnp.log(safe_x))  # a / |x| <= 1 on this branch
+  far = jnp.sign(x) * (jnp.log(safe_x) - log_a + jnp.log1p(jnp.sqrt(1 + ratio**2)))
+  near_ratio = jnp.exp(jnp.log(jnp.where(large, 0, absx)) - log_a)  # |x| / a <= 1
+  near = jnp.sign(x) * jnp.arcsinh(near_ratio)
+  return (0.5 * jnp.where(large, far, near)).astype(dtype)
+
+
+def inverse_mirror_map(z: jax.Array, log_a) -> jax.Array:
+  """(grad R_a)^{-1}(z) = a sinh(2 z), with a = exp(log_a).
+
+  Evaluated as sign(z) exp(log a + 2|z| - log 2) (1 - exp(-4|z|)), exact in
+  exact arithmetic and free of overflow in the intermediate sinh; saturates at
+  the dtype's largest finite value instead of returning inf.
+  """
+  dtype = jnp.result_type(z)
+  work = jnp.promote_types(dtype, jnp.float32)
+  z = jnp.asarray(z, work)
+  log_a = jnp.asarray(log_a, work)
+  absz = jnp.abs(z)
+  log_max = jnp.log(jnp.finfo(dtype).max).astype(work)
+  magnitude = jnp.exp(jnp.minimum(log_a + 2 * absz - jnp.log(2.0), log_max))
+  x = jnp.sign(z) * magnitude * -jnp.expm1(-4 * absz)
+  big = jnp.finfo(dtype).max
+  return jnp.clip(x, -big, big).astype(dtype)
+
 
 
 class MirrorState(NamedTuple):
@@ -43,7 +84,7 @@ class MirrorState(NamedTuple):
     ``where`` (pass the transform's), holes elsewhere."""
     mask = selection.select(params, where)
     return jax.tree.map(
-        lambda x, s: theory.mirror_map(x, self.log_a) if s else optax.MaskedNode(),
+        lambda x, s: mirror_map(x, self.log_a) if s else optax.MaskedNode(),
         params, mask)
 
 
@@ -69,7 +110,7 @@ def mirror(
   the same limit as eta -> 0 (:func:`pcs.theory.kkt_limit`). Pass that eta_t as
   ``learning_rate``; it sets how far time advances per step. Only a scalar log a_t
   is kept, so the state is the bare optimizer's plus a few scalars. The maps are
-  evaluated in log space (:func:`pcs.theory.mirror_map`): finite for a_t -> 0 and
+  evaluated in log space (:func:`mirror_map`): finite for a_t -> 0 and
   huge |x| / a_t.
 
   With momentum mu in ``inner``, a steady drift of z is amplified by 1 / (1 - mu)
@@ -100,7 +141,7 @@ def mirror(
 
   def to_dual(params, mask, log_a):
     return jax.tree.map(
-        lambda x, s: theory.mirror_map(x, log_a) if s else x, params, mask)
+        lambda x, s: mirror_map(x, log_a) if s else x, params, mask)
 
   def init_fn(params):
     mask = selection.select(params, where)
@@ -125,7 +166,7 @@ def mirror(
     inner_updates, inner_state = inner.update(updates, state.inner_state, z, **extra_args)
     log_a = state.log_a - 4 * reparam.step_size(learning_rate, alpha_t, state.count) * alpha_t
     out = jax.tree.map(
-        lambda x, zi, du, s: theory.inverse_mirror_map(zi + du.astype(zi.dtype), log_a) - x
+        lambda x, zi, du, s: inverse_mirror_map(zi + du.astype(zi.dtype), log_a) - x
         if s else du, params, z, inner_updates, mask)
     alpha_state = reparam.advance_alpha(alpha, state.alpha_state, alpha_t, extra_args,
                                         params, out, mask)

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcs import pruning
-from pcs import reparam
+from pcs.pruning import _masks as pruning
+from pcs.core import _reparameterize as reparam
 
 
 class KeepMaskedState(NamedTuple):

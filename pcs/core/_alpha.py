@@ -13,13 +13,13 @@ to ``update`` as an extra argument (``accuracy=``, the batch accuracy), averaged
 ``steps_per_epoch`` calls.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pcs import checks
+from pcs.core import _checks as checks
 
 
 class AlphaController(NamedTuple):

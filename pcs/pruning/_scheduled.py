@@ -1,4 +1,4 @@
-"""Gradual magnitude pruning and one-shot magnitude pruning during training, masks in the state."""
+"""Pruning during training on a schedule, gradual (GMP) or one-shot; masks in the state."""
 
 from typing import Any, Callable, NamedTuple
 
@@ -6,15 +6,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcs import checks
-from pcs import masked
-from pcs import pruning
-from pcs import reparam
-from pcs import selection
+from pcs.core import _checks as checks
+from pcs.pruning import _keep_masked as masked
+from pcs.pruning import _masks as pruning
+from pcs.core import _reparameterize as reparam
+from pcs.core import _selection as selection
 
 
-class PruningState(NamedTuple):
-  """State of :func:`gmp` and :func:`magnitude`.
+class ScheduledPruningState(NamedTuple):
+  """State of :func:`gmp` and :func:`one_shot_pruning`.
 
   Attributes:
     count: steps taken (int32).
@@ -30,7 +30,7 @@ class PruningState(NamedTuple):
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``target_sparsity`` (scheduled) and ``mask_sparsity`` over the selected leaves."""
     chosen = selection.select(params, where, check_float=False)
-    kept = [m for m, c in zip(jax.tree.leaves(self.masks), jax.tree.leaves(chosen)) if c]
+    kept = [m for _, m in selection.selected_leaves(self.masks, chosen)]
     size = max(sum(m.size for m in kept), 1)
     pruned = sum((jnp.sum(~m, dtype=jnp.float32) for m in kept), jnp.zeros((), jnp.float32))
     return {'target_sparsity': self.target, 'mask_sparsity': pruned / size}
@@ -48,7 +48,7 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
 
   def init_fn(params):
     selection.select(params, where)
-    return PruningState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
+    return ScheduledPruningState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
                         pruning.all_kept(params), inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -65,7 +65,7 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
         lambda x: state.masks, new_x)
     out = jax.tree.map(lambda nx, x, m: jnp.where(m, nx, jnp.zeros_like(nx)) - x,
                        new_x, params, masks)
-    return out, PruningState(optax.safe_int32_increment(step), target, masks,
+    return out, ScheduledPruningState(optax.safe_int32_increment(step), target, masks,
                              masked.zero_pruned(inner, inner_state, masks))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -126,7 +126,7 @@ def gmp(
   return _scheduled_pruning(inner, sparsity_at, is_pruning_step, scope, where, 'gmp')
 
 
-def magnitude(
+def one_shot_pruning(
     inner: optax.GradientTransformation,
     *,
     sparsity: float,
@@ -151,5 +151,5 @@ def magnitude(
   """
   pruning.check_sparsity(sparsity)
   checks.check_integer('step', step, minimum=0)
-  return _scheduled_pruning(inner, lambda t: jnp.asarray(sparsity, jnp.float32), lambda t: t == step,
-                            scope, where, 'magnitude')
+  return _scheduled_pruning(inner, lambda t: jnp.asarray(sparsity, jnp.float32),
+                            lambda t: t == step, scope, where, 'one_shot_pruning')
