@@ -1,17 +1,19 @@
 # Two commands do all set-up: `make demo` and `make test` create .venv if missing and
-# install pcs with pinned versions (constraints.txt) before running.
+# install pcs with pinned versions (constraints.txt) before running. `.wheels` caches the
+# core dependencies as wheels, so tests/test_wheel.py installs the built wheel offline.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs
 
-.PHONY: install demo regression test bench clean
+.PHONY: install demo regression test check docs bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,test,docs]'
+	$(PY) -m pip download --quiet -d .wheels -c constraints.txt jax jaxlib optax numpy
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,10 +25,19 @@ regression: $(STAMP)
 	$(PY) -m experiments.regression --workdir=$(WORKDIR)/regression
 
 test: $(STAMP)
-	PCS_NOTEBOOK_STEPS=100 $(PY) -m pytest -q -n 2 --durations=10 tests --nbmake notebooks/quickstart.ipynb
+	PCS_NOTEBOOK_STEPS=100 $(PY) -m pytest -q -n 2 --durations=10 tests --doctest-modules pcs \
+	    --nbmake notebooks/quickstart.ipynb
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check pcs experiments benchmarks tests docs
+	$(VENV)/bin/mypy pcs
+
+docs: $(STAMP)
+	rm -rf docs/_build
+	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) *.egg-info
+	rm -rf $(VENV) $(WORKDIR) *.egg-info .wheels docs/_build dist

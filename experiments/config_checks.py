@@ -9,12 +9,12 @@ from typing import List, Optional, Sequence
 
 import ml_collections
 
+import pcs
 from experiments import datasets
 from experiments import models
+from experiments import optimizers
 
-LR_SCHEDULES = ('cosine', 'step', 'constant')
 ON_NONFINITE = ('stop', 'skip')
-SCOPES = ('global', 'layerwise', 'erk')
 # Keys that may change between a run and its resumption without changing its results' meaning.
 RESUMABLE_CHANGES = ('data_dir', 'num_devices', 'eval_train')
 
@@ -119,12 +119,11 @@ def _choice(config, key, choices):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key and what is allowed, for the first bad value."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
   _choice(config, 'dataset', sorted(datasets.DATASETS))
   _choice(config, 'model', sorted(models.MODELS))
-  _choice(config, 'method', train.METHODS)
-  _choice(config, 'lr_schedule', LR_SCHEDULES)
-  _choice(config, 'prune_scope', SCOPES)
+  _choice(config, 'method', tuple(optimizers.METHODS))
+  _choice(config, 'lr_schedule', optimizers.LR_SCHEDULES)
+  _choice(config, 'prune_scope', pcs.pruning.SCOPES)
   _choice(config, 'on_nonfinite', ON_NONFINITE)
   _real(config, 'sparsity', 0.0, 1.0, open_high=True)
   for key, minimum in (('num_epochs', 1), ('batch_size', 1), ('eval_batch_size', 1),
@@ -142,7 +141,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _real(config, 'gmp.frequency_epochs', 0.0)
   _real(config, 'pilot.delta', 1.0)
   # The transforms check their own hyperparameters and name them.
-  train.make_optimizer(config, steps_per_epoch=1)
+  optimizers.make_optimizer(config, steps_per_epoch=1)
 
 
 def check_workdir(config: ml_collections.ConfigDict, saved: dict, workdir: str) -> None:

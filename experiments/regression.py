@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from absl import app
 from absl import flags
@@ -34,6 +34,7 @@ import optax
 import tqdm
 
 import pcs
+from experiments.diagonal_network import Problem, make_problem, train
 from pcs import theory
 
 FLAGS = flags.FLAGS
@@ -41,25 +42,6 @@ flags.DEFINE_string('workdir', None, 'Where to write regression.json and regress
 config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'regression.py'),
     'Experiment configuration.', lock_config=True)
-
-
-class Problem(NamedTuple):
-  A: np.ndarray        # (n, d), standard normal
-  y: np.ndarray        # (n,) = A x*
-  x_star: np.ndarray   # (d,), k-sparse
-  x_inits: np.ndarray  # (num_inits, d), N(0, I / sqrt(d))
-
-
-def make_problem(seed: int, n: int = 40, d: int = 100, k: int = 5,
-                 num_inits: int = 5) -> Problem:
-  """A random underdetermined sparse-recovery problem (paper Section 5.1)."""
-  rng = np.random.default_rng(seed)
-  A = rng.normal(size=(n, d))
-  x_star = np.zeros(d)
-  support = rng.choice(d, k, replace=False)
-  x_star[support] = rng.normal(size=k) + np.sign(rng.normal(size=k))
-  x_inits = rng.normal(size=(num_inits, d)) * d**-0.25
-  return Problem(A, A @ x_star, x_star, x_inits)
 
 
 def _l1_m(u: pcs.Factors, step):
@@ -87,32 +69,6 @@ def make_method(name: str, alpha: Callable, learning_rate: float, beta: float):
       init=lambda x: pcs.product_init(x, beta), to_x=lambda u, step: u.m * u.w,
       penalty=penalties[name])
   return pcs.reparameterize(inner, method, alpha=alpha, where=everything)
-
-
-def train(tx: optax.GradientTransformation, A, y, x_init, num_steps: int,
-          record_every: int):
-  """Full-batch training of f(x) = ||Ax - y||^2 / (2n), one jitted scan.
-
-  Returns the final x and the iterates every ``record_every`` steps, shaped
-  (num_steps // record_every, d). Vectorise over inits with ``jax.vmap``.
-  """
-  A = jnp.asarray(A, jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
-  grad_f = jax.grad(lambda x: 0.5 * jnp.sum(jnp.square(A @ x - y)) / A.shape[0])
-
-  def step(carry, _):
-    x, state = carry
-    updates, state = tx.update(grad_f(x), state, x)
-    return (optax.apply_updates(x, updates), state), None
-
-  def chunk(carry, _):
-    carry, _ = jax.lax.scan(step, carry, None, length=record_every)
-    return carry, carry[0]
-
-  x = jnp.asarray(x_init, jnp.float32)
-  (x, _), trajectory = jax.lax.scan(chunk, (x, tx.init(x)), None,
-                                    length=num_steps // record_every)
-  return x, trajectory
 
 
 def _constant(t, value):

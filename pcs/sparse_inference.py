@@ -72,6 +72,12 @@ def export(params: Any, *, format: str = 'bcoo',  # pylint: disable=redefined-bu
 
   Returns:
     ``{module_path: sparse kernel}``.
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> exported = pcs.export({'Dense_0': {'kernel': jnp.array([[0.0, 1.0], [2.0, 0.0]])}})
+    >>> exported[('Dense_0',)].nse
+    2
   """
   if format not in FORMATS:
     raise ValueError(f'`format` must be one of {FORMATS}; got {format!r}.')
@@ -162,6 +168,16 @@ def sparse_apply(model: Any, variables: Any, exported: Dict[Tuple[str, ...], Any
   Every ``nn.Dense`` or ``nn.Conv`` whose module path is in ``exported`` uses its sparse
   kernel; all other layers (norms, pooling, unexported kernels) run as usual. Jittable
   (the sparse kernels are pytrees). Needs flax (``pip install 'pcs[export]'``).
+
+  Example:
+    >>> import jax.numpy as jnp, flax.linen as nn, pcs
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.Dense(2, name='Dense_0')(x)
+    >>> params = {'Dense_0': {'kernel': jnp.array([[0.0, 1.0], [2.0, 0.0]]), 'bias': jnp.zeros(2)}}
+    >>> pcs.sparse_apply(Net(), {'params': params}, pcs.export(params), jnp.ones((1, 2)))
+    Array([[2., 1.]], dtype=float32)
   """
   nn = extras.require('flax.linen', 'pcs.sparse_apply')
   params = variables['params']

@@ -29,7 +29,13 @@ import numpy as np
 
 
 def potential(x: jax.Array, a) -> jax.Array:
-  """R_a(x) = 1/2 sum [x arcsinh(x/a) - sqrt(x^2 + a^2)], a > 0."""
+  """R_a(x) = 1/2 sum [x arcsinh(x/a) - sqrt(x^2 + a^2)], a > 0.
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from pcs import theory
+    >>> round(float(theory.potential(jnp.zeros(3), 2.0)), 3)  # -3 a / 2 at x = 0
+    -3.0
+  """
   return 0.5 * jnp.sum(x * jnp.arcsinh(x / a) - jnp.hypot(x, a))
 
 
@@ -40,6 +46,11 @@ def a_schedule(alpha: Callable[[np.ndarray], np.ndarray] | float,
 
   This is how a_t follows alpha and the learning rate eta for plain SGD on
   (m, w) in the small-step limit; :func:`pcs.mirror` uses it exactly.
+
+  Example:
+    >>> from pcs import theory
+    >>> theory.a_schedule(0.25, 1.0, beta=2.0, num_steps=1).round(4)  # a_1 = e^{-1}
+    array([1.    , 0.3679])
   """
   steps = np.arange(num_steps)
   alphas = np.broadcast_to(np.asarray(alpha(steps) if callable(alpha) else alpha,
@@ -59,13 +70,20 @@ def kkt_limit(A: np.ndarray, y: np.ndarray, x0: np.ndarray, a0: float, a_inf: fl
   search on ||A x(nu) - y|| solves them. The Jacobian of A x(nu) is
   A diag(2 a_inf cosh(2 (c + A^T nu))) A^T, positive definite for full-rank A.
 
+  Example:
+    >>> import numpy as np
+    >>> from pcs import theory
+    >>> A, y = np.array([[1.0, 2.0]]), np.array([2.0])
+    >>> theory.kkt_limit(A, y, np.zeros(2), a0=0.5, a_inf=1e-6).round(2)  # -> basis pursuit
+    array([0., 1.])
+
   Raises:
     RuntimeError: if Newton does not reach ``tol`` (relative residual).
   """
   A, y, x0 = (np.asarray(v, np.float64) for v in (A, y, x0))
   c = 0.5 * np.arcsinh(x0 / a0)
   nu = np.zeros(A.shape[0])
-  scale = max(np.linalg.norm(y), 1e-300)
+  scale = max(float(np.linalg.norm(y)), 1e-300)
 
   def residual(nu):
     return A @ (a_inf * np.sinh(2 * (c + A.T @ nu))) - y
@@ -95,6 +113,12 @@ def basis_pursuit(A: np.ndarray, y: np.ndarray) -> np.ndarray:
   """min ||x||_1 s.t. A x = y, as the LP over x = u - v, u, v >= 0 (scipy HiGHS).
 
   scipy (a dependency of jax) is imported here, not with pcs.
+
+  Example:
+    >>> import numpy as np
+    >>> from pcs import theory
+    >>> theory.basis_pursuit(np.array([[1.0, 2.0]]), np.array([2.0])).round(6)
+    array([0., 1.])
   """
   optimize = importlib.import_module('scipy.optimize')
   A = np.asarray(A, np.float64)
@@ -108,7 +132,13 @@ def basis_pursuit(A: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def min_l2_correction(A: np.ndarray, y: np.ndarray, x0: np.ndarray) -> np.ndarray:
-  """argmin_{A x = y} ||x - x0||_2 = x0 + A^+ (y - A x0): the limit for large a."""
+  """argmin_{A x = y} ||x - x0||_2 = x0 + A^+ (y - A x0): the limit for large a.
+  Example:
+    >>> import numpy as np
+    >>> from pcs import theory
+    >>> theory.min_l2_correction(np.array([[1.0, 1.0]]), np.array([2.0]), np.zeros(2))
+    array([1., 1.])
+  """
   A = np.asarray(A, np.float64)
   x0 = np.asarray(x0, np.float64)
   return x0 + np.linalg.lstsq(A, np.asarray(y, np.float64) - A @ x0, rcond=None)[0]

@@ -1,4 +1,8 @@
-"""A small MLP classification problem shared by the tests (plain JAX)."""
+"""What the tests share: a small MLP problem (plain JAX), its training loop, every pcs
+method as users build it, and the small configs and outputs of the experiment binary."""
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -66,3 +70,52 @@ INNERS = {
     'momentum': lambda: optax.sgd(0.05, momentum=0.9),
     'adam': lambda: optax.adam(1e-2),
 }
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train(tx, steps=30, params=None, data=None, donate=False):
+  """``steps`` jitted steps of ``tx`` on the MLP problem: (params, state, losses, step).
+
+  With ``donate`` the step donates params and state, which catches state buffers
+  that alias the params.
+  """
+  params = mlp_params() if params is None else params
+  inputs, labels = batch() if data is None else data
+  state = tx.init(params)
+
+  def step(params, state):
+    loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+  step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+  losses = []
+  for _ in range(steps):
+    params, state, loss = step(params, state)
+    losses.append(float(loss))
+  return params, state, losses, step
+
+
+def small_config(data_dir, **overrides):
+  """The default experiment config shortened to 2 epochs; keys may be dotted
+  (``**{'pilot.alpha': 1e-3}``)."""
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data_dir = data_dir
+  config.num_epochs = 2
+  config.eval_train = False
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def metric_lines(workdir):
+  """The run's metrics.jsonl as a list of dicts."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]

@@ -32,29 +32,11 @@ TRANSFORMS = {
 }
 
 
-def _train(tx, steps=30, params=None):
-  params = helpers.mlp_params() if params is None else params
-  inputs, labels = helpers.batch()
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state):
-    loss, grads = jax.value_and_grad(helpers.loss_fn)(params, inputs, labels)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, loss
-
-  losses = []
-  for _ in range(steps):
-    params, state, loss = step(params, state)
-    losses.append(float(loss))
-  return params, state, losses, step
-
-
 @pytest.mark.parametrize('inner', sorted(INNERS))
 @pytest.mark.parametrize('transform', sorted(TRANSFORMS))
 def test_any_inner_optimizer_trains(transform, inner):
   tx = TRANSFORMS[transform](INNERS[inner]())
-  params, _state, losses, step = _train(tx)
+  params, _state, losses, step = helpers.train(tx)
   assert all(np.isfinite(losses))
   assert losses[-1] < 0.8 * losses[0], losses
   chex.assert_trees_all_equal_shapes_and_dtypes(params, helpers.mlp_params())
@@ -67,7 +49,7 @@ def test_pilot_equals_training_m_and_w_directly(inner):
   alpha, beta, steps = 1e-2, 1.0, 10
   params = helpers.mlp_params()
   inputs, labels = helpers.batch()
-  pilot_params, _, _, _ = _train(pcs.pilot(INNERS[inner](), alpha=alpha, beta=beta),
+  pilot_params, _, _, _ = helpers.train(pcs.pilot(INNERS[inner](), alpha=alpha, beta=beta),
                                  steps=steps, params=params)
 
   is_kernel = lambda x: x.ndim >= 2
@@ -212,7 +194,7 @@ def test_dtypes_are_preserved(transform, dtype):
     params = helpers.mlp_params(dtype=jnp.dtype(dtype))
     tx = (pcs.pilot(optax.sgd(0.05), alpha=1e-3) if transform == 'pilot' else
           pcs.mirror(optax.sgd(0.05), alpha=1e-3, learning_rate=0.05))
-    new, state, losses, _ = _train(tx, steps=20, params=params)
+    new, state, losses, _ = helpers.train(tx, steps=20, params=params)
     chex.assert_trees_all_equal_dtypes(new, params)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     if transform == 'pilot':

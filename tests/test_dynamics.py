@@ -14,16 +14,16 @@ import pytest
 import scipy.integrate
 
 import pcs
-from experiments import regression
+from experiments import diagonal_network
 from pcs import theory
 
 EVERYTHING = lambda path, leaf: True
-PROBLEM = regression.make_problem(seed=0, n=40, d=100, k=5, num_inits=1)
+PROBLEM = diagonal_network.make_problem(seed=0, n=40, d=100, k=5, num_inits=1)
 X0 = PROBLEM.x_inits[0]
 
 
 def _limit(tx, num_steps):
-  x, _ = jax.jit(functools.partial(regression.train, tx, PROBLEM.A, PROBLEM.y,
+  x, _ = jax.jit(functools.partial(diagonal_network.train, tx, PROBLEM.A, PROBLEM.y,
                                    num_steps=num_steps, record_every=num_steps))(
                                        jnp.asarray(X0, jnp.float32))
   return np.asarray(x, np.float64)

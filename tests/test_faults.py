@@ -10,8 +10,8 @@ import numpy as np
 
 from experiments import train
 from experiments.configs import default
+from tests import helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, FINETUNE = 4, 2
 RANDOM_KILLS = 3
 
@@ -24,8 +24,8 @@ def _flags(workdir, data_dir):
 
 def _start(kill_at_save, workdir, data_dir):
   return subprocess.Popen(
-      [sys.executable, os.path.join(REPO, 'tests', 'fault_runner.py'), str(kill_at_save)]
-      + _flags(workdir, data_dir), cwd=REPO, env={**os.environ, 'PYTHONPATH': REPO},
+      [sys.executable, os.path.join(helpers.REPO, 'tests', 'fault_runner.py'), str(kill_at_save)]
+      + _flags(workdir, data_dir), cwd=helpers.REPO, env={**os.environ, 'PYTHONPATH': helpers.REPO},
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -10,14 +10,14 @@ import pytest
 import scipy.optimize
 
 import pcs
-from experiments import regression
+from experiments import diagonal_network
 from tests import helpers
 
 ETA = 0.1
 X = np.array([[0.5, -0.02], [-1.5, 0.3]])
 G = np.array([[0.2, -1.0], [0.4, 0.5]])
 sigmoid = lambda v: 1 / (1 + np.exp(-v))
-PROBLEM = regression.make_problem(seed=3, n=20, d=50, k=3, num_inits=1)
+PROBLEM = diagonal_network.make_problem(seed=3, n=20, d=50, k=3, num_inits=1)
 
 
 def _one_sgd_step(tx):
@@ -27,7 +27,7 @@ def _one_sgd_step(tx):
 
 
 def _regression_limit(tx, steps=20_000):
-  x, _ = jax.jit(functools.partial(regression.train, tx, PROBLEM.A, PROBLEM.y,
+  x, _ = jax.jit(functools.partial(diagonal_network.train, tx, PROBLEM.A, PROBLEM.y,
                                    num_steps=steps, record_every=steps))(
                                        jnp.asarray(PROBLEM.x_inits[0], jnp.float32))
   return np.asarray(x, np.float64)
@@ -95,7 +95,7 @@ def test_powerprop_survives_magnitude_pruning_better_than_plain_training():
   pruned_loss = {}
   for name, tx in (('plain', optax.sgd(0.05, momentum=0.9)),
                    ('powerprop', pcs.powerprop(optax.sgd(0.05, momentum=0.9), power=2.0))):
-    params, _ = _train(tx, steps=300, batch=(inputs, labels))
+    params, _ = _train(tx, steps=300, data=(inputs, labels))
     pruned, _ = pcs.prune(params, 0.8)
     pruned_loss[name] = float(helpers.loss_fn(pruned, inputs, labels))
   assert pruned_loss['powerprop'] < 0.5 * pruned_loss['plain'], pruned_loss
@@ -165,14 +165,9 @@ def _apply(tx, params, state, inputs, labels):
   return optax.apply_updates(params, updates), state
 
 
-def _train(tx, steps, batch=None):
-  params = helpers.mlp_params()
-  inputs, labels = helpers.batch() if batch is None else batch
-  state = tx.init(params)
-  # Donating both catches state buffers that alias the params.
-  step = jax.jit(lambda p, s: _apply(tx, p, s, inputs, labels), donate_argnums=(0, 1))
-  for _ in range(steps):
-    params, state = step(params, state)
+def _train(tx, steps, data=None):
+  """Trains with donated params and state (catches aliasing) and checks one compilation."""
+  params, state, _, step = helpers.train(tx, steps=steps, data=data, donate=True)
   assert step._cache_size() == 1
   return params, state
 

@@ -10,10 +10,9 @@ import pytest
 from experiments import config_checks
 from experiments import input_pipeline
 from experiments import train
-from experiments.configs import default
+from tests import helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT = os.path.join(REPO, 'experiments', 'configs', 'default.py')
+DEFAULT = os.path.join(helpers.REPO, 'experiments', 'configs', 'default.py')
 
 BAD_OVERRIDES = [
     ('--config.lerning_rate=0.1',
@@ -76,36 +75,22 @@ BAD_VALUES = [
 ]
 
 
-def _config(data_dir, changes):
-  config = default.get_config()
-  config.data_dir = data_dir
-  config.num_epochs = 2
-  config.eval_train = False
-  for key, value in changes.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
-
-
 @pytest.mark.parametrize('changes,message', BAD_VALUES)
 def test_bad_config_values_fail_before_anything_is_written(changes, message, data_dir, tmp_path):
   workdir = tmp_path / 'run'
   with pytest.raises(ValueError, match=message) as info:
-    train.train_and_evaluate(_config(data_dir, changes), str(workdir))
+    train.train_and_evaluate(helpers.small_config(data_dir, **changes), str(workdir))
   # The error comes from our checks, not from deep inside jax or tensorflow.
   assert any(part in str(info.traceback[-1].path) for part in ('experiments', 'pcs'))
   assert not workdir.exists() or not any(workdir.iterdir())
 
 
 def test_workdir_of_another_config_is_refused_and_left_intact(data_dir, tmp_path):
-  train.train_and_evaluate(_config(data_dir, {'num_epochs': 1}), str(tmp_path))
+  train.train_and_evaluate(helpers.small_config(data_dir, num_epochs=1), str(tmp_path))
   before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
   with pytest.raises(ValueError, match=r'different config \(num_epochs: 1 -> 2, '
                                        r'sparsity: 0.9 -> 0.95\)'):
-    train.train_and_evaluate(_config(data_dir, {'num_epochs': 2, 'sparsity': 0.95}),
+    train.train_and_evaluate(helpers.small_config(data_dir, num_epochs=2, sparsity=0.95),
                              str(tmp_path))
   assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before
 
@@ -126,7 +111,7 @@ def test_nan_stops_the_run_naming_the_step_and_the_last_good_checkpoint(
   with pytest.raises(train.NonFiniteError,
                      match=r'at step 34 \(train epoch 2\); the last good checkpoint is train '
                            r'epoch 1 in .*checkpoints/train \(kept; nothing after it was saved\)'):
-    train.train_and_evaluate(_config(data_dir, {}), str(tmp_path))
+    train.train_and_evaluate(helpers.small_config(data_dir), str(tmp_path))
   assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'train').iterdir()
                 if p.name.isdigit()) == ['1']
   assert not (tmp_path / 'results.json').exists()
@@ -134,7 +119,8 @@ def test_nan_stops_the_run_naming_the_step_and_the_last_good_checkpoint(
 
 def test_nan_steps_are_skipped_when_configured(data_dir, tmp_path, monkeypatch):
   _inject_nan_at(monkeypatch, epoch=2, batches={3, 7})
-  results = train.train_and_evaluate(_config(data_dir, {'on_nonfinite': 'skip'}), str(tmp_path))
+  results = train.train_and_evaluate(helpers.small_config(data_dir, on_nonfinite='skip'),
+                                     str(tmp_path))
   with open(tmp_path / 'metrics.jsonl') as f:
     skipped = [json.loads(line)['skipped_steps'] for line in f]
   assert skipped == [0, 2]
@@ -143,7 +129,7 @@ def test_nan_steps_are_skipped_when_configured(data_dir, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('damage', ['truncate', 'flip'])
 def test_corrupted_checkpoint_is_detected_and_skipped(damage, data_dir, tmp_path, capsys):
-  config = _config(data_dir, {'num_epochs': 3})
+  config = helpers.small_config(data_dir, num_epochs=3)
   reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
   run = tmp_path / 'run'
   train.train_and_evaluate(config, str(run))
@@ -165,11 +151,11 @@ def test_corrupted_checkpoint_is_detected_and_skipped(damage, data_dir, tmp_path
 
 
 def test_same_config_and_seed_give_bit_identical_runs(data_dir, tmp_path):
-  config = _config(data_dir, {'finetune_epochs': 1})
+  config = helpers.small_config(data_dir, finetune_epochs=1)
   runs = [train.train_and_evaluate(config, str(tmp_path / str(i))) for i in range(2)]
   assert runs[0]['params_fingerprint'] == runs[1]['params_fingerprint']
   lines = [(tmp_path / str(i) / 'metrics.jsonl').read_text() for i in range(2)]
   assert lines[0] == lines[1]
-  other = train.train_and_evaluate(_config(data_dir, {'finetune_epochs': 1, 'seed': 1}),
+  other = train.train_and_evaluate(helpers.small_config(data_dir, finetune_epochs=1, seed=1),
                                    str(tmp_path / 'seed1'))
   assert other['params_fingerprint'] != runs[0]['params_fingerprint']

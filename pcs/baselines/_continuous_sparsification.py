@@ -64,6 +64,13 @@ def continuous_sparsification(
 
   Reference: Savarese et al., NeurIPS 2020, Eq. (6)-(8).
 
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = pcs.continuous_sparsification(optax.sgd(0.1), l1_strength=1e-3, num_steps=100)
+    >>> x = jnp.array([[0.5, -1.0]])
+    >>> float(pcs.stats(tx.init(x), x)['temperature'])
+    1.0
+
   Args:
     inner: any optax optimizer.
     l1_strength: lambda >= 0 on ||sigmoid(beta s)||_1.

@@ -19,7 +19,7 @@ class L1State(NamedTuple):
     threshold: the soft threshold eta_t * lambda of the latest step (float32).
     inner_state: the inner optimizer's state.
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   threshold: jax.Array
   inner_state: optax.OptState
 
@@ -38,7 +38,7 @@ def l1(
 ) -> optax.GradientTransformationExtraArgs:
   """Proximal gradient for f(x) + strength * ||x||_1 on the selected leaves.
 
-  With y = x + inner_update (the inner optimizer's step on f alone),
+  With y = x + inner_update (the inner optimizer's step on f alone)::
 
       x_new = prox_{eta_t lambda ||.||_1}(y) = sign(y) max(|y| - eta_t lambda, 0),
 
@@ -46,6 +46,14 @@ def l1(
 
   Reference: Tibshirani, "Regression shrinkage and selection via the lasso", 1996;
   Beck & Teboulle, "A fast iterative shrinkage-thresholding algorithm", 2009 (ISTA).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = pcs.l1(optax.sgd(0.1), strength=1.0, learning_rate=0.1)  # threshold 0.1
+    >>> x = jnp.array([[0.05, -1.0]])
+    >>> updates, _ = tx.update(jnp.zeros((1, 2)), tx.init(x), x)
+    >>> optax.apply_updates(x, updates)
+    Array([[ 0. , -0.9]], dtype=float32)
 
   Args:
     inner: any optax optimizer.

@@ -1,4 +1,4 @@
-"""Powerpropagation: x = w |w|^(p - 1), a reparameterization that favours sparse weights.
+"""Powerpropagation: ``x = w |w|^(p - 1)``, a reparameterization that favours sparse weights.
 
 Schwarz et al., "Powerpropagation: A sparsity inducing weight reparameterisation", NeurIPS 2021.
 """
@@ -14,7 +14,7 @@ from pcs.core import _selection as selection
 
 
 class PowerLatent(NamedTuple):
-  """The latent weight w with x = w |w|^(p - 1) (a params-shaped tree in the state)."""
+  """The latent weight w with ``x = w |w|^(p - 1)`` (a params-shaped tree in the state)."""
   w: Any
 
 
@@ -25,13 +25,20 @@ def powerprop(
     weight_decay: float = 0.0,
     where: selection.Where = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """x = w |w|^(p - 1): the gradient dx/dw = p |w|^(p - 1) is small for small weights.
+  """``x = w |w|^(p - 1)``: the gradient ``dx/dw = p |w|^(p - 1)`` is small for small weights.
 
   Trains ``f(x) + weight_decay / 2 ||w||^2`` from ``w = sign(x) |x|^(1/p)``; weights
   near zero barely move, so magnitude pruning after training (:func:`pcs.prune`)
   removes them with little loss.
 
   Reference: Schwarz et al., NeurIPS 2021, Eq. (1).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> x = jnp.array([[4.0, -0.25]])
+    >>> tx = pcs.powerprop(optax.sgd(0.1), power=2.0)
+    >>> pcs.latents(tx.init(x), x).w  # x = w |w|
+    Array([[ 2. , -0.5]], dtype=float32)
 
   Args:
     inner: any optax optimizer.

@@ -38,16 +38,24 @@ def soft_threshold(
     init_threshold: float = -5.0,
     where: selection.Where = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """STR: x = sign(w) relu(|w| - sigmoid(s)), one learnable s per selected leaf.
+  """STR: ``x = sign(w) relu(|w| - sigmoid(s))``, one learnable s per selected leaf.
 
   Trained on ``f(x) + weight_decay / 2 (||w||^2 + s^2)`` (coupled through ``inner``);
   the decay on s pulls it up from ``init_threshold`` < 0, so the threshold
   sigmoid(s) grows and weights below it become exact zeros. Initialised with
   ``s = init_threshold`` and ``w = sign(x) (|x| + sigmoid(s))`` so that x is unchanged.
-  The gradient reaches w only where |w| > sigmoid(s), and s through
+  The gradient reaches w only where ``|w| > sigmoid(s)``, and s through
   ``-sum sign(w) 1[|w| > sigmoid(s)] sigmoid'(s) g``.
 
   Reference: Kusupati et al., ICML 2020, Eq. (2)-(4).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = pcs.soft_threshold(optax.sgd(0.1), weight_decay=1e-3)
+    >>> params = {'w': jnp.array([[0.5, -1.0]])}
+    >>> updates, state = tx.update({'w': jnp.zeros((1, 2))}, tx.init(params), params)
+    >>> round(float(pcs.stats(state, params)['threshold/w']), 4)  # sigmoid(s), s ~ -5
+    0.0067
 
   Args:
     inner: any optax optimizer.

@@ -13,7 +13,7 @@ to ``update`` as an extra argument (``accuracy=``, the batch accuracy), averaged
 ``steps_per_epoch`` calls.
 """
 
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,13 @@ def alpha_controller(init_alpha: float, *, delta: float, steps_per_epoch: int,
   Reference: Jacobs & Burkholz, Mask in the Mirror: Implicit Sparsification,
   ICLR 2025, Algorithm 1.
 
+  Example:
+    >>> import optax, pcs
+    >>> alpha = pcs.alpha_controller(1e-4, delta=1.1, steps_per_epoch=100, num_epochs=150)
+    >>> tx = pcs.pilot(optax.sgd(0.2, momentum=0.9), alpha=alpha)  # update(..., accuracy=acc)
+    >>> alpha.delta
+    1.1
+
   Args:
     init_alpha: alpha during the first epoch, >= 0.
     delta: multiplicative step, > 1.
@@ -89,6 +96,7 @@ def check_alpha(alpha: Alpha) -> None:
 
 def init(alpha: Alpha) -> AlphaState:
   """The initial :class:`AlphaState` for any kind of ``alpha``."""
+  start: Any
   if isinstance(alpha, AlphaController):
     start = alpha.init_alpha
   elif callable(alpha):

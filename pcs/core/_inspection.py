@@ -21,7 +21,14 @@ def _is_pcs_state(node: Any) -> bool:
 
 def find_states(opt_state: Any) -> List[Any]:
   """Every pcs state inside ``opt_state``, outermost first (a pcs state inside
-  another, e.g. ``pcs.gmp(pcs.pilot(...))``, is found too)."""
+  another, e.g. ``pcs.gmp(pcs.pilot(...))``, is found too).
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = optax.chain(optax.clip(1.0), pcs.gmp(pcs.pilot(optax.sgd(0.1)), final_sparsity=0.5,
+    ...                                         begin_step=0, end_step=10))
+    >>> [type(s).__name__ for s in pcs.find_states(tx.init({'w': jnp.ones((2, 2))}))]
+    ['ScheduledPruningState', 'ReparamState']
+  """
   found = []
   for node in jax.tree.leaves(opt_state, is_leaf=_is_pcs_state):
     if _is_pcs_state(node):
@@ -33,6 +40,12 @@ def find_states(opt_state: Any) -> List[Any]:
 def find_state(opt_state: Any) -> Any:
   """The single pcs state with latent variables (pilot, spred, mirror, STR, CS,
   PowerProp, or a :func:`pcs.reparameterize` method) inside ``opt_state``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> state = optax.apply_if_finite(pcs.pilot(optax.sgd(0.1)), 3).init({'w': jnp.ones((2, 2))})
+    >>> type(pcs.find_state(state)).__name__
+    'ReparamState'
 
   Raises:
     ValueError: if ``opt_state`` holds no such state or more than one.
@@ -54,6 +67,13 @@ def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
   ``PowerLatent(w)`` for PowerProp; for :func:`pcs.mirror` the tree of dual
   coordinates ``z = 1/2 arcsinh(x / a_t)``. spred and mirror keep no per-leaf
   state, so they use ``where``: pass the transform's.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> params = {'w': jnp.array([[2.0, -0.5]]), 'b': jnp.zeros(2)}
+    >>> factors = pcs.latents(pcs.pilot(optax.sgd(0.1)).init(params), params)
+    >>> (factors.m['w'] * factors.w['w']).tolist(), factors.m['b']
+    ([[2.0, -0.5]], MaskedNode())
   """
   return find_state(opt_state).latents(params, where)
 
@@ -63,7 +83,7 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
 
   Always: ``l1_norm`` = ||x||_1 and ``sparsity`` (fraction of exact zeros) over the
   leaves selected by ``where`` (pass the transform's; default ndim >= 2), and
-  ``small_1e-3`` / ``small_1e-6``, the fractions with |x| below 1e-3 and 1e-6
+  ``small_1e-3`` / ``small_1e-6``, the fractions with ``|x|`` below 1e-3 and 1e-6
   (compressible is not sparse: only exact zeros count as sparsity). Then each pcs
   state's own:
 
@@ -75,6 +95,14 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
   * powerprop: ``alpha`` (its weight decay);
   * l1: ``threshold`` (eta_t * lambda);
   * gmp / magnitude: ``target_sparsity`` (scheduled) and ``mask_sparsity``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> params = {'w': jnp.array([[0.0, -2.0]])}
+    >>> logged = pcs.stats(pcs.pilot(optax.sgd(0.1), alpha=1e-3).init(params), params)
+    >>> {k: round(float(v), 3) for k, v in logged.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'l1_norm': 2.0, 'sparsity': 0.5, 'small_1e-3': 0.5, 'small_1e-6': 0.5,
+     'alpha': 0.001, 'a': 0.5}
 
   Returns:
     A dict of float32 scalars.

@@ -56,7 +56,7 @@ def map_selected(fn: Callable, tree: Any, *rest: Any) -> Any:
                       is_leaf=is_hole)
 
 
-def unzip(tree: Any, cls: type) -> Any:
+def unzip(tree: Any, cls: Any) -> Any:
   """A tree with a NamedTuple ``cls`` at each leaf -> ``cls`` of trees (holes kept)."""
   return cls(*(jax.tree.map(lambda u, i=i: u[i], tree, is_leaf=lambda n: isinstance(n, cls))
                for i in range(len(cls._fields))))
@@ -94,11 +94,11 @@ class Reparameterization(NamedTuple):
   ``restore_trees(self, params, where)`` (the full latents; see
   :class:`pcs.pilot.Scale`); they are called on the state's trees of that class.
   """
-  init: Callable[[jax.Array], tuple]
-  to_x: Callable[[tuple, jax.Array], jax.Array]
-  penalty: Callable[[tuple, jax.Array], jax.Array]
-  store: Callable[[tuple, jax.Array], Any] = _keep_all
-  restore: Callable[[Any, jax.Array], tuple] = _stored_is_whole
+  init: Callable[[jax.Array], Any]
+  to_x: Callable[[Any, jax.Array], jax.Array]
+  penalty: Callable[[Any, jax.Array], jax.Array]
+  store: Callable[[Any, jax.Array], Any] = _keep_all
+  restore: Callable[[Any, jax.Array], Any] = _stored_is_whole
 
 
 class Reparameterized(NamedTuple):
@@ -123,7 +123,7 @@ class ReparamState(NamedTuple):
     inner_state: the inner optimizer's state over :class:`Reparameterized` trees.
     alpha_state: the current alpha (and the controller's bookkeeping).
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   stored: Any
   inner_state: Any
   alpha_state: alpha_lib.AlphaState
@@ -193,6 +193,17 @@ def reparameterize(
   See the module docstring for the update rule and the state layout. Extra keyword
   arguments of ``update`` are passed on to ``inner``; ``accuracy=`` also drives an
   :class:`pcs.AlphaController`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> cube = pcs.Reparameterization(  # x = u^3 with an L2 penalty on u
+    ...     init=lambda x: pcs.Factors(jnp.cbrt(x), jnp.ones_like(x)),
+    ...     to_x=lambda u, t: u.m**3 * u.w, penalty=lambda u, t: jnp.sum(u.m**2))
+    >>> tx = pcs.reparameterize(optax.sgd(0.1), cube, alpha=1e-3)
+    >>> x = jnp.array([[8.0, -1.0]])
+    >>> updates, _ = tx.update(jnp.zeros((1, 2)), tx.init(x), x)
+    >>> [round(float(v), 3) for v in optax.apply_updates(x, updates)[0]]  # u -= 0.1 * 2e-3 u
+    [7.995, -0.999]
 
   Args:
     inner: any optax optimizer; it steps the latents and the unselected leaves.

@@ -16,6 +16,11 @@ def _default_where(path, leaf) -> bool:
 def select(params: Any, where: Where = None, *, check_float: bool = True) -> Any:
   """Resolves ``where`` into a pytree of Python bools with the structure of ``params``.
 
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> pcs.select({'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)})
+    {'bias': False, 'kernel': True}
+
   Args:
     params: the parameter pytree.
     where: ``None`` selects every leaf with ``ndim >= 2`` (kernels, not biases or
@@ -38,7 +43,7 @@ def select(params: Any, where: Where = None, *, check_float: bool = True) -> Any
   else:
     params_def = jax.tree_util.tree_structure(params)
     where_def = jax.tree_util.tree_structure(where)
-    if params_def != where_def:
+    if params_def != where_def:  # type: ignore[operator]  # PyTreeDef's stubs lack ==
       raise ValueError(
           '`where` must be None, a callable (path, leaf) -> bool, or a pytree of '
           'bools with the structure of params; got a tree with structure '
@@ -87,6 +92,11 @@ def sparsity(params: Any, where: Where = None) -> jax.Array:
   ``sparsity = #{i : x_i == 0} / #{i}`` over all entries of the leaves chosen by
   ``where`` (default: every leaf with ``ndim >= 2``).
 
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> float(pcs.sparsity({'kernel': jnp.array([[0.0, 1.0], [0.0, 2.0]]), 'bias': jnp.zeros(2)}))
+    0.5
+
   Args:
     params: the parameter pytree.
     where: leaf selection, as in :func:`select`.
@@ -98,7 +108,7 @@ def sparsity(params: Any, where: Where = None) -> jax.Array:
   total = sum(jnp.size(x) for x in chosen)
   if total == 0:
     return jnp.zeros((), jnp.float32)
-  zeros = sum(jnp.sum(x == 0, dtype=jnp.int32) for x in chosen)
+  zeros = sum((jnp.sum(x == 0, dtype=jnp.int32) for x in chosen), jnp.zeros((), jnp.int32))
   return zeros.astype(jnp.float32) / total
 
 

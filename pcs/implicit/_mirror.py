@@ -20,9 +20,14 @@ from pcs.core import _selection as selection
 def mirror_map(x: jax.Array, log_a) -> jax.Array:
   """grad R_a(x) = 1/2 arcsinh(x / a), with a = exp(log_a).
 
-  Evaluated without forming x / a where it would overflow: for |x| > a,
-  arcsinh(x/a) = sign(x) [log|x| - log a + log(1 + sqrt(1 + (a/x)^2))]. Finite
+  Evaluated without forming x / a where it would overflow: for ``|x| > a``,
+  ``arcsinh(x/a) = sign(x) [log|x| - log a + log(1 + sqrt(1 + (a/x)^2))]``. Finite
   for every finite x and finite log_a (a may underflow to 0).
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> float(pcs.implicit.mirror_map(jnp.float32(1e30), 0.0))  # 1/2 arcsinh(1e30): finite
+    34.88...
   """
   dtype = jnp.result_type(x)
   work = jnp.promote_types(dtype, jnp.float32)
@@ -42,9 +47,15 @@ def mirror_map(x: jax.Array, log_a) -> jax.Array:
 def inverse_mirror_map(z: jax.Array, log_a) -> jax.Array:
   """(grad R_a)^{-1}(z) = a sinh(2 z), with a = exp(log_a).
 
-  Evaluated as sign(z) exp(log a + 2|z| - log 2) (1 - exp(-4|z|)), exact in
+  Evaluated as ``sign(z) exp(log a + 2|z| - log 2) (1 - exp(-4|z|))``, exact in
   exact arithmetic and free of overflow in the intermediate sinh; saturates at
   the dtype's largest finite value instead of returning inf.
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> z = pcs.implicit.mirror_map(jnp.float32(3.0), jnp.log(0.5))
+    >>> round(float(pcs.implicit.inverse_mirror_map(z, jnp.log(0.5))), 5)
+    3.0
   """
   dtype = jnp.result_type(z)
   work = jnp.promote_types(dtype, jnp.float32)
@@ -69,7 +80,7 @@ class MirrorState(NamedTuple):
       leaves) and the unselected leaves; the same size as the bare optimizer's.
     alpha_state: the current alpha (and the controller's bookkeeping).
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   log_a: jax.Array
   inner_state: Any
   alpha_state: alpha_lib.AlphaState
@@ -111,7 +122,7 @@ def mirror(
   ``learning_rate``; it sets how far time advances per step. Only a scalar log a_t
   is kept, so the state is the bare optimizer's plus a few scalars. The maps are
   evaluated in log space (:func:`mirror_map`): finite for a_t -> 0 and
-  huge |x| / a_t.
+  huge ``|x| / a_t``.
 
   With momentum mu in ``inner``, a steady drift of z is amplified by 1 / (1 - mu)
   while a_t decays outside ``inner``: a constant alpha then acts on x as the L1
@@ -120,6 +131,15 @@ def mirror(
 
   Reference: Jacobs & Burkholz, ICLR 2025, Theorem on the time-dependent mirror
   flow of x = m * w with weight decay.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = pcs.mirror(optax.sgd(0.1), alpha=1e-2, learning_rate=0.1)
+    >>> x = jnp.array([[0.5, -1.0]])
+    >>> state = tx.init(x)
+    >>> updates, state = tx.update(jnp.ones((1, 2)), state, x)
+    >>> float(pcs.stats(state, x)['a'])  # a_1 = beta / 2 exp(-4 eta alpha)
+    0.4980...
 
   Args:
     inner: any optax optimizer; it steps z for selected leaves, x for the others.

@@ -28,7 +28,7 @@ def factors(stored: 'Scale', x: jax.Array) -> Factors:
 
 
 def balanced_factors(stored: 'Balanced', x: jax.Array) -> Factors:
-  """spred's latents from x alone: m = sqrt|x|, w = sign(x) m, so m^2 - w^2 = 0 exactly.
+  """spred's latents from x alone: ``m = sqrt|x|, w = sign(x) m``, so m^2 - w^2 = 0 exactly.
 
   With ``w = +-m`` exactly, the gradients ``g w + 2 alpha m`` and ``g m + 2 alpha w``
   differ only in sign (IEEE rounding is symmetric), so any sign-symmetric inner
@@ -45,13 +45,13 @@ def _mean_gamma(m_tree: Any, params: Any, restore: Callable) -> jax.Array:
   parts = jax.tree.leaves(reparam.map_selected(
       lambda m, x: _GammaSum(*_gamma_sum(restore(m, x))), m_tree, params),
       is_leaf=lambda n: isinstance(n, _GammaSum))
-  total = sum(p.count for p in parts)
+  total = sum(p.size for p in parts)
   return sum((p.total for p in parts), jnp.zeros((), jnp.float32)) / (2 * max(total, 1))
 
 
 class _GammaSum(NamedTuple):
   total: jax.Array
-  count: int
+  size: int
 
 
 def _gamma_sum(u: Factors):
@@ -79,7 +79,7 @@ class Scale(NamedTuple):
 
 
 class Balanced(NamedTuple):
-  """What spred's state keeps: nothing; m = sqrt|x| and w = sign(x) m come from x."""
+  """What spred's state keeps: nothing; ``m = sqrt|x|`` and ``w = sign(x) m`` come from x."""
 
   def restore_trees(self, params: Any, where: selection.Where = None) -> Factors:
     """``Factors(m=tree, w=tree)`` at the leaves selected by ``where``, holes elsewhere."""
@@ -99,9 +99,15 @@ def product_init(x: jax.Array, beta) -> Factors:
 
       m0 = sqrt((beta + sqrt(beta^2 + 4 x^2)) / 2),   w0 = x / m0,
 
-  so that m0 * w0 = x, m0^2 - w0^2 = beta and, for beta > 0, m0 > |w0|. beta = 0
-  gives spred's balanced init m0 = sqrt|x|, w0 = sign(x) sqrt|x|. Computed in at
-  least float32 without overflow for huge |x|, returned in x's dtype.
+  so that m0 * w0 = x, m0^2 - w0^2 = beta and, for beta > 0, ``m0 > |w0|``. beta = 0
+  gives spred's balanced init ``m0 = sqrt|x|, w0 = sign(x) sqrt|x|``. Computed in at
+  least float32 without overflow for huge ``|x|``, returned in x's dtype.
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> m, w = pcs.product_init(jnp.array([2.0]), beta=1.0)
+    >>> round(float((m * w)[0]), 6), round(float((m**2 - w**2)[0]), 6)
+    (2.0, 1.0)
 
   Reference: Jacobs & Burkholz, ICLR 2025, Section 4.
   """
@@ -173,6 +179,15 @@ def pilot(
   Non-finite gradients propagate into m and w as with any optax optimizer; wrap
   the result in ``optax.apply_if_finite`` to skip such steps (state unchanged).
 
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> params = {'kernel': jnp.array([[0.5, -1.0]]), 'bias': jnp.zeros(2)}
+    >>> tx = pcs.pilot(optax.sgd(0.1, momentum=0.9), alpha=1e-3)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({'kernel': jnp.ones((1, 2)), 'bias': jnp.ones(2)}, state, params)
+    >>> optax.apply_updates(params, updates)['kernel'].round(3)
+    Array([[ 0.363, -1.233]], dtype=float32)
+
   Args:
     inner: the optimizer the user already has (sgd, adam, a chain, ...).
     alpha: decay strength alpha_t >= 0: a float, an optax schedule (step -> value),
@@ -212,6 +227,14 @@ def spred(
   adam, lion, weight decay, global-norm clipping).
 
   Reference: Ziyin & Wang, "spred: Solving L1 Penalty with SGD", ICML 2023.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = pcs.spred(optax.sgd(0.1), weight_decay=1e-3)
+    >>> x = jnp.array([[0.25, -1.0]])
+    >>> updates, _ = tx.update(jnp.array([[1.0, -1.0]]), tx.init(x), x)  # pushes both towards 0
+    >>> jnp.sign(optax.apply_updates(x, updates))
+    Array([[ 1., -1.]], dtype=float32)
 
   Args:
     inner: any optax optimizer.

@@ -56,6 +56,14 @@ def iterative_pruning(
   after every cycle, and a rerun with the same directory resumes after the last
   completed cycle.
 
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> train = lambda params, masks, cycle: params  # your loop, e.g. with pcs.keep_masked
+    >>> result = pcs.iterative_pruning(train, {'w': jnp.arange(1.0, 11.0).reshape(2, 5)},
+    ...                                num_cycles=2, keep_fraction=0.5)
+    >>> [h['sparsity'] for h in result.history]
+    [0.0, 0.5, 0.8]
+
   Returns:
     A :class:`IterativePruningResult` with the last trained params, the final masks and a
     history of ``{'cycle', 'target_sparsity', 'sparsity'}`` per cycle.
@@ -68,7 +76,7 @@ def iterative_pruning(
     raise ValueError(f'`rewind` must be one of {REWINDS}; got {rewind!r}.')
   pruning.check_scope(scope)
   rewind_params = params if rewind_params is None else rewind_params
-  if jax.tree.structure(rewind_params) != jax.tree.structure(params):
+  if jax.tree.structure(rewind_params) != jax.tree.structure(params):  # type: ignore[operator]  # PyTreeDef's stubs lack ==
     raise ValueError('`rewind_params` must have the structure of params.')
   selection.select(params, where)
 

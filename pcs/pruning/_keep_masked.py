@@ -52,6 +52,15 @@ def keep_masked(inner: optax.GradientTransformation, masks: Any
   ``-x``, so ``apply_updates`` gives exact zeros even if the weight was not yet
   zero. Use it to fine-tune after :func:`pcs.prune`.
 
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> params, masks = pcs.prune({'w': jnp.array([[0.1, -2.0], [3.0, 0.2]])}, 0.5)
+    >>> tx = pcs.keep_masked(optax.sgd(0.1, momentum=0.9), masks)
+    >>> updates, _ = tx.update({'w': jnp.ones((2, 2))}, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)['w']
+    Array([[ 0. , -2.1],
+           [ 2.9,  0. ]], dtype=float32)
+
   Args:
     inner: any optax optimizer (including a pcs transform).
     masks: bool pytree with the structure and shapes of the params (True = kept).

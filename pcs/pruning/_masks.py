@@ -133,14 +133,19 @@ def n_m_masks(params: Any, n: int, m: int, *, where: selection.Where = None) -> 
 
 
 def all_kept(params: Any) -> Any:
-  """All-True masks shaped like ``params`` (nothing pruned)."""
+  """All-True masks shaped like ``params`` (nothing pruned).
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> pcs.pruning.all_kept({'w': jnp.ones(2)})['w']
+    Array([ True,  True], dtype=bool)
+  """
   return jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params)
 
 
 def check_masks(params: Any, masks: Any) -> None:
   """Raises ValueError unless ``masks`` is a bool pytree shaped like ``params``."""
   p_def, m_def = jax.tree.structure(params), jax.tree.structure(masks)
-  if p_def != m_def:
+  if p_def != m_def:  # type: ignore[operator]  # PyTreeDef's stubs lack ==
     raise ValueError(f'`masks` must have the structure of params; got {m_def}, '
                      f'params have {p_def}.')
   for path, x, mk in zip(*zip(*jax.tree_util.tree_flatten_with_path(params)[0]),
@@ -154,6 +159,13 @@ def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global
           n_m: Optional[Tuple[int, int]] = None,
           where: selection.Where = None) -> Tuple[Any, Any]:
   """Zeroes the smallest-magnitude weights to an exact target sparsity.
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> pruned, masks = pcs.prune({'w': jnp.array([[0.1, -2.0], [3.0, 0.2]])}, 0.5)
+    >>> pruned['w']
+    Array([[ 0., -2.],
+           [ 3.,  0.]], dtype=float32)
 
   Args:
     params: the parameter pytree.
@@ -181,7 +193,12 @@ def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
-  """x * mask, in each leaf's dtype."""
+  """x * mask, in each leaf's dtype.
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> pcs.apply_masks({'w': jnp.array([1.0, 2.0])}, {'w': jnp.array([True, False])})['w']
+    Array([1., 0.], dtype=float32)
+  """
   check_masks(params, masks)
   return jax.tree.map(lambda x, mk: jnp.where(mk, x, jnp.zeros_like(x)), params, masks)
 
@@ -227,7 +244,12 @@ class SparsitySummary:
 
 
 def summary(params: Any, where: selection.Where = None) -> SparsitySummary:
-  """Per-layer and global counts of exact zeros among the leaves selected by ``where``."""
+  """Per-layer and global counts of exact zeros among the leaves selected by ``where``.
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> pcs.summary({'w': jnp.array([[0.0, 1.0], [0.0, 2.0]])}).sparsity
+    0.5
+  """
   mask_tree = selection.select(params, where, check_float=False)
   layers = []
   for path, x in selection.selected_leaves(params, mask_tree):

@@ -22,7 +22,7 @@ class ScheduledPruningState(NamedTuple):
     masks: bool tree like the params (True = kept).
     inner_state: the inner optimizer's state.
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   target: jax.Array
   masks: Any
   inner_state: optax.OptState
@@ -93,6 +93,18 @@ def gmp(
 
   Reference: Zhu & Gupta, "To prune, or not to prune", 2018, Eq. (1).
 
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = pcs.gmp(optax.sgd(0.1), final_sparsity=0.5, begin_step=0, end_step=1, frequency=1)
+    >>> x = {'w': jnp.array([[0.1, -2.0], [3.0, 0.2]])}
+    >>> state = tx.init(x)
+    >>> for _ in range(2):  # s_0 = 0, s_1 = 0.5
+    ...   updates, state = tx.update({'w': jnp.zeros((2, 2))}, state, x)
+    ...   x = optax.apply_updates(x, updates)
+    >>> x['w']
+    Array([[ 0., -2.],
+           [ 3.,  0.]], dtype=float32)
+
   Args:
     inner: any optax optimizer.
     final_sparsity: s_f in [0, 1).
@@ -141,6 +153,14 @@ def one_shot_pruning(
 
   Reference: Han et al., "Learning both Weights and Connections for Efficient
   Neural Networks", NeurIPS 2015.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> tx = pcs.one_shot_pruning(optax.sgd(0.1), sparsity=0.5, step=0)
+    >>> x = {'w': jnp.array([[0.1, -2.0], [3.0, 0.2]])}
+    >>> updates, state = tx.update({'w': jnp.zeros((2, 2))}, tx.init(x), x)
+    >>> float(pcs.stats(state, x)['mask_sparsity'])
+    0.5
 
   Args:
     inner: any optax optimizer.

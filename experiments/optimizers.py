@@ -1,0 +1,83 @@
+"""The optimizer of a run: the learning-rate schedule and a registry of pcs methods.
+
+``METHODS`` maps each ``--config.method`` to a builder ``(config, inner, schedule,
+total_steps, steps_per_epoch) -> optax transformation``; the training loop and the
+config checks both read it, so a method is added in one place.
+"""
+
+from typing import Callable, Dict
+
+import optax
+
+import pcs
+
+LR_SCHEDULES = ('cosine', 'step', 'constant')
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup over ``warmup_epochs``, then cosine to 0 or steps of 0.1 at 50%/75%."""
+  total = config.num_epochs * steps_per_epoch
+  warmup = config.warmup_epochs * steps_per_epoch
+  if config.lr_schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                              max(total, warmup + 1))
+  if config.lr_schedule == 'step':
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, warmup),
+         optax.piecewise_constant_schedule(config.learning_rate, {
+             total // 2 - warmup: 0.1, (3 * total) // 4 - warmup: 0.1})], [warmup])
+  if config.lr_schedule == 'constant':
+    return optax.constant_schedule(config.learning_rate)
+  raise ValueError(f'`lr_schedule` must be one of {LR_SCHEDULES}; got {config.lr_schedule!r}.')
+
+
+def _pilot_alpha(config, steps_per_epoch):
+  """Algorithm 1's controller when ``pilot.delta > 1``, else the constant ``pilot.alpha``."""
+  c = config.pilot
+  if c.delta > 1:
+    return pcs.alpha_controller(c.alpha, delta=c.delta, steps_per_epoch=steps_per_epoch,
+                                num_epochs=config.num_epochs, l1_threshold=c.l1_threshold)
+  return c.alpha
+
+
+Builder = Callable[..., optax.GradientTransformation]
+
+METHODS: Dict[str, Builder] = {
+    'dense': lambda config, inner, schedule, total, steps_per_epoch: inner,
+    'pilot': lambda config, inner, schedule, total, steps_per_epoch: pcs.pilot(
+        inner, alpha=_pilot_alpha(config, steps_per_epoch), beta=config.pilot.beta),
+    'mirror': lambda config, inner, schedule, total, steps_per_epoch: pcs.mirror(
+        inner, alpha=_pilot_alpha(config, steps_per_epoch), beta=config.pilot.beta,
+        learning_rate=schedule),
+    'spred': lambda config, inner, schedule, total, steps_per_epoch: pcs.spred(
+        inner, weight_decay=config.spred.weight_decay),
+    'str': lambda config, inner, schedule, total, steps_per_epoch: pcs.soft_threshold(
+        inner, weight_decay=config.str.weight_decay, init_threshold=config.str.init_threshold),
+    'cs': lambda config, inner, schedule, total, steps_per_epoch: pcs.continuous_sparsification(
+        inner, l1_strength=config.cs.l1_strength, num_steps=max(total, 1),
+        final_temperature=config.cs.final_temperature, mask_init=config.cs.mask_init),
+    'powerprop': lambda config, inner, schedule, total, steps_per_epoch: pcs.powerprop(
+        inner, power=config.powerprop.power),
+    'l1': lambda config, inner, schedule, total, steps_per_epoch: pcs.l1(
+        inner, strength=config.l1.strength, learning_rate=schedule),
+    'gmp': lambda config, inner, schedule, total, steps_per_epoch: pcs.gmp(
+        inner, final_sparsity=config.sparsity,
+        begin_step=int(config.gmp.begin_fraction * total),
+        end_step=int(config.gmp.end_fraction * total),
+        frequency=max(1, int(config.gmp.frequency_epochs * steps_per_epoch)),
+        scope=config.prune_scope),
+}
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """The inner SGD (momentum, weight decay) wrapped by the configured pcs method."""
+  if config.method not in METHODS:
+    raise ValueError(f'Unknown method {config.method!r}; choose one of {tuple(METHODS)}.')
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  inner = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                      optax.sgd(schedule, momentum=config.momentum))
+  total = config.num_epochs * steps_per_epoch
+  tx = METHODS[config.method](config, inner, schedule, total, steps_per_epoch)
+  if config.on_nonfinite == 'skip':
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_nonfinite_steps)
+  return optax.with_extra_args_support(tx)
