@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath('..'))
 
-import pcs  # noqa: E402  (after the path is set)
+import pcs  # after the path is set
 
 project = 'pcs'
 author = 'the pcs authors'

@@ -6,7 +6,7 @@ crop to 224 and flip for training, resize to 256 and center crop 224 for evaluat
 Augmentation uses stateless random ops seeded by (seed, epoch, example index).
 """
 
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import jax
 import numpy as np
@@ -61,38 +61,70 @@ def _preprocess(spec: datasets.DatasetSpec, train: bool, seed: int, epoch: int):
   return fn
 
 
-def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec, split: str,
-                  batch_size: int, *, train: bool, seed: int, epoch: int
-                  ) -> Iterator[Tuple[dict, np.ndarray]]:
-  """This process's share of one epoch, as (batch, mask) numpy pairs.
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> Tuple[int, int]:
+  """The rows ``[lo, hi)`` of a global batch that this process's devices hold.
 
-  ``batch_size`` is the global batch; each of ``jax.process_count()`` hosts reads its
-  own part of the split (``tfds.split_for_jax_process``) and yields
-  ``batch_size / process_count`` examples per step. Training batches are shuffled
-  with a seed made of (seed, epoch) and drop the remainder; evaluation batches keep
-  every example and pad the last one, with ``mask`` marking real examples.
+  ``sharding`` shards the batch axis (``P('data')`` on the mesh); with the devices of
+  each process contiguous in the mesh, as ``jax.devices()`` orders them, these rows
+  are one contiguous block.
   """
-  processes = jax.process_count()
-  if batch_size % processes:
-    raise ValueError(f'`batch_size` ({batch_size}) must be divisible by the number of '
-                     f'processes ({processes}).')
-  local_batch = batch_size // processes
-  ds = builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False)
+  indices = sharding.addressable_devices_indices_map((batch_size,)).values()
+  starts = sorted(index[0].start or 0 for index in indices)
+  stops = sorted(batch_size if index[0].stop is None else index[0].stop for index in indices)
+  if any(stop != start for stop, start in zip(stops[:-1], starts[1:])):
+    raise ValueError('This process\'s devices hold non-contiguous rows of the batch; '
+                     'build the mesh from jax.devices() in order.')
+  return starts[0], stops[-1]
+
+
+def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec, split: str,
+                  batch_size: int, *, train: bool, seed: int, epoch: int,
+                  rows: Optional[Tuple[int, int]] = None
+                  ) -> Iterator[Tuple[dict, np.ndarray]]:
+  """This process's rows of every global batch of one epoch, as (batch, mask) numpy pairs.
+
+  The sequence of global batches depends on (seed, epoch) alone, not on the number of
+  processes or devices: every process reads the whole split in the same order
+  (training: shuffled with a seed made of (seed, epoch), remainder dropped), forms
+  global batches of ``batch_size``, and keeps the rows ``rows = [lo, hi)`` its devices
+  hold (:func:`process_rows`; default: all rows), before decoding-heavy preprocessing.
+  Evaluation covers every example exactly once: the last global batch is padded and
+  ``mask`` marks real examples, and every process yields the same number of batches.
+  """
+  lo, hi = rows if rows is not None else (0, batch_size)
+  ds = builder.as_dataset(split=split, shuffle_files=False)
   num_examples = int(ds.cardinality().numpy())
   if train:
     ds = ds.shuffle(min(num_examples, 50_000), seed=seed * 1_000_003 + epoch,
                     reshuffle_each_iteration=False)
-  ds = ds.enumerate().map(_preprocess(spec, train, seed, epoch),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=train).prefetch(2)
-  for batch in tfds.as_numpy(ds):
-    size = len(batch['label'])
-    mask = np.ones(local_batch, bool)
-    if size < local_batch:
-      mask[size:] = False
-      batch = {k: np.concatenate([v, np.zeros((local_batch - size,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
+    num_batches = num_examples // batch_size
+  else:
+    num_batches = -(-num_examples // batch_size)
+  ds = ds.enumerate().take(num_batches * batch_size)
+  ds = ds.filter(lambda i, _: (i % batch_size >= lo) & (i % batch_size < hi))
+  ds = ds.map(_preprocess(spec, train, seed, epoch), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  local_batch = hi - lo
+  batches = iter(tfds.as_numpy(ds.batch(local_batch).prefetch(2)))
+  for _ in range(num_batches):
+    batch = next(batches, None)
+    size = 0 if batch is None else len(batch['label'])
+    mask = np.arange(local_batch) < size
+    if size < local_batch:  # the padded tail of the last evaluation batch
+      batch = _padded(batch, local_batch) if batch is not None else _empty(local_batch, spec)
     yield batch, mask
+
+
+def _padded(batch: dict, size: int) -> dict:
+  """``batch`` with zero rows appended up to ``size``."""
+  return {k: np.concatenate([v, np.zeros((size - len(v),) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+
+def _empty(size: int, spec: datasets.DatasetSpec) -> dict:
+  """An all-padding batch (this process holds no real example of the last batch)."""
+  return {'input': np.zeros((size,) + tuple(spec.input_shape), np.float32),
+          'label': np.zeros((size,), np.int64)}
 
 
 def steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str, batch_size: int) -> int:

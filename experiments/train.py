@@ -9,6 +9,7 @@ after every epoch (:mod:`experiments.checkpointing`); a rerun with the same work
 resumes from the last one. The optimizer comes from :mod:`experiments.optimizers`.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -136,9 +137,9 @@ class Run:
     shards = self.mesh.size
     batch_size = -(-self.config.eval_batch_size // shards) * shards
     sums = None
-    for batch, mask in input_pipeline.epoch_batches(self.builder, self.spec, split, batch_size,
-                                                    train=False, seed=self.config.seed,
-                                                    epoch=0):
+    for batch, mask in input_pipeline.epoch_batches(
+        self.builder, self.spec, split, batch_size, train=False, seed=self.config.seed,
+        epoch=0, rows=input_pipeline.process_rows(self.by_batch, batch_size)):
       out = self.eval_step(state.params, state.batch_stats, _global(batch, self.by_batch),
                            _global(mask, self.by_batch))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
@@ -146,9 +147,23 @@ class Run:
     return {'loss': float(sums['loss'] / sums['count']),
             'accuracy': float(sums['correct'] / sums['count'])}
 
+  @property
+  def primary(self) -> bool:
+    """Process 0 alone writes results, metrics and TensorBoard events."""
+    return jax.process_index() == 0
+
+  def say(self, message: str) -> None:
+    if self.primary:
+      print(message)
+
+  def truncate_logs(self, phase: str, last_epoch: int) -> None:
+    if self.primary:
+      checkpointing.truncate_logs(os.path.join(self.workdir, 'metrics.jsonl'), phase,
+                                  last_epoch)
+
   def write(self, logs: dict) -> None:
     """One metrics.jsonl line and the TensorBoard scalars (process 0 only)."""
-    if jax.process_index() != 0:
+    if not self.primary:
       return
     self.log_file.write(json.dumps(logs) + '\n')
     self.log_file.flush()
@@ -190,12 +205,13 @@ def run_phase(run: Run, phase: str, state: TrainState, tx, first_epoch: int,
   checkpoints = checkpointing.manager(run.workdir, phase)
   bar = tqdm.tqdm(range(first_epoch, num_epochs + 1), desc=f'{config.method} {phase}',
                   unit='epoch', initial=first_epoch - 1, total=num_epochs,
-                  disable=jax.process_index() != 0)
+                  disable=not run.primary)
   for epoch in bar:
     sums, bad_step, steps = None, NO_BAD_STEP, 0
     for batch, _ in input_pipeline.epoch_batches(
         run.builder, run.spec, run.spec.train_split, config.batch_size, train=True,
-        seed=config.seed, epoch=epoch if phase == 'train' else 10_000 + epoch):
+        seed=config.seed, epoch=epoch if phase == 'train' else 10_000 + epoch,
+        rows=input_pipeline.process_rows(run.by_batch, config.batch_size)):
       state, metrics = train_step(state, _global(batch, run.by_batch))
       bad_step = jnp.minimum(bad_step, metrics.pop('bad_step'))
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
@@ -245,7 +261,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   run = Run(config, workdir, spec, builder, model, mesh, make_eval_step(model, mesh),
             steps_per_epoch)
   tf.io.gfile.makedirs(workdir)
-  if not os.path.exists(config_path):
+  if jax.process_index() == 0 and not os.path.exists(config_path):
     with open(config_path, 'w') as f:
       json.dump(config.to_dict(), f, indent=1)
   return run
@@ -262,8 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = optimizers.make_optimizer(config, run.steps_per_epoch)
   state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
                                     tx.init(params)), run.replicated)
-  log_path = os.path.join(workdir, 'metrics.jsonl')
-  run.writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  if run.primary:
+    run.writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   finetune_sgd = optax.sgd(config.finetune_learning_rate, momentum=config.momentum)
   all_kept = jax.device_put(pcs.pruning.all_kept(params), run.replicated)
@@ -273,13 +289,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                          template_tx.init(params)), run.replicated),
       'masks': all_kept})
   train_metrics, dense_eval = None, None
-  with open(log_path, 'a') as run.log_file:
+  with (open(os.path.join(workdir, 'metrics.jsonl'), 'a') if run.primary
+        else contextlib.nullcontext()) as run.log_file:
     if restored is None:  # (re)start or continue training, then prune
       restored_train, done = checkpointing.restore(workdir, 'train', {'state': state})
       if restored_train is not None:
         state = restored_train['state']
-        print(f'Resuming {workdir} after training epoch {done}.')
-      checkpointing.truncate_logs(log_path, 'train', done)
+        run.say(f'Resuming {workdir} after training epoch {done}.')
+      run.truncate_logs('train', done)
       state, train_metrics = run_phase(run, 'train', state, tx, done + 1, {})
       dense_eval = run.evaluate(state, run.spec.test_split)
       pruned, masks = jax.device_put(pcs.prune(jax.device_get(state.params), config.sparsity,
@@ -290,9 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:  # interrupted while fine-tuning: the masks come from the checkpoint
       state, masks = restored['state'], restored['masks']
       finetune_tx = pcs.keep_masked(finetune_sgd, masks)
-      print(f'Resuming {workdir} after fine-tuning epoch {finetune_done}.')
+      run.say(f'Resuming {workdir} after fine-tuning epoch {finetune_done}.')
     if config.finetune_epochs:
-      checkpointing.truncate_logs(log_path, 'finetune', finetune_done)
+      run.truncate_logs('finetune', finetune_done)
       state, train_metrics = run_phase(run, 'finetune', state, finetune_tx, finetune_done + 1,
                                        {'masks': masks})
 
@@ -311,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'params_fingerprint': int(checkpointing.fingerprint(state.params)),
       'wall_time_s': time.time() - start_time, 'config': config.to_dict(),
   }
-  if jax.process_index() == 0:
+  if run.primary:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=1)
   return results

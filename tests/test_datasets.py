@@ -65,6 +65,33 @@ def test_pipeline_is_deterministic_per_epoch_and_eval_sees_every_example(data_di
   assert sum(int(m.sum()) for m in masks) == 1000 and len(masks) == 4
 
 
+@pytest.mark.parametrize('train', [True, False])
+def test_rows_of_every_topology_reassemble_the_same_global_batches(data_dir, train):
+  """2, 4 or 8 processes, each reading its rows, see exactly the one-process batches."""
+  builder = datasets.builder('mnist1d', data_dir)
+  spec = datasets.DATASETS['mnist1d']
+  split, size = ('train', 128) if train else ('test', 384)  # eval: 1000 = 2 * 384 + 232
+  read = lambda rows: list(input_pipeline.epoch_batches(
+      builder, spec, split, size, train=train, seed=5, epoch=2, rows=rows))
+  whole = read(None)
+  for processes in (2, 4, 8):
+    share = size // processes
+    parts = [read((p * share, (p + 1) * share)) for p in range(processes)]
+    assert all(len(part) == len(whole) for part in parts)  # same step count everywhere
+    for step, (batch, mask) in enumerate(whole):
+      np.testing.assert_array_equal(
+          np.concatenate([part[step][0]['input'] for part in parts]), batch['input'])
+      np.testing.assert_array_equal(np.concatenate([part[step][1] for part in parts]), mask)
+  if not train:
+    assert sum(int(m.sum()) for _, m in whole) == 1000  # every test example exactly once
+
+
+def test_process_rows_of_a_sharded_batch():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  assert input_pipeline.process_rows(sharding, 64) == (0, 64)  # one process holds all rows
+
+
 def test_augmentations_keep_shapes():
   image = np.random.default_rng(0).integers(0, 255, size=(32, 32, 3)).astype(np.uint8)
   out = input_pipeline._augment(image, 'cifar', np.array([1, 2]))

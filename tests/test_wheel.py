@@ -63,7 +63,8 @@ def _requirements(wheel):
 
 
 def _module_level_imports(path):
-  tree = ast.parse(open(path).read())
+  with open(path) as f:
+    tree = ast.parse(f.read())
   for node in tree.body:
     if isinstance(node, ast.Import):
       yield from (alias.name.split('.')[0] for alias in node.names)
