@@ -13,10 +13,11 @@ import pcs
 from experiments import datasets
 from experiments import models
 from experiments import optimizers
+from experiments import sharding
 
 ON_NONFINITE = ('stop', 'skip')
 # Keys that may change between a run and its resumption without changing its results' meaning.
-RESUMABLE_CHANGES = ('data_dir', 'num_devices', 'eval_train')
+RESUMABLE_CHANGES = ('data_dir', 'num_devices', 'eval_train', 'param_sharding')
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> List[str]:
@@ -125,6 +126,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'lr_schedule', optimizers.LR_SCHEDULES)
   _choice(config, 'prune_scope', pcs.pruning.SCOPES)
   _choice(config, 'on_nonfinite', ON_NONFINITE)
+  _choice(config, 'param_sharding', sharding.PARAM_SHARDINGS)
   _real(config, 'sparsity', 0.0, 1.0, open_high=True)
   for key, minimum in (('num_epochs', 1), ('batch_size', 1), ('eval_batch_size', 1),
                        ('warmup_epochs', 0), ('finetune_epochs', 0), ('seed', 0),

@@ -34,6 +34,7 @@ from experiments import datasets
 from experiments import input_pipeline
 from experiments import models
 from experiments import optimizers
+from experiments import sharding
 
 NO_BAD_STEP = np.iinfo(np.int32).max
 
@@ -58,8 +59,9 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_train_step(model, tx, mesh, skip_nonfinite: bool = False):
-  """The jitted train step: batch sharded on 'data', state replicated (donated).
+def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = False):
+  """The jitted train step: batch sharded on 'data', the state (donated) placed by
+  ``state_shardings`` (replicated, or FSDP: :mod:`experiments.sharding`).
 
   It also reports ``bad_step``: its step number if the loss or gradients were
   non-finite (with ``skip_nonfinite``: if the parameters became non-finite, since
@@ -88,15 +90,15 @@ def make_train_step(model, tx, mesh, skip_nonfinite: bool = False):
                        'skipped': (~finite_inputs).astype(jnp.int32),
                        'bad_step': jnp.where(ok, NO_BAD_STEP, state.step)}
 
-  return jax.jit(train_step, in_shardings=(replicated, by_batch),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return jax.jit(train_step, in_shardings=(state_shardings, by_batch),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
 def make_eval_step(model, mesh):
   """The jitted eval step; it reads only params and batch statistics, so one
-  compilation serves every phase of a run whatever the optimizer."""
+  compilation serves every phase of a run whatever the optimizer. Its inputs keep
+  the shardings they have (the params may be FSDP-sharded)."""
   replicated = NamedSharding(mesh, P())
-  by_batch = NamedSharding(mesh, P('data'))
 
   def eval_step(params, batch_stats, batch, mask):
     logits = model.apply(_variables(params, batch_stats), batch['input'], train=False)
@@ -105,8 +107,7 @@ def make_eval_step(model, mesh):
     return {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
             'count': jnp.sum(mask)}
 
-  return jax.jit(eval_step, in_shardings=(replicated, replicated, by_batch, by_batch),
-                 out_shardings=replicated)
+  return jax.jit(eval_step, out_shardings=replicated)
 
 
 @dataclasses.dataclass
@@ -151,6 +152,20 @@ class Run:
   def primary(self) -> bool:
     """Process 0 alone writes results, metrics and TensorBoard events."""
     return jax.process_index() == 0
+
+  def shardings(self, tx, state: TrainState) -> TrainState:
+    """Where each part of ``state`` lives: parameters by ``config.param_sharding``, the
+    optimizer state following them, the rest replicated."""
+    specs = sharding.param_specs(state.params, self.mesh, self.config.param_sharding)
+    return TrainState(
+        step=self.replicated,
+        params=sharding.named(self.mesh, specs),
+        batch_stats=jax.tree.map(lambda _: self.replicated, state.batch_stats),
+        opt_state=sharding.named(self.mesh, sharding.state_specs(
+            tx, state.opt_state, state.params, specs)))
+
+  def place(self, tx, state: TrainState) -> TrainState:
+    return jax.device_put(state, self.shardings(tx, state))
 
   def say(self, message: str) -> None:
     if self.primary:
@@ -201,7 +216,8 @@ def run_phase(run: Run, phase: str, state: TrainState, tx, first_epoch: int,
   config = run.config
   num_epochs = config.num_epochs if phase == 'train' else config.finetune_epochs
   train_metrics = None
-  train_step = make_train_step(run.model, tx, run.mesh, config.on_nonfinite == 'skip')
+  train_step = make_train_step(run.model, tx, run.mesh, run.shardings(tx, state),
+                               config.on_nonfinite == 'skip')
   checkpoints = checkpointing.manager(run.workdir, phase)
   bar = tqdm.tqdm(range(first_epoch, num_epochs + 1), desc=f'{config.method} {phase}',
                   unit='epoch', initial=first_epoch - 1, total=num_epochs,
@@ -276,8 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   params = variables['params']
   batch_stats = variables.get('batch_stats', {})
   tx = optimizers.make_optimizer(config, run.steps_per_epoch)
-  state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
-                                    tx.init(params)), run.replicated)
+  state = run.place(tx, TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
+                                   tx.init(params)))
   if run.primary:
     run.writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
@@ -285,8 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   all_kept = jax.device_put(pcs.pruning.all_kept(params), run.replicated)
   template_tx = pcs.keep_masked(finetune_sgd, all_kept)
   restored, finetune_done = checkpointing.restore(workdir, 'finetune', {
-      'state': jax.device_put(TrainState(state.step, params, batch_stats,
-                                         template_tx.init(params)), run.replicated),
+      'state': run.place(template_tx, TrainState(state.step, params, batch_stats,
+                                                 template_tx.init(params))),
       'masks': all_kept})
   train_metrics, dense_eval = None, None
   with (open(os.path.join(workdir, 'metrics.jsonl'), 'a') if run.primary
@@ -299,11 +315,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       run.truncate_logs('train', done)
       state, train_metrics = run_phase(run, 'train', state, tx, done + 1, {})
       dense_eval = run.evaluate(state, run.spec.test_split)
-      pruned, masks = jax.device_put(pcs.prune(jax.device_get(state.params), config.sparsity,
-                                               scope=config.prune_scope), run.replicated)
+      # On device, so that sharded parameters of several hosts need no gather to one.
+      pruned, masks = jax.jit(lambda p: pcs.prune(p, config.sparsity,
+                                                  scope=config.prune_scope))(state.params)
       finetune_tx = pcs.keep_masked(finetune_sgd, masks)
-      state = jax.device_put(TrainState(state.step, pruned, state.batch_stats,
-                                        finetune_tx.init(pruned)), run.replicated)
+      state = run.place(finetune_tx, TrainState(state.step, pruned, state.batch_stats,
+                                                finetune_tx.init(pruned)))
     else:  # interrupted while fine-tuning: the masks come from the checkpoint
       state, masks = restored['state'], restored['masks']
       finetune_tx = pcs.keep_masked(finetune_sgd, masks)

@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune_learning_rate = 0.01
   config.seed = 0
   config.num_devices = 0   # 0: all devices
+  config.param_sharding = 'replicated'  # or 'fsdp': params and optimizer state sharded
   config.eval_train = True
   config.on_nonfinite = 'stop'     # 'stop': halt naming the step; 'skip': drop such steps
   config.max_nonfinite_steps = 5   # with 'skip': consecutive bad steps before giving up

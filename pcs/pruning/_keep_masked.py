@@ -68,8 +68,9 @@ def keep_masked(inner: optax.GradientTransformation, masks: Any
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    pruning.check_masks(params, masks)
-    return KeepMaskedState(zero_pruned(inner, inner.init(params), masks))
+    if jax.tree.leaves(params):  # (tree_map_params calls init with a leafless placeholder)
+      pruning.check_masks(params, masks)
+    return KeepMaskedState(inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
