@@ -22,3 +22,6 @@ hypothesis.settings.load_profile('ci')
 def data_dir(tmp_path_factory):
   """A tfds data dir for the offline datasets, generated once per test session."""
   return str(tmp_path_factory.mktemp('tfds'))
+
+# fault_runner.py is a script the fault tests start, not a test module (it reads argv).
+collect_ignore = ['fault_runner.py']
