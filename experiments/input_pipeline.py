@@ -87,12 +87,16 @@ def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec,
   processes or devices: every process reads the whole split in the same order
   (training: shuffled with a seed made of (seed, epoch), remainder dropped), forms
   global batches of ``batch_size``, and keeps the rows ``rows = [lo, hi)`` its devices
-  hold (:func:`process_rows`; default: all rows), before decoding-heavy preprocessing.
+  hold (:func:`process_rows`; default: all rows), before decoding and augmentation.
   Evaluation covers every example exactly once: the last global batch is padded and
   ``mask`` marks real examples, and every process yields the same number of batches.
   """
   lo, hi = rows if rows is not None else (0, batch_size)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  # Encoded images (CIFAR, ImageNet) are decoded after the row filter, by the process
+  # that keeps them: a host does not decode the other hosts' examples.
+  encoded = spec.kind in ('cifar', 'imagenet')
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=(
+      {spec.input_key: tfds.decode.SkipDecoding()} if encoded else None))
   num_examples = int(ds.cardinality().numpy())
   if train:
     ds = ds.shuffle(min(num_examples, 50_000), seed=seed * 1_000_003 + epoch,
@@ -102,6 +106,10 @@ def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec,
     num_batches = -(-num_examples // batch_size)
   ds = ds.enumerate().take(num_batches * batch_size)
   ds = ds.filter(lambda i, _: (i % batch_size >= lo) & (i % batch_size < hi))
+  if encoded:
+    feature = builder.info.features[spec.input_key]
+    ds = ds.map(lambda i, example: (i, {**example, spec.input_key: feature.decode_example(
+        example[spec.input_key])}))
   ds = ds.map(_preprocess(spec, train, seed, epoch), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
   local_batch = hi - lo
