@@ -2,7 +2,8 @@
 
 The processes are real (``jax.distributed`` on loopback with the CPU collectives),
 every command is bounded in time so a hung collective fails instead of hanging, and
-the run is killed after its first checkpoint and resumed, in both topologies.
+the run is killed after its first checkpoint and resumed; its checkpoint restores in
+both topologies.
 """
 
 import json
@@ -19,7 +20,7 @@ from experiments import datasets
 from tests import helpers
 
 pytestmark = pytest.mark.multiprocess
-EPOCHS = 3
+EPOCHS = 2
 TIMEOUT_S = 300
 
 
@@ -112,10 +113,7 @@ def test_two_processes_equal_one_and_resume_in_either_topology(data_dir, tmp_pat
   # TensorBoard event files carry the writer's pid: process 0 of each launch alone wrote.
   writers = {name.rsplit('.', 3)[1] for name in os.listdir(os.path.join(workdir, 'tensorboard'))}
   assert writers == {str(pair[0].pid), str(resumed[0].pid)}
-  # The 2-process checkpoint restores in 1 process x 4 devices, and the reverse.
+  # The 2-process checkpoint restores in 1 process x 4 devices too.
   out = _finish(_start(workdir, data_dir, processes=1))
   assert f'after training epoch {EPOCHS}' in out[0]
   _assert_same_run(workdir, reference)
-  out = _finish(_start(reference, data_dir, processes=2))
-  assert f'after training epoch {EPOCHS}' in out[0]
-  _assert_same_run(reference, workdir)

@@ -29,8 +29,9 @@ STEPS = 6
 IS_HOLE = lambda n: isinstance(n, optax.MaskedNode)
 
 
-def _functional(tx, params, steps=STEPS):
-  """The reference: the transform driven by a plain jitted loop on pure params."""
+def _functional(tx, params, steps=STEPS, accuracy=True):
+  """The reference: the transform driven by a plain jitted loop on pure params
+  (passing the batch accuracy to ``update`` unless ``accuracy`` is False)."""
   inputs, labels = helpers.batch()
   state = tx.init(params)
 
@@ -38,8 +39,8 @@ def _functional(tx, params, steps=STEPS):
   def step(params, state):
     (loss, logits), grads = jax.value_and_grad(
         lambda p: _loss_and_logits(p, inputs, labels), has_aux=True)(params)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    updates, state = tx.update(grads, state, params, accuracy=accuracy)
+    extra = {'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)} if accuracy else {}
+    updates, state = tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state, loss
 
   losses = []
@@ -80,10 +81,8 @@ class LinenMLP(nn.Module):
 CASES = [(m, i) for m in sorted(helpers.METHODS) for i in sorted(helpers.INNERS)]
 
 
-@pytest.mark.parametrize('method,inner', CASES)
-def test_nnx_training_loop_equals_the_functional_loop(method, inner):
-  params = helpers.mlp_params()
-  tx = helpers.METHODS[method](helpers.INNERS[inner]())
+def _nnx_loop(tx, params):
+  """Flax's MNIST example loop: nnx.Optimizer, nnx.jit, nnx.value_and_grad, metrics."""
   model = NnxMLP(params)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average('loss'))
@@ -101,22 +100,11 @@ def test_nnx_training_loop_equals_the_functional_loop(method, inner):
 
   for _ in range(STEPS):
     train_step(model, optimizer, metrics)
-  expected, expected_state, losses = _functional(tx, params)
-  got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), got, expected)
-  np.testing.assert_allclose(metrics.compute()['loss'], np.mean(losses), rtol=1e-5)
-  opt_state = nnx.as_pure(optimizer.opt_state)
-  params_state = nnx.as_pure(nnx.state(model, nnx.Param))
-  logged, reference = pcs.stats(opt_state, params_state), pcs.stats(expected_state, expected)
-  assert logged.keys() == reference.keys()
-  for key in logged:
-    np.testing.assert_allclose(logged[key], reference[key], rtol=1e-4, atol=1e-6, err_msg=key)
+  return model, optimizer, metrics
 
 
-@pytest.mark.parametrize('method,inner', CASES)
-def test_linen_train_state_equals_the_functional_loop(method, inner):
-  params = helpers.mlp_params()
-  tx = helpers.METHODS[method](helpers.INNERS[inner]())
+def _linen_loop(tx, params):
+  """The linen loop: TrainState.apply_gradients (which passes no accuracy=)."""
   model = LinenMLP()
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   inputs, labels = helpers.batch()
@@ -126,17 +114,34 @@ def test_linen_train_state_equals_the_functional_loop(method, inner):
     def loss_fn(params):
       logits = state.apply_fn({'params': params}, inputs)
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    grads = jax.grad(loss_fn)(state.params)
-    return state.apply_gradients(grads=grads)
+    return state.apply_gradients(grads=jax.grad(loss_fn)(state.params))
 
   for _ in range(STEPS):
     state = train_step(state)
-  # apply_gradients passes no accuracy=, so compare with a loop that passes none either.
+  return state.params
+
+
+@pytest.mark.parametrize('method,inner', CASES)
+def test_nnx_and_linen_loops_equal_the_functional_loop(method, inner):
+  params = helpers.mlp_params()
+  tx = helpers.METHODS[method](helpers.INNERS[inner]())
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+  expected, expected_state, losses = _functional(tx, params)
+
+  model, optimizer, metrics = _nnx_loop(tx, params)
+  jax.tree.map(close, nnx.to_pure_dict(nnx.state(model, nnx.Param)), expected)
+  np.testing.assert_allclose(metrics.compute()['loss'], np.mean(losses), rtol=1e-5)
+  opt_state = nnx.as_pure(optimizer.opt_state)
+  params_state = nnx.as_pure(nnx.state(model, nnx.Param))
+  logged, reference = pcs.stats(opt_state, params_state), pcs.stats(expected_state, expected)
+  assert logged.keys() == reference.keys()
+  for key in logged:
+    np.testing.assert_allclose(logged[key], reference[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+  # Only the controller reads accuracy=, which apply_gradients does not pass.
   if method == 'pilot_controller':
-    return
-  expected, _, _ = _functional(tx, params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
-               state.params, expected)
+    expected, _, _ = _functional(tx, params, accuracy=False)
+  jax.tree.map(close, _linen_loop(tx, params), expected)
 
 
 def _wrappers(make):
