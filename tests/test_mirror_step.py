@@ -18,15 +18,15 @@ def _reference(x, dz, a, a_next):
 
 
 def _grid():
+  """For each a_t: x with |x| / a from 1e-3 to 1e30 and steps |u| = 2 |dz| from 1e-6 to 10."""
   rng = np.random.default_rng(0)
-  cases = []
   for a in (1.0, 1e-3, 1e-10, 1e-30):
+    xs, dzs = [], []
     for ratio in (1e-3, 1.0, 1e3, 1e10, 1e30):
       for u in (1e-6, 1e-3, 0.1, 0.49, 0.51, 2.0, 10.0):
-        x = a * ratio * rng.choice([-1.0, 1.0], size=8) * rng.uniform(0.5, 2.0, size=8)
-        dz = u / 2 * rng.choice([-1.0, 1.0], size=8) * rng.uniform(0.9, 1.0, size=8)
-        cases.append((a, x, dz))
-  return cases
+        xs.append(a * ratio * rng.choice([-1.0, 1.0], size=8) * rng.uniform(0.5, 2.0, size=8))
+        dzs.append(u / 2 * rng.choice([-1.0, 1.0], size=8) * rng.uniform(0.9, 1.0, size=8))
+    yield a, np.concatenate(xs), np.concatenate(dzs)
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float32', 'float64'])
