@@ -10,14 +10,11 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-
-PHASES = ('train', 'finetune')
-
 
 @jax.jit
 def fingerprint(tree) -> jax.Array:
@@ -48,6 +45,17 @@ def save(checkpoints: ocp.CheckpointManager, epoch: int, saved: dict) -> None:
   checkpoints.wait_until_finished()
 
 
+def save_once(workdir: str, name: str, saved: dict) -> None:
+  """Saves ``saved`` as the single checkpoint ``<workdir>/checkpoints/<name>`` (kept if
+  it already exists: a rerun of a finished run writes the same weights)."""
+  checkpoints = manager(workdir, name)
+  try:
+    if checkpoints.latest_step() is None:
+      save(checkpoints, 0, saved)
+  finally:
+    checkpoints.close()
+
+
 def restore(workdir: str, phase: str, template: dict) -> Tuple[Optional[Any], int]:
   """The newest checkpoint of ``phase`` whose fingerprint verifies, and its epoch;
   ``(None, 0)`` if there is none. Unreadable or mismatching ones are moved aside."""
@@ -75,13 +83,43 @@ def restore(workdir: str, phase: str, template: dict) -> Tuple[Optional[Any], in
     checkpoints.close()
 
 
-def truncate_logs(path: str, phase: str, last_epoch: int) -> None:
-  """Drops the metric lines of epochs after ``(phase, last_epoch)``."""
+def load_weights(workdir: str, template: dict) -> dict:
+  """The final weights another run saved (``<workdir>/checkpoints/final``), verified.
+
+  Unlike :func:`restore`, nothing is moved: the other run's directory is only read.
+
+  Raises:
+    ValueError: if there are none, or they do not fit ``template`` (another model).
+  """
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints', 'final')
+  if not os.path.isdir(path):
+    raise ValueError(f'config.init_checkpoint: {workdir} holds no final weights ({path} is '
+                     'missing); it must be the workdir of a finished run.')
+  checkpoints = ocp.CheckpointManager(path)
+  try:
+    step = checkpoints.latest_step()
+    restored = checkpoints.restore(step, args=ocp.args.StandardRestore(
+        {**template, 'fingerprint': jnp.uint32(0)}))
+  except Exception as error:
+    raise ValueError(f'config.init_checkpoint: the weights in {path} do not fit this model '
+                     f'({type(error).__name__}: {str(error)[:300]}).') from error
+  finally:
+    checkpoints.close()
+  expected = restored.pop('fingerprint')
+  if int(fingerprint(restored)) != int(expected):
+    raise ValueError(f'config.init_checkpoint: the weights in {path} do not match their '
+                     'fingerprint (corrupted).')
+  return restored
+
+
+def truncate_logs(path: str, phases: Sequence[str], phase: str, last_epoch: int) -> None:
+  """Drops the metric lines of epochs after ``(phase, last_epoch)``; ``phases`` gives
+  the order of the run's phases."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = [json.loads(line) for line in f if line.strip()]
-  order = {name: i for i, name in enumerate(PHASES)}
+  order = {name: i for i, name in enumerate(phases)}
   kept = [row for row in lines
           if (order[row['phase']], row['epoch']) <= (order[phase], last_epoch)]
   with open(path, 'w') as f:

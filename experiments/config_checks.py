@@ -123,14 +123,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'dataset', sorted(datasets.DATASETS))
   _choice(config, 'model', sorted(models.MODELS))
   _choice(config, 'method', tuple(optimizers.METHODS))
+  _choice(config, 'schedule', optimizers.SCHEDULES)
+  _choice(config, 'imp.rewind', optimizers.IMP_REWINDS)
   _choice(config, 'lr_schedule', optimizers.LR_SCHEDULES)
   _choice(config, 'prune_scope', pcs.pruning.SCOPES)
   _choice(config, 'on_nonfinite', ON_NONFINITE)
   _choice(config, 'param_sharding', sharding.PARAM_SHARDINGS)
   _real(config, 'sparsity', 0.0, 1.0, open_high=True)
+  _real(config, 'validation_fraction', 0.0, 1.0, open_high=True)
+  _need(isinstance(config.init_checkpoint, str),
+        f'config.init_checkpoint must be a workdir path or empty; got {config.init_checkpoint!r}.')
   for key, minimum in (('num_epochs', 1), ('batch_size', 1), ('eval_batch_size', 1),
                        ('warmup_epochs', 0), ('finetune_epochs', 0), ('seed', 0),
-                       ('num_devices', 0), ('max_nonfinite_steps', 1)):
+                       ('num_devices', 0), ('max_nonfinite_steps', 1), ('imp.cycles', 1),
+                       ('imp.rewind_epoch', 0)):
     _int(config, key, minimum)
   _need(config.warmup_epochs <= config.num_epochs,
         f'config.warmup_epochs ({config.warmup_epochs}) must be <= config.num_epochs '
@@ -138,10 +144,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ('learning_rate', 'finetune_learning_rate', 'weight_decay'):
     _real(config, key, 0.0)
   _real(config, 'momentum', 0.0, 1.0, open_high=True)
+  _need(config.imp.rewind_epoch <= config.num_epochs,
+        f'config.imp.rewind_epoch ({config.imp.rewind_epoch}) must be <= config.num_epochs '
+        f'({config.num_epochs}).')
   _real(config, 'gmp.begin_fraction', 0.0, 1.0)
   _real(config, 'gmp.end_fraction', config.gmp.begin_fraction, 1.0)
   _real(config, 'gmp.frequency_epochs', 0.0)
   _real(config, 'pilot.delta', 1.0)
+  _real(config, 'pilot.alpha_until', 0.0, 1.0)
   # The transforms check their own hyperparameters and name them.
   optimizers.make_optimizer(config, steps_per_epoch=1)
 

@@ -1,4 +1,7 @@
-"""tf.data input pipelines over tfds, deterministic per (seed, epoch) so runs can resume.
+"""Input pipelines over tfds, deterministic per (seed, epoch) so runs can resume.
+
+Datasets that fit in memory without augmentation (mnist1d, digits) are read once
+into numpy and batched there; images (CIFAR, ImageNet) stream through tf.data.
 
 Augmentation follows the paper's recipe (Jacobs & Burkholz, ICLR 2025): CIFAR random
 crop with 4-pixel padding and horizontal flip; ImageNet random-resized (Inception)
@@ -6,6 +9,7 @@ crop to 224 and flip for training, resize to 256 and center crop 224 for evaluat
 Augmentation uses stateless random ops seeded by (seed, epoch, example index).
 """
 
+import functools
 from typing import Iterator, Optional, Tuple
 
 import jax
@@ -92,6 +96,10 @@ def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec,
   ``mask`` marks real examples, and every process yields the same number of batches.
   """
   lo, hi = rows if rows is not None else (0, batch_size)
+  if spec.kind not in ('cifar', 'imagenet'):
+    yield from _in_memory_batches(_load(builder, split, spec.input_key), batch_size,
+                                  train=train, seed=seed, epoch=epoch, rows=(lo, hi))
+    return
   # Encoded images (CIFAR, ImageNet) are decoded after the row filter, by the process
   # that keeps them: a host does not decode the other hosts' examples.
   encoded = spec.kind in ('cifar', 'imagenet')
@@ -123,6 +131,32 @@ def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec,
     yield batch, mask
 
 
+@functools.lru_cache(maxsize=8)
+def _load(builder: tfds.core.DatasetBuilder, split: str, input_key: str) -> dict:
+  """A whole split as numpy arrays ``{'input', 'label'}`` in its stored order."""
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+  return {'input': np.asarray(data[input_key], np.float32), 'label': data['label']}
+
+
+def _in_memory_batches(data: dict, batch_size: int, *, train: bool, seed: int, epoch: int,
+                       rows: Tuple[int, int]) -> Iterator[Tuple[dict, np.ndarray]]:
+  """:func:`epoch_batches` for a split held in memory: training order is a permutation
+  seeded by (seed, epoch), the remainder dropped; evaluation pads the last batch."""
+  lo, hi = rows
+  num_examples = len(data['label'])
+  if train:
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    num_batches = num_examples // batch_size
+  else:
+    order = np.arange(num_examples)
+    num_batches = -(-num_examples // batch_size)
+  for b in range(num_batches):
+    chosen = order[b * batch_size + lo:min(b * batch_size + hi, num_examples)]
+    batch = {key: value[chosen] for key, value in data.items()}
+    mask = np.arange(hi - lo) < len(chosen)
+    yield _padded(batch, hi - lo), mask
+
+
 def _padded(batch: dict, size: int) -> dict:
   """``batch`` with zero rows appended up to ``size``."""
   return {k: np.concatenate([v, np.zeros((size - len(v),) + v.shape[1:], v.dtype)])
@@ -137,4 +171,4 @@ def _empty(size: int, spec: datasets.DatasetSpec) -> dict:
 
 def steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str, batch_size: int) -> int:
   """Training steps per epoch over the whole split (the remainder is dropped)."""
-  return int(builder.as_dataset(split=split).cardinality().numpy()) // batch_size
+  return builder.info.splits[split].num_examples // batch_size

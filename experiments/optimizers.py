@@ -1,11 +1,16 @@
-"""The optimizer of a run: the learning-rate schedule and a registry of pcs methods.
+"""The optimizer of a run: the learning-rate schedule, how weights are trained and how
+masks are imposed.
 
-``METHODS`` maps each ``--config.method`` to a builder ``(config, inner, schedule,
-total_steps, steps_per_epoch) -> optax transformation``; the training loop and the
-config checks both read it, so a method is added in one place.
+``METHODS`` maps each ``--config.method`` (how weights are trained) to a builder
+``(config, inner, schedule, total_steps, steps_per_epoch) -> optax transformation``;
+``SCHEDULES`` names each ``--config.schedule`` (how masks are imposed: ``one_shot``
+magnitude pruning after training, ``gmp``'s cubic schedule during it (Zhu & Gupta,
+2017), or ``imp`` cycles of prune and retrain with weight or learning-rate rewinding).
+Any method runs under any schedule. The training loop and the config checks both read
+these, so a method or schedule is added in one place.
 """
 
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import optax
 
@@ -32,20 +37,33 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
 
 def _pilot_alpha(config, steps_per_epoch):
-  """Algorithm 1's controller when ``pilot.delta > 1``, else the constant ``pilot.alpha``."""
+  """Algorithm 1's controller when ``pilot.delta > 1``; else the constant ``pilot.alpha``,
+  set to 0 after the fraction ``pilot.alpha_until`` of training (the bias it built
+  persists once alpha stops: a_t stays where it got to)."""
   c = config.pilot
   if c.delta > 1:
     return pcs.alpha_controller(c.alpha, delta=c.delta, steps_per_epoch=steps_per_epoch,
                                 num_epochs=config.num_epochs, l1_threshold=c.l1_threshold)
+  if c.alpha_until < 1:
+    stop = int(c.alpha_until * config.num_epochs * steps_per_epoch)
+    return optax.piecewise_constant_schedule(c.alpha, {stop: 0.0})
   return c.alpha
+
+
+def _pilot(config, inner, schedule, steps_per_epoch):
+  """PILoT; ``pilot.decoupled`` applies the decay outside the inner optimizer at the
+  learning rate's schedule."""
+  return pcs.pilot(inner, alpha=_pilot_alpha(config, steps_per_epoch), beta=config.pilot.beta,
+                   decoupled=config.pilot.decoupled,
+                   learning_rate=schedule if config.pilot.decoupled else None)
 
 
 Builder = Callable[..., optax.GradientTransformation]
 
 METHODS: Dict[str, Builder] = {
     'dense': lambda config, inner, schedule, total, steps_per_epoch: inner,
-    'pilot': lambda config, inner, schedule, total, steps_per_epoch: pcs.pilot(
-        inner, alpha=_pilot_alpha(config, steps_per_epoch), beta=config.pilot.beta),
+    'pilot': lambda config, inner, schedule, total, steps_per_epoch: _pilot(
+        config, inner, schedule, steps_per_epoch),
     'mirror': lambda config, inner, schedule, total, steps_per_epoch: pcs.mirror(
         inner, alpha=_pilot_alpha(config, steps_per_epoch), beta=config.pilot.beta,
         learning_rate=schedule),
@@ -60,24 +78,52 @@ METHODS: Dict[str, Builder] = {
         inner, power=config.powerprop.power),
     'l1': lambda config, inner, schedule, total, steps_per_epoch: pcs.l1(
         inner, strength=config.l1.strength, learning_rate=schedule),
-    'gmp': lambda config, inner, schedule, total, steps_per_epoch: pcs.gmp(
-        inner, final_sparsity=config.sparsity,
-        begin_step=int(config.gmp.begin_fraction * total),
-        end_step=int(config.gmp.end_fraction * total),
-        frequency=max(1, int(config.gmp.frequency_epochs * steps_per_epoch)),
-        scope=config.prune_scope),
 }
 
+SCHEDULES = ('one_shot', 'gmp', 'imp')
+IMP_REWINDS = ('weights', 'learning_rate')
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """The inner SGD (momentum, weight decay) wrapped by the configured pcs method."""
+
+def _gmp(config, tx, total, steps_per_epoch):
+  """GMP's cubic schedule from ``gmp.begin_fraction`` to ``gmp.end_fraction`` of training."""
+  return pcs.gmp(tx, final_sparsity=config.sparsity,
+                 begin_step=int(config.gmp.begin_fraction * total),
+                 end_step=int(config.gmp.end_fraction * total),
+                 frequency=max(1, int(config.gmp.frequency_epochs * steps_per_epoch)),
+                 scope=config.prune_scope)
+
+
+def _finish(config, tx):
+  if config.on_nonfinite == 'skip':
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_nonfinite_steps)
+  return optax.with_extra_args_support(tx)
+
+
+def make_optimizer(config, steps_per_epoch: int, masks: Optional[Any] = None
+                   ) -> optax.GradientTransformationExtraArgs:
+  """The inner SGD (momentum, weight decay) wrapped by the configured method.
+
+  Without ``masks``: the first training phase, under ``gmp`` wrapped in its schedule.
+  With ``masks`` (an ``imp`` cycle): wrapped in ``pcs.keep_masked`` so pruned weights
+  stay exactly zero; the learning-rate schedule starts afresh.
+  """
   if config.method not in METHODS:
     raise ValueError(f'Unknown method {config.method!r}; choose one of {tuple(METHODS)}.')
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f'Unknown schedule {config.schedule!r}; choose one of {SCHEDULES}.')
   schedule = learning_rate_schedule(config, steps_per_epoch)
   inner = optax.chain(optax.add_decayed_weights(config.weight_decay),
                       optax.sgd(schedule, momentum=config.momentum))
   total = config.num_epochs * steps_per_epoch
   tx = METHODS[config.method](config, inner, schedule, total, steps_per_epoch)
-  if config.on_nonfinite == 'skip':
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_nonfinite_steps)
-  return optax.with_extra_args_support(tx)
+  if masks is not None:
+    tx = pcs.keep_masked(tx, masks)
+  elif config.schedule == 'gmp':
+    tx = _gmp(config, tx, total, steps_per_epoch)
+  return _finish(config, tx)
+
+
+def finetune_optimizer(config, masks: Any) -> optax.GradientTransformationExtraArgs:
+  """Fixed-mask fine-tuning: SGD at ``finetune_learning_rate`` in ``pcs.keep_masked``."""
+  return _finish(config, pcs.keep_masked(
+      optax.sgd(config.finetune_learning_rate, momentum=config.momentum), masks))

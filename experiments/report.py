@@ -2,8 +2,10 @@ r"""Turns a folder of results.json files into a markdown table and an accuracy-v
 
   python -m experiments.report --results=runs/demo
 
-Groups runs by (dataset, model, method, target sparsity) and reports the mean test
-accuracy and its spread (sample standard deviation) over seeds.
+Groups runs by (method, target sparsity) and reports the mean accuracy on the
+evaluation split (test, or validation when held out) and its spread (sample standard
+deviation) over seeds. A method run under a schedule other than one-shot pruning is
+named ``<method>+<schedule>`` (``dense+gmp`` is GMP).
 """
 
 import collections
@@ -36,11 +38,26 @@ def _cell(values) -> str:
   return f'{values.mean():.1f} ± {values.std(ddof=1):.1f} (n={len(values)})'
 
 
+def label(result: dict) -> str:
+  """``method``, or ``method+schedule`` for a schedule other than one-shot pruning."""
+  schedule = result.get('schedule', 'one_shot')
+  return result['method'] if schedule == 'one_shot' else f"{result['method']}+{schedule}"
+
+
+def split_name(results: List[dict]) -> str:
+  names = {r.get('eval_split', 'test') for r in results}
+  if len(names) != 1:
+    raise ValueError(f'The results mix evaluation splits {sorted(names)}; report them apart.')
+  return names.pop()
+
+
 def accuracies(results: List[dict]) -> dict:
-  """Test accuracies (%) grouped by (method, target sparsity), one entry per seed."""
+  """Accuracies (%) on the evaluation split grouped by (method label, target sparsity),
+  one entry per seed."""
+  key = f'{split_name(results)}_accuracy'
   groups = collections.defaultdict(list)
   for r in results:
-    groups[(r['method'], r['target_sparsity'])].append(100 * r['test_accuracy'])
+    groups[(label(r), r['target_sparsity'])].append(100 * r[key])
   return groups
 
 
@@ -50,7 +67,8 @@ def table(results: List[dict]) -> str:
   sparsities = sorted({s for _, s in groups})
   methods = sorted({m for m, _ in groups}, key=lambda m: (m != 'dense', m))
   title = ' / '.join(sorted({f"{r['dataset']} {r['model']}" for r in results}))
-  lines = [f'Test accuracy (%) on {title}, by target sparsity (mean ± std over seeds):', '',
+  lines = [f'{split_name(results).capitalize()} accuracy (%) on {title}, by target sparsity '
+           '(mean ± std over seeds):', '',
            '| method | ' + ' | '.join(f'{s:.0%}' for s in sparsities) + ' |',
            '|---|' + '---:|' * len(sparsities)]
   for method in methods:
@@ -73,7 +91,8 @@ def plot(results: List[dict], path: str) -> None:
       ax.axhline(mean[0], ls='--', c='k', label='dense (0%)')
       continue
     ax.errorbar(s * 100, mean, yerr=std, marker='o', capsize=3, label=method)
-  ax.set(xlabel='sparsity (%)', ylabel='test accuracy (%)', title='Accuracy vs sparsity')
+  ax.set(xlabel='sparsity (%)', ylabel=f'{split_name(results)} accuracy (%)',
+         title='Accuracy vs sparsity')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -53,9 +53,11 @@ def main(argv):
     print(f'Error: {error}', file=sys.stderr)
     sys.exit(1)
   if jax.process_index() == 0:
-    print(f"{results['method']} on {results['dataset']}/{results['model']}: test accuracy "
-          f"{results['test_accuracy']:.4f} at sparsity {results['achieved_sparsity']:.4f} "
-          f"({results['wall_time_s']:.0f}s). Results: {FLAGS.workdir}/results.json")
+    split = results['eval_split']
+    print(f"{results['method']}+{results['schedule']} on {results['dataset']}/{results['model']}: "
+          f"{split} accuracy {results[split + '_accuracy']:.4f} at sparsity "
+          f"{results['achieved_sparsity']:.4f} ({results['wall_time_s']:.0f}s). "
+          f"Results: {FLAGS.workdir}/results.json")
 
 
 if __name__ == '__main__':

@@ -3,7 +3,9 @@ r"""The main job: several methods at several sparsities, then the report (``make
   python -m experiments.sweep --workdir=runs/demo
 
 Runs ``train.train_and_evaluate`` in one process for every (method, sparsity, seed)
-of the config plus the dense reference, each in ``<workdir>/<method>_<sparsity>_s<seed>``
+of the config plus the dense reference, each in ``<workdir>/<method>_<sparsity>_s<seed>``.
+A method is ``--config.method`` alone (under the config's schedule) or
+``<method>+<schedule>``: ``dense+gmp`` is GMP, ``pilot+gmp`` PILoT inside GMP
 (finished runs are skipped, interrupted ones resume), then writes ``report.md`` and
 ``accuracy_vs_sparsity.png`` and prints the table.
 """
@@ -27,7 +29,8 @@ if __name__ == '__main__':  # before DEFINE_config_file, which applies the overr
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory of the sweep; one subfolder per run.')
-flags.DEFINE_list('methods', ['pilot', 'spred', 'str', 'gmp', 'l1'], 'Methods to compare.')
+flags.DEFINE_list('methods', ['pilot', 'spred', 'str', 'l1', 'dense+gmp', 'pilot+gmp'],
+                  'Methods to compare: <method> or <method>+<schedule>.')
 flags.DEFINE_list('sparsities', ['0.9', '0.95', '0.98'], 'Target sparsities.')
 flags.DEFINE_list('seeds', ['0'], 'Seeds.')
 flags.DEFINE_bool('dense', True, 'Also train the dense reference (sparsity 0).')
@@ -54,10 +57,13 @@ def main(argv):
     if os.path.exists(os.path.join(workdir, 'results.json')):
       continue
     config = FLAGS.config.copy_and_resolve_references()
-    config.method, config.sparsity, config.seed = method, sparsity, seed
+    config.method, _, schedule = method.partition('+')
+    config.schedule = schedule or config.schedule
+    config.sparsity, config.seed = sparsity, seed
     print(f'[{i + 1}/{len(todo)}] {method} at sparsity {sparsity:g}, seed {seed}')
     results = train.train_and_evaluate(config, workdir)
-    print(f"  test accuracy {results['test_accuracy']:.4f} at sparsity "
+    print(f"  {results['eval_split']} accuracy "
+          f"{results[results['eval_split'] + '_accuracy']:.4f} at sparsity "
           f"{results['achieved_sparsity']:.4f} in {results['wall_time_s']:.0f}s")
   print(report.report(FLAGS.workdir))
   print(f'\n{len(todo)} runs in {time.time() - start:.0f}s; table: {FLAGS.workdir}/report.md, '

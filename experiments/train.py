@@ -1,10 +1,16 @@
-"""Sparsify a Flax model with any pcs method, data-parallel over all devices, resumable.
+"""Sparsify a Flax model with any pcs method under any mask schedule, data-parallel, resumable.
 
-Training (``num_epochs``) -> exact magnitude pruning to ``sparsity`` (``pcs.prune``)
--> optional fine-tuning with the masks fixed (``finetune_epochs``) -> evaluation.
+A run is a list of phases (:func:`plan`): training with ``config.method`` for
+``num_epochs`` (under ``gmp`` with the cubic schedule inside it), for ``imp``
+``imp.cycles`` more cycles of prune -> rewind -> retrain with the masks fixed, then
+exact magnitude pruning to ``sparsity`` (``pcs.prune``) and optional fine-tuning with
+the masks fixed (``finetune_epochs``). With ``validation_fraction > 0`` the last part
+of the training split is held out and every evaluation uses it: the test split is not
+read. ``init_checkpoint`` starts from the final weights of another run.
+
 One ``jax.jit`` step, the batch sharded over a ``('data',)`` mesh of all devices (of
 all hosts after ``jax.distributed.initialize``), parameters and optimizer state
-replicated: the same code runs on 1 CPU and on a pod. An orbax checkpoint is written
+replicated or FSDP-sharded: the same code runs on 1 CPU and on a pod. An orbax checkpoint is written
 after every epoch (:mod:`experiments.checkpointing`); a rerun with the same workdir
 resumes from the last one. The optimizer comes from :mod:`experiments.optimizers`.
 """
@@ -14,7 +20,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, List, Optional, TextIO
 
 import flax
 from flax.metrics import tensorboard
@@ -110,6 +116,44 @@ def make_eval_step(model, mesh):
   return jax.jit(eval_step, out_shardings=replicated)
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stretch of training: ``num_epochs`` epochs with the ``'method'`` optimizer or
+  ``'finetune'`` SGD, the masks of ``sparsity`` fixed (0: none), data order seeded
+  from ``seed_offset + epoch``."""
+  name: str
+  num_epochs: int
+  sparsity: float
+  optimizer: str
+  seed_offset: int
+
+
+def plan(config: ml_collections.ConfigDict) -> List[Phase]:
+  """The phases of a run. IMP cycle c of K prunes to ``1 - (1 - sparsity)^(c/K)``
+  (Frankle & Carbin, 2019); the last reaches ``sparsity``."""
+  phases = [Phase('train', config.num_epochs, 0.0, 'method', 0)]
+  if config.schedule == 'imp':
+    cycles = config.imp.cycles
+    phases += [Phase(f'cycle{c}', config.num_epochs,
+                     1 - (1 - config.sparsity) ** (c / cycles) if c < cycles else config.sparsity,
+                     'method', 1000 * c) for c in range(1, cycles + 1)]
+  if config.finetune_epochs:
+    phases.append(Phase('finetune', config.finetune_epochs, config.sparsity, 'finetune',
+                        10_000))
+  return phases
+
+
+def splits(config: ml_collections.ConfigDict, builder, spec) -> tuple:
+  """(train split, evaluation split, its name). With ``validation_fraction`` f > 0 the
+  last f of the training split (in its stored, shuffled order) is the evaluation split
+  ``'validation'``, and training uses the rest."""
+  if not config.validation_fraction:
+    return spec.train_split, spec.test_split, 'test'
+  total = builder.info.splits[spec.train_split].num_examples
+  cut = total - round(config.validation_fraction * total)
+  return f'{spec.train_split}[:{cut}]', f'{spec.train_split}[{cut}:]', 'validation'
+
+
 @dataclasses.dataclass
 class Run:
   """What every phase of one run shares: config, data, model, mesh, steps and outputs."""
@@ -121,6 +165,10 @@ class Run:
   mesh: jax.sharding.Mesh
   eval_step: Any
   steps_per_epoch: int
+  train_split: str
+  eval_split: str
+  eval_name: str
+  phases: List[Phase]
   log_file: Optional[TextIO] = None
   writer: Any = None
 
@@ -173,8 +221,8 @@ class Run:
 
   def truncate_logs(self, phase: str, last_epoch: int) -> None:
     if self.primary:
-      checkpointing.truncate_logs(os.path.join(self.workdir, 'metrics.jsonl'), phase,
-                                  last_epoch)
+      checkpointing.truncate_logs(os.path.join(self.workdir, 'metrics.jsonl'),
+                                  [p.name for p in self.phases], phase, last_epoch)
 
   def write(self, logs: dict) -> None:
     """One metrics.jsonl line and the TensorBoard scalars (process 0 only)."""
@@ -192,41 +240,40 @@ def _global(batch, sharding):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def _epoch_logs(state, train_metrics, test_metrics, epoch, phase) -> dict:
+def _epoch_logs(state, train_metrics, eval_metrics, eval_name, epoch, phase) -> dict:
   """The epoch's metrics and every scalar ``pcs.stats`` reports for the optimizer."""
   logs = {'phase': phase, 'epoch': epoch, 'step': int(state.step),
           'train_loss': train_metrics['loss'], 'train_accuracy': train_metrics['accuracy'],
-          'test_loss': test_metrics['loss'], 'test_accuracy': test_metrics['accuracy'],
+          f'{eval_name}_loss': eval_metrics['loss'],
+          f'{eval_name}_accuracy': eval_metrics['accuracy'],
           'skipped_steps': train_metrics['skipped_steps']}
-  if pcs.find_states(state.opt_state):
-    stats = pcs.stats(state.opt_state, state.params)
-  else:  # a plain optax optimizer: the weights' own statistics only
-    stats = {'l1_norm': pcs.core.l1_norm(state.params, pcs.select(state.params)),
-             'sparsity': pcs.sparsity(state.params)}
+  stats = (pcs.stats(state.opt_state, state.params) if pcs.find_states(state.opt_state)
+           else pcs.weight_stats(state.params))
   logs.update({key: float(value) for key, value in jax.device_get(stats).items()})
   return logs
 
 
-def run_phase(run: Run, phase: str, state: TrainState, tx, first_epoch: int,
-              extra_to_save: dict) -> tuple:
-  """Epochs ``first_epoch..`` of one phase, checkpointing after each.
+def run_phase(run: Run, phase: Phase, state: TrainState, tx, first_epoch: int,
+              extra_to_save: dict, after_epoch=None) -> tuple:
+  """Epochs ``first_epoch..`` of one phase, checkpointing after each, then calling
+  ``after_epoch(epoch, state)`` if given.
 
   Returns the state and the last epoch's training metrics (None if no epoch was left).
   """
   config = run.config
-  num_epochs = config.num_epochs if phase == 'train' else config.finetune_epochs
   train_metrics = None
   train_step = make_train_step(run.model, tx, run.mesh, run.shardings(tx, state),
                                config.on_nonfinite == 'skip')
-  checkpoints = checkpointing.manager(run.workdir, phase)
-  bar = tqdm.tqdm(range(first_epoch, num_epochs + 1), desc=f'{config.method} {phase}',
-                  unit='epoch', initial=first_epoch - 1, total=num_epochs,
-                  disable=not run.primary)
+  checkpoints = checkpointing.manager(run.workdir, phase.name)
+  bar = tqdm.tqdm(range(first_epoch, phase.num_epochs + 1),
+                  desc=f'{config.method}+{config.schedule} {phase.name}', unit='epoch',
+                  initial=first_epoch - 1, total=phase.num_epochs,
+                  disable=None if run.primary else True)  # None: off without a terminal
   for epoch in bar:
     sums, bad_step, steps = None, NO_BAD_STEP, 0
     for batch, _ in input_pipeline.epoch_batches(
-        run.builder, run.spec, run.spec.train_split, config.batch_size, train=True,
-        seed=config.seed, epoch=epoch if phase == 'train' else 10_000 + epoch,
+        run.builder, run.spec, run.train_split, config.batch_size, train=True,
+        seed=config.seed, epoch=phase.seed_offset + epoch,
         rows=input_pipeline.process_rows(run.by_batch, config.batch_size)):
       state, metrics = train_step(state, _global(batch, run.by_batch))
       bad_step = jnp.minimum(bad_step, metrics.pop('bad_step'))
@@ -236,21 +283,24 @@ def run_phase(run: Run, phase: str, state: TrainState, tx, first_epoch: int,
     if bad_step != NO_BAD_STEP:
       last = checkpoints.latest_step()
       checkpoints.close()
-      where = (f'the last good checkpoint is {phase} epoch {last} in '
+      where = (f'the last good checkpoint is {phase.name} epoch {last} in '
                f'{checkpoints.directory} (kept; nothing after it was saved)' if last is not None
                else 'no checkpoint of this phase was written yet')
       raise NonFiniteError(
-          f'Non-finite loss, gradients or parameters at step {int(bad_step)} ({phase} epoch '
-          f'{epoch}); {where}. Lower the learning rate, or rerun with '
+          f'Non-finite loss, gradients or parameters at step {int(bad_step)} ({phase.name} '
+          f'epoch {epoch}); {where}. Lower the learning rate, or rerun with '
           '--config.on_nonfinite=skip to skip such steps.')
     skipped = int(sums.pop('skipped'))
     train_metrics = {k: float(v) / steps for k, v in sums.items()}
     train_metrics['skipped_steps'] = skipped
-    logs = _epoch_logs(state, train_metrics, run.evaluate(state, run.spec.test_split), epoch,
-                       phase)
-    bar.set_postfix(acc=f"{logs['test_accuracy']:.3f}", sparsity=f"{logs['sparsity']:.3f}")
+    logs = _epoch_logs(state, train_metrics, run.evaluate(state, run.eval_split), run.eval_name,
+                       epoch, phase.name)
+    bar.set_postfix(acc=f"{logs[f'{run.eval_name}_accuracy']:.3f}",
+                    sparsity=f"{logs['sparsity']:.3f}")
     run.write(logs)
     checkpointing.save(checkpoints, epoch, {'state': state, **extra_to_save})
+    if after_epoch is not None:
+      after_epoch(epoch, state)
   checkpoints.close()
   return state, train_metrics
 
@@ -271,11 +321,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                      f'{len(devices)} devices.')
   mesh = jax.sharding.Mesh(np.array(devices), ('data',))
   builder = datasets.builder(config.dataset, config.data_dir)
-  steps_per_epoch = input_pipeline.steps_per_epoch(builder, spec.train_split, config.batch_size)
+  train_split, eval_split, eval_name = splits(config, builder, spec)
+  steps_per_epoch = input_pipeline.steps_per_epoch(builder, train_split, config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f'`batch_size` ({config.batch_size}) exceeds the training set.')
   run = Run(config, workdir, spec, builder, model, mesh, make_eval_step(model, mesh),
-            steps_per_epoch)
+            steps_per_epoch, train_split, eval_split, eval_name, plan(config))
   tf.io.gfile.makedirs(workdir)
   if jax.process_index() == 0 and not os.path.exists(config_path):
     with open(config_path, 'w') as f:
@@ -283,63 +334,137 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   return run
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the configured experiment in ``workdir`` and returns (and writes) its results."""
-  start_time = time.time()
-  run = _setup(config, workdir)
+def _prune(state: TrainState, sparsity: float, scope: str) -> tuple:
+  """``pcs.prune`` on device, so sharded parameters of several hosts need no gather."""
+  return jax.jit(lambda p: pcs.prune(p, sparsity, scope=scope))(state.params)
+
+
+def _initial_weights(run: Run) -> tuple:
+  """(params, batch_stats): the model's initialization with ``config.seed``, or the final
+  weights of the run in ``config.init_checkpoint``."""
+  config = run.config
   variables = run.model.init(jax.random.key(config.seed),
                              jnp.zeros((1,) + run.spec.input_shape, jnp.float32), train=False)
-  params = variables['params']
-  batch_stats = variables.get('batch_stats', {})
-  tx = optimizers.make_optimizer(config, run.steps_per_epoch)
-  state = run.place(tx, TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
-                                   tx.init(params)))
+  weights = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  if config.init_checkpoint:
+    weights = checkpointing.load_weights(config.init_checkpoint, weights)
+  return weights['params'], weights['batch_stats']
+
+
+class _Evaluations:
+  """Evaluations made between phases (before pruning, before fine-tuning), kept in
+  ``<workdir>/evaluations.json`` so that a resumed run still reports them."""
+
+  def __init__(self, run: Run):
+    self.run = run
+    self.path = os.path.join(run.workdir, 'evaluations.json')
+    self.values = {}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.values = json.load(f)
+
+  def record(self, key: str, state: TrainState) -> None:
+    self.values[key] = self.run.evaluate(state, self.run.eval_split)['accuracy']
+    if self.run.primary:
+      with open(self.path, 'w') as f:
+        json.dump(self.values, f)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the configured experiment in ``workdir`` and returns (and writes) its results.
+
+  Each phase resumes from its last good checkpoint; the phases before it are skipped,
+  and the step into a phase (pruning, rewinding) is recomputed from the checkpoint of
+  the phase before, so it is the same after a restart.
+  """
+  start_time = time.time()
+  run = _setup(config, workdir)
+  params, batch_stats = _initial_weights(run)
+  all_kept = jax.device_put(pcs.pruning.all_kept(params), run.replicated)
   if run.primary:
     run.writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  rewinding = config.schedule == 'imp' and config.imp.rewind == 'weights'
 
-  finetune_sgd = optax.sgd(config.finetune_learning_rate, momentum=config.momentum)
-  all_kept = jax.device_put(pcs.pruning.all_kept(params), run.replicated)
-  template_tx = pcs.keep_masked(finetune_sgd, all_kept)
-  restored, finetune_done = checkpointing.restore(workdir, 'finetune', {
-      'state': run.place(template_tx, TrainState(state.step, params, batch_stats,
-                                                 template_tx.init(params))),
-      'masks': all_kept})
-  train_metrics, dense_eval = None, None
+  def optimizer(phase: Phase, masks):
+    if phase.optimizer == 'finetune':
+      return optimizers.finetune_optimizer(config, masks)
+    return optimizers.make_optimizer(config, run.steps_per_epoch,
+                                     masks if phase.sparsity else None)
+
+  def fresh_state(phase: Phase, step, params, batch_stats, masks) -> tuple:
+    tx = optimizer(phase, masks)
+    return tx, run.place(tx, TrainState(step, params, batch_stats, tx.init(params)))
+
+  # The newest phase with a good checkpoint, if any.
+  current, first_epoch, masks = 0, 1, all_kept
+  tx, state = fresh_state(run.phases[0], jnp.zeros((), jnp.int32), params, batch_stats,
+                          all_kept)
+  for index in reversed(range(len(run.phases))):
+    phase = run.phases[index]
+    _, template = fresh_state(phase, state.step, params, batch_stats, all_kept)
+    restored, done = checkpointing.restore(workdir, phase.name,
+                                           {'state': template, 'masks': all_kept})
+    if restored is not None:
+      current, first_epoch, masks = index, done + 1, restored['masks']
+      tx, state = optimizer(phase, masks), restored['state']
+      run.say(f'Resuming {workdir} after {phase.name} epoch {done}.')
+      break
+
+  def save_rewind_point(epoch, state):
+    if rewinding and epoch == config.imp.rewind_epoch:
+      checkpointing.save_once(workdir, 'rewind', {'params': state.params,
+                                                  'batch_stats': state.batch_stats})
+
+  if first_epoch == 1 and current == 0:
+    save_rewind_point(0, state)
+  evaluations = _Evaluations(run)
+  train_metrics = None
   with (open(os.path.join(workdir, 'metrics.jsonl'), 'a') if run.primary
         else contextlib.nullcontext()) as run.log_file:
-    if restored is None:  # (re)start or continue training, then prune
-      restored_train, done = checkpointing.restore(workdir, 'train', {'state': state})
-      if restored_train is not None:
-        state = restored_train['state']
-        run.say(f'Resuming {workdir} after training epoch {done}.')
-      run.truncate_logs('train', done)
-      state, train_metrics = run_phase(run, 'train', state, tx, done + 1, {})
-      dense_eval = run.evaluate(state, run.spec.test_split)
-      # On device, so that sharded parameters of several hosts need no gather to one.
-      pruned, masks = jax.jit(lambda p: pcs.prune(p, config.sparsity,
-                                                  scope=config.prune_scope))(state.params)
-      finetune_tx = pcs.keep_masked(finetune_sgd, masks)
-      state = run.place(finetune_tx, TrainState(state.step, pruned, state.batch_stats,
-                                                finetune_tx.init(pruned)))
-    else:  # interrupted while fine-tuning: the masks come from the checkpoint
-      state, masks = restored['state'], restored['masks']
-      finetune_tx = pcs.keep_masked(finetune_sgd, masks)
-      run.say(f'Resuming {workdir} after fine-tuning epoch {finetune_done}.')
-    if config.finetune_epochs:
-      run.truncate_logs('finetune', finetune_done)
-      state, train_metrics = run_phase(run, 'finetune', state, finetune_tx, finetune_done + 1,
-                                       {'masks': masks})
+    for index in range(current, len(run.phases)):
+      phase = run.phases[index]
+      if index > current:  # enter the phase from the end of the one before
+        if index == 1:
+          evaluations.record('before_pruning', state)
+        pruned, masks = _prune(state, phase.sparsity, config.prune_scope)
+        start_params, start_stats = pruned, state.batch_stats
+        if rewinding and phase.optimizer == 'method':
+          point, _ = checkpointing.restore(workdir, 'rewind', {
+              'params': state.params, 'batch_stats': state.batch_stats})
+          start_params = pcs.apply_masks(point['params'], masks)
+          start_stats = point['batch_stats']
+        if phase.optimizer == 'finetune':
+          evaluations.record('before_finetune', state.replace(params=pruned))
+        tx, state = fresh_state(phase, state.step, start_params, start_stats, masks)
+        first_epoch = 1
+      run.truncate_logs(phase.name, first_epoch - 1)
+      state, metrics = run_phase(run, phase, state, tx, first_epoch, {'masks': masks},
+                                 save_rewind_point if phase.name == 'train' else None)
+      train_metrics = metrics or train_metrics
 
-  test = run.evaluate(state, run.spec.test_split)
-  train = (run.evaluate(state, run.spec.train_split)
+  if len(run.phases) == 1:
+    evaluations.record('before_pruning', state)
+  if run.phases[-1].sparsity != config.sparsity:  # one-shot pruning at the end
+    pruned, masks = _prune(state, config.sparsity, config.prune_scope)
+    state = state.replace(params=pruned)
+  if run.phases[-1].optimizer != 'finetune':
+    evaluations.record('before_finetune', state)
+  checkpointing.save_once(workdir, 'final', {'params': state.params,
+                                             'batch_stats': state.batch_stats})
+
+  evaluated = run.evaluate(state, run.eval_split)
+  train = (run.evaluate(state, run.train_split)
            if config.eval_train or train_metrics is None
            else {'accuracy': train_metrics['accuracy']})
+  name = run.eval_name
   results = {
-      'method': config.method, 'dataset': config.dataset, 'model': config.model,
-      'target_sparsity': float(config.sparsity),
+      'method': config.method, 'schedule': config.schedule, 'dataset': config.dataset,
+      'model': config.model, 'target_sparsity': float(config.sparsity),
       'achieved_sparsity': pcs.summary(state.params).sparsity,
-      'test_accuracy': test['accuracy'], 'train_accuracy': train['accuracy'],
-      'test_accuracy_before_pruning': dense_eval['accuracy'] if dense_eval else None,
+      'eval_split': name, f'{name}_accuracy': evaluated['accuracy'],
+      'train_accuracy': train['accuracy'],
+      f'{name}_accuracy_before_pruning': evaluations.values.get('before_pruning'),
+      f'{name}_accuracy_before_finetune': evaluations.values.get('before_finetune'),
       'num_epochs': config.num_epochs, 'finetune_epochs': config.finetune_epochs,
       'seed': config.seed, 'num_devices': run.mesh.size,
       'params_fingerprint': int(checkpointing.fingerprint(state.params)),

@@ -13,7 +13,7 @@ from pcs.baselines import (L1State, MaskLatent, MaskState, PowerLatent, Threshol
                            continuous_sparsification, l1, powerprop, soft_threshold)
 from pcs.core import (AlphaController, AlphaState, Reparameterization, Reparameterized,
                       ReparamState, alpha_controller, find_state, find_states, latents,
-                      reparameterize, select, sparsity, stats)
+                      reparameterize, select, sparsity, stats, weight_stats)
 from pcs.implicit import (Balanced, Factors, MirrorState, Scale, mirror, pilot, product_init,
                           spred)
 from pcs.pruning import (IterativePruningResult, KeepMaskedState, ScheduledPruningState,
@@ -31,5 +31,5 @@ __all__ = [
     'apply_masks', 'continuous_sparsification', 'export', 'find_state', 'find_states', 'gmp',
     'iterative_pruning', 'keep_masked', 'l1', 'latents', 'mirror', 'one_shot_pruning', 'pilot',
     'powerprop', 'product_init', 'prune', 'reparameterize', 'select', 'soft_threshold',
-    'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory',
+    'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory', 'weight_stats',
 ]

@@ -1,7 +1,7 @@
 """Default: the mnist1d 1-D CNN sparsified to 90% with PILoT; offline, minutes on a CPU.
 
-Every key can be overridden on the command line, e.g. ``--config.method=gmp
---config.sparsity=0.98``. Method hyperparameters live in their own sub-dicts
+Every key can be overridden on the command line, e.g. ``--config.method=dense
+--config.schedule=gmp --config.sparsity=0.98``. Method hyperparameters live in their own sub-dicts
 (``--config.pilot.alpha=3e-4``); they were tuned on mnist1d so that each method
 gets the same epochs and a sensible setting (see README).
 """
@@ -14,9 +14,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = 'mnist1d'
   config.data_dir = '~/tensorflow_datasets'
   config.model = 'cnn1d'
-  config.method = 'pilot'
+  config.method = 'pilot'        # how weights are trained: optimizers.METHODS
+  config.schedule = 'one_shot'   # how masks are imposed: one_shot, gmp or imp
   config.sparsity = 0.9
   config.prune_scope = 'global'
+  config.validation_fraction = 0.0  # > 0: hold out this part of train; test is not read
+  config.init_checkpoint = ''    # workdir of a finished run: start from its final weights
 
   config.num_epochs = 30
   config.batch_size = 128
@@ -38,8 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Tuned on mnist1d at 95% sparsity, lr 0.1, 30 epochs (README: grid and figures).
   # pilot: Algorithm 1's controller; alpha grows x1.3 per improving epoch in the first
   # half while ||x||_1 >= 1000 (the initial ||x||_1 is ~3000), then decays.
+  # delta = 1: constant alpha, switched off after the fraction `alpha_until` of training.
+  # decoupled: the decay acts outside the inner optimizer (Algorithm 1 couples it).
   config.pilot = ml_collections.ConfigDict(
-      {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.3, 'l1_threshold': 1000.0})
+      {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.3, 'l1_threshold': 1000.0, 'alpha_until': 1.0,
+       'decoupled': False})
   config.spred = ml_collections.ConfigDict({'weight_decay': 1e-3})
   config.str = ml_collections.ConfigDict({'weight_decay': 1e-2, 'init_threshold': -5.0})
   config.cs = ml_collections.ConfigDict(
@@ -48,4 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.l1 = ml_collections.ConfigDict({'strength': 1e-2})
   config.gmp = ml_collections.ConfigDict(
       {'begin_fraction': 0.1, 'end_fraction': 0.7, 'frequency_epochs': 1.0})
+  # imp: `cycles` rounds of prune -> rewind -> retrain (num_epochs each) after the first
+  # training; rewind 'weights' (WR, to the weights after `rewind_epoch` epochs) or
+  # 'learning_rate' (LRR: keep the trained weights, restart the schedule).
+  config.imp = ml_collections.ConfigDict(
+      {'cycles': 3, 'rewind': 'learning_rate', 'rewind_epoch': 1})
   return config

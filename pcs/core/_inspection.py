@@ -81,11 +81,9 @@ def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
 def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
   """Scalars to log each epoch, for any pcs transform or composition of them.
 
-  Always: ``l1_norm`` = ||x||_1 and ``sparsity`` (fraction of exact zeros) over the
-  leaves selected by ``where`` (pass the transform's; default ndim >= 2), and
-  ``small_1e-3`` / ``small_1e-6``, the fractions with ``|x|`` below 1e-3 and 1e-6
-  (compressible is not sparse: only exact zeros count as sparsity). Then each pcs
-  state's own:
+  Always :func:`weight_stats` over the leaves selected by ``where`` (pass the
+  transform's; default ndim >= 2): ``l1_norm``, ``sparsity``, the fractions of small
+  weights and quantiles of |x|. Then each pcs state's own:
 
   * pilot / spred / mirror: ``alpha`` (alpha_t of the latest step) and ``a`` (a_t:
     ``exp(log_a)`` for mirror; the mean of (m^2 - w^2) / 2 for pilot, exact for
@@ -102,7 +100,7 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
     >>> logged = pcs.stats(pcs.pilot(optax.sgd(0.1), alpha=1e-3).init(params), params)
     >>> {k: round(float(v), 3) for k, v in logged.items()}  # doctest: +NORMALIZE_WHITESPACE
     {'l1_norm': 2.0, 'sparsity': 0.5, 'small_1e-3': 0.5, 'small_1e-6': 0.5,
-     'alpha': 0.001, 'a': 0.5}
+     'abs_q10': 0.2, 'abs_q50': 1.0, 'abs_q90': 1.8, 'alpha': 0.001, 'a': 0.5}
 
   Returns:
     A dict of float32 scalars.
@@ -113,22 +111,48 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
   states = find_states(opt_state)
   if not states:
     raise ValueError('`opt_state` holds no pcs state: pass the state of a pcs transform '
-                     '(or of an optax composition that contains one).')
-  mask = selection.select(params, where, check_float=False)
-  chosen = [x for _, x in selection.selected_leaves(params, mask)]
-  size = max(sum(jnp.size(x) for x in chosen), 1)
-
-  def fraction_below(bound):
-    return sum((jnp.sum(jnp.abs(x) < bound, dtype=jnp.float32) for x in chosen),
-               jnp.zeros((), jnp.float32)) / size
-
-  out = {'l1_norm': selection.l1_norm(params, mask),
-         'sparsity': selection.sparsity(params, where),
-         'small_1e-3': fraction_below(1e-3), 'small_1e-6': fraction_below(1e-6)}
+                     '(or of an optax composition that contains one); for a plain optax '
+                     'optimizer use pcs.weight_stats(params).')
+  out = weight_stats(params, where)
   for state in states:
     for key, value in state.stats(params, where).items():
       if key in out:
         raise ValueError(f'Two pcs states in `opt_state` report {key!r}; inspect them '
                          'separately with pcs.find_states.')
       out[key] = jnp.asarray(value, jnp.float32)
+  return out
+
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def weight_stats(params: Any, where: selection.Where = None) -> dict:
+  """How sparse and how compressible the selected weights are, under any optimizer.
+
+  ``l1_norm`` = ||x||_1 and ``sparsity`` (the fraction of exact zeros) over the leaves
+  selected by ``where`` (default ndim >= 2); ``small_1e-3`` / ``small_1e-6``, the
+  fractions with |x| below 1e-3 and 1e-6 (compressible is not sparse: only exact zeros
+  count as sparsity); and ``abs_q10`` / ``abs_q50`` / ``abs_q90``, the 10/50/90%
+  quantiles of |x| (a sort of all selected weights: meant for logging once per epoch).
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> logged = pcs.weight_stats({'w': jnp.array([[0.0, 1e-4, 2.0, -3.0, 5.0]])})
+    >>> {k: round(float(v), 4) for k, v in logged.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'l1_norm': 10.0001, 'sparsity': 0.2, 'small_1e-3': 0.4, 'small_1e-6': 0.2,
+     'abs_q10': 0.0, 'abs_q50': 2.0, 'abs_q90': 4.2}
+
+  Returns:
+    A dict of float32 scalars.
+  """
+  mask = selection.select(params, where, check_float=False)
+  chosen = [jnp.ravel(jnp.abs(x)).astype(jnp.float32)
+            for _, x in selection.selected_leaves(params, mask)]
+  magnitudes = jnp.concatenate(chosen) if chosen else jnp.zeros((1,), jnp.float32)
+  out = {'l1_norm': selection.l1_norm(params, mask),
+         'sparsity': selection.sparsity(params, where),
+         'small_1e-3': jnp.mean(magnitudes < 1e-3, dtype=jnp.float32),
+         'small_1e-6': jnp.mean(magnitudes < 1e-6, dtype=jnp.float32)}
+  for q, value in zip(QUANTILES, jnp.quantile(magnitudes, jnp.asarray(QUANTILES))):
+    out[f'abs_q{round(100 * q)}'] = value
   return out

@@ -1,0 +1,176 @@
+r"""The quality benchmark: every method x schedule tuned alike on a validation split, then
+compared on test over seeds (``make quality``; hours on 2 CPU cores, resumable).
+
+  python -m experiments.quality --workdir=runs/quality --record=quality \
+      [--num_workers=2 --worker=0]
+
+Protocol (written out in QUALITY.md by :mod:`experiments.quality_report`):
+
+1. **Tune** each recipe (a method under a schedule) on each model at 98% sparsity,
+   seed 0, on a validation split (the last 20% of mnist1d's training split; the test
+   split is not read): learning rate {0.1, 0.2} x weight decay {1e-4, 3e-4, 1e-3,
+   3e-3} x the recipe's own 1-4 values. The best validation accuracy picks the setting.
+2. **Final** runs train on the whole training split with the picked setting, at 90, 95,
+   98 and 99% sparsity, seeds 0-4, then fine-tune 5 epochs with the masks fixed; the
+   test accuracy is recorded before and after fine-tuning.
+3. **Studies** of the paper's claims and of where PILoT's bias could help (beta, coupled
+   decay, alpha switched off late, longer training, ERK scopes, sparsifying a trained
+   model), each at its recipe's picked setting with 5 seeds.
+
+Every finished run is appended to ``<record>/runs.jsonl`` (committed with the repo), and
+a rerun skips the runs found there, so the benchmark carries on across sessions. The
+work is ordered so that the headline (GMP against PILoT inside GMP) finishes first.
+"""
+
+from experiments import quiet  # first: it quiets TensorFlow before TensorFlow loads
+
+import json
+import os
+import shutil
+import time
+from typing import Dict, Iterator, Optional
+
+from absl import app
+from absl import flags
+
+from experiments import quality_protocol as protocol
+from experiments import quality_report
+from experiments import train
+from experiments.configs import default
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', 'runs/quality', 'Scratch folder of the runs (not committed).')
+flags.DEFINE_string('record', 'quality', 'Folder of runs.jsonl, the plot and the tables; '
+                    'QUALITY.md is written next to it.')
+flags.DEFINE_list('models', ['cnn1d', 'mlp'], 'Models on mnist1d.')
+flags.DEFINE_list('stages', ['tune', 'final', 'study'], 'Stages to run, in order of work.')
+flags.DEFINE_float('max_hours', 0.0, 'Stop starting runs after this long (0: no limit).')
+flags.DEFINE_integer('num_workers', 1, 'Processes sharing the work (one per core).')
+flags.DEFINE_integer('worker', 0, 'This process: 0 .. num_workers - 1.')
+
+def _apply(config, overrides: dict):
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+class Record:
+  """``runs.jsonl``: one line per finished run, ``{'stage', 'model', 'recipe', 'study',
+  'overrides', 'results'}``; the source of every table."""
+
+  def __init__(self, folder: str):
+    os.makedirs(folder, exist_ok=True)
+    self.path = os.path.join(folder, 'runs.jsonl')
+    self.rows: Dict[str, dict] = {}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          if line.strip():
+            row = json.loads(line)
+            self.rows[row['id']] = row
+
+  def add(self, row: dict) -> None:
+    self.rows[row['id']] = row
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+
+
+def _summary(results: dict) -> dict:
+  keep = ('achieved_sparsity', 'eval_split', 'validation_accuracy', 'test_accuracy',
+          'validation_accuracy_before_finetune', 'test_accuracy_before_finetune',
+          'validation_accuracy_before_pruning', 'test_accuracy_before_pruning',
+          'train_accuracy', 'wall_time_s')
+  return {k: results[k] for k in keep if k in results}
+
+
+def execute(record: Record, workdir: str, row: dict) -> Optional[dict]:
+  """Runs one benchmark run unless ``record`` has it; returns its row."""
+  start = row.get('start')
+  if start is not None and not os.path.isdir(os.path.join(workdir, start['id'], 'checkpoints',
+                                                          'final')):
+    # The start's weights live in the scratch folder, which another clone lacks.
+    shutil.rmtree(os.path.join(workdir, start['id']), ignore_errors=True)
+    record.rows.pop(start['id'], None)
+    execute(record, workdir, start)
+  if row['id'] in record.rows:
+    return record.rows[row['id']]
+  config = _apply(default.get_config(), row['overrides'])
+  path = os.path.join(workdir, row['id'])
+  label = f"[{row['stage']}] {row['model']} {row['study'] or row['recipe']} " \
+          f"{json.dumps(row['overrides'], sort_keys=True)}"
+  print(label, flush=True)
+  try:
+    results = train.train_and_evaluate(config, path)
+  except train.NonFiniteError as error:  # a diverged setting is a result, not a crash
+    results = {'diverged': str(error)[:200]}
+  row = {**row, 'results': _summary(results) if 'diverged' not in results else results}
+  record.add(row)
+  checkpoints = os.path.join(path, 'checkpoints')
+  for phase in os.listdir(checkpoints) if os.path.isdir(checkpoints) else ():
+    if phase != 'final':  # only the final weights are read again (init_checkpoint)
+      shutil.rmtree(os.path.join(checkpoints, phase), ignore_errors=True)
+  return row
+
+
+def plan(record: Record, models, stages, workdir: str) -> Iterator[dict]:
+  """Every run in order of work; final and study runs appear once their tuning is done."""
+  for recipe in protocol.RECIPES:
+    for model in models:
+      if 'tune' in stages:
+        yield from protocol.tuning_rows(model, recipe)
+      setting = protocol.picked(record.rows, model, recipe)
+      if 'final' in stages and setting is not None:
+        yield from protocol.final_rows(model, recipe, setting)
+  if 'study' not in stages:
+    return
+  for model in models:
+    for study, (recipe, changes, sparsities, _) in protocol.STUDIES.items():
+      setting = protocol.picked(record.rows, model, recipe)
+      if setting is not None:
+        yield from protocol.final_rows(model, recipe, setting, sparsities, changes, study)
+    dense = protocol.picked(record.rows, model, 'dense')
+    for recipe in protocol.SPARSIFY_RECIPES if dense is not None else ():
+      setting = protocol.picked(record.rows, model, recipe)
+      for seed in protocol.SEEDS if setting is not None else ():
+        start = protocol.dense_start(model, seed, dense)
+        yield start
+        for sparsity in (0.95, 0.98):
+          yield protocol.sparsify_row(model, recipe, setting, sparsity, start, workdir)
+
+
+def mine(row: dict) -> bool:
+  """Whether this worker makes ``row`` (a sparsify run goes with its start)."""
+  key = row.get('start', row)['id']
+  return int(key, 16) % FLAGS.num_workers == FLAGS.worker
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet.apply()
+  start, done = time.time(), 0
+  while True:  # re-plan after each run: finished tuning unlocks final runs
+    record = Record(FLAGS.record)  # re-read: other workers append to it
+    todo = next((r for r in plan(record, FLAGS.models, FLAGS.stages, FLAGS.workdir)
+                 if r['id'] not in record.rows and mine(r)), None)
+    if todo is None:
+      break
+    if FLAGS.max_hours and time.time() - start > 3600 * FLAGS.max_hours:
+      print(f'Stopping after {FLAGS.max_hours} h; rerun to continue.')
+      break
+    execute(record, FLAGS.workdir, todo)
+    done += 1
+    if done % 10 == 0:
+      quality_report.write(record.rows.values(), FLAGS.record)
+  record = Record(FLAGS.record)
+  quality_report.write(record.rows.values(), FLAGS.record)
+  print(f'{done} runs in {time.time() - start:.0f}s; {len(record.rows)} recorded. '
+        f'Report: QUALITY.md, {FLAGS.record}/')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,137 @@
+"""The quality benchmark's protocol: what is tuned, on what, and which runs it takes.
+
+Shared by the runner (:mod:`experiments.quality`) and the report
+(:mod:`experiments.quality_report`). A run is a dict ``{'id', 'stage', 'model',
+'recipe', 'study', 'overrides'}``; its id is a hash of its config overrides.
+"""
+
+import hashlib
+import itertools
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+TUNING_SPARSITY = 0.98
+SPARSITIES = (0.9, 0.95, 0.98, 0.99)
+SEEDS = (0, 1, 2, 3, 4)
+VALIDATION_FRACTION = 0.2
+FINETUNE_EPOCHS = 5
+SHARED_GRID = [{'learning_rate': lr, 'weight_decay': wd}
+               for lr in (0.1, 0.2) for wd in (1e-4, 3e-4, 1e-3, 3e-3)]
+CONSTANT_ALPHA = {'pilot.delta': 1.0}
+
+# name -> (what defines the recipe, its own values to tune), in order of work.
+RECIPES: Dict[str, Tuple[dict, List[dict]]] = {
+    'dense+gmp': ({'method': 'dense', 'schedule': 'gmp'},
+                  [{'gmp.end_fraction': f} for f in (0.5, 0.7, 0.9)]),
+    'pilot+gmp': ({'method': 'pilot', 'schedule': 'gmp', **CONSTANT_ALPHA},
+                  [{'pilot.alpha': a} for a in (1e-4, 3e-4, 1e-3)]),
+    'pilot': ({'method': 'pilot', 'schedule': 'one_shot'},
+              [{**CONSTANT_ALPHA, 'pilot.alpha': a} for a in (1e-4, 3e-4, 1e-3)]
+              + [{'pilot.delta': 1.3, 'pilot.alpha': 1e-3}]),  # Algorithm 1's controller
+    'dense': ({'method': 'dense', 'schedule': 'one_shot'}, [{}]),
+    'l1': ({'method': 'l1', 'schedule': 'one_shot'},
+           [{'l1.strength': v} for v in (1e-3, 3e-3, 1e-2)]),
+    'str': ({'method': 'str', 'schedule': 'one_shot'},
+            [{'str.weight_decay': v} for v in (3e-3, 1e-2, 3e-2)]),
+    'spred': ({'method': 'spred', 'schedule': 'one_shot'},
+              [{'spred.weight_decay': v} for v in (3e-4, 1e-3, 3e-3)]),
+    'dense+imp': ({'method': 'dense', 'schedule': 'imp', 'imp.cycles': 3},
+                  [{'imp.rewind': r} for r in ('weights', 'learning_rate')]),
+    'pilot+imp': ({'method': 'pilot', 'schedule': 'imp', 'imp.cycles': 3, **CONSTANT_ALPHA},
+                  [{'imp.rewind': r, 'pilot.alpha': a}
+                   for r in ('weights', 'learning_rate') for a in (1e-4, 3e-4)]),
+    'mirror': ({'method': 'mirror', 'schedule': 'one_shot', **CONSTANT_ALPHA},
+               [{'pilot.alpha': a} for a in (1e-4, 3e-4, 1e-3)]),
+    'cs': ({'method': 'cs', 'schedule': 'one_shot'},
+           [{'cs.l1_strength': v} for v in (1e-5, 1e-4, 1e-3)]),
+    'powerprop': ({'method': 'powerprop', 'schedule': 'one_shot'},
+                  [{'powerprop.power': v} for v in (1.5, 2.0, 3.0)]),
+}
+
+# name -> (recipe whose picked setting it starts from, changes, sparsities, what it is
+# compared with: a recipe's final runs or another study, paired by sparsity and seed).
+STUDIES: Dict[str, Tuple[str, dict, Tuple[float, ...], str]] = {
+    'pilot beta=0': ('pilot', {'pilot.beta': 0.0}, (0.95, 0.98), 'pilot'),
+    'pilot decoupled': ('pilot', {'pilot.decoupled': True}, (0.95, 0.98), 'pilot'),
+    'pilot+gmp beta=0': ('pilot+gmp', {'pilot.beta': 0.0}, (0.98, 0.99), 'pilot+gmp'),
+    'pilot+gmp alpha off at 50%': ('pilot+gmp', {'pilot.alpha_until': 0.5}, (0.98, 0.99),
+                                   'pilot+gmp'),
+    'dense+gmp 60 epochs': ('dense+gmp', {'num_epochs': 60}, (0.98, 0.99), 'dense+gmp'),
+    'pilot+gmp 60 epochs': ('pilot+gmp', {'num_epochs': 60}, (0.98, 0.99),
+                            'dense+gmp 60 epochs'),
+    'dense+gmp erk': ('dense+gmp', {'prune_scope': 'erk'}, (0.98, 0.99), 'dense+gmp'),
+    'pilot+gmp erk': ('pilot+gmp', {'prune_scope': 'erk'}, (0.98, 0.99), 'dense+gmp erk'),
+    'dense+gmp 99.5%': ('dense+gmp', {}, (0.995,), 'dense+gmp'),
+    'pilot+gmp 99.5%': ('pilot+gmp', {}, (0.995,), 'dense+gmp 99.5%'),
+}
+# Sparsifying a trained model: each recipe starts from the dense run of the same seed
+# (recipe 'dense' at sparsity 0, 30 epochs) and trains SPARSIFY_EPOCHS more.
+SPARSIFY_RECIPES = ('dense+gmp', 'pilot+gmp', 'pilot', 'dense', 'l1')
+SPARSIFY_EPOCHS = 5
+
+
+def run_id(overrides: dict) -> str:
+  """A stable short name for a set of config overrides."""
+  text = json.dumps(overrides, sort_keys=True)
+  return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def row(stage, model, recipe, overrides, study=None) -> dict:
+  overrides = {'model': model, 'eval_train': False, **overrides}
+  return {'id': run_id(overrides), 'stage': stage, 'model': model, 'recipe': recipe,
+          'study': study, 'overrides': overrides}
+
+
+def validation_accuracy(row: dict) -> float:
+  """A tuning run's validation accuracy; -1 for a diverged run."""
+  return row['results'].get('validation_accuracy', -1.0)
+
+
+def tuning_rows(model: str, recipe: str) -> List[dict]:
+  base, own = RECIPES[recipe]
+  return [row('tune', model, recipe, {**base, **shared, **extra, 'seed': 0,
+                                       'sparsity': TUNING_SPARSITY,
+                                       'validation_fraction': VALIDATION_FRACTION,
+                                       'finetune_epochs': 0})
+          for shared, extra in itertools.product(SHARED_GRID, own)]
+
+
+def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
+  """The tuned overrides of ``recipe`` on ``model`` (best validation accuracy; ties go
+  to the first in grid order) from the ``recorded`` runs by id, or None until every
+  tuning run has finished."""
+  rows = [recorded.get(r['id']) for r in tuning_rows(model, recipe)]
+  if any(r is None for r in rows):
+    return None
+  best = max(rows, key=validation_accuracy)
+  drop = ('seed', 'sparsity', 'validation_fraction', 'finetune_epochs')
+  return {k: v for k, v in best['overrides'].items() if k not in drop}
+
+
+def final_rows(model: str, recipe: str, setting: dict, sparsities=SPARSITIES,
+               changes: Optional[dict] = None, study: Optional[str] = None) -> List[dict]:
+  return [row('study' if study else 'final', model, recipe,
+               {**setting, **(changes or {}), 'sparsity': s, 'seed': seed,
+                'finetune_epochs': FINETUNE_EPOCHS}, study)
+          for s in sparsities for seed in SEEDS]
+
+
+def dense_start(model: str, seed: int, setting: dict) -> dict:
+  """The trained dense model that sparsification studies start from."""
+  return row('study', model, 'dense', {**setting, 'sparsity': 0.0, 'seed': seed,
+                                        'finetune_epochs': 0}, 'dense start')
+
+
+def sparsify_row(model: str, recipe: str, setting: dict, sparsity: float, start: dict,
+                 workdir: str) -> dict:
+  """Sparsifying the trained dense model ``start`` with ``recipe`` in SPARSIFY_EPOCHS."""
+  out = row('study', model, recipe, {
+      **setting, 'sparsity': sparsity, 'seed': start['overrides']['seed'],
+      'finetune_epochs': FINETUNE_EPOCHS, 'num_epochs': SPARSIFY_EPOCHS, 'warmup_epochs': 0,
+      'init_checkpoint': os.path.abspath(os.path.join(workdir, start['id']))},
+      f'sparsify trained: {recipe}')
+  # The id names the start by its id, not by the scratch folder's path.
+  out['id'] = run_id({**out['overrides'], 'init_checkpoint': start['id']})
+  return {**out, 'start': start}
+

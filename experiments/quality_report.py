@@ -1,0 +1,247 @@
+"""QUALITY.md, its plot and its verdicts, from the quality benchmark's ``runs.jsonl``.
+
+Every figure is computed here from the recorded runs: means and sample standard
+deviations over seeds, and paired differences (same model, sparsity and seed) with a
+two-sided paired t-test (Student, 1908; ``scipy.stats.ttest_rel``).
+"""
+
+import collections
+import os
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from experiments import quality_protocol as protocol
+
+PILOT_FAMILY = ('pilot', 'pilot+gmp', 'pilot+imp', 'mirror')
+REFERENCE = 'dense+gmp'
+
+
+def _accuracy(row: dict, after_finetune: bool) -> Optional[float]:
+  results = row['results']
+  if 'diverged' in results:
+    return None
+  key = 'test_accuracy' if after_finetune else 'test_accuracy_before_finetune'
+  return 100 * results[key] if results.get(key) is not None else None
+
+
+def groups(rows: Iterable[dict], after_finetune: bool = True) -> Dict[tuple, Dict[int, float]]:
+  """{(model, name, sparsity): {seed: test accuracy %}} of final and study runs; ``name``
+  is the recipe for final runs and the study's name for study runs."""
+  out: Dict[tuple, Dict[int, float]] = collections.defaultdict(dict)
+  for row in rows:
+    if row['stage'] == 'tune':
+      continue
+    value = _accuracy(row, after_finetune)
+    if value is not None:
+      name = row['study'] or row['recipe']
+      out[(row['model'], name, row['overrides']['sparsity'])][row['overrides']['seed']] = value
+  return out
+
+
+def cell(values) -> str:
+  values = np.asarray(list(values), float)
+  if not len(values):
+    return ''
+  if len(values) == 1:
+    return f'{values[0]:.1f} (n=1)'
+  return f'{values.mean():.1f} ± {values.std(ddof=1):.1f}'
+
+
+def paired(a: Dict[int, float], b: Dict[int, float]) -> Optional[Tuple[float, float, float, int]]:
+  """(mean of a - b, its sd, two-sided paired t-test p, n) over the seeds both have."""
+  seeds = sorted(set(a) & set(b))
+  if len(seeds) < 2:
+    return None
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  diff = np.asarray([a[s] - b[s] for s in seeds])
+  p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) \
+      if diff.std() > 0 else (0.0 if diff.mean() else 1.0)
+  return float(diff.mean()), float(diff.std(ddof=1)), p, len(seeds)
+
+
+def paired_cell(result) -> str:
+  if result is None:
+    return ''
+  mean, sd, p, n = result
+  return f'{mean:+.1f} ± {sd:.1f} (p={p:.2g}, n={n})'
+
+
+def tuned_table(rows: List[dict], recipes, models) -> List[str]:
+  by_id = {row['id']: row for row in rows}
+  lines = ['| model | recipe | runs | best validation accuracy (98%) | picked setting |',
+           '|---|---|---:|---:|---|']
+  for model in models:
+    for recipe in recipes:
+      planned = protocol.tuning_rows(model, recipe)
+      done = [by_id[r['id']] for r in planned if r['id'] in by_id]
+      if not done:
+        continue
+      best = max(done, key=protocol.validation_accuracy)
+      shown = {k: v for k, v in best['overrides'].items()
+               if k not in ('model', 'eval_train', 'seed', 'sparsity', 'validation_fraction',
+                            'finetune_epochs', 'method', 'schedule')}
+      status = f'{len(done)}/{len(planned)}'
+      lines.append(f"| {model} | {recipe} | {status} | "
+                   f"{100 * best['results'].get('validation_accuracy', float('nan')):.1f} | "
+                   f"{', '.join(f'{k}={v}' for k, v in shown.items())} |")
+  return lines
+
+
+def accuracy_table(found, model: str, names, sparsities) -> List[str]:
+  lines = ['| recipe | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities) + ' |',
+           '|---|' + '---:|' * len(sparsities)]
+  for name in names:
+    cells = [cell(found.get((model, name, s), {}).values()) for s in sparsities]
+    if any(cells):
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def paired_table(found, model: str, pairs, sparsities) -> List[str]:
+  lines = ['| compared | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities)
+           + ' |', '|---|' + '---|' * len(sparsities)]
+  for name, base in pairs:
+    cells = [paired_cell(paired(found.get((model, name, s), {}), found.get((model, base, s), {})))
+             for s in sparsities]
+    if any(cells):
+      lines.append(f'| {name} − {base} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def recommended(rows: List[dict], model: str) -> Optional[str]:
+  """The PILoT recipe with the best tuning validation accuracy on ``model`` (chosen on
+  validation, never on test)."""
+  best = {}
+  for row in rows:
+    if row['stage'] == 'tune' and row['model'] == model and row['recipe'] in PILOT_FAMILY:
+      accuracy = protocol.validation_accuracy(row)
+      best[row['recipe']] = max(best.get(row['recipe'], -1.0), accuracy)
+  return max(best, key=best.get) if best else None
+
+
+def verdicts(rows: List[dict], found, models) -> List[str]:
+  """The issue's targets: the recommended PILoT recipe >= tuned GMP at 95%, and >= GMP
+  + 2 pp at 98% or 99%, paired over >= 5 seeds (after fine-tuning)."""
+  lines = ['| model | recommended PILoT recipe | target | paired difference | verdict |',
+           '|---|---|---|---|---|']
+  for model in models:
+    recipe = recommended(rows, model)
+    if recipe is None:
+      continue
+    for sparsities, margin in (((0.95,), 0.0), ((0.98, 0.99), 2.0)):
+      results = {s: paired(found.get((model, recipe, s), {}), found.get((model, REFERENCE, s), {}))
+                 for s in sparsities}
+      done = {s: r for s, r in results.items() if r is not None and r[3] >= 5}
+      target = (f">= {REFERENCE} at {sparsities[0]:.0%}" if margin == 0 else
+                f">= {REFERENCE} + {margin:g} pp at 98% or 99%")
+      shown = '; '.join(f'{s:.0%}: {paired_cell(r)}' for s, r in done.items()) or 'pending'
+      if len(done) < len(sparsities):
+        verdict = 'pending'
+      elif any(r[0] >= margin for r in done.values()):
+        verdict = 'met'
+      else:
+        verdict = f'missed by {margin - max(r[0] for r in done.values()):.1f} pp'
+      lines.append(f'| {model} | {recipe} | {target} | {shown} | {verdict} |')
+  return lines
+
+
+def plot(found, models, names, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+  for ax, model in zip(axes[0], models):
+    for name in names:
+      points = [(s, np.mean(list(v.values())), np.std(list(v.values()), ddof=1))
+                for s in protocol.SPARSITIES
+                if len(v := found.get((model, name, s), {})) >= 2]
+      if points:
+        s, mean, sd = (np.asarray(c) for c in zip(*points))
+        ax.errorbar(100 * s, mean, yerr=sd, marker='o', capsize=3, label=name)
+    ax.set(title=f'mnist1d {model}: test accuracy after 5 fine-tuning epochs',
+           xlabel='sparsity (%)', ylabel='test accuracy (%)')
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def markdown(rows: List[dict]) -> str:
+  """The whole of QUALITY.md's generated part."""
+  models = [m for m in ('cnn1d', 'mlp') if any(r['model'] == m for r in rows)]
+  recipes = list(protocol.RECIPES)
+  after, before = groups(rows, True), groups(rows, False)
+  finished = sum('diverged' not in r['results'] for r in rows)
+  out = [f'Runs recorded: {len(rows)} ({len(rows) - finished} diverged). Generated by '
+         '`python -m experiments.quality` (`make quality`) from `quality/runs.jsonl`.', '',
+         '## Targets', '', *verdicts(rows, after, models), '',
+         '## Tuning (validation split, 98% sparsity, seed 0)', '',
+         *tuned_table(rows, recipes, models), '']
+  for model in models:
+    out += [f'## {model}: test accuracy (%), mean ± sd over seeds 0-4', '',
+            'After training and pruning to the target (one-shot methods: pruned at the end '
+            'with no recovery; gmp and imp: their last step):', '',
+            *accuracy_table(before, model, recipes, protocol.SPARSITIES), '',
+            f'After {protocol.FINETUNE_EPOCHS} more epochs with the masks fixed:', '',
+            *accuracy_table(after, model, recipes, protocol.SPARSITIES), '',
+            f'Paired difference to {REFERENCE} (pp, after fine-tuning; same seeds):', '',
+            *paired_table(after, model, [(r, REFERENCE) for r in recipes if r != REFERENCE],
+                          protocol.SPARSITIES), '']
+    study_sparsities = sorted({s for _, _, ss, _ in protocol.STUDIES.values() for s in ss})
+    out += [f'### {model}: studies (after fine-tuning)', '',
+            *accuracy_table(after, model, list(protocol.STUDIES), study_sparsities), '',
+            'Paired against what each study changes:', '',
+            *paired_table(after, model, [(name, base) for name, (_, _, _, base)
+                                         in protocol.STUDIES.items()], study_sparsities), '']
+    sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
+    out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '
+            'epochs (+5 fine-tuning)', '',
+            *accuracy_table(after, model, ['dense start'] + sparsify, (0.0, 0.95, 0.98)), '']
+  return '\n'.join(out)
+
+
+def protocol_text() -> str:
+  """The protocol, stated from the constants the runs were made with."""
+  grid = sorted({(g['learning_rate'], g['weight_decay']) for g in protocol.SHARED_GRID})
+  lrs = sorted({lr for lr, _ in grid})
+  wds = sorted({wd for _, wd in grid})
+  return '\n'.join([
+      '# Quality benchmark: mnist1d, every method x schedule tuned alike', '',
+      f'- **Tuning** on a validation split (the last {protocol.VALIDATION_FRACTION:.0%} of '
+      f'the training split; test is not read) at {protocol.TUNING_SPARSITY:.0%} sparsity, '
+      f'seed 0: learning rate {lrs} x weight decay {wds} x each recipe\'s own values '
+      '(listed in `experiments/quality_protocol.py`). The best validation accuracy picks '
+      'the setting.',
+      f'- **Final runs** train on the whole training split with the picked setting, at '
+      f'{", ".join(f"{s:.0%}" for s in protocol.SPARSITIES)} sparsity, seeds '
+      f'{protocol.SEEDS[0]}-{protocol.SEEDS[-1]}, then fine-tune '
+      f'{protocol.FINETUNE_EPOCHS} epochs with the masks fixed. Test accuracy is reported '
+      'as mean ± sample sd over seeds, and paired by seed against tuned GMP '
+      '(`dense+gmp`) with a two-sided paired t-test.',
+      '- Every recipe trains 30 epochs with SGD (momentum 0.9), batch 128, a cosine '
+      'learning rate after one warmup epoch; `imp` trains 30 epochs per cycle.',
+      '- Recipes are `method` (one-shot magnitude pruning after training) or '
+      '`method+schedule` (`gmp`: the cubic schedule during training; `imp`: 3 cycles of '
+      'prune and retrain with weight or learning-rate rewinding).',
+      '- **What these figures do not show**: one small dataset (mnist1d: 4000 training '
+      'signals) and two small models; a coarse grid tuned on one seed at one sparsity and '
+      'reused at the others; 5 seeds resolve differences of about 1 pp at best.'])
+
+
+def write(rows: Iterable[dict], folder: str) -> str:
+  """Writes ``QUALITY.md`` (next to ``folder``) and ``<folder>/accuracy_vs_sparsity.png``:
+  the protocol, ``<folder>/notes.md`` (the findings, written by hand) if present, and
+  the tables."""
+  rows = list(rows)
+  found = groups(rows, True)
+  models = sorted({r['model'] for r in rows})
+  plot(found, models, list(protocol.RECIPES), os.path.join(folder, 'accuracy_vs_sparsity.png'))
+  notes = ''
+  if os.path.exists(os.path.join(folder, 'notes.md')):
+    with open(os.path.join(folder, 'notes.md')) as f:
+      notes = f.read().rstrip() + '\n\n'
+  text = protocol_text() + '\n\n' + notes + markdown(rows) + '\n'
+  with open(os.path.join(os.path.dirname(os.path.abspath(folder)), 'QUALITY.md'), 'w') as f:
+    f.write(text)
+  return text
