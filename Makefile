@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs
 
-.PHONY: install demo regression test check docs bench clean
+.PHONY: install demo regression quality test check docs bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ demo: $(STAMP)
 
 regression: $(STAMP)
 	$(PY) -m experiments.regression --workdir=$(WORKDIR)/regression
+
+# The quality benchmark (hours on 2 cores; resumable: finished runs in quality/runs.jsonl are
+# skipped). One worker per core; QUALITY.md and quality/ are rewritten as results come.
+WORKERS ?= 2
+quality: $(STAMP)
+	mkdir -p $(WORKDIR)
+	for w in $$(seq 0 $$(($(WORKERS) - 1))); do \
+	  $(PY) -m experiments.quality --workdir=$(WORKDIR)/quality --record=quality \
+	      --num_workers=$(WORKERS) --worker=$$w > $(WORKDIR)/quality_worker$$w.log 2>&1 & \
+	done; wait
 
 test: $(STAMP)
 	PCS_NOTEBOOK_STEPS=100 $(PY) -m pytest -q -n 2 --durations=10 tests --doctest-modules pcs \

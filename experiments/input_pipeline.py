@@ -169,6 +169,11 @@ def _empty(size: int, spec: datasets.DatasetSpec) -> dict:
           'label': np.zeros((size,), np.int64)}
 
 
+def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  """The examples in ``split`` (a tfds split name, sliced or not)."""
+  return int(builder.as_dataset(split=split).cardinality().numpy())
+
+
 def steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str, batch_size: int) -> int:
   """Training steps per epoch over the whole split (the remainder is dropped)."""
-  return builder.info.splits[split].num_examples // batch_size
+  return num_examples(builder, split) // batch_size

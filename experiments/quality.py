@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, Iterator, Optional
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -48,37 +48,6 @@ flags.DEFINE_float('max_hours', 0.0, 'Stop starting runs after this long (0: no 
 flags.DEFINE_integer('num_workers', 1, 'Processes sharing the work (one per core).')
 flags.DEFINE_integer('worker', 0, 'This process: 0 .. num_workers - 1.')
 
-def _apply(config, overrides: dict):
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
-
-
-class Record:
-  """``runs.jsonl``: one line per finished run, ``{'stage', 'model', 'recipe', 'study',
-  'overrides', 'results'}``; the source of every table."""
-
-  def __init__(self, folder: str):
-    os.makedirs(folder, exist_ok=True)
-    self.path = os.path.join(folder, 'runs.jsonl')
-    self.rows: Dict[str, dict] = {}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        for line in f:
-          if line.strip():
-            row = json.loads(line)
-            self.rows[row['id']] = row
-
-  def add(self, row: dict) -> None:
-    self.rows[row['id']] = row
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
-
-
 def _summary(results: dict) -> dict:
   keep = ('achieved_sparsity', 'eval_split', 'validation_accuracy', 'test_accuracy',
           'validation_accuracy_before_finetune', 'test_accuracy_before_finetune',
@@ -87,7 +56,7 @@ def _summary(results: dict) -> dict:
   return {k: results[k] for k in keep if k in results}
 
 
-def execute(record: Record, workdir: str, row: dict) -> Optional[dict]:
+def execute(record: protocol.Record, workdir: str, row: dict) -> Optional[dict]:
   """Runs one benchmark run unless ``record`` has it; returns its row."""
   start = row.get('start')
   if start is not None and not os.path.isdir(os.path.join(workdir, start['id'], 'checkpoints',
@@ -98,7 +67,7 @@ def execute(record: Record, workdir: str, row: dict) -> Optional[dict]:
     execute(record, workdir, start)
   if row['id'] in record.rows:
     return record.rows[row['id']]
-  config = _apply(default.get_config(), row['overrides'])
+  config = protocol.apply(default.get_config(), row['overrides'])
   path = os.path.join(workdir, row['id'])
   label = f"[{row['stage']}] {row['model']} {row['study'] or row['recipe']} " \
           f"{json.dumps(row['overrides'], sort_keys=True)}"
@@ -116,32 +85,6 @@ def execute(record: Record, workdir: str, row: dict) -> Optional[dict]:
   return row
 
 
-def plan(record: Record, models, stages, workdir: str) -> Iterator[dict]:
-  """Every run in order of work; final and study runs appear once their tuning is done."""
-  for recipe in protocol.RECIPES:
-    for model in models:
-      if 'tune' in stages:
-        yield from protocol.tuning_rows(model, recipe)
-      setting = protocol.picked(record.rows, model, recipe)
-      if 'final' in stages and setting is not None:
-        yield from protocol.final_rows(model, recipe, setting)
-  if 'study' not in stages:
-    return
-  for model in models:
-    for study, (recipe, changes, sparsities, _) in protocol.STUDIES.items():
-      setting = protocol.picked(record.rows, model, recipe)
-      if setting is not None:
-        yield from protocol.final_rows(model, recipe, setting, sparsities, changes, study)
-    dense = protocol.picked(record.rows, model, 'dense')
-    for recipe in protocol.SPARSIFY_RECIPES if dense is not None else ():
-      setting = protocol.picked(record.rows, model, recipe)
-      for seed in protocol.SEEDS if setting is not None else ():
-        start = protocol.dense_start(model, seed, dense)
-        yield start
-        for sparsity in (0.95, 0.98):
-          yield protocol.sparsify_row(model, recipe, setting, sparsity, start, workdir)
-
-
 def mine(row: dict) -> bool:
   """Whether this worker makes ``row`` (a sparsify run goes with its start)."""
   key = row.get('start', row)['id']
@@ -154,8 +97,8 @@ def main(argv):
   quiet.apply()
   start, done = time.time(), 0
   while True:  # re-plan after each run: finished tuning unlocks final runs
-    record = Record(FLAGS.record)  # re-read: other workers append to it
-    todo = next((r for r in plan(record, FLAGS.models, FLAGS.stages, FLAGS.workdir)
+    record = protocol.Record(FLAGS.record)  # re-read: other workers append to it
+    todo = next((r for r in protocol.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
                  if r['id'] not in record.rows and mine(r)), None)
     if todo is None:
       break
@@ -166,7 +109,7 @@ def main(argv):
     done += 1
     if done % 10 == 0:
       quality_report.write(record.rows.values(), FLAGS.record)
-  record = Record(FLAGS.record)
+  record = protocol.Record(FLAGS.record)
   quality_report.write(record.rows.values(), FLAGS.record)
   print(f'{done} runs in {time.time() - start:.0f}s; {len(record.rows)} recorded. '
         f'Report: QUALITY.md, {FLAGS.record}/')

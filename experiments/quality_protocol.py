@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 TUNING_SPARSITY = 0.98
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
@@ -83,6 +83,17 @@ def row(stage, model, recipe, overrides, study=None) -> dict:
           'study': study, 'overrides': overrides}
 
 
+def apply(config, overrides: dict):
+  """``config`` with dotted ``overrides`` (``{'pilot.alpha': 3e-4}``) set; returned."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
 def validation_accuracy(row: dict) -> float:
   """A tuning run's validation accuracy; -1 for a diverged run."""
   return row['results'].get('validation_accuracy', -1.0)
@@ -135,3 +146,50 @@ def sparsify_row(model: str, recipe: str, setting: dict, sparsity: float, start:
   out['id'] = run_id({**out['overrides'], 'init_checkpoint': start['id']})
   return {**out, 'start': start}
 
+
+def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[dict]:
+  """Every run in order of work, given the ``recorded`` runs by id: final and study runs
+  appear once their tuning is done."""
+  for recipe in RECIPES:
+    for model in models:
+      if 'tune' in stages:
+        yield from tuning_rows(model, recipe)
+      setting = picked(recorded, model, recipe)
+      if 'final' in stages and setting is not None:
+        yield from final_rows(model, recipe, setting)
+  if 'study' not in stages:
+    return
+  for model in models:
+    for study, (recipe, changes, sparsities, _) in STUDIES.items():
+      setting = picked(recorded, model, recipe)
+      if setting is not None:
+        yield from final_rows(model, recipe, setting, sparsities, changes, study)
+    dense = picked(recorded, model, 'dense')
+    for recipe in SPARSIFY_RECIPES if dense is not None else ():
+      setting = picked(recorded, model, recipe)
+      for seed in SEEDS if setting is not None else ():
+        start = dense_start(model, seed, dense)
+        yield start
+        for sparsity in (0.95, 0.98):
+          yield sparsify_row(model, recipe, setting, sparsity, start, workdir)
+
+
+class Record:
+  """``runs.jsonl``: one line per finished run, ``{'stage', 'model', 'recipe', 'study',
+  'overrides', 'results'}``; the source of every table."""
+
+  def __init__(self, folder: str):
+    os.makedirs(folder, exist_ok=True)
+    self.path = os.path.join(folder, 'runs.jsonl')
+    self.rows: Dict[str, dict] = {}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          if line.strip():
+            row = json.loads(line)
+            self.rows[row['id']] = row
+
+  def add(self, row: dict) -> None:
+    self.rows[row['id']] = row
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')

@@ -234,6 +234,7 @@ def write(rows: Iterable[dict], folder: str) -> str:
   the protocol, ``<folder>/notes.md`` (the findings, written by hand) if present, and
   the tables."""
   rows = list(rows)
+  os.makedirs(folder, exist_ok=True)
   found = groups(rows, True)
   models = sorted({r['model'] for r in rows})
   plot(found, models, list(protocol.RECIPES), os.path.join(folder, 'accuracy_vs_sparsity.png'))

@@ -149,7 +149,7 @@ def splits(config: ml_collections.ConfigDict, builder, spec) -> tuple:
   ``'validation'``, and training uses the rest."""
   if not config.validation_fraction:
     return spec.train_split, spec.test_split, 'test'
-  total = builder.info.splits[spec.train_split].num_examples
+  total = input_pipeline.num_examples(builder, spec.train_split)
   cut = total - round(config.validation_fraction * total)
   return f'{spec.train_split}[:{cut}]', f'{spec.train_split}[{cut}:]', 'validation'
 

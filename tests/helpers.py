@@ -101,18 +101,13 @@ def train(tx, steps=30, params=None, data=None, donate=False):
 def small_config(data_dir, **overrides):
   """The default experiment config shortened to 2 epochs; keys may be dotted
   (``**{'pilot.alpha': 1e-3}``)."""
+  from experiments import quality_protocol  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.data_dir = data_dir
   config.num_epochs = 2
   config.eval_train = False
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return quality_protocol.apply(config, overrides)
 
 
 def metric_lines(workdir):

@@ -107,7 +107,7 @@ def test_two_processes_equal_one_and_resume_in_either_topology(data_dir, tmp_pat
   # Resumed as 2 processes from the 2-process checkpoint.
   resumed = _start(workdir, data_dir, processes=2)
   out = _finish(resumed)
-  assert 'after training epoch' in out[0]
+  assert 'after train epoch' in out[0]
   assert not [line for line in out[1].splitlines() if not line.startswith('[Gloo]')]
   _assert_same_run(workdir, reference)
   # TensorBoard event files carry the writer's pid: process 0 of each launch alone wrote.
@@ -115,5 +115,5 @@ def test_two_processes_equal_one_and_resume_in_either_topology(data_dir, tmp_pat
   assert writers == {str(pair[0].pid), str(resumed[0].pid)}
   # The 2-process checkpoint restores in 1 process x 4 devices too.
   out = _finish(_start(workdir, data_dir, processes=1))
-  assert f'after training epoch {EPOCHS}' in out[0]
+  assert f'after train epoch {EPOCHS}' in out[0]
   _assert_same_run(workdir, reference)

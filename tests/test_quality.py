@@ -1,0 +1,103 @@
+"""The quality benchmark's protocol and report, on recorded runs made up by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments import quality_protocol as protocol
+from experiments import quality_report
+
+
+def _tuning_record(model, recipe, best_index, best=0.9):
+  """Every tuning run of ``recipe`` finished, the ``best_index``-th the best."""
+  rows = {}
+  for i, row in enumerate(protocol.tuning_rows(model, recipe)):
+    rows[row['id']] = {**row, 'results': {'validation_accuracy': best if i == best_index
+                                          else 0.5}}
+  return rows
+
+
+def test_every_recipe_gets_the_same_shared_grid_and_tuning_never_reads_test():
+  for recipe, (base, own) in protocol.RECIPES.items():
+    rows = protocol.tuning_rows('cnn1d', recipe)
+    assert len(rows) == len(protocol.SHARED_GRID) * len(own)
+    assert 1 <= len(own) <= 4
+    for row in rows:
+      assert row['overrides']['validation_fraction'] > 0
+      assert row['overrides']['sparsity'] == protocol.TUNING_SPARSITY
+      assert {k: row['overrides'][k] for k in base} == base
+    assert len({row['id'] for row in rows}) == len(rows)  # distinct settings
+
+
+def test_the_picked_setting_is_the_best_validation_run_and_finals_use_test():
+  recorded = _tuning_record('mlp', 'pilot+gmp', best_index=5)
+  expected = protocol.tuning_rows('mlp', 'pilot+gmp')[5]['overrides']
+  setting = protocol.picked(recorded, 'mlp', 'pilot+gmp')
+  assert setting['learning_rate'] == expected['learning_rate']
+  assert setting['pilot.alpha'] == expected['pilot.alpha']
+  assert 'validation_fraction' not in setting and 'seed' not in setting
+  finals = protocol.final_rows('mlp', 'pilot+gmp', setting)
+  assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS) >= 20
+  assert all(r['overrides'].get('validation_fraction', 0.0) == 0.0 for r in finals)
+  del recorded[next(iter(recorded))]
+  assert protocol.picked(recorded, 'mlp', 'pilot+gmp') is None  # not before tuning is done
+
+
+def test_plan_unlocks_final_runs_once_tuning_is_done(tmp_path, monkeypatch):
+  monkeypatch.setattr(protocol, 'RECIPES', {k: protocol.RECIPES[k]
+                                            for k in ('dense+gmp', 'pilot+gmp')})
+  record = protocol.Record(str(tmp_path))
+  stages = ['tune', 'final']
+  assert {r['stage'] for r in protocol.plan(record.rows, ['cnn1d'], stages, 'w')} == {'tune'}
+  record.rows.update(_tuning_record('cnn1d', 'dense+gmp', 0))
+  planned = list(protocol.plan(record.rows, ['cnn1d'], stages, 'w'))
+  assert sum(r['stage'] == 'final' and r['recipe'] == 'dense+gmp' for r in planned) == 20
+  # The record is append-only JSON lines that a new Record reads back.
+  record.add({**planned[0], 'results': {'validation_accuracy': 0.7}})
+  assert protocol.Record(str(tmp_path)).rows[planned[0]['id']]['results'] == {
+      'validation_accuracy': 0.7}
+
+
+def test_paired_difference_and_t_test_by_hand():
+  a = {0: 90.0, 1: 91.0, 2: 89.0, 3: 92.0, 4: 90.5}
+  b = {0: 88.0, 1: 90.0, 2: 88.5, 3: 89.0, 4: 90.0, 7: 50.0}  # seed 7 has no pair
+  mean, sd, p, n = quality_report.paired(a, b)
+  diff = np.array([2.0, 1.0, 0.5, 3.0, 0.5])
+  assert (mean, n) == (pytest.approx(diff.mean()), 5)
+  assert sd == pytest.approx(math.sqrt(((diff - diff.mean()) ** 2).sum() / 4))
+  t = diff.mean() / (sd / math.sqrt(5))  # 4 degrees of freedom
+  # Student's t with 4 degrees of freedom in closed form: P(|T| < t) = s (3 - s^2) / 2,
+  # s = t / sqrt(t^2 + 4).
+  s = t / math.sqrt(t * t + 4)
+  assert p == pytest.approx(1 - s * (3 - s * s) / 2, rel=1e-9)
+  assert p == pytest.approx(0.0447, abs=1e-4)
+  assert quality_report.paired({0: 1.0}, {0: 2.0}) is None
+
+
+def _final(model, recipe, sparsity, seed, accuracy, study=None):
+  return {'id': f'{model}{recipe}{sparsity}{seed}{study}', 'stage': 'study' if study else 'final',
+          'model': model, 'recipe': recipe, 'study': study,
+          'overrides': {'sparsity': sparsity, 'seed': seed},
+          'results': {'test_accuracy': accuracy / 100,
+                      'test_accuracy_before_finetune': accuracy / 100 - 0.1}}
+
+
+def test_report_tables_and_verdicts(tmp_path):
+  rows = list(_tuning_record('cnn1d', 'pilot+gmp', 0).values())
+  rows += list(_tuning_record('cnn1d', 'pilot', 1, best=0.85).values())  # pilot+gmp is better
+  for seed in range(5):
+    for sparsity, gmp, pilot in ((0.95, 90.0, 90.5), (0.98, 85.0, 86.0), (0.99, 80.0, 83.0 +
+                                                                           0.1 * seed)):
+      rows.append(_final('cnn1d', 'dense+gmp', sparsity, seed, gmp + 0.2 * seed))
+      rows.append(_final('cnn1d', 'pilot+gmp', sparsity, seed, pilot + 0.2 * seed))
+  rows.append({**_final('cnn1d', 'pilot', 0.95, 0, 0.0), 'results': {'diverged': 'nan'}})
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  assert (tmp_path / 'QUALITY.md').read_text() == text
+  assert (tmp_path / 'quality' / 'accuracy_vs_sparsity.png').stat().st_size > 10_000
+  assert '(1 diverged)' in text
+  assert '| cnn1d | pilot+gmp | >= dense+gmp at 95% |' in text
+  # 95%: +0.5 every seed (sd 0) -> met; 99%: +3.0 + 0.1 seed -> mean +3.2 >= 2 -> met.
+  assert '95%: +0.5 ± 0.0 (p=0, n=5) | met |' in text
+  assert '99%: +3.2 ± 0.2' in text and text.count('| met |') == 2
+  assert '| pilot+gmp | 90.9 ± 0.3 | 86.4 ± 0.3 | 83.6 ± 0.5 |' in text.replace('|  |', '|')
