@@ -17,12 +17,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
+import pcs
+
 PARAM_SHARDINGS = ('replicated', 'fsdp')
 MIN_SHARDED_SIZE = 2**12  # elements: smaller leaves are not worth a gather
-
-
-def _is_hole(node) -> bool:
-  return isinstance(node, optax.MaskedNode)
 
 
 def leaf_spec(shape, axis_size: int) -> P:
@@ -53,13 +51,13 @@ def state_specs(tx: optax.GradientTransformation, opt_state: Any, params: Any,
   holes; every other part of the state (counts, alpha, ...) is replicated.
   """
   def follow(value, spec, weight):
-    if _is_hole(value):
+    if pcs.core.is_hole(value):
       return value
     return spec if jnp.shape(value) == jnp.shape(weight) else P()
 
   return optax.tree_utils.tree_map_params(
       tx, follow, opt_state, specs, params, transform_non_params=lambda _: P(),
-      is_leaf=_is_hole)
+      is_leaf=pcs.core.is_hole)
 
 
 def named(mesh: jax.sharding.Mesh, specs: Any) -> Any:

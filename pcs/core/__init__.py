@@ -4,5 +4,5 @@ controller, leaf selection, argument checks, optional packages, and inspection."
 from pcs.core._alpha import Alpha, AlphaController, AlphaState, alpha_controller
 from pcs.core._inspection import find_state, find_states, latents, stats, weight_stats
 from pcs.core._reparameterize import (Reparameterization, Reparameterized, ReparamState,
-                                      reparameterize)
+                                      is_hole, reparameterize)
 from pcs.core._selection import Where, l1_norm, select, sparsity
