@@ -83,7 +83,7 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
 
   Always :func:`weight_stats` over the leaves selected by ``where`` (pass the
   transform's; default ndim >= 2): ``l1_norm``, ``sparsity``, the fractions of small
-  weights and quantiles of |x|. Then each pcs state's own:
+  weights and quantiles of ``|x|``. Then each pcs state's own:
 
   * pilot / spred / mirror: ``alpha`` (alpha_t of the latest step) and ``a`` (a_t:
     ``exp(log_a)`` for mirror; the mean of (m^2 - w^2) / 2 for pilot, exact for
@@ -131,9 +131,9 @@ def weight_stats(params: Any, where: selection.Where = None) -> dict:
 
   ``l1_norm`` = ||x||_1 and ``sparsity`` (the fraction of exact zeros) over the leaves
   selected by ``where`` (default ndim >= 2); ``small_1e-3`` / ``small_1e-6``, the
-  fractions with |x| below 1e-3 and 1e-6 (compressible is not sparse: only exact zeros
+  fractions with ``|x|`` below 1e-3 and 1e-6 (compressible is not sparse: only exact zeros
   count as sparsity); and ``abs_q10`` / ``abs_q50`` / ``abs_q90``, the 10/50/90%
-  quantiles of |x| (a sort of all selected weights: meant for logging once per epoch).
+  quantiles of ``|x|`` (a sort of all selected weights: meant for logging once per epoch).
 
   Example:
     >>> import jax.numpy as jnp, pcs
