@@ -21,6 +21,7 @@ from experiments import datasets
 
 tf.config.set_visible_devices([], 'GPU')  # tf.data runs on the host; JAX owns accelerators
 
+STREAMED = ('cifar', 'imagenet')  # encoded, augmented images; other kinds fit in memory
 MEANS = {'cifar': (0.4914, 0.4822, 0.4465), 'imagenet': (0.485, 0.456, 0.406)}
 STDS = {'cifar': (0.2470, 0.2435, 0.2616), 'imagenet': (0.229, 0.224, 0.225)}
 
@@ -55,13 +56,11 @@ def _center_crop(image):
 def _preprocess(spec: datasets.DatasetSpec, train: bool, seed: int, epoch: int):
   def fn(index, example):
     x = example[spec.input_key]
-    if spec.kind in ('cifar', 'imagenet'):
-      if train:
-        x = _augment(x, spec.kind, tf.stack([seed * 1_000_003 + epoch, index]))
-      elif spec.kind == 'imagenet':
-        x = _center_crop(x)
-      x = _normalize(x, spec.kind)
-    return {'input': tf.cast(x, tf.float32), 'label': example['label']}
+    if train:
+      x = _augment(x, spec.kind, tf.stack([seed * 1_000_003 + epoch, index]))
+    elif spec.kind == 'imagenet':
+      x = _center_crop(x)
+    return {'input': tf.cast(_normalize(x, spec.kind), tf.float32), 'label': example['label']}
   return fn
 
 
@@ -96,15 +95,14 @@ def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec,
   ``mask`` marks real examples, and every process yields the same number of batches.
   """
   lo, hi = rows if rows is not None else (0, batch_size)
-  if spec.kind not in ('cifar', 'imagenet'):
+  if spec.kind not in STREAMED:
     yield from _in_memory_batches(_load(builder, split, spec.input_key), batch_size,
                                   train=train, seed=seed, epoch=epoch, rows=(lo, hi))
     return
-  # Encoded images (CIFAR, ImageNet) are decoded after the row filter, by the process
-  # that keeps them: a host does not decode the other hosts' examples.
-  encoded = spec.kind in ('cifar', 'imagenet')
-  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=(
-      {spec.input_key: tfds.decode.SkipDecoding()} if encoded else None))
+  # Encoded images are decoded after the row filter, by the process that keeps them: a
+  # host does not decode the other hosts' examples.
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={spec.input_key: tfds.decode.SkipDecoding()})
   num_examples = int(ds.cardinality().numpy())
   if train:
     ds = ds.shuffle(min(num_examples, 50_000), seed=seed * 1_000_003 + epoch,
@@ -114,10 +112,9 @@ def epoch_batches(builder: tfds.core.DatasetBuilder, spec: datasets.DatasetSpec,
     num_batches = -(-num_examples // batch_size)
   ds = ds.enumerate().take(num_batches * batch_size)
   ds = ds.filter(lambda i, _: (i % batch_size >= lo) & (i % batch_size < hi))
-  if encoded:
-    feature = builder.info.features[spec.input_key]
-    ds = ds.map(lambda i, example: (i, {**example, spec.input_key: feature.decode_example(
-        example[spec.input_key])}))
+  feature = builder.info.features[spec.input_key]
+  ds = ds.map(lambda i, example: (i, {**example, spec.input_key: feature.decode_example(
+      example[spec.input_key])}))
   ds = ds.map(_preprocess(spec, train, seed, epoch), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
   local_batch = hi - lo

@@ -363,11 +363,13 @@ class _Evaluations:
       with open(self.path) as f:
         self.values = json.load(f)
 
-  def record(self, key: str, state: TrainState) -> None:
+  def record(self, key: str, state: TrainState) -> float:
+    """Evaluates ``state``, keeps its accuracy as ``key`` and returns it."""
     self.values[key] = self.run.evaluate(state, self.run.eval_split)['accuracy']
     if self.run.primary:
       with open(self.path, 'w') as f:
         json.dump(self.values, f)
+    return self.values[key]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -401,7 +403,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           all_kept)
   for index in reversed(range(len(run.phases))):
     phase = run.phases[index]
-    _, template = fresh_state(phase, state.step, params, batch_stats, all_kept)
+    template = state if index == 0 else fresh_state(phase, state.step, params, batch_stats,
+                                                    all_kept)[1]
     restored, done = checkpointing.restore(workdir, phase.name,
                                            {'state': template, 'masks': all_kept})
     if restored is not None:
@@ -447,12 +450,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if run.phases[-1].sparsity != config.sparsity:  # one-shot pruning at the end
     pruned, masks = _prune(state, config.sparsity, config.prune_scope)
     state = state.replace(params=pruned)
-  if run.phases[-1].optimizer != 'finetune':
-    evaluations.record('before_finetune', state)
   checkpointing.save_once(workdir, 'final', {'params': state.params,
                                              'batch_stats': state.batch_stats})
-
-  evaluated = run.evaluate(state, run.eval_split)
+  accuracy = (run.evaluate(state, run.eval_split)['accuracy']
+              if run.phases[-1].optimizer == 'finetune'
+              else evaluations.record('before_finetune', state))  # nothing changes after it
   train = (run.evaluate(state, run.train_split)
            if config.eval_train or train_metrics is None
            else {'accuracy': train_metrics['accuracy']})
@@ -461,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'method': config.method, 'schedule': config.schedule, 'dataset': config.dataset,
       'model': config.model, 'target_sparsity': float(config.sparsity),
       'achieved_sparsity': pcs.summary(state.params).sparsity,
-      'eval_split': name, f'{name}_accuracy': evaluated['accuracy'],
+      'eval_split': name, f'{name}_accuracy': accuracy,
       'train_accuracy': train['accuracy'],
       f'{name}_accuracy_before_pruning': evaluations.values.get('before_pruning'),
       f'{name}_accuracy_before_finetune': evaluations.values.get('before_finetune'),

@@ -1,6 +1,7 @@
 """What the tests share: a small MLP problem (plain JAX), its training loop, every pcs
 method as users build it, and the small configs and outputs of the experiment binary."""
 
+import itertools
 import json
 import os
 
@@ -8,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import pcs
-import itertools
 
 
 def mlp_params(seed=0, dtype=jnp.float32, sizes=(16, 32, 4)):
@@ -114,3 +115,21 @@ def metric_lines(workdir):
   """The run's metrics.jsonl as a list of dicts."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
+
+
+def crash_then_resume(config, workdir, monkeypatch, at_epoch):
+  """Runs ``config`` in ``workdir`` until the data of epoch seed ``at_epoch`` is asked for
+  (train phase: the epoch; IMP cycle c: 1000 c + epoch; fine-tuning: 10000 + epoch), as
+  if killed there, then reruns it to the end; returns the rerun's results."""
+  from experiments import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  real = input_pipeline.epoch_batches
+  def crashing(*args, **kwargs):
+    if kwargs.get('epoch') == at_epoch:
+      raise KeyboardInterrupt('killed')
+    return real(*args, **kwargs)
+  monkeypatch.setattr(input_pipeline, 'epoch_batches', crashing)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(workdir))
+  monkeypatch.setattr(input_pipeline, 'epoch_batches', real)
+  return train.train_and_evaluate(config, str(workdir))
+

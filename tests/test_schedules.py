@@ -70,16 +70,8 @@ def test_a_run_stopped_inside_an_imp_cycle_resumes_to_the_same_end(data_dir, tmp
                                 sparsity=0.75, **{'imp.cycles': 2, 'imp.rewind': 'weights',
                                                   'imp.rewind_epoch': 1})
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'full'))
-  real = input_pipeline.epoch_batches
-  def crash_in_second_cycle(*args, **kwargs):
-    if kwargs.get('epoch') == 2001:  # cycle 2, epoch 1
-      raise KeyboardInterrupt('killed')
-    return real(*args, **kwargs)
-  monkeypatch.setattr(input_pipeline, 'epoch_batches', crash_in_second_cycle)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, str(tmp_path / 'crashed'))
-  monkeypatch.setattr(input_pipeline, 'epoch_batches', real)
-  resumed = train.train_and_evaluate(config, str(tmp_path / 'crashed'))
+  resumed = helpers.crash_then_resume(config, tmp_path / 'crashed', monkeypatch,
+                                      at_epoch=2001)  # cycle 2, epoch 1
   for key in ('test_accuracy', 'params_fingerprint', 'test_accuracy_before_pruning'):
     assert resumed[key] == uninterrupted[key], key
   assert helpers.metric_lines(tmp_path / 'crashed') == helpers.metric_lines(tmp_path / 'full')

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-from experiments import input_pipeline
 from experiments import report
 from experiments import optimizers
 from experiments import train
@@ -65,17 +64,8 @@ def test_eight_devices_give_the_metrics_of_one(data_dir, tmp_path):
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
   config = helpers.small_config(data_dir, num_epochs=3, finetune_epochs=2, sparsity=0.9)
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'full'))
-
-  real = input_pipeline.epoch_batches
-  def crash_in_finetune(*args, **kwargs):
-    if kwargs.get('epoch') == 10_002:  # second fine-tuning epoch
-      raise KeyboardInterrupt('killed')
-    return real(*args, **kwargs)
-  monkeypatch.setattr(input_pipeline, 'epoch_batches', crash_in_finetune)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, str(tmp_path / 'crashed'))
-  monkeypatch.setattr(input_pipeline, 'epoch_batches', real)
-  resumed = train.train_and_evaluate(config, str(tmp_path / 'crashed'))
+  resumed = helpers.crash_then_resume(config, tmp_path / 'crashed', monkeypatch,
+                                      at_epoch=10_002)  # second fine-tuning epoch
   # The fine-tuning checkpoint (with its masks) was good and must have been used.
   assert not (tmp_path / 'crashed' / 'checkpoints' / 'corrupted').exists()
   for key in ('test_accuracy', 'achieved_sparsity'):

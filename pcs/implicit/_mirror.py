@@ -17,6 +17,14 @@ from pcs.core import _reparameterize as reparam
 from pcs.core import _selection as selection
 
 
+def _working_precision(x, *others) -> tuple:
+  """(x's dtype, then x and ``others`` in it promoted to at least float32): half-precision
+  inputs are computed in float32 and cast back by the caller."""
+  dtype = jnp.result_type(x)
+  work = jnp.promote_types(dtype, jnp.float32)
+  return (dtype, jnp.asarray(x, work), *(jnp.asarray(v, work) for v in others))
+
+
 def mirror_map(x: jax.Array, log_a) -> jax.Array:
   """grad R_a(x) = 1/2 arcsinh(x / a), with a = exp(log_a).
 
@@ -29,10 +37,7 @@ def mirror_map(x: jax.Array, log_a) -> jax.Array:
     >>> float(pcs.implicit.mirror_map(jnp.float32(1e30), 0.0))  # 1/2 arcsinh(1e30): finite
     34.88...
   """
-  dtype = jnp.result_type(x)
-  work = jnp.promote_types(dtype, jnp.float32)
-  x = jnp.asarray(x, work)
-  log_a = jnp.asarray(log_a, work)
+  dtype, x, log_a = _working_precision(x, log_a)
   a = jnp.exp(log_a)
   absx = jnp.abs(x)
   large = absx > a
@@ -57,10 +62,8 @@ def inverse_mirror_map(z: jax.Array, log_a) -> jax.Array:
     >>> round(float(pcs.implicit.inverse_mirror_map(z, jnp.log(0.5))), 5)
     3.0
   """
-  dtype = jnp.result_type(z)
-  work = jnp.promote_types(dtype, jnp.float32)
-  z = jnp.asarray(z, work)
-  log_a = jnp.asarray(log_a, work)
+  dtype, z, log_a = _working_precision(z, log_a)
+  work = z.dtype
   absz = jnp.abs(z)
   log_max = jnp.log(jnp.finfo(dtype).max).astype(work)
   magnitude = jnp.exp(jnp.minimum(log_a + 2 * absz - jnp.log(2.0), log_max))
@@ -100,10 +103,8 @@ def mirror_step(x: jax.Array, dz: jax.Array, log_a, log_a_next) -> jax.Array:
   (:func:`mirror_map`, :func:`inverse_mirror_map`) where the bound fails. Saturates at
   the dtype's largest finite value.
   """
-  dtype = jnp.result_type(x)
-  work = jnp.promote_types(dtype, jnp.float32)
-  xw, u = jnp.asarray(x, work), 2 * jnp.asarray(dz, work)
-  log_a, log_a_next = jnp.asarray(log_a, work), jnp.asarray(log_a_next, work)
+  dtype, xw, dz, log_a, log_a_next = _working_precision(x, dz, log_a, log_a_next)
+  work, u = xw.dtype, 2 * dz
   a, r = jnp.exp(log_a), jnp.exp(log_a_next - log_a)
   tiny, top = jnp.finfo(work).tiny, jnp.finfo(work).max
   # sqrt(x^2 + a^2) without overflow or underflow: a sqrt(1 + (x / a)^2) up to
