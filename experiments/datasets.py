@@ -9,6 +9,7 @@ prepared beforehand (see :func:`builder`).
 """
 
 import dataclasses
+import fcntl
 import os
 from typing import ClassVar, Tuple
 
@@ -107,6 +108,21 @@ def _how_to_prepare(name: str, data_dir: str) -> str:
           f'then copy {data_dir}/{name} here.')
 
 
+def _prepare_once(result: tfds.core.DatasetBuilder, data_dir: str, name: str) -> None:
+  """Generates ``name`` under an exclusive file lock, so that processes started together
+  (the quality benchmark's workers, the hosts of a multi-process run sharing a disk)
+  generate it once instead of racing to rename the same directory."""
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f'.{name}.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not result.is_prepared():  # another process may have finished while we waited
+        result.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The prepared tfds builder of ``name``; generated datasets are prepared on first use.
 
@@ -118,8 +134,9 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.')
   data_dir = os.path.expanduser(data_dir)
   result = tfds.builder(name, data_dir=data_dir)
-  if name in GENERATED:
-    result.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  if name in GENERATED and not result.is_prepared():
+    _prepare_once(result, data_dir, name)
+    result = tfds.builder(name, data_dir=data_dir)  # with the split sizes just recorded
   if not result.is_prepared():
     raise ValueError(f'Dataset {name!r} is not prepared in {data_dir}. '
                      + _how_to_prepare(name, data_dir))

@@ -136,3 +136,19 @@ def test_image_pipelines_on_mock_data(name, shape, tmp_path):
                                                       seed=0, epoch=0))
       assert batch['input'].shape == (4,) + shape and batch['input'].dtype == np.float32
       assert mask.all() and abs(float(batch['input'].mean())) < 3  # normalized
+
+
+def test_processes_started_together_generate_a_dataset_once(tmp_path):
+  # Two workers of `make quality` on a fresh machine used to race to rename the same
+  # incomplete directory, and one of them died; the second must wait and reuse it.
+  import subprocess
+  import sys
+  code = ('import sys; from experiments import datasets; '
+          'b = datasets.builder("digits", sys.argv[1]); '
+          'print(b.info.splits["train"].num_examples)')
+  workers = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+  results = [w.communicate(timeout=300) for w in workers]
+  assert [w.returncode for w in workers] == [0, 0, 0], [err[-2000:] for _, err in results]
+  assert [out.split()[-1] for out, _ in results] == ['1437'] * 3
