@@ -1,14 +1,14 @@
-"""Train-step time and optimizer-state memory of pcs.pilot / pcs.mirror vs the bare optimizer.
+"""Train-step time and memory of every pcs method against the bare optimizer it wraps.
 
-Measured interleaved in one run (bare, pilot, mirror, bare, ...) so that machine
-noise hits all variants alike; reports medians and ratios to the bare optimizer
-(SGD, momentum 0.9, as in the paper's recipe). Targets: pilot <= 1.10x on the MLP,
-<= 1.02x on the conv net; mirror's state equal to the bare optimizer's.
+Each (model, inner optimizer) pair is measured interleaved in one run (bare, pilot,
+mirror, ..., bare, ...) so that machine noise hits all variants alike; reports medians,
+ratios to the bare optimizer, optimizer-state bytes and the compiled step's temporary
+bytes (``compiled.memory_analysis()``). Inner optimizers: SGD with momentum 0.9 (the
+paper's recipe) and Adam.
 
-  python -m benchmarks.step_overhead [--repeats=20] [--conv_batch=128]
+  python -m benchmarks.step_overhead [--repeats=20] [--conv_repeats=10]
 """
 
-import platform
 import statistics
 import time
 
@@ -22,26 +22,35 @@ import optax
 import pcs
 from experiments import models
 
-flags.DEFINE_integer('repeats', 20, 'Timed steps per variant (after warm-up).')
-flags.DEFINE_integer('mlp_batch', 256, 'Batch size of the MLP (784-1024-1024-10).')
+flags.DEFINE_integer('repeats', 20, 'Timed steps per variant on the MLPs (after warm-up).')
+flags.DEFINE_integer('conv_repeats', 10, 'Timed steps per variant on ResNet-20.')
+flags.DEFINE_integer('mlp_batch', 256, 'Batch size of the MLPs.')
 flags.DEFINE_integer('conv_batch', 128, 'Batch size of ResNet-20 on 32x32x3 inputs.')
 FLAGS = flags.FLAGS
 
+# name -> (inner optimizer, its learning rate): what the methods wrap.
+INNERS = {
+    'sgd-momentum': (lambda lr: optax.sgd(lr, momentum=0.9), 0.1),
+    'adam': (optax.adam, 1e-3),
+}
+METHODS = ('bare', 'pilot', 'mirror', 'spred', 'str', 'cs', 'powerprop', 'l1', 'gmp')
+MLP_WIDTHS = (1024, 2048, 4096)
 
-def _variants(lr=0.1, names=None):
-  inner = lambda: optax.sgd(lr, momentum=0.9)
-  variants = {
-      'bare': lambda: inner(),
-      'pilot': lambda: pcs.pilot(inner(), alpha=1e-4),
-      'mirror': lambda: pcs.mirror(inner(), alpha=1e-4, learning_rate=lr),
-      'spred': lambda: pcs.spred(inner(), weight_decay=1e-4),
-      'str': lambda: pcs.soft_threshold(inner(), weight_decay=1e-4),
-      'cs': lambda: pcs.continuous_sparsification(inner(), l1_strength=1e-4, num_steps=1000),
-      'powerprop': lambda: pcs.powerprop(inner()),
-      'l1': lambda: pcs.l1(inner(), strength=1e-4, learning_rate=lr),
-      'gmp': lambda: pcs.gmp(inner(), final_sparsity=0.9, begin_step=0, end_step=1000),
+
+def variants(make, lr: float, names=METHODS) -> dict:
+  """Every method around a fresh ``make(lr)`` optimizer, with the decays of the paper's runs."""
+  builders = {
+      'bare': lambda: make(lr),
+      'pilot': lambda: pcs.pilot(make(lr), alpha=1e-4),
+      'mirror': lambda: pcs.mirror(make(lr), alpha=1e-4, learning_rate=lr),
+      'spred': lambda: pcs.spred(make(lr), weight_decay=1e-4),
+      'str': lambda: pcs.soft_threshold(make(lr), weight_decay=1e-4),
+      'cs': lambda: pcs.continuous_sparsification(make(lr), l1_strength=1e-4, num_steps=1000),
+      'powerprop': lambda: pcs.powerprop(make(lr)),
+      'l1': lambda: pcs.l1(make(lr), strength=1e-4, learning_rate=lr),
+      'gmp': lambda: pcs.gmp(make(lr), final_sparsity=0.9, begin_step=0, end_step=1000),
   }
-  return {k: v() for k, v in variants.items() if names is None or k in names}
+  return {name: builders[name]() for name in names}
 
 
 def _make_step(model, tx, has_batch_stats):
@@ -64,12 +73,12 @@ def _make_step(model, tx, has_batch_stats):
   return step
 
 
-def _bytes(tree):
+def tree_bytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def measure(name, model, input_shape, batch, repeats, names=None):
-  """Median step time and state bytes of each variant, measured interleaved."""
+def measure(name, model, input_shape, batch, repeats, inner='sgd-momentum', names=METHODS):
+  """One row per variant: median step time and its ratio to bare, state and temp bytes."""
   rng = np.random.default_rng(0)
   inputs = jnp.asarray(rng.normal(size=(batch,) + input_shape), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, size=batch), jnp.int32)
@@ -77,57 +86,61 @@ def measure(name, model, input_shape, batch, repeats, names=None):
   params = variables['params']
   extra = {k: v for k, v in variables.items() if k != 'params'}
   runs = {}
-  for variant, tx in _variants(names=names).items():
+  for variant, tx in variants(*INNERS[inner], names).items():
     state = tx.init(params)
     step = _make_step(model, tx, bool(extra))
+    compiled = step.lower(params, extra, state, inputs, labels).compile()
     carry = (params, extra, state)
-    for _ in range(2):  # compile and warm up
+    for _ in range(2):  # warm up
       *carry, loss = step(*carry, inputs, labels)
       loss.block_until_ready()
-    runs[variant] = {'step': step, 'carry': carry, 'times': [],
-                     'state_bytes': _bytes(state)}
+    runs[variant] = {'step': step, 'carry': carry, 'times': [], 'state_bytes': tree_bytes(state),
+                     'temp_bytes': compiled.memory_analysis().temp_size_in_bytes}
   for _ in range(repeats):
     for run in runs.values():
       start = time.perf_counter()
       *run['carry'], loss = run['step'](*run['carry'], inputs, labels)
       loss.block_until_ready()
       run['times'].append(time.perf_counter() - start)
-  param_bytes = _bytes(params)
+  param_bytes = tree_bytes(params)
   bare = statistics.median(runs['bare']['times'])
   rows = []
   for variant, run in runs.items():
-    median = statistics.median(run['times'])
-    rows.append((name, variant, median * 1e3, median / bare,
-                 run['state_bytes'] / param_bytes))
     assert run['step']._cache_size() == 1, 'retraced'
+    median = statistics.median(run['times'])
+    rows.append({'model': name, 'inner': inner, 'variant': variant, 'ms': median * 1e3,
+                 'ratio': median / bare, 'state': run['state_bytes'] / param_bytes,
+                 'temp_mib': run['temp_bytes'] / 2**20,
+                 'extra_temp_mib': (run['temp_bytes'] - runs['bare']['temp_bytes']) / 2**20})
   return rows
 
 
-def run_all(repeats):
-  """Every method on the MLP and ResNet-20, and pilot/mirror on MLPs of growing width."""
-  rows = measure('MLP 784-1024-1024-10', models.MLP((1024, 1024, 10)), (784,),
-                 FLAGS.mlp_batch, repeats)
-  rows += measure('ResNet-20', models.resnet20(), (32, 32, 3), FLAGS.conv_batch, repeats)
-  for width in (256, 2048, 4096):
-    rows += measure(f'MLP 784-{width}-{width}-10', models.MLP((width, width, 10)), (784,),
-                    FLAGS.mlp_batch, repeats, names=('bare', 'pilot', 'mirror'))
+def run_all(repeats, conv_repeats):
+  """Every method on MLPs of growing width and ResNet-20, around both inner optimizers."""
+  rows = []
+  for inner in INNERS:
+    for width in MLP_WIDTHS:
+      rows += measure(f'MLP 784-{width}-{width}-10', models.MLP((width, width, 10)), (784,),
+                      FLAGS.mlp_batch, repeats, inner)
+    rows += measure('ResNet-20', models.resnet20(), (32, 32, 3), FLAGS.conv_batch, conv_repeats,
+                    inner)
   return rows
 
 
 def markdown(rows) -> str:
-  lines = ['| model | variant | median step (ms) | time / bare | optimizer state / params |',
-           '|---|---|---:|---:|---:|']
-  for name, variant, ms, ratio, state in rows:
-    lines.append(f'| {name} | {variant} | {ms:.2f} | {ratio:.3f}x | {state:.2f}x |')
+  lines = ['| model | inner | variant | median step (ms) | time / bare | optimizer state / params '
+           '| step temp (MiB) | temp over bare (MiB) |',
+           '|---|---|---|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['inner']} | {r['variant']} | {r['ms']:.2f} | "
+                 f"{r['ratio']:.3f}x | {r['state']:.2f}x | {r['temp_mib']:.1f} | "
+                 f"{r['extra_temp_mib']:+.1f} |")
   return '\n'.join(lines)
 
 
 def main(argv):
   del argv
-  print(f'# pcs step overhead: {platform.processor() or platform.machine()}, '
-        f'{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, '
-        f'optax {optax.__version__}, {time.strftime("%Y-%m-%d")}')
-  print(markdown(run_all(FLAGS.repeats)))
+  print(markdown(run_all(FLAGS.repeats, FLAGS.conv_repeats)))
 
 
 if __name__ == '__main__':

@@ -4,8 +4,11 @@ import json
 import os
 
 import numpy as np
+import pytest
 
+from benchmarks import __main__ as bench_main
 from benchmarks import step_overhead
+from benchmarks import update_cost
 from experiments import models
 from experiments import regression
 from experiments.configs import regression as regression_config
@@ -33,18 +36,51 @@ def test_regression_experiment_writes_results_that_match_the_theory(tmp_path):
   assert best('pilot') < best('spred_init')
 
 
-def test_step_overhead_benchmark_reports_state_sizes():
-  rows = step_overhead.measure('tiny MLP', models.MLP((32, 10)), (16,), batch=8, repeats=2)
-  by_variant = {variant: (ratio, state) for _, variant, _, ratio, state in rows}
-  assert set(by_variant) == {'bare', 'pilot', 'mirror', 'spred', 'str', 'cs', 'powerprop', 'l1',
-                             'gmp'}
-  assert by_variant['bare'] == (1.0, 1.0)
-  # SGD momentum keeps one trace per parameter. pilot: m + traces of m and w on kernels
-  # (2 x 16 x 32 + 32 x 10 + traces of biases); mirror: the bare size plus a few scalars.
+@pytest.mark.parametrize('inner', ['sgd-momentum', 'adam'])
+def test_step_overhead_benchmark_reports_state_sizes(inner):
+  rows = step_overhead.measure('tiny MLP', models.MLP((32, 10)), (16,), batch=8, repeats=2,
+                               inner=inner)
+  by_variant = {r['variant']: r for r in rows}
+  assert set(by_variant) == set(step_overhead.METHODS)
+  assert (by_variant['bare']['ratio'], by_variant['bare']['extra_temp_mib']) == (1.0, 0.0)
+  # SGD momentum keeps one trace per parameter, Adam two moments. pilot: m plus the
+  # inner state of m and w on kernels (2 x 16 x 32 + 32 x 10) and of the biases;
+  # mirror: the bare size plus a few scalars.
+  per_weight = {'sgd-momentum': 1, 'adam': 2}[inner]
   kernels, biases = 16 * 32 + 32 * 10, 32 + 10
-  np.testing.assert_allclose(by_variant['pilot'][1], (3 * kernels + biases) / (kernels + biases),
-                             rtol=1e-2)
-  np.testing.assert_allclose(by_variant['mirror'][1], 1.0, atol=0.02)
+  np.testing.assert_allclose(by_variant['bare']['state'], per_weight, rtol=1e-2)
+  np.testing.assert_allclose(by_variant['pilot']['state'],
+                             ((1 + 2 * per_weight) * kernels + per_weight * biases)
+                             / (kernels + biases), rtol=1e-2)
+  np.testing.assert_allclose(by_variant['mirror']['state'], per_weight, atol=0.02)
+  assert all(r['temp_mib'] >= 0 for r in rows)
+
+
+def test_update_cost_reads_the_traffic_counted_by_hand():
+  rows = update_cost.run(size=64, repeats=1, names=('bare', 'pilot', 'mirror'))
+  row = {(r['inner'], r['variant']): r for r in rows}
+  # Bare SGD reads g and x and writes x: three arrays, one loop per kernel, no copy.
+  assert row[('sgd', 'bare')]['passes'] == pytest.approx(3.0, abs=0.05)
+  assert (row[('sgd', 'bare')]['fusions'], row[('sgd', 'bare')]['copies']) == (2, 0)
+  # The minimum: read g, x, the state; write x, the state (momentum: 5; pilot with
+  # momentum: m and the traces of m and w, 9; Adam: 7).
+  assert row[('momentum', 'bare')]['minimum'] == pytest.approx(5.0, abs=0.01)
+  assert row[('momentum', 'pilot')]['minimum'] == pytest.approx(9.0, abs=0.01)
+  assert row[('adam', 'bare')]['minimum'] == pytest.approx(7.0, abs=0.01)
+  # mirror moves what the bare optimizer moves and needs no temporary array, for every
+  # inner optimizer that does not read the params.
+  for inner in ('sgd', 'momentum', 'nesterov', 'adam'):
+    assert row[(inner, 'mirror')]['passes'] == pytest.approx(row[(inner, 'bare')]['passes'],
+                                                             abs=0.05), inner
+    assert row[(inner, 'mirror')]['temp_mib'] < 0.01, inner
+
+
+def test_readme_block_replaces_only_between_its_markers():
+  text = 'a\n<!-- bench -->\nold\n<!-- /bench -->\nb\n'
+  assert bench_main.replace_between(text, 'bench', 'new') == (
+      'a\n<!-- bench -->\nnew\n<!-- /bench -->\nb\n')
+  with pytest.raises(ValueError, match='markers not found'):
+    bench_main.replace_between('no markers', 'bench', 'new')
 
 
 def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):

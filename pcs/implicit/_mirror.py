@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from pcs.core import _alpha as alpha_lib
@@ -73,54 +74,92 @@ def inverse_mirror_map(z: jax.Array, log_a) -> jax.Array:
 
 
 
-# |u| up to which the Taylor polynomials below are used; larger steps take the exact maps.
-_POLYNOMIAL_BOUND = 0.5
+# ln 2 split as hi + lo, hi with trailing zero bits so that n * hi is exact (Cody & Waite).
+_LN2 = {np.dtype(np.float32): (0.693145751953125, 1.428606765330187e-06),
+        np.dtype(np.float64): (0.6931471803691238, 1.9082149292705877e-10)}
 
 
-def _sinh_cosh(u: jax.Array):
-  """sinh u and cosh u by their Taylor series, for |u| <= 0.5: the first neglected terms
-  (u^10 / 10! in float32 and bfloat16, u^20 / 20! in float64) are far below 1 ulp."""
-  terms = 10 if u.dtype == jnp.float64 else 5
-  u2 = u * u
-  sinh, cosh = jnp.ones_like(u), jnp.ones_like(u)
-  for k in range(terms - 1, 0, -1):  # Horner: 1 + u^2/(2k(2k+1)) (1 + ...)
-    sinh = 1 + u2 / ((2 * k) * (2 * k + 1)) * sinh
-    cosh = 1 + u2 / ((2 * k - 1) * (2 * k)) * cosh
-  return u * sinh, cosh
+def _power_of_two(n: jax.Array, dtype) -> jax.Array:
+  """2^n for integer-valued n in the dtype's normal exponent range, built from its bits."""
+  bits, itype = (52, jnp.int64) if dtype == jnp.float64 else (23, jnp.int32)
+  biased = (n.astype(itype) + (jnp.finfo(dtype).maxexp - 1)) << bits
+  return jax.lax.bitcast_convert_type(biased, dtype)
+
+
+def _sinh_cosh(v: jax.Array):
+  """sinh v and cosh v by Taylor series (Horner), for ``|v| <= ln 2 / 2``: the first
+  neglected terms, v^9 / 9! and v^8 / 8! in float32 (v^17 / 17! and v^16 / 16! in
+  float64), are below 1e-8 (1e-20) relative."""
+  terms = 8 if v.dtype == jnp.float64 else 4
+  v2 = v * v
+  sinh, cosh = jnp.ones_like(v), jnp.ones_like(v)
+  for k in range(terms - 1, 0, -1):  # 1 + v^2/(2k(2k+1)) (1 + ...)
+    sinh = 1 + v2 * (1.0 / ((2 * k) * (2 * k + 1))) * sinh
+    cosh = 1 + v2 * (1.0 / ((2 * k - 1) * (2 * k))) * cosh
+  return v * sinh, cosh
 
 
 def mirror_step(x: jax.Array, dz: jax.Array, log_a, log_a_next) -> jax.Array:
-  """x_{t+1} = a_{t+1} sinh(2 (z + dz)), z = 1/2 arcsinh(x / a_t), without computing z.
+  r"""x_{t+1} = a_{t+1} sinh(2 (z + dz)), z = 1/2 arcsinh(x / a_t), without computing z.
 
-  By the addition theorem, with u = 2 dz and r = a_{t+1} / a_t (one scalar),
+  By the addition theorem for sinh, with u = 2 dz and r = a_{t+1} / a_t (one scalar),
 
-      x_{t+1} = r (x cosh u + sqrt(x^2 + a_t^2) sinh u),
+      x_{t+1} = r (x cosh u + h sinh u),   h = sqrt(x^2 + a_t^2),
 
-  with Taylor polynomials for sinh u and cosh u: no transcendental function per
-  weight, and sqrt(x^2 + a_t^2) formed without overflow or underflow. As a_t -> 0 it
-  becomes the multiplicative update x exp(sign(x) u). It is used when every
-  ``|u| <= 0.5`` (training steps); otherwise the leaf takes the exact log-space maps
-  (:func:`mirror_map`, :func:`inverse_mirror_map`) where the bound fails. Saturates at
-  the dtype's largest finite value.
+  evaluated per weight with multiplications, one square root and one division, and no
+  transcendental function (Jacobs & Burkholz, ICLR 2025, the hyperbolic-entropy
+  mirror map of x = m * w):
+
+  - ``|u| = n ln 2 + rho`` with ``|rho| <= ln 2 / 2``; ``sinh |u| = 2^n s`` and
+    ``cosh |u| = 2^n c`` with ``s, c`` from Taylor polynomials of rho and the power of
+    two 4^-n, so no intermediate overflows; the final 2^n is applied as two exact
+    powers of two and the result saturates at the dtype's largest finite value.
+  - Where the step moves x towards and across zero (x u < 0) the two terms cancel;
+    there the equivalent ``(a^2 sinh^2 u - x^2) / (h sinh u + |x| cosh u)`` is used,
+    which has no cancellation beyond that of ``a sinh|u| - |x|``, so a weight crossing
+    zero lands to within a few ulp of a_{t+1}.
+  - ``h`` is formed without overflow or underflow; as a_t -> 0 the step becomes the
+    multiplicative update ``x exp(sign(x) u)``.
+
+  It agrees with the float64 maps to a few float32 ulp for ``|x| / a_t`` up to 1e30,
+  a_t down to 1e-30 and ``|u|`` up to ``2 (maxexp - 2) ln 2`` (174 in float32, where
+  e^|u| alone exceeds the dtype's range; larger steps are taken as that one);
+  bfloat16 and float16 are computed in float32.
   """
-  dtype, xw, dz, log_a, log_a_next = _working_precision(x, dz, log_a, log_a_next)
-  work, u = xw.dtype, 2 * dz
+  dtype, x, dz, log_a, log_a_next = _working_precision(x, dz, log_a, log_a_next)
+  work = x.dtype
+  u = 2 * dz
   a, r = jnp.exp(log_a), jnp.exp(log_a_next - log_a)
-  tiny, top = jnp.finfo(work).tiny, jnp.finfo(work).max
-  # sqrt(x^2 + a^2) without overflow or underflow: a sqrt(1 + (x / a)^2) up to
-  # |x| = 1e9 a, beyond which it is |x| to within 1e-18 relative.
-  ratio = xw * (1 / jnp.maximum(a, tiny))
-  far = jnp.abs(xw) > 1e9 * a
-  hyp = jnp.where(far, jnp.abs(xw), a * jnp.sqrt(1 + jnp.where(far, 0, ratio) ** 2))
-  sinh, cosh = _sinh_cosh(u)
-  fast = r * (xw * cosh + hyp * sinh)
-  in_range = (jnp.abs(u) <= _POLYNOMIAL_BOUND) & (jnp.abs(xw) <= top / 4)
-
-  def exact_where_needed():
-    exact = inverse_mirror_map(mirror_map(xw, log_a) + u / 2, log_a_next)
-    return jnp.where(in_range, fast, exact)
-
-  new = jax.lax.cond(jnp.all(in_range), lambda: fast, exact_where_needed)
+  tiny = jnp.finfo(work).tiny
+  max_half = jnp.finfo(work).maxexp - 2
+  # Beyond |u| = 2 max_half ln 2 (174 in float32) no step is meaningful: clamp there.
+  absx, absu = jnp.abs(x), jnp.minimum(jnp.abs(u), 2 * max_half * math.log(2))
+  # h = sqrt(x^2 + a^2): a sqrt(1 + (x / a)^2) up to |x| = 1e9 a, beyond which it is
+  # |x| to within 1e-18 relative.
+  far = absx > 1e9 * a
+  ratio = jnp.where(far, 0, absx * (1 / jnp.maximum(a, tiny)))
+  h = jnp.where(far, absx, a * jnp.sqrt(1 + ratio * ratio))
+  # |u| = n ln 2 + rho; sinh|u| = 2^n s and cosh|u| = 2^n c.
+  n = jnp.minimum(jnp.floor(absu * (1 / math.log(2)) + 0.5), 2 * max_half)
+  hi, lo = _LN2[np.dtype(work)]
+  sinh_rho, cosh_rho = _sinh_cosh((absu - n * hi) - n * lo)
+  n_low = jnp.floor(0.5 * n)
+  n_high = n - n_low
+  inv_scale = _power_of_two(-n_low, work) * _power_of_two(-n_high, work)  # 2^-n
+  quarter = 0.5 * inv_scale * inv_scale  # 4^-n / 2
+  s = (0.5 - quarter) * cosh_rho + (0.5 + quarter) * sinh_rho
+  c = (0.5 + quarter) * cosh_rho + (0.5 - quarter) * sinh_rho
+  crossing = jnp.where(u < 0, x > 0, x < 0)
+  scaled_x = absx * inv_scale
+  away = absx * c + h * s
+  # (a s - |x| 2^-n) times a ratio in [0, 1], whose terms are scaled by a power of two
+  # that keeps them out of overflow (h near the largest float) and underflow (h tiny).
+  k = jnp.where(h > 1, 0.25, 2.0 ** 40)
+  den = jnp.maximum(k * h * s + k * absx * c, tiny)
+  across = (a * s - scaled_x) * ((k * a * s + k * scaled_x) / den)
+  magnitude = (jnp.where(crossing, across, away) * r
+               * _power_of_two(n_low, work) * _power_of_two(n_high, work))
+  new = jnp.where(u < 0, -magnitude, magnitude)
   big = jnp.finfo(dtype).max
   return jnp.clip(new, -big, big).astype(dtype)
 
@@ -171,8 +210,8 @@ def mirror(
       a_{t+1} = a_t exp(-4 eta_t alpha_t),  a_0 = beta / 2
       x_{t+1} = a_{t+1} sinh(2 z_{t+1})
 
-  computed from x directly by :func:`mirror_step` (no transcendental per weight in
-  the common case); z itself is formed only for an inner optimizer that reads params
+  computed from x directly by :func:`mirror_step` (no transcendental function per weight
+  and no branch); z itself is formed only for an inner optimizer that reads params
   (weight decay inside it); otherwise jit drops it.
 
   For plain SGD with step eta_t, ``pcs.pilot`` with the same alpha and beta is a
