@@ -96,9 +96,14 @@ def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):
 def test_benchmark_target_verdicts():
   from benchmarks import __main__ as bench
   from benchmarks import sparse_inference
-  steps = [('MLP 784-1024-1024-10', 'pilot', 1.0, 1.15, 3.0),
-           ('MLP 784-1024-1024-10', 'mirror', 1.0, 1.6, 1.0),
-           ('ResNet-20', 'pilot', 1.0, 1.01, 3.0), ('ResNet-20', 'mirror', 1.0, 1.0, 1.0)]
+  def step(model, inner, variant, ratio, state):
+    return {'model': model, 'inner': inner, 'variant': variant, 'ratio': ratio, 'state': state}
+  steps = [step('MLP 784-1024-1024-10', 'adam', 'bare', 1.0, 2.0),
+           step('MLP 784-1024-1024-10', 'adam', 'pilot', 1.17, 5.0),
+           step('MLP 784-1024-1024-10', 'adam', 'mirror', 1.04, 2.0),
+           step('ResNet-20', 'sgd-momentum', 'bare', 1.0, 1.0),
+           step('ResNet-20', 'sgd-momentum', 'pilot', 1.01, 3.0),
+           step('ResNet-20', 'sgd-momentum', 'mirror', 1.2, 1.03)]
   inference = [{'model': name, 'batch': 1, 'sparsity': 0.95, 'bcoo_ratio': ratio,
                 'bcsr_ratio': 2.0} for (name, _, _), ratio in zip(sparse_inference.MODELS,
                                                                   (0.5, 1.25, 3.0))]
@@ -109,8 +114,12 @@ def test_benchmark_target_verdicts():
                 recovery(10_000, 'HiGHS simplex', 1.0), recovery(10_000, 'HiGHS IPM', 120, False),
                 recovery(100_000, 'pcs pilot', 1.5), recovery(100_000, 'HiGHS IPM', 120, False)]
   text = bench.targets(steps, inference, recoveries)
-  assert '| pilot step <= 1.10x bare on the MLP | 1.150x | missed by 0.05x |' in text
-  assert '| pilot step <= 1.02x bare on ResNet-20 | 1.010x | met |' in text
+  assert '| pilot <= 1.15x bare: MLP 784-1024-1024-10, adam | 1.170x | missed by 0.02x |' in text
+  assert '| mirror <= 1.05x bare: MLP 784-1024-1024-10, adam | 1.040x | met |' in text
+  assert '| pilot <= 1.02x bare: ResNet-20, sgd-momentum | 1.010x | met |' in text
+  assert '| mirror <= 1.05x bare: ResNet-20, sgd-momentum | 1.200x | missed by 0.15x |' in text
+  # mirror's state is compared with the bare optimizer's of the same model and inner.
+  assert '| mirror state = bare state | at most +0.030x params over bare | missed |' in text
   assert 'mnist1d CNN | 0.50x dense | met |' in text
   assert 'ResNet-20 | 2.00x dense | missed: 2.00x slower |' in text
   assert ('| pcs reaches basis pursuit faster than HiGHS, d = 1e+04 | pcs mirror 2 s vs HiGHS '

@@ -86,6 +86,8 @@ def _final(model, recipe, sparsity, seed, accuracy, study=None):
 def test_report_tables_and_verdicts(tmp_path):
   rows = list(_tuning_record('cnn1d', 'pilot+gmp', 0).values())
   rows += list(_tuning_record('cnn1d', 'pilot', 1, best=0.85).values())  # pilot+gmp is better
+  # pilot+imp scores higher but has not finished tuning: it cannot be recommended yet.
+  rows += list(_tuning_record('cnn1d', 'pilot+imp', 0, best=0.95).values())[:3]
   for seed in range(5):
     for sparsity, gmp, pilot in ((0.95, 90.0, 90.5), (0.98, 85.0, 86.0), (0.99, 80.0, 83.0 +
                                                                            0.1 * seed)):
@@ -97,7 +99,20 @@ def test_report_tables_and_verdicts(tmp_path):
   assert (tmp_path / 'quality' / 'accuracy_vs_sparsity.png').stat().st_size > 10_000
   assert '(1 diverged)' in text
   assert '| cnn1d | pilot+gmp | >= dense+gmp at 95% |' in text
-  # 95%: +0.5 every seed (sd 0) -> met; 99%: +3.0 + 0.1 seed -> mean +3.2 >= 2 -> met.
+  # 95%: +0.5 every seed (sd 0) -> met; 99%: +3.0 + 0.1 seed -> mean +3.2 >= 2, and
+  # significant (sd 0.16 over 5 seeds) -> met.
   assert '95%: +0.5 ± 0.0 (p=0, n=5) | met |' in text
   assert '99%: +3.2 ± 0.2' in text and text.count('| met |') == 2
   assert '| pilot+gmp | 90.9 ± 0.3 | 86.4 ± 0.3 | 83.6 ± 0.5 |' in text.replace('|  |', '|')
+
+
+def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
+  # Paired differences given as (mean, sd, p, n): the verdict reads only mean and p.
+  assert quality_report._verdict({0.99: (2.9, 5.7, 0.31, 5)}, 2.0) == (
+      'not shown: +2.9 pp at 99% is within noise (p=0.31)')
+  assert quality_report._verdict({0.98: (2.5, 0.5, 0.001, 5)}, 2.0) == 'met'
+  assert quality_report._verdict({0.95: (-3.4, 2.1, 0.021, 5)}, 0.0) == 'missed by 3.4 pp'
+  assert quality_report._verdict({0.95: (-0.8, 1.8, 0.37, 5)}, 0.0) == (
+      'missed by 0.8 pp (p=0.37, not significant)')
+  assert quality_report._verdict({0.98: (-1.9, 2.1, 0.12, 5), 0.99: (1.0, 1.0, 0.1, 5)}, 2.0) == (
+      'missed by 1.0 pp (p=0.1, not significant)')
