@@ -113,11 +113,12 @@ def why(update_rows, size: int) -> str:
 - **mirror moves exactly what bare moves ({mirror['passes']:.0f} arrays,
   {mirror['temp_mib']:.0f} MiB of temporaries, the bare optimizer's state)**, since
   `pcs.implicit.mirror_step` has no branch and no transcendental function per weight. What it
-  still costs on this CPU is arithmetic: about 70 vector operations per weight (Taylor
-  polynomials of sinh and cosh, a square root, one division, the power-of-two scaling and the
-  selects), where the bare update is bound by memory at about a dozen; the update takes
-  {mirror['ms']:.1f} ms against {bare['ms']:.1f} ms ({mirror['ratio']:.1f}x). Accelerators do an
-  order of magnitude more arithmetic per byte moved, so there the same loop is bound by memory.
+  still costs on this CPU is arithmetic: about 110 element-wise operations per weight in its
+  jaxpr (Taylor polynomials of sinh and cosh, a square root, one division, the power-of-two
+  scaling and the selects), where the bare update does a handful and is bound by memory; the
+  update takes {mirror['ms']:.1f} ms against {bare['ms']:.1f} ms ({mirror['ratio']:.1f}x).
+  Accelerators do an order of magnitude more arithmetic per byte moved, so there the same loop
+  is bound by memory.
   Around AdamW (weight decay reads the params) mirror also forms z = arcsinh(x / a) / 2 for the
   inner optimizer, with its transcendental functions.
 - Sparse products in `jax.experimental.sparse` lower to gathers and scatters on CPU, while
