@@ -49,6 +49,10 @@ RECIPES: Dict[str, Tuple[dict, List[dict]]] = {
                   [{'powerprop.power': v} for v in (1.5, 2.0, 3.0)]),
 }
 
+# Baselines that answer a side question (how the paper's other competitors fare); the
+# studies, which ask where PILoT's bias helps, run before them.
+SIDE_BASELINES = ('mirror', 'cs', 'powerprop')
+
 # name -> (recipe whose picked setting it starts from, changes, sparsities, what it is
 # compared with: a recipe's final runs or another study, paired by sparsity and seed).
 STUDIES: Dict[str, Tuple[str, dict, Tuple[float, ...], str]] = {
@@ -147,18 +151,28 @@ def sparsify_row(model: str, recipe: str, setting: dict, sparsity: float, start:
   return {**out, 'start': start}
 
 
-def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[dict]:
-  """Every run in order of work, given the ``recorded`` runs by id: final and study runs
-  appear once their tuning is done."""
-  for recipe in RECIPES:
+def _recipe_rows(recorded: Dict[str, dict], models, stages, recipes) -> Iterator[dict]:
+  for recipe in recipes:
     for model in models:
       if 'tune' in stages:
         yield from tuning_rows(model, recipe)
       setting = picked(recorded, model, recipe)
       if 'final' in stages and setting is not None:
         yield from final_rows(model, recipe, setting)
-  if 'study' not in stages:
-    return
+
+
+def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[dict]:
+  """Every run in order of work, given the ``recorded`` runs by id: final and study runs
+  appear once their tuning is done. The recipes in SIDE_BASELINES come after the studies."""
+  yield from _recipe_rows(recorded, models, stages,
+                          [r for r in RECIPES if r not in SIDE_BASELINES])
+  if 'study' in stages:
+    yield from _study_rows(recorded, models, workdir)
+  yield from _recipe_rows(recorded, models, stages,
+                          [r for r in RECIPES if r in SIDE_BASELINES])
+
+
+def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dict]:
   for model in models:
     for study, (recipe, changes, sparsities, _) in STUDIES.items():
       setting = picked(recorded, model, recipe)

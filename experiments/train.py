@@ -383,8 +383,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = _setup(config, workdir)
   params, batch_stats = _initial_weights(run)
   all_kept = jax.device_put(pcs.pruning.all_kept(params), run.replicated)
-  if run.primary:
-    run.writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
   rewinding = config.schedule == 'imp' and config.imp.rewind == 'weights'
 
   def optimizer(phase: Phase, masks):
@@ -422,8 +420,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     save_rewind_point(0, state)
   evaluations = _Evaluations(run)
   train_metrics = None
+  # Both are closed on the way out, an error included: an open TensorBoard writer keeps a
+  # TensorFlow thread that can abort the interpreter at exit, and the quality benchmark
+  # runs hundreds of runs in one process.
   with (open(os.path.join(workdir, 'metrics.jsonl'), 'a') if run.primary
-        else contextlib.nullcontext()) as run.log_file:
+        else contextlib.nullcontext()) as run.log_file, \
+       (contextlib.closing(tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard')))
+        if run.primary else contextlib.nullcontext()) as run.writer:
     for index in range(current, len(run.phases)):
       phase = run.phases[index]
       if index > current:  # enter the phase from the end of the one before

@@ -53,6 +53,14 @@ def _commands(code):
           if line.strip() and not line.strip().startswith('#')]
 
 
+def _diagnosis(stderr):
+  """The lines of a failed command's stderr that say why (a C++ check, an abort, a
+  Python error), then its tail: a crash's stack trace alone hides its cause."""
+  why = [line for line in stderr.splitlines()
+         if re.search(r'Check failed|terminate called|Fatal|SIG[A-Z]+|Error|^F\d{4}', line)]
+  return '\n'.join(why[:20]) + '\n...\n' + stderr[-1500:]
+
+
 def test_readme_shell_commands_for_the_offline_default_run(data_dir, tmp_path):
   runs = str(tmp_path / 'runs')
   env = {**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu'}
@@ -67,7 +75,7 @@ def test_readme_shell_commands_for_the_offline_default_run(data_dir, tmp_path):
         words += ['--config.num_epochs=1', f'--config.data_dir={data_dir}']
       done = subprocess.run([sys.executable, *words[1:]], cwd=helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=300, check=False)
-      assert done.returncode == 0, (command, done.stderr[-2000:])
+      assert done.returncode == 0, (command, _diagnosis(done.stderr))
       ran += 1
   assert ran >= 2
   assert os.path.exists(os.path.join(runs, 'pilot95', 'results.json'))

@@ -260,7 +260,7 @@ def test_keep_masked_zeroes_the_moments_of_a_pcs_inner(name):
   inner = pcs_state.inner_state
   moments = inner[0].mu if 'adam' in name else inner[0].trace  # optax.adam / optax.sgd chains
   trees = ([moments.latents.m, moments.latents.w] if 'pilot' in name else
-           [moments.latents.w] if 'soft_threshold' in name else [moments])
+           [moments.latents.w] if 'soft_threshold' in name else [moments.latents.z])
   checked = 0
   for tree in trees:
     for layer in ('dense0', 'dense1'):

@@ -12,6 +12,12 @@ with the user's optax optimizer: the gradient is pulled back by the chain rule,
 update is ``to_x(u_new, t + 1) - x``, so ``optax.apply_updates(params, updates)``
 equals ``to_x(u_new, t + 1)``. Unselected leaves are passed to the inner optimizer unchanged.
 
+The step is one scaffold, :func:`step_through_latents`, with three per-leaf pieces
+(:class:`LeafSteps`): before the inner optimizer, restore u and pull the gradient back
+(adding the penalty's); after it, step u, map it to x, emit the update and store.
+:func:`pcs.mirror` runs through the same scaffold with the mirror map as restore, the
+gradient itself as the pull-back, and the inverse map (from x) as map_to_x.
+
 Coupled mode (default) adds ``alpha_t * grad P(u)`` to the gradient the inner
 optimizer sees (Algorithm 1 of Jacobs & Burkholz, ICLR 2025). Decoupled mode
 applies it after the inner step, ``u <- u + inner_update - lr_t * alpha_t * grad P(u)``,
@@ -225,24 +231,15 @@ def reparameterize(
   latent_cls = type(example)
   stored_cls = type(jax.eval_shape(reparam.store, example, jnp.zeros((), jnp.int32)))
 
-  def split(params, mask):
-    """(selected x with holes elsewhere, other weights with holes at selected)."""
-    chosen = jax.tree.map(lambda x, s: x if s else optax.MaskedNode(), params, mask)
-    others = jax.tree.map(lambda x, s: optax.MaskedNode() if s else x, params, mask)
-    return chosen, others
-
   def init_fn(params):
     mask = selection.select(params, where)
-    chosen, others = split(params, mask)
-    latents = unzip(map_selected(reparam.init, chosen), latent_cls)
+    latents, inner_state = init_inner(inner, params, mask, reparam.init, latent_cls)
     count = jnp.zeros((), jnp.int32)
+    chosen, _ = split(params, mask)
     stored = unzip(map_selected(lambda x, u: reparam.store(u, count), chosen,
                                 zip_leaves(latents, chosen)), stored_cls)
-    return ReparamState(
-        count=count,
-        stored=stored,
-        inner_state=inner.init(Reparameterized(others, latents)),
-        alpha_state=alpha_lib.init(alpha))
+    return ReparamState(count=count, stored=stored, inner_state=inner_state,
+                        alpha_state=alpha_lib.init(alpha))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -250,41 +247,32 @@ def reparameterize(
     mask = selection.select(params, where)
     alpha_t = alpha_lib.current(alpha, state.alpha_state, state.count)
     step, next_step = state.count, optax.safe_int32_increment(state.count)
-    chosen, others = split(params, mask)
-    _, other_grads = split(updates, mask)
     penalty_grad = jax.grad(lambda u: reparam.penalty(u, step))
+    decay = alpha_t * schedule_value(learning_rate, step) if decoupled else None
 
-    def pull_back(x, stored, g):
-      """Restores u from x and the stored part; the gradient the inner step sees."""
-      u = reparam.restore(stored, x)
+    def pull_back(x, u, g):
+      """J_to_x(u)^T g, plus alpha_t grad P(u) when coupled."""
       _, pullback = jax.vjp(lambda u: reparam.to_x(u, step), u)
       (grad,) = pullback(g.astype(x.dtype))
       if not decoupled:
         grad = jax.tree.map(lambda gu, pu: gu + alpha_t.astype(gu.dtype) * pu,
                             grad, penalty_grad(u))
-      return _Pair(u, grad)
+      return grad
 
-    restored = map_selected(pull_back, chosen, zip_leaves(state.stored, chosen), updates)
-    latent_leaves, grad_leaves = unzip(restored, _Pair)
-    latents, grads = unzip(latent_leaves, latent_cls), unzip(grad_leaves, latent_cls)
-    inner_updates, inner_state = inner.update(
-        Reparameterized(other_grads, grads), state.inner_state,
-        Reparameterized(others, latents), **extra_args)
-    decay = (alpha_t * schedule_value(learning_rate, step)) if decoupled else None
-
-    def step_to_x(x, u, du):
-      """Steps u by the inner update (and the decoupled decay); emits x_new - x."""
+    def map_to_x(x, u, du):
+      """u + du (minus lr_t alpha_t grad P(u) when decoupled), emitted as x_new - x,
+      and its stored part."""
       new = jax.tree.map(lambda ui, dui: ui + dui.astype(ui.dtype), u, du)
       if decoupled:
         new = jax.tree.map(lambda ni, pu: ni - decay.astype(ni.dtype) * pu,
                            new, penalty_grad(u))
-      return _Pair(reparam.to_x(new, next_step).astype(x.dtype) - x, reparam.store(new, next_step))
+      return Emitted(reparam.to_x(new, next_step).astype(x.dtype) - x,
+                     reparam.store(new, next_step))
 
-    stepped = map_selected(step_to_x, chosen, zip_leaves(latents, chosen),
-                           zip_leaves(inner_updates.latents, chosen))
-    chosen_out, stored_leaves = unzip(stepped, _Pair)
-    stored = unzip(stored_leaves, stored_cls)
-    out = jax.tree.map(lambda s, a, b: a if s else b, mask, chosen_out, inner_updates.weights)
+    out, stored, inner_state = step_through_latents(
+        inner, LeafSteps(lambda x, stored: reparam.restore(stored, x), pull_back, map_to_x),
+        updates, state.inner_state, params, state.stored, mask, latent_cls, stored_cls,
+        extra_args)
     alpha_state = advance_alpha(alpha, state.alpha_state, alpha_t, extra_args, params, out, mask)
     return out, ReparamState(count=next_step, stored=stored, inner_state=inner_state,
                              alpha_state=alpha_state)
@@ -292,10 +280,68 @@ def reparameterize(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-class _Pair(NamedTuple):
-  """Two per-leaf results, unzipped into two trees."""
-  first: Any
-  second: Any
+class Emitted(NamedTuple):
+  """What a leaf's step emits: the update x_new - x and the new stored part."""
+  update: jax.Array
+  stored: Any
+
+
+class LeafSteps(NamedTuple):
+  """The per-leaf pieces of a step that trains a weight x through latents u.
+
+  Attributes:
+    restore: ``(x, stored) -> u``, the latents behind x.
+    pull_back: ``(x, u, g) -> grad_u``, the gradient the inner optimizer steps u with
+      (for a reparameterization J^T g plus the penalty's gradient; for mirror descent
+      g itself).
+    map_to_x: ``(x, u, du) -> Emitted``: u stepped by the inner update ``du``, mapped
+      back to a weight and emitted as ``x_new - x``, with what to store.
+  """
+  restore: Callable[[jax.Array, Any], Any]
+  pull_back: Callable[[jax.Array, Any, jax.Array], Any]
+  map_to_x: Callable[[jax.Array, Any, Any], Emitted]
+
+
+def split(params: Any, mask: Any) -> tuple:
+  """(selected x with holes elsewhere, the other weights with holes at the selected)."""
+  chosen = jax.tree.map(lambda x, s: x if s else optax.MaskedNode(), params, mask)
+  others = jax.tree.map(lambda x, s: optax.MaskedNode() if s else x, params, mask)
+  return chosen, others
+
+
+def init_inner(inner: optax.GradientTransformation, params: Any, mask: Any,
+               to_latents: Callable, latent_cls: Any) -> tuple:
+  """(latent NamedTuple of trees, the inner optimizer's state over
+  :class:`Reparameterized` trees) for the selected leaves of ``params``."""
+  chosen, others = split(params, mask)
+  latents = unzip(map_selected(to_latents, chosen), latent_cls)
+  return latents, inner.init(Reparameterized(others, latents))
+
+
+def step_through_latents(inner: optax.GradientTransformationExtraArgs, steps: LeafSteps,
+                         updates: Any, inner_state: Any, params: Any, stored: Any, mask: Any,
+                         latent_cls: Any, stored_cls: Any, extra_args: dict) -> tuple:
+  """One step of ``inner`` on the latents of the selected leaves and on the other weights.
+
+  For each selected leaf x with gradient g the inner optimizer steps
+  ``u = steps.restore(x, stored)`` with ``steps.pull_back(x, u, g)``, and
+  ``steps.map_to_x`` turns its update du into the emitted update; the other leaves go
+  through ``inner`` as they are. ``inner`` sees :class:`Reparameterized` trees.
+
+  Returns:
+    (updates shaped like ``params``, the new stored NamedTuple of trees, inner state).
+  """
+  chosen, others = split(params, mask)
+  _, other_grads = split(updates, mask)
+  u = map_selected(steps.restore, chosen, zip_leaves(stored, chosen))
+  grads = map_selected(steps.pull_back, chosen, u, updates)
+  inner_updates, inner_state = inner.update(
+      Reparameterized(other_grads, unzip(grads, latent_cls)), inner_state,
+      Reparameterized(others, unzip(u, latent_cls)), **extra_args)
+  emitted = unzip(map_selected(steps.map_to_x, chosen, u,
+                               zip_leaves(inner_updates.latents, chosen)), Emitted)
+  out = jax.tree.map(lambda s, a, b: a if s else b, mask, emitted.update, inner_updates.weights)
+  return out, unzip(emitted.stored, stored_cls), inner_state
 
 
 def advance_alpha(alpha, alpha_state, alpha_t, extra_args, params, updates, mask):

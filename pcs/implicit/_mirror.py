@@ -165,14 +165,24 @@ def mirror_step(x: jax.Array, dz: jax.Array, log_a, log_a_next) -> jax.Array:
   return jnp.clip(new, -big, big).astype(dtype)
 
 
+class Dual(NamedTuple):
+  """What the inner optimizer of :func:`mirror` steps for a weight: z = 1/2 arcsinh(x / a_t)."""
+  z: jax.Array
+
+
+class _NothingStored(NamedTuple):
+  """mirror keeps no per-weight state: x and a_t determine z."""
+
+
 class MirrorState(NamedTuple):
   """State of :func:`mirror`.
 
   Attributes:
     count: number of updates taken (int32).
     log_a: log a_t, float32 scalar (one a_t for all selected leaves).
-    inner_state: the inner optimizer's state over the dual variables z (selected
-      leaves) and the unselected leaves; the same size as the bare optimizer's.
+    inner_state: the inner optimizer's state over ``Reparameterized(weights,
+      Dual(z))`` trees (the dual variables of the selected leaves and the other
+      weights); the same size as the bare optimizer's.
     alpha_state: the current alpha (and the controller's bookkeeping).
   """
   count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
@@ -258,10 +268,6 @@ def mirror(
   reparam.check_learning_rate('mirror', alpha, learning_rate)
   inner = optax.with_extra_args_support(inner)
 
-  def to_dual(params, mask, log_a):
-    return jax.tree.map(
-        lambda x, s: mirror_map(x, log_a) if s else x, params, mask)
-
   def init_fn(params):
     mask = selection.select(params, where)
     # log a_0 = log beta - log 2, in float64 for a Python beta: a float32 beta / 2 can
@@ -270,30 +276,31 @@ def mirror(
       log_a = jnp.asarray(math.log(beta) - math.log(2.0), jnp.float32)
     else:
       log_a = jnp.log(jnp.asarray(beta, jnp.float32)) - jnp.log(2.0)
-    return MirrorState(
-        count=jnp.zeros((), jnp.int32),
-        log_a=log_a,
-        inner_state=inner.init(to_dual(params, mask, log_a)),
-        alpha_state=alpha_lib.init(alpha))
+    _, inner_state = reparam.init_inner(inner, params, mask,
+                                        lambda x: Dual(mirror_map(x, log_a)), Dual)
+    return MirrorState(count=jnp.zeros((), jnp.int32), log_a=log_a, inner_state=inner_state,
+                       alpha_state=alpha_lib.init(alpha))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError(reparam.NO_PARAMS_MSG.format(name='mirror'))
     mask = selection.select(params, where)
     alpha_t = alpha_lib.current(alpha, state.alpha_state, state.count)
-    z = to_dual(params, mask, state.log_a)
-    inner_updates, inner_state = inner.update(updates, state.inner_state, z, **extra_args)
     log_a = state.log_a - 4 * reparam.step_size(learning_rate, alpha_t, state.count) * alpha_t
+    # The same step as every reparameterization, with the mirror map in place of
+    # restore and the inverse map in place of to_x; the gradient is not pulled back.
     # z reaches only the inner optimizer: where it does not read params, jit drops it.
-    out = jax.tree.map(
-        lambda x, du, s: mirror_step(x, du, state.log_a, log_a) - x if s else du,
-        params, inner_updates, mask)
+    steps = reparam.LeafSteps(
+        restore=lambda x, nothing: Dual(mirror_map(x, state.log_a)),
+        pull_back=lambda x, z, g: Dual(g),
+        map_to_x=lambda x, z, dz: reparam.Emitted(
+            mirror_step(x, dz.z, state.log_a, log_a) - x, _NothingStored()))
+    out, _, inner_state = reparam.step_through_latents(
+        inner, steps, updates, state.inner_state, params, _NothingStored(), mask, Dual,
+        _NothingStored, extra_args)
     alpha_state = reparam.advance_alpha(alpha, state.alpha_state, alpha_t, extra_args,
                                         params, out, mask)
-    return out, MirrorState(
-        count=optax.safe_int32_increment(state.count),
-        log_a=log_a,
-        inner_state=inner_state,
-        alpha_state=alpha_state)
+    return out, MirrorState(count=optax.safe_int32_increment(state.count), log_a=log_a,
+                            inner_state=inner_state, alpha_state=alpha_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
