@@ -116,3 +116,28 @@ def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
       'missed by 0.8 pp (p=0.37, not significant)')
   assert quality_report._verdict({0.98: (-1.9, 2.1, 0.12, 5), 0.99: (1.0, 1.0, 0.1, 5)}, 2.0) == (
       'missed by 1.0 pp (p=0.1, not significant)')
+
+
+def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_are_paired(
+    tmp_path):
+  # pilot+imp is recommended (best validation); IMP trains 30 dense epochs and 3 cycles
+  # of 30, so it is judged against dense+gmp (30 epochs) and against dense+imp (120).
+  rows = list(_tuning_record('cnn1d', 'pilot+imp', 0, best=0.95).values())
+  for seed in range(5):
+    for sparsity in (0.95, 0.98, 0.99):
+      rows.append(_final('cnn1d', 'dense+gmp', sparsity, seed, 80.0 + seed))
+      rows.append(_final('cnn1d', 'dense+imp', sparsity, seed, 84.0 + seed))
+      rows.append(_final('cnn1d', 'pilot+imp', sparsity, seed, 85.0 + seed))
+      rows.append(_final('cnn1d', 'pilot', sparsity, seed, 70.0 + 2 * seed))
+      rows.append(_final('cnn1d', 'str', sparsity, seed, 71.0 + seed))
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  assert '| cnn1d | pilot+imp | >= dense+gmp + 2 pp at 98% or 99% | 120, 30 |' in text
+  assert '| cnn1d | pilot+imp | >= dense+imp + 2 pp at 98% or 99% | 120, 120 |' in text
+  # +5 against GMP at every seed: met twice; +1 against dense+imp: met at 95%, missed
+  # by 1 pp at 98-99%.
+  assert text.count('| met |') == 3 and text.count('| missed by 1.0 pp |') == 1
+  # pilot - str: 70 + 2s - (71 + s) = s - 1 over seeds 0-4: mean +1.0, sd sqrt(2.5),
+  # t = sqrt(2); with 4 degrees of freedom (closed form above) p = 1 - s (3 - s^2) / 2,
+  # s = t / sqrt(t^2 + 4) = 1 / sqrt(3): p = 0.2302.
+  assert '| pilot − str | ' in text and '+1.0 ± 1.6 (p=0.23, n=5)' in text
+  assert '| pilot+imp − dense+imp | ' in text
