@@ -92,7 +92,8 @@ def targets(step_rows, inference_rows, recovery_rows) -> str:
 def why(update_rows, size: int) -> str:
   """Why the training-cost targets are missed on this CPU, with this run's traffic counts."""
   row = {(r['inner'], r['variant']): r for r in update_rows}
-  bare, pilot, mirror = (row[('momentum', v)] for v in ('bare', 'pilot', 'mirror'))
+  bare, pilot, mirror, written = (row[('momentum', v)] for v in ('bare', 'pilot', 'mirror',
+                                                                  'pilot written out'))
   adam = row[('adam', 'pilot')]
   weights = f'{2 * size**2 / 1e6:.1f}M'
   return f"""Why the training-cost misses, from the update's compiled HLO
@@ -107,7 +108,11 @@ def why(update_rows, size: int) -> str:
   operations XLA will not duplicate into several loops, so w is written once and read back
   ({pilot['temp_mib']:.0f} MiB of temporaries). With the state donated, XLA also copies m
   ({pilot['copies']} array copies, one per kernel), because the loops that read the old m are
-  not ordered before the one that writes the new m into its buffer. GPU and TPU backends fuse
+  not ordered before the one that writes the new m into its buffer. The wrapper adds none of
+  this: the same update written out in jnp with no wrapper (`pilot written out`, tested to
+  give pilot's weights) compiles to {written['passes']:.0f} passes, {written['fusions']} loops and
+  {written['copies']} copies against pilot's {pilot['passes']:.0f}, {pilot['fusions']} and
+  {pilot['copies']}; what is left is XLA:CPU's. GPU and TPU backends fuse
   sibling loops, which is where the one-pass update exists; no GPU was lent for these runs, so
   that is not measured here.
 - **mirror moves exactly what bare moves ({mirror['passes']:.0f} arrays,

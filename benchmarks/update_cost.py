@@ -18,6 +18,7 @@ kernels (8.4M weights):
 import re
 import statistics
 import time
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -38,6 +39,41 @@ INNERS = {
     'adam': (optax.adam, 1e-3),
     'adamw': (lambda lr: optax.adamw(lr, weight_decay=1e-4), 1e-3),
 }
+
+
+class WrittenOutState(NamedTuple):
+  m: dict
+  trace_m: dict
+  trace_w: dict
+
+
+def pilot_written_out(learning_rate: float, momentum: float, alpha: float, beta: float = 1.0
+                      ) -> optax.GradientTransformation:
+  """``pcs.pilot(optax.sgd(learning_rate, momentum), alpha=alpha, beta=beta)`` on a dict of
+  kernels, written out in jnp with no wrapper: the floor of what XLA makes of the method's
+  math (Jacobs & Burkholz, ICLR 2025, Algorithm 1 with constant alpha). Per weight, with
+  w = x / m and the penalty alpha (m^2 + w^2):
+
+      t_m <- mu t_m + g w + 2 alpha m,   t_w <- mu t_w + g m + 2 alpha w,
+      m <- m - lr t_m,   x <- m (w - lr t_w).
+  """
+  def init(params):
+    m = {k: jnp.sqrt((beta + jnp.hypot(beta, 2 * x)) / 2) for k, x in params.items()}
+    return WrittenOutState(m, *({k: jnp.zeros_like(x) for k, x in params.items()}
+                                for _ in range(2)))
+
+  def update(grads, state, params):
+    updates, m_new, trace_m, trace_w = {}, {}, {}, {}
+    for k, x in params.items():
+      g, m = grads[k], state.m[k]
+      w = x / m
+      trace_m[k] = momentum * state.trace_m[k] + g * w + 2 * alpha * m
+      trace_w[k] = momentum * state.trace_w[k] + g * m + 2 * alpha * w
+      m_new[k] = m - learning_rate * trace_m[k]
+      updates[k] = m_new[k] * (w - learning_rate * trace_w[k]) - x
+    return updates, WrittenOutState(m_new, trace_m, trace_w)
+
+  return optax.GradientTransformation(init, update)
 
 
 def hlo_counts(text: str) -> dict:
@@ -81,8 +117,10 @@ def run(size: int, repeats: int, names=step_overhead.METHODS) -> list:
             'kernel_2': jnp.full((size, size), -0.2, jnp.float32)}
   rows = []
   for inner, (make, lr) in INNERS.items():
-    results = {name: analyse(tx, params, repeats)
-               for name, tx in step_overhead.variants(make, lr, names).items()}
+    variants = step_overhead.variants(make, lr, names)
+    if inner == 'momentum' and 'pilot' in names:
+      variants['pilot written out'] = pilot_written_out(lr, 0.9, alpha=1e-4)
+    results = {name: analyse(tx, params, repeats) for name, tx in variants.items()}
     for name, result in results.items():
       rows.append({'inner': inner, 'variant': name,
                    'ratio': result['ms'] / results['bare']['ms'], **result})

@@ -3,8 +3,13 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+
+import pcs
 
 from benchmarks import __main__ as bench_main
 from benchmarks import step_overhead
@@ -73,6 +78,33 @@ def test_update_cost_reads_the_traffic_counted_by_hand():
     assert row[(inner, 'mirror')]['passes'] == pytest.approx(row[(inner, 'bare')]['passes'],
                                                              abs=0.05), inner
     assert row[(inner, 'mirror')]['temp_mib'] < 0.01, inner
+
+
+def test_pilot_written_out_is_pilot_and_the_wrapper_adds_no_traffic():
+  # The benchmark's reference is only a floor if it is the same method: over 20 steps
+  # with momentum it gives pcs.pilot's weights to float32 rounding (with alpha doubled
+  # or halved some weights differ by more than 0.1).
+  rng = np.random.default_rng(0)
+  params = {'a': jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+            'b': jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)}
+  txs = [pcs.pilot(optax.sgd(0.1, momentum=0.9), alpha=1e-2),
+         update_cost.pilot_written_out(0.1, 0.9, alpha=1e-2)]
+  out = []
+  for tx in txs:
+    x, state = params, tx.init(params)
+    for step in range(20):
+      grads = jax.tree.map(lambda v, s=step: jnp.sin(v + s), x)
+      updates, state = tx.update(grads, state, x)
+      x = optax.apply_updates(x, updates)
+    out.append(x)
+  for k in params:
+    np.testing.assert_allclose(out[0][k], out[1][k], rtol=1e-4, atol=1e-5)
+  rows = update_cost.run(size=64, repeats=1, names=('bare', 'pilot', 'mirror'))
+  row = {(r['inner'], r['variant']): r for r in rows}
+  wrapped, by_hand = row[('momentum', 'pilot')], row[('momentum', 'pilot written out')]
+  assert wrapped['passes'] == pytest.approx(by_hand['passes'], abs=0.05)
+  assert (wrapped['fusions'], wrapped['copies']) == (by_hand['fusions'], by_hand['copies'])
+  assert 'pilot written out' in bench_main.why(rows, 64)
 
 
 def test_readme_block_replaces_only_between_its_markers():
