@@ -149,7 +149,8 @@ def _verdict(done: dict, margin: float) -> str:
   if mean >= margin:
     return f'not shown: {mean:+.1f} pp at {best:.0%} is within noise (p={p:.2g})'
   noise = '' if p < SIGNIFICANCE else f' (p={p:.2g}, not significant)'
-  return f'missed by {margin - mean:.1f} pp{noise}'
+  by = f'{margin - mean:.1f} pp' if margin - mean >= 0.05 else 'less than 0.1 pp'
+  return f'missed by {by}{noise}'
 
 
 def verdicts(rows: List[dict], found, models) -> List[str]:

@@ -114,6 +114,8 @@ def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
   assert quality_report._verdict({0.95: (-3.4, 2.1, 0.021, 5)}, 0.0) == 'missed by 3.4 pp'
   assert quality_report._verdict({0.95: (-0.8, 1.8, 0.37, 5)}, 0.0) == (
       'missed by 0.8 pp (p=0.37, not significant)')
+  assert quality_report._verdict({0.95: (-0.04, 1.0, 0.97, 5)}, 0.0) == (
+      'missed by less than 0.1 pp (p=0.97, not significant)')
   assert quality_report._verdict({0.98: (-1.9, 2.1, 0.12, 5), 0.99: (1.0, 1.0, 0.1, 5)}, 2.0) == (
       'missed by 1.0 pp (p=0.1, not significant)')
 

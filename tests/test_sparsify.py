@@ -89,8 +89,8 @@ def test_report_table_and_plot(tmp_path):
   assert (tmp_path / 'accuracy_vs_sparsity.png').stat().st_size > 5_000
 
 
-@pytest.mark.parametrize('name', ['default', 'cifar10_resnet20', 'cifar100_resnet18',
-                                  'imagenet_resnet50', 'regression'])
+@pytest.mark.parametrize('name', ['default', 'recommended', 'cifar10_resnet20',
+                                  'cifar100_resnet18', 'imagenet_resnet50', 'regression'])
 def test_configs_load_and_name_known_things(name):
   import importlib
   config = importlib.import_module(f'experiments.configs.{name}').get_config()
@@ -100,6 +100,23 @@ def test_configs_load_and_name_known_things(name):
   from experiments import datasets, models
   assert config.dataset in datasets.DATASETS and config.model in models.MODELS
   assert config.method in optimizers.METHODS and 0 <= config.sparsity < 1
+
+
+@pytest.mark.parametrize('model, told', [('cnn1d', {}), ('mlp', {'pilot.alpha': 3e-4})])
+def test_the_recommended_config_is_what_validation_picked(model, told):
+  # The quality benchmark's record picks the recipe (best validation accuracy among the
+  # PILoT recipes) and its setting; the config and its docstring must say the same.
+  from experiments import quality_protocol, quality_report
+  from experiments.configs import recommended
+  rows = quality_protocol.Record(os.path.join(helpers.REPO, 'quality')).rows
+  assert quality_report.recommended(list(rows.values()), model) == 'pilot+imp'
+  config = recommended.get_config()
+  picked = quality_protocol.picked(rows, model, 'pilot+imp')
+  del picked['eval_train']  # the benchmark skips evaluating on train; training is the same
+  base = quality_protocol.RECIPES['pilot+imp'][0]
+  expected = quality_protocol.apply(recommended.get_config(), {**base, **picked})
+  quality_protocol.apply(config, {'model': model, **told})  # what the docstring tells users
+  assert config.to_dict() == expected.to_dict()
 
 
 def test_cifar10_resnet20_end_to_end_on_mock_data(tmp_path, monkeypatch):
