@@ -232,7 +232,10 @@ def markdown(rows: List[dict]) -> str:
     sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
     out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '
             'epochs (+5 fine-tuning)', '',
-            *accuracy_table(after, model, ['dense start'] + sparsify, (0.0, 0.95, 0.98)), '']
+            *accuracy_table(after, model, ['dense start'] + sparsify, (0.0, 0.95, 0.98)), '',
+            'Paired against GMP sparsifying the same trained model:', '',
+            *paired_table(after, model, [(name, sparsify[0]) for name in sparsify[1:]],
+                          (0.95, 0.98)), '']
   return '\n'.join(out)
 
 

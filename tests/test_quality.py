@@ -132,7 +132,13 @@ def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_
       rows.append(_final('cnn1d', 'pilot+imp', sparsity, seed, 85.0 + seed))
       rows.append(_final('cnn1d', 'pilot', sparsity, seed, 70.0 + 2 * seed))
       rows.append(_final('cnn1d', 'str', sparsity, seed, 71.0 + seed))
+    rows.append(_final('cnn1d', 'dense+gmp', 0.98, seed, 60.0 + seed,
+                       study='sparsify trained: dense+gmp'))
+    rows.append(_final('cnn1d', 'pilot+gmp', 0.98, seed, 63.0 + seed,
+                       study='sparsify trained: pilot+gmp'))
   text = quality_report.write(rows, str(tmp_path / 'quality'))
+  assert ('| sparsify trained: pilot+gmp − sparsify trained: dense+gmp |  | '
+          '+3.0 ± 0.0 (p=0, n=5) |') in text
   assert '| cnn1d | pilot+imp | >= dense+gmp + 2 pp at 98% or 99% | 120, 30 |' in text
   assert '| cnn1d | pilot+imp | >= dense+imp + 2 pp at 98% or 99% | 120, 120 |' in text
   # +5 against GMP at every seed: met twice; +1 against dense+imp: met at 95%, missed
