@@ -2,8 +2,10 @@
 
 Every key can be overridden on the command line, e.g. ``--config.method=dense
 --config.schedule=gmp --config.sparsity=0.98``. Method hyperparameters live in their own sub-dicts
-(``--config.pilot.alpha=3e-4``); they were tuned on mnist1d so that each method
-gets the same epochs and a sensible setting (see README).
+(``--config.pilot.alpha=3e-4``). The values are those the quality benchmark picked on a
+validation split for the 1-D CNN (QUALITY.md): lr 0.2 and weight decay 1e-3 (GMP's and
+standalone PILoT's picks), Algorithm 1's controller for pilot; ``make demo`` and the benchmark
+use each recipe's own picked values. The recommended recipe is ``configs/recommended.py``.
 """
 
 import ml_collections
@@ -24,11 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 30
   config.batch_size = 128
   config.eval_batch_size = 500
-  config.learning_rate = 0.1
+  config.learning_rate = 0.2
   config.lr_schedule = 'cosine'
   config.warmup_epochs = 1
   config.momentum = 0.9
-  config.weight_decay = 1e-4
+  config.weight_decay = 1e-3
   config.finetune_epochs = 0
   config.finetune_learning_rate = 0.01
   config.seed = 0
@@ -38,16 +40,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.on_nonfinite = 'stop'     # 'stop': halt naming the step; 'skip': drop such steps
   config.max_nonfinite_steps = 5   # with 'skip': consecutive bad steps before giving up
 
-  # Tuned on mnist1d at 95% sparsity, lr 0.1, 30 epochs (README: grid and figures).
   # pilot: Algorithm 1's controller; alpha grows x1.3 per improving epoch in the first
-  # half while ||x||_1 >= 1000 (the initial ||x||_1 is ~3000), then decays.
+  # half while ||x||_1 >= 1000 (the initial ||x||_1 is ~3000), then decays. On this short
+  # schedule it overshoots: alpha peaks early and accuracy dips before it recovers.
   # delta = 1: constant alpha, switched off after the fraction `alpha_until` of training.
   # decoupled: the decay acts outside the inner optimizer (Algorithm 1 couples it).
   config.pilot = ml_collections.ConfigDict(
       {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.3, 'l1_threshold': 1000.0, 'alpha_until': 1.0,
        'decoupled': False})
-  config.spred = ml_collections.ConfigDict({'weight_decay': 1e-3})
-  config.str = ml_collections.ConfigDict({'weight_decay': 1e-2, 'init_threshold': -5.0})
+  config.spred = ml_collections.ConfigDict({'weight_decay': 3e-4})
+  config.str = ml_collections.ConfigDict({'weight_decay': 3e-3, 'init_threshold': -5.0})
   config.cs = ml_collections.ConfigDict(
       {'l1_strength': 1e-4, 'final_temperature': 200.0, 'mask_init': 0.5})
   config.powerprop = ml_collections.ConfigDict({'power': 2.0})
