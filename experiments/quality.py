@@ -98,14 +98,18 @@ def main(argv):
   start, done = time.time(), 0
   while True:  # re-plan after each run: finished tuning unlocks final runs
     record = protocol.Record(FLAGS.record)  # re-read: other workers append to it
-    todo = next((r for r in protocol.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
-                 if r['id'] not in record.rows and mine(r)), None)
-    if todo is None:
+    todo = [r for r in protocol.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
+            if r['id'] not in record.rows]
+    if not todo:
       break
     if FLAGS.max_hours and time.time() - start > 3600 * FLAGS.max_hours:
       print(f'Stopping after {FLAGS.max_hours} h; rerun to continue.')
       break
-    execute(record, FLAGS.workdir, todo)
+    own = next((r for r in todo if mine(r)), None)
+    if own is None:  # the other workers' runs may finish a tuning and unlock runs of ours
+      time.sleep(30)
+      continue
+    execute(record, FLAGS.workdir, own)
     done += 1
     if done % 10 == 0:
       quality_report.write(record.rows.values(), FLAGS.record)
