@@ -33,8 +33,7 @@ if __name__ == '__main__':  # before DEFINE_config_file, which applies the overr
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory of the sweep; one subfolder per run.')
-flags.DEFINE_list('methods', ['pilot', 'spred', 'str', 'l1', 'dense+gmp', 'pilot+gmp',
-                             'dense+imp', 'pilot+imp'],
+flags.DEFINE_list('methods', ['pilot', 'spred', 'str', 'l1', 'dense+gmp', 'pilot+gmp'],
                   'Methods to compare: <method> or <method>+<schedule>.')
 flags.DEFINE_list('sparsities', ['0.9', '0.95', '0.98'], 'Target sparsities.')
 flags.DEFINE_list('seeds', ['0'], 'Seeds.')
