@@ -9,7 +9,7 @@ WORKDIR ?= runs
 
 .PHONY: install demo regression quality test check docs bench clean
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): setup.cfg setup.py pyproject.toml constraints.txt csrc/sparse_kernels.cc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,test,docs]'
@@ -47,6 +47,7 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) -m benchmarks
 
 clean:

@@ -51,7 +51,8 @@ flags.DEFINE_integer('worker', 0, 'This process: 0 .. num_workers - 1.')
 def _summary(results: dict) -> dict:
   keep = ('achieved_sparsity', 'eval_split', 'validation_accuracy', 'test_accuracy',
           'validation_accuracy_before_finetune', 'test_accuracy_before_finetune',
-          'validation_accuracy_before_pruning', 'test_accuracy_before_pruning',
+          'validation_accuracy_before_first_prune', 'test_accuracy_before_first_prune',
+          'validation_accuracy_before_final_prune', 'test_accuracy_before_final_prune',
           'train_accuracy', 'wall_time_s')
   return {k: results[k] for k in keep if k in results}
 

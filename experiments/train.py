@@ -431,7 +431,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       phase = run.phases[index]
       if index > current:  # enter the phase from the end of the one before
         if index == 1:
-          evaluations.record('before_pruning', state)
+          evaluations.record('before_first_prune', state)
+        if (phase.sparsity == config.sparsity
+            and run.phases[index - 1].sparsity != config.sparsity):
+          evaluations.record('before_final_prune', state)
         pruned, masks = _prune(state, phase.sparsity, config.prune_scope)
         start_params, start_stats = pruned, state.batch_stats
         if rewinding and phase.optimizer == 'method':
@@ -449,8 +452,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       train_metrics = metrics or train_metrics
 
   if len(run.phases) == 1:
-    evaluations.record('before_pruning', state)
+    evaluations.record('before_first_prune', state)
   if run.phases[-1].sparsity != config.sparsity:  # one-shot pruning at the end
+    evaluations.record('before_final_prune', state)
     pruned, masks = _prune(state, config.sparsity, config.prune_scope)
     state = state.replace(params=pruned)
   checkpointing.save_once(workdir, 'final', {'params': state.params,
@@ -468,7 +472,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'achieved_sparsity': pcs.summary(state.params).sparsity,
       'eval_split': name, f'{name}_accuracy': accuracy,
       'train_accuracy': train['accuracy'],
-      f'{name}_accuracy_before_pruning': evaluations.values.get('before_pruning'),
+      # After the first training phase, before any pruning (for IMP: the dense model).
+      f'{name}_accuracy_before_first_prune': evaluations.values.get('before_first_prune'),
+      # Just before the prune to the final sparsity (IMP: at the end of the second-to-last
+      # cycle; one-shot: the trained model; GMP: its trained model, already that sparse).
+      f'{name}_accuracy_before_final_prune': evaluations.values.get('before_final_prune'),
       f'{name}_accuracy_before_finetune': evaluations.values.get('before_finetune'),
       'num_epochs': config.num_epochs, 'finetune_epochs': config.finetune_epochs,
       'seed': config.seed, 'num_devices': run.mesh.size,

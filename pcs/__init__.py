@@ -5,7 +5,7 @@ see Jacobs & Burkholz, "Mask in the Mirror: Implicit Sparsification", ICLR 2025.
 
 The names below are re-exported flat from the families they belong to:
 ``pcs.core`` (the shared mechanism), ``pcs.implicit`` (PILoT), ``pcs.baselines``,
-``pcs.pruning``, ``pcs.sparse_inference`` and ``pcs.theory`` (float64 references).
+``pcs.pruning``, ``pcs.sparse`` (sparse inference) and ``pcs.theory`` (float64 references).
 """
 
 from pcs import theory
@@ -19,17 +19,18 @@ from pcs.implicit import (Balanced, Factors, MirrorState, Scale, mirror, pilot, 
 from pcs.pruning import (IterativePruningResult, KeepMaskedState, ScheduledPruningState,
                          SparsitySummary, apply_masks, gmp, iterative_pruning, keep_masked,
                          one_shot_pruning, prune, summary)
-from pcs.sparse_inference import NMKernel, export, sparse_apply
+from pcs import sparse
+from pcs.sparse import export, sparse_apply
 
 __version__ = '0.2.0'
 
 __all__ = [
     'AlphaController', 'AlphaState', 'Balanced', 'Factors', 'IterativePruningResult',
-    'KeepMaskedState', 'L1State', 'MaskLatent', 'MaskState', 'MirrorState', 'NMKernel',
+    'KeepMaskedState', 'L1State', 'MaskLatent', 'MaskState', 'MirrorState',
     'PowerLatent', 'ReparamState', 'Reparameterization', 'Reparameterized', 'Scale',
     'ScheduledPruningState', 'SparsitySummary', 'ThresholdLatent', 'alpha_controller',
     'apply_masks', 'continuous_sparsification', 'export', 'find_state', 'find_states', 'gmp',
     'iterative_pruning', 'keep_masked', 'l1', 'latents', 'mirror', 'one_shot_pruning', 'pilot',
     'powerprop', 'product_init', 'prune', 'reparameterize', 'select', 'soft_threshold',
-    'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory', 'weight_stats',
+    'sparse', 'sparse_apply', 'sparsity', 'spred', 'stats', 'summary', 'theory', 'weight_stats',
 ]

@@ -149,3 +149,22 @@ def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_
   # s = t / sqrt(t^2 + 4) = 1 / sqrt(3): p = 0.2302.
   assert '| pilot − str | ' in text and '+1.0 ± 1.6 (p=0.23, n=5)' in text
   assert '| pilot+imp − dense+imp | ' in text
+
+
+def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the_tables(
+    tmp_path):
+  record = protocol.Record(str(tmp_path))
+  assert not list(protocol.plan(record.rows, ['cnn1d'], ['robustness'], 'w'))  # untuned
+  record.rows.update(_tuning_record('cnn1d', 'pilot+imp', 0))
+  planned = list(protocol.plan(record.rows, ['cnn1d'], ['robustness'], 'w'))
+  setting = protocol.picked(record.rows, 'cnn1d', 'pilot+imp')
+  assert len(planned) == len(protocol.ROBUSTNESS_SEEDS) >= 20
+  assert not set(protocol.ROBUSTNESS_SEEDS) & set(protocol.SEEDS)
+  assert all(r['overrides'] == {**setting, 'model': 'cnn1d', 'eval_train': False,
+                                'sparsity': 0.98, 'seed': r['overrides']['seed'],
+                                'finetune_epochs': protocol.FINETUNE_EPOCHS} for r in planned)
+  rows = list(record.rows.values())
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  collapsed = {**planned[0], 'results': {'test_accuracy': 0.01,
+                                         'test_accuracy_before_finetune': 0.01}}
+  assert quality_report.write(rows + [collapsed], str(tmp_path / 'quality')) == text

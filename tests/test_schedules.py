@@ -34,7 +34,8 @@ def test_gmp_schedule_follows_the_cubic_schedule_for_any_method(data_dir, tmp_pa
   assert results['schedule'] == 'gmp' and abs(results['achieved_sparsity'] - 0.9) < 1e-4
   # The library composition underneath: pruned weights are exact zeros, and pilot's
   # latents reproduce the weights (m * w == x).
-  assert results['test_accuracy_before_pruning'] == results['test_accuracy_before_finetune']
+  assert results['test_accuracy_before_first_prune'] == results['test_accuracy_before_finetune']
+  assert results['test_accuracy_before_final_prune'] == results['test_accuracy_before_finetune']
 
 
 @pytest.mark.parametrize('rewind', ['weights', 'learning_rate'])
@@ -72,7 +73,8 @@ def test_a_run_stopped_inside_an_imp_cycle_resumes_to_the_same_end(data_dir, tmp
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'full'))
   resumed = helpers.crash_then_resume(config, tmp_path / 'crashed', monkeypatch,
                                       at_epoch=2001)  # cycle 2, epoch 1
-  for key in ('test_accuracy', 'params_fingerprint', 'test_accuracy_before_pruning'):
+  for key in ('test_accuracy', 'params_fingerprint', 'test_accuracy_before_first_prune',
+              'test_accuracy_before_final_prune'):
     assert resumed[key] == uninterrupted[key], key
   assert helpers.metric_lines(tmp_path / 'crashed') == helpers.metric_lines(tmp_path / 'full')
 

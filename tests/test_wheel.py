@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import pytest
@@ -37,10 +38,11 @@ def _run(command, **kwargs):
 def dist(tmp_path_factory):
   """sdist and wheel, built from a copy of the package files (builds write in place)."""
   source, out = tmp_path_factory.mktemp('source'), tmp_path_factory.mktemp('dist')
-  for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
+  for name in ('setup.cfg', 'setup.py', 'pyproject.toml', 'README.md'):
     shutil.copy(os.path.join(helpers.REPO, name), source)
+  shutil.copytree(os.path.join(helpers.REPO, 'csrc'), source / 'csrc')
   shutil.copytree(os.path.join(helpers.REPO, 'pcs'), source / 'pcs',
-                  ignore=shutil.ignore_patterns('__pycache__'))
+                  ignore=shutil.ignore_patterns('__pycache__', '*.so'))
   _run([sys.executable, '-m', 'build', '--no-isolation', '--sdist', '--wheel', '--outdir',
         str(out), str(source)])
   return out
@@ -74,7 +76,24 @@ def _module_level_imports(path):
 
 def test_sdist_and_wheel_are_built(dist):
   assert glob.glob(os.path.join(dist, 'pcs-*.tar.gz'))
-  assert glob.glob(os.path.join(dist, 'pcs-*-py3-none-any.whl'))
+  wheel = glob.glob(os.path.join(dist, 'pcs-*.whl'))[0]
+  with zipfile.ZipFile(wheel) as archive:  # the compiled kernels are in the wheel
+    assert any(n.startswith('pcs/sparse/_sparse_kernels') and n.endswith('.so')
+               for n in archive.namelist())
+  with tarfile.open(glob.glob(os.path.join(dist, 'pcs-*.tar.gz'))[0]) as archive:
+    assert any(n.endswith('csrc/sparse_kernels.cc') for n in archive.getnames())
+
+
+def test_the_ffi_headers_the_kernels_build_against_are_the_runtime_jaxlib():
+  # A handler built against newer FFI headers than the runtime fails only at call time,
+  # so the build pins jaxlib to exactly what constraints.txt installs.
+  with open(os.path.join(helpers.REPO, 'pyproject.toml')) as f:
+    build = next(line for line in f if line.startswith('requires ='))
+  with open(os.path.join(helpers.REPO, 'constraints.txt')) as f:
+    pinned = next(line.strip() for line in f if line.startswith('jaxlib=='))
+  assert f'"{pinned}"' in build, (build, pinned)
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  assert pinned == f'jaxlib=={jaxlib.__version__}'
 
 
 def test_metadata_matches_what_the_code_imports(dist):
@@ -83,6 +102,8 @@ def test_metadata_matches_what_the_code_imports(dist):
   assert metadata['Requires-Python'] == '>=3.10'
   # What pcs imports when it loads: the standard library, pcs itself and the core only.
   for path in glob.glob(os.path.join(helpers.REPO, 'pcs', '**', '*.py'), recursive=True):
+    if path.endswith(os.path.join('pcs', 'sparse', 'nnx.py')):
+      continue  # the NNX adapter, imported by name only (pcs does not load it)
     for module in _module_level_imports(path):
       assert module in STDLIB | CORE | {'pcs'}, (path, module)
   # Each optional feature names an extra that exists and requires that package.
@@ -110,6 +131,19 @@ def test_the_wheel_installs_alone_offline_and_runs_the_quickstart(dist, tmp_path
                "print('flax' if importlib.util.find_spec('flax') else 'no flax')"],
               cwd=str(tmp_path))
   assert "'alpha'" in done.stdout and done.stdout.strip().endswith('no flax')
+  # The installed wheel's compiled kernel is registered and called, and it computes x W.
+  kernel_check = (
+      'import jax, numpy as np, pcs\n'
+      'w = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)\n'
+      'w[np.abs(w) < 1] = 0\n'
+      'x = np.ones((3, 64), np.float32)\n'
+      'layer = pcs.sparse.csr(w)\n'
+      'assert pcs.sparse.kernels_available()\n'
+      "assert 'pcs_csr_matmul' in jax.jit(pcs.sparse.dense).lower(x, layer).as_text()\n"
+      'np.testing.assert_allclose(jax.jit(pcs.sparse.dense)(x, layer), x @ w, rtol=1e-5)\n'
+      "print('kernel ok')")
+  done = _run([python, '-W', 'error::RuntimeWarning', '-c', kernel_check], cwd=str(tmp_path))
+  assert 'kernel ok' in done.stdout
   missing = subprocess.run([python, '-c', 'import pcs; pcs.sparse_apply(None, {}, {})'],
                            capture_output=True, text=True, cwd=str(tmp_path), check=False)
   assert "pip install 'pcs[export]'" in missing.stderr

@@ -9,6 +9,7 @@ import optax
 from pcs.core import _checks as checks
 from pcs.core import _reparameterize as reparam
 from pcs.core import _selection as selection
+from pcs.core import _boundary as boundary
 
 
 class L1State(NamedTuple):
@@ -64,7 +65,7 @@ def l1(
   checks.check_scalar('strength', strength, minimum=0.0)
   if not callable(learning_rate):
     checks.check_scalar('learning_rate', learning_rate, minimum=0.0)
-  inner = optax.with_extra_args_support(inner)
+  inner = boundary.inner_optimizer(inner, 'l1')
 
   def init_fn(params):
     selection.select(params, where)
@@ -86,4 +87,4 @@ def l1(
     out = jax.tree.map(prox, params, inner_updates, mask)
     return out, L1State(optax.safe_int32_increment(state.count), threshold, inner_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return boundary.transform(init_fn, update_fn)

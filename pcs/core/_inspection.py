@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from pcs.core import _selection as selection
+from pcs.core import _boundary as boundary
 
 
 def _is_pcs_state(node: Any) -> bool:
@@ -29,6 +30,7 @@ def find_states(opt_state: Any) -> List[Any]:
     >>> [type(s).__name__ for s in pcs.find_states(tx.init({'w': jnp.ones((2, 2))}))]
     ['ScheduledPruningState', 'ReparamState']
   """
+  opt_state = boundary.plain(opt_state)
   found = []
   for node in jax.tree.leaves(opt_state, is_leaf=_is_pcs_state):
     if _is_pcs_state(node):
@@ -75,6 +77,7 @@ def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
     >>> (factors.m['w'] * factors.w['w']).tolist(), factors.m['b']
     ([[2.0, -0.5]], MaskedNode())
   """
+  opt_state, params = boundary.plain(opt_state), boundary.plain(params)
   return find_state(opt_state).latents(params, where)
 
 
@@ -108,6 +111,7 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
   Raises:
     ValueError: if ``opt_state`` holds no pcs state, or two report the same key.
   """
+  opt_state, params = boundary.plain(opt_state), boundary.plain(params)
   states = find_states(opt_state)
   if not states:
     raise ValueError('`opt_state` holds no pcs state: pass the state of a pcs transform '
@@ -145,6 +149,7 @@ def weight_stats(params: Any, where: selection.Where = None) -> dict:
   Returns:
     A dict of float32 scalars.
   """
+  params = boundary.plain(params)
   mask = selection.select(params, where, check_float=False)
   chosen = [jnp.ravel(jnp.abs(x)).astype(jnp.float32)
             for _, x in selection.selected_leaves(params, mask)]

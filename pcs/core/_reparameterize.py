@@ -40,6 +40,7 @@ import optax
 from pcs.core import _alpha as alpha_lib
 from pcs.core import _checks as checks
 from pcs.core import _selection as selection
+from pcs.core import _boundary as boundary
 
 NO_PARAMS_MSG = (
     '{name}.update needs the current parameters: call update(grads, state, params). '
@@ -226,7 +227,7 @@ def reparameterize(
   alpha_lib.check_alpha(alpha)
   if decoupled:
     check_learning_rate(f'{name}(decoupled=True)', alpha, learning_rate)
-  inner = optax.with_extra_args_support(inner)
+  inner = boundary.inner_optimizer(inner, name)
   example = jax.eval_shape(reparam.init, jax.ShapeDtypeStruct((1, 1), jnp.float32))
   latent_cls = type(example)
   stored_cls = type(jax.eval_shape(reparam.store, example, jnp.zeros((), jnp.int32)))
@@ -277,7 +278,7 @@ def reparameterize(
     return out, ReparamState(count=next_step, stored=stored, inner_state=inner_state,
                              alpha_state=alpha_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return boundary.transform(init_fn, update_fn)
 
 
 class Emitted(NamedTuple):

@@ -5,6 +5,8 @@ from typing import Any, Callable, Union
 import jax
 import jax.numpy as jnp
 
+from pcs.core import _boundary as boundary
+
 Where = Union[None, Any, Callable[[tuple, jax.Array], bool]]
 
 
@@ -36,6 +38,7 @@ def select(params: Any, where: Where = None, *, check_float: bool = True) -> Any
     ValueError: if the ``where`` tree does not match ``params``, if it holds
       something other than bools, or if a selected leaf is not a float array.
   """
+  params = boundary.plain(params)
   if where is None:
     where = _default_where
   if callable(where):
@@ -104,6 +107,7 @@ def sparsity(params: Any, where: Where = None) -> jax.Array:
   Returns:
     A float32 scalar in [0, 1]; 0 when nothing is selected.
   """
+  params = boundary.plain(params)
   chosen = [x for _, x in selected_leaves(params, select(params, where, check_float=False))]
   total = sum(jnp.size(x) for x in chosen)
   if total == 0:

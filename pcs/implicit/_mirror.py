@@ -16,6 +16,7 @@ from pcs.core import _alpha as alpha_lib
 from pcs.core import _checks as checks
 from pcs.core import _reparameterize as reparam
 from pcs.core import _selection as selection
+from pcs.core import _boundary as boundary
 
 
 def _working_precision(x, *others) -> tuple:
@@ -266,7 +267,7 @@ def mirror(
     raise ValueError('mirror needs `beta` > 0 (a_0 = beta / 2); beta = 0 fixes '
                      'a_t = 0, where x cannot change sign: use pcs.spred for that.')
   reparam.check_learning_rate('mirror', alpha, learning_rate)
-  inner = optax.with_extra_args_support(inner)
+  inner = boundary.inner_optimizer(inner, 'mirror')
 
   def init_fn(params):
     mask = selection.select(params, where)
@@ -303,4 +304,4 @@ def mirror(
     return out, MirrorState(count=optax.safe_int32_increment(state.count), log_a=log_a,
                             inner_state=inner_state, alpha_state=alpha_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return boundary.transform(init_fn, update_fn)

@@ -8,11 +8,15 @@ import optax
 
 from pcs.pruning import _masks as pruning
 from pcs.core import _reparameterize as reparam
+from pcs.core import _boundary as boundary
 
 
 class KeepMaskedState(NamedTuple):
-  """The inner optimizer's state (pruned entries of its params-shaped trees zeroed)."""
+  """The inner optimizer's state (pruned entries of its params-shaped trees zeroed) and the
+  masks, so a checkpoint of the optimizer state holds them and a restored optimizer
+  fine-tunes with the same masks."""
   inner_state: optax.OptState
+  masks: Any
 
 
 def zero_pruned(inner: optax.GradientTransformation, inner_state: Any, masks: Any) -> Any:
@@ -63,20 +67,27 @@ def keep_masked(inner: optax.GradientTransformation, masks: Any
 
   Args:
     inner: any optax optimizer (including a pcs transform).
-    masks: bool pytree with the structure and shapes of the params (True = kept).
+    masks: bool pytree with the structure and shapes of the params (True = kept), pure
+      or an NNX ``State`` as ``pcs.prune(nnx.state(model, nnx.Param), s)`` returns it.
+      They are stored in the state (:class:`KeepMaskedState`): the state's masks are the
+      ones used at every update, so an optimizer restored from a checkpoint fine-tunes
+      with the masks it was saved with.
   """
-  inner = optax.with_extra_args_support(inner)
+  inner = boundary.inner_optimizer(inner, 'keep_masked')
+  masks = boundary.plain(masks)
 
   def init_fn(params):
     if jax.tree.leaves(params):  # (tree_map_params calls init with a leafless placeholder)
       pruning.check_masks(params, masks)
-    return KeepMaskedState(inner.init(params))
+    # A copy: a train step that donates its state must not delete the caller's masks.
+    return KeepMaskedState(inner.init(params), jax.tree.map(jnp.copy, masks))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError(reparam.NO_PARAMS_MSG.format(name='keep_masked'))
-    pruning.check_masks(params, masks)
-    out, inner_state = masked_step(inner, updates, state.inner_state, params, masks, extra_args)
-    return out, KeepMaskedState(inner_state)
+    pruning.check_masks(params, state.masks)
+    out, inner_state = masked_step(inner, updates, state.inner_state, params, state.masks,
+                                   extra_args)
+    return out, KeepMaskedState(inner_state, state.masks)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return boundary.transform(init_fn, update_fn)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcs.core import _selection as selection
+from pcs.core import _boundary as boundary
 import itertools
 
 SCOPES = ('global', 'layerwise', 'erk')
@@ -183,13 +184,15 @@ def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global
   """
   if (sparsity is None) == (n_m is None):
     raise ValueError('prune needs exactly one of `sparsity` and `n_m`.')
+  given, params = params, boundary.plain(params)
   if n_m is not None:
     if not isinstance(n_m, (tuple, list)) or len(n_m) != 2:
       raise ValueError(f'`n_m` must be a pair (N, M); got {n_m!r}.')
     masks = n_m_masks(params, *n_m, where=where)
   else:
     masks = magnitude_masks(params, sparsity, scope=scope, where=where)
-  return apply_masks(params, masks), masks
+  # An NNX State comes back as a State (for nnx.update), a pure tree as a pure tree.
+  return boundary.restore(given, apply_masks(params, masks)), boundary.restore(given, masks)
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
@@ -250,6 +253,7 @@ def summary(params: Any, where: selection.Where = None) -> SparsitySummary:
     >>> pcs.summary({'w': jnp.array([[0.0, 1.0], [0.0, 2.0]])}).sparsity
     0.5
   """
+  params = boundary.plain(params)
   mask_tree = selection.select(params, where, check_float=False)
   layers = []
   for path, x in selection.selected_leaves(params, mask_tree):

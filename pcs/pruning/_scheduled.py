@@ -11,6 +11,7 @@ from pcs.pruning import _keep_masked as masked
 from pcs.pruning import _masks as pruning
 from pcs.core import _reparameterize as reparam
 from pcs.core import _selection as selection
+from pcs.core import _boundary as boundary
 
 
 class ScheduledPruningState(NamedTuple):
@@ -44,7 +45,7 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
                        where, name) -> optax.GradientTransformationExtraArgs:
   """Masked training that re-prunes x to ``sparsity_at(t)`` on pruning steps."""
   pruning.check_scope(scope)
-  inner = optax.with_extra_args_support(inner)
+  inner = boundary.inner_optimizer(inner, name)
 
   def init_fn(params):
     selection.select(params, where)
@@ -68,7 +69,7 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
     return out, ScheduledPruningState(optax.safe_int32_increment(step), target, masks,
                              masked.zero_pruned(inner, inner_state, masks))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return boundary.transform(init_fn, update_fn)
 
 
 def gmp(
@@ -112,7 +113,11 @@ def gmp(
     end_step: t_1 >= t_0.
     frequency: steps between pruning events (>= 1).
     initial_sparsity: s_i in [0, s_f].
-    scope: ``'layerwise'``, ``'global'`` or ``'erk'`` (see :func:`pcs.prune`).
+    scope: ``'layerwise'``, ``'global'`` or ``'erk'`` (see :func:`pcs.prune`). The
+      default is layerwise, as in Zhu & Gupta's gradual pruning, where every layer
+      follows the same sparsity schedule; :func:`pcs.prune` and
+      :func:`one_shot_pruning` default to global (one threshold over all layers), the
+      usual choice for pruning once after training (Frankle & Carbin, 2019).
     where: leaves to prune (default: ndim >= 2).
   """
   pruning.check_sparsity(final_sparsity)

@@ -1,0 +1,140 @@
+"""The compiled sparse products (C++ through XLA's FFI, ``csrc/sparse_kernels.cc``) and the
+pure-JAX reference that stands in where they are absent.
+
+Both compute, in the transposed layout of the kernels,
+
+    y^T = act(W^T x^T + b),   x^T: (fan_in, columns),   y^T: (features, columns),
+
+where the columns are the batch (Dense) or batch x output positions (Conv). The handlers
+are registered with XLA when ``pcs`` is imported, for the CPU platform only.
+
+* Fallback: on GPU and TPU, and on CPU when the library was not built (no compiler at
+  install), :func:`matmul_t` runs the reference (a gather and a segment sum) and says so
+  once with a warning. :func:`kernels_available` tells which path a CPU run takes.
+* Transformations: the products work under ``jit``; under ``vmap`` the FFI call uses
+  ``vmap_method='expand_dims'`` and the kernel loops over the mapped instances, sharing
+  weights that are not mapped. Under ``jit`` with sharded inputs XLA gathers the operands
+  (the call runs replicated); to shard the batch, call it inside ``shard_map``.
+* No gradient is defined (``jax.grad`` raises): the kernels serve inference.
+"""
+
+import ctypes
+import importlib.util
+import warnings
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcs.sparse import _formats as formats
+
+# The registration list: target name -> handler symbol in the compiled library.
+TARGETS = {'pcs_csr_matmul': 'PcsCsrMatmul', 'pcs_nm_matmul': 'PcsNmMatmul'}
+ACTIVATIONS = {None: 0, 'relu': 1}
+_LIBRARY_MODULE = 'pcs.sparse._sparse_kernels'
+
+
+def _register() -> Optional[str]:
+  """Loads the compiled library and registers its handlers; the reason if it cannot."""
+  spec = importlib.util.find_spec(_LIBRARY_MODULE)
+  if spec is None or spec.origin is None:
+    return ('the compiled library pcs/sparse/_sparse_kernels was not built (reinstall pcs '
+            'where a C++ compiler is present: pip install -e .)')
+  try:
+    library = ctypes.CDLL(spec.origin)
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                  platform='cpu')
+  except (OSError, AttributeError) as error:
+    return f'the compiled library {spec.origin} could not be loaded: {error}'
+  return None
+
+
+_UNAVAILABLE = _register()
+_warned: set = set()
+
+
+def kernels_available() -> bool:
+  """Whether the compiled CPU kernels are registered (else the reference runs)."""
+  return _UNAVAILABLE is None
+
+
+def _say_once(reason: str) -> None:
+  if reason not in _warned:
+    _warned.add(reason)
+    warnings.warn(f'pcs.sparse: {reason}; running the pure-JAX reference instead.',
+                  RuntimeWarning, stacklevel=3)
+
+
+def _reference(x_t, layer, bias, activation):
+  """y^T = act(W^T x^T + b) with jnp: gather the inputs of every nonzero, sum per row."""
+  if isinstance(layer, formats.CSR):
+    rows = jnp.searchsorted(layer.indptr, jnp.arange(layer.nnz, dtype=jnp.int32),
+                            side='right') - 1
+    terms = layer.values[:, None] * jnp.take(x_t, layer.indices.astype(jnp.int32), axis=0)
+    y_t = jax.ops.segment_sum(terms, rows, num_segments=layer.features,
+                              indices_are_sorted=True)
+  else:
+    groups = layer.fan_in // layer.m
+    starts = jnp.repeat(jnp.arange(groups, dtype=jnp.int32) * layer.m, layer.n)
+    columns = starts[None, :] + layer.positions.astype(jnp.int32)  # (features, kept)
+    y_t = jnp.einsum('fk,fkc->fc', layer.values, jnp.take(x_t, columns, axis=0))
+  y_t = y_t + bias[:, None]
+  return jnp.maximum(y_t, 0.0) if activation == 'relu' else y_t
+
+
+def _compiled(x_t, layer, bias, activation):
+  out = jax.ShapeDtypeStruct(x_t.shape[:-2] + (layer.features, x_t.shape[-1]), jnp.float32)
+  code = np.int64(ACTIVATIONS[activation])
+  if isinstance(layer, formats.CSR):
+    call = jax.ffi.ffi_call('pcs_csr_matmul', out, vmap_method='expand_dims')
+    return call(x_t, layer.values, layer.indices, layer.indptr, bias, activation=code)
+  call = jax.ffi.ffi_call('pcs_nm_matmul', out, vmap_method='expand_dims')
+  return call(x_t, layer.values, layer.positions, bias, n=np.int64(layer.n),
+              m=np.int64(layer.m), activation=code)
+
+
+def matmul_t(x_t: jax.Array, layer: Union[formats.CSR, formats.NM],
+             bias: Optional[jax.Array] = None, activation: Optional[str] = None) -> jax.Array:
+  """y^T = act(W^T x^T + b) for a sparse ``layer``, W^T of shape (features, fan_in).
+
+  Args:
+    x_t: (fan_in, columns) float32: the inputs, one per column.
+    layer: a :class:`~pcs.sparse.CSR` or :class:`~pcs.sparse.NM` kernel.
+    bias: (features,) float32, or None for none.
+    activation: None or ``'relu'``, fused into the product's store.
+
+  Returns:
+    (features, columns) float32.
+  """
+  if activation not in ACTIVATIONS:
+    raise ValueError(f'`activation` must be one of {list(ACTIVATIONS)}; got {activation!r}.')
+  if not isinstance(layer, (formats.CSR, formats.NM)):
+    raise TypeError(f'`layer` must be a pcs.sparse.CSR or NM kernel; got {type(layer).__name__}.')
+  if x_t.ndim != 2 or x_t.shape[0] != layer.fan_in:
+    raise ValueError(f'`x_t` must have shape ({layer.fan_in}, columns) for a kernel of shape '
+                     f'{layer.kernel_shape}; got {x_t.shape}.')
+  if x_t.dtype != jnp.float32:
+    raise TypeError(f'`x_t` must be float32 (the kernels compute in float32); got {x_t.dtype}.')
+  if bias is None:
+    bias = jnp.zeros((layer.features,), jnp.float32)
+  elif bias.shape != (layer.features,) or bias.dtype != jnp.float32:
+    raise ValueError(f'`bias` must be float32 of shape ({layer.features},); got {bias.dtype} '
+                     f'{bias.shape}.')
+  if _UNAVAILABLE is not None:
+    _say_once(_UNAVAILABLE)
+    return _reference(x_t, layer, bias, activation)
+  if jax.default_backend() != 'cpu':
+    _say_once(f'the compiled kernels are CPU-only and the default backend is '
+              f'{jax.default_backend()}')
+    return _reference(x_t, layer, bias, activation)
+  return _compiled(x_t, layer, bias, activation)
+
+
+def reference_matmul_t(x_t: jax.Array, layer: Union[formats.CSR, formats.NM],
+                       bias: Optional[jax.Array] = None,
+                       activation: Optional[str] = None) -> jax.Array:
+  """:func:`matmul_t` computed by the pure-JAX reference on any platform."""
+  bias = jnp.zeros((layer.features,), jnp.float32) if bias is None else bias
+  return _reference(x_t, layer, bias, activation)

@@ -1,0 +1,164 @@
+"""The Flax linen adapter: export a pruned linen model and run it with its sparse layers.
+
+``pcs.export(params, model=model, inputs=x)`` records each ``nn.Dense`` / ``nn.Conv``
+input (``jax.eval_shape`` of ``model.init``, so nothing is computed) and measures the
+layers there; ``pcs.sparse_apply(model, variables, exported, x)`` runs the unchanged
+model with ``flax.linen.intercept_methods``, computing each exported layer with its
+sparse kernel (bias fused) and every other layer as usual. Needs flax
+(``pip install 'pcs[export]'``).
+"""
+
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+
+from pcs.core import _extras as extras
+from pcs.core import _selection as selection
+from pcs.sparse import _export
+from pcs.sparse import _layers as layers
+
+
+def _conv_options(module) -> Dict[str, Any]:
+  if module.feature_group_count != 1:
+    raise ValueError(f'{"/".join(module.path)}: sparse convolutions take '
+                     'feature_group_count=1 only.')
+  spatial = len(module.kernel_size)
+  for name in ('input_dilation', 'kernel_dilation'):
+    dilation = getattr(module, name)
+    if dilation not in (None, 1) and tuple(dilation) != (1,) * spatial:
+      raise ValueError(f'{"/".join(module.path)}: sparse convolutions take no {name}.')
+  if isinstance(module.padding, str) and module.padding.upper() not in ('SAME', 'VALID'):
+    raise ValueError(f'{"/".join(module.path)}: sparse convolutions take SAME, VALID or '
+                     f'explicit padding; got {module.padding!r}.')
+  return {'strides': module.strides or 1, 'padding': module.padding}
+
+
+def layer_inputs(model: Any, inputs: Any, **apply_kwargs) -> Dict[Tuple, _export.LayerInput]:
+  """``{module path: LayerInput}`` of every Dense/Conv call of ``model`` on ``inputs``."""
+  nn = extras.require('flax.linen', 'pcs.export(model=...)')
+  seen: Dict[Tuple, _export.LayerInput] = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == '__call__' and isinstance(module, (nn.Dense, nn.Conv)):
+      options = _conv_options(module) if isinstance(module, nn.Conv) else None
+      seen[tuple(module.path)] = _export.LayerInput(tuple(args[0].shape), options)
+    return next_fun(*args, **kwargs)
+
+  def init(x):
+    with nn.intercept_methods(record):
+      return model.init(jax.random.key(0), x, **apply_kwargs)
+  jax.eval_shape(init, inputs)
+  return seen
+
+
+def export(params: Any, *, model: Any = None, inputs: Any = None,
+           apply_kwargs: Optional[Dict[str, Any]] = None, format: str = 'auto',  # pylint: disable=redefined-builtin
+           n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
+           batch_size: int = 1, margin: float = 0.05) -> _export.Exported:
+  """The pruned kernels of a linen model (or an NNX state) in their fastest layout.
+
+  Every leaf named ``kernel`` (Dense/Conv) is stored in CSR (or N:M with ``n_m``); with
+  ``format='auto'`` a layer stays sparse only where its sparse product, timed at the
+  layer's input, beats the dense one (see :func:`pcs.sparse.export_layers`).
+
+  Args:
+    params: the model's params after :func:`pcs.prune` (or an NNX state).
+    model: the linen module; with ``inputs``, each layer is measured at its real input
+      (required for Conv layers under ``format='auto'``).
+    inputs: an example input of the batch size served (only its shape is used).
+    apply_kwargs: keyword arguments of the model's ``__call__`` (e.g. ``train=False``).
+    format, n_m, where, batch_size, margin: as in :func:`pcs.sparse.export_layers`.
+
+  Returns:
+    :class:`pcs.sparse.Exported`; ``print(exported.summary())`` shows the choices.
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> exported = pcs.export({'Dense_0': {'kernel': jnp.array([[0.0, 1.0], [2.0, 0.0]])}},
+    ...                       format='csr')
+    >>> exported[('Dense_0',)].nnz
+    2
+  """
+  recorded = None
+  if model is not None or inputs is not None:
+    if model is None or inputs is None:
+      raise ValueError('pcs.export: `model` and `inputs` go together (the layers are '
+                       'measured at the inputs the model gives them).')
+    recorded = layer_inputs(model, inputs, **(apply_kwargs or {}))
+  time_model = None
+  if model is not None:
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x,
+                                                    **(apply_kwargs or {})), inputs)
+    variables = {**jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), variables),
+                 'params': params}
+
+    def time_model(layers):
+      run = lambda v, e, x: sparse_apply(model, v, e, x, **(apply_kwargs or {}))
+      return _export.median_ms(run, variables, _export.Exported(layers, ()), inputs)
+  return _export.export(params, format=format, n_m=n_m, where=where, batch_size=batch_size,
+                        layer_inputs=recorded, margin=margin, time_model=time_model)
+
+
+def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, **kwargs):
+  """``model.apply(variables, *args, **kwargs)`` with the exported layers computed sparsely.
+
+  Every ``nn.Dense`` or ``nn.Conv`` whose module path is in ``exported`` uses its sparse
+  kernel (with its bias fused into the product); all other layers run as usual.
+  Jittable: ``exported`` is a pytree.
+
+  Raises:
+    ValueError: if an exported kernel's shape differs from the layer's, or an exported
+      layer is not a Dense/Conv call of ``model`` (a mismatched model/export pair).
+
+  Example:
+    >>> import jax.numpy as jnp, flax.linen as nn, pcs
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.Dense(2, name='Dense_0')(x)
+    >>> params = {'Dense_0': {'kernel': jnp.array([[0.0, 1.0], [2.0, 0.0]]), 'bias': jnp.zeros(2)}}
+    >>> pcs.sparse_apply(Net(), {'params': params}, pcs.export(params, format='csr'),
+    ...                  jnp.ones((1, 2)))
+    Array([[2., 1.]], dtype=float32)
+  """
+  nn = extras.require('flax.linen', 'pcs.sparse_apply')
+  if not isinstance(exported, _export.Exported):
+    raise TypeError(f'`exported` must come from pcs.export; got {type(exported).__name__}.')
+  params = variables['params']
+  used = set()
+
+  def interceptor(next_fun, call_args, call_kwargs, context):
+    module = context.module
+    path = tuple(module.path)
+    if (context.method_name != '__call__' or path not in exported
+        or not isinstance(module, (nn.Dense, nn.Conv))):
+      return next_fun(*call_args, **call_kwargs)
+    layer, x = exported[path], call_args[0]
+    name = '/'.join(path)
+    if isinstance(module, nn.Dense):
+      expected = (x.shape[-1], module.features)
+    else:
+      expected = tuple(module.kernel_size) + (x.shape[-1], module.features)
+    if tuple(layer.kernel_shape) != expected:
+      raise ValueError(f'pcs.sparse_apply: the exported kernel of {name} has shape '
+                       f'{layer.kernel_shape} but the model\'s layer takes {expected}; '
+                       'the export belongs to another model.')
+    used.add(path)
+    bias = None
+    if module.use_bias:
+      bias = params
+      for key in path + ('bias',):
+        bias = bias[key]
+    if isinstance(module, nn.Dense):
+      return layers.dense(x, layer, bias)
+    return layers.conv(x, layer, bias, **_conv_options(module))
+
+  with nn.intercept_methods(interceptor):
+    out = model.apply(variables, *args, **kwargs)
+  missing = [p for p in exported if p not in used]
+  if missing:
+    raise ValueError(f'pcs.sparse_apply: exported layers {["/".join(p) for p in missing]} '
+                     'are not Dense/Conv layers this model calls; the export belongs to '
+                     'another model.')
+  return out

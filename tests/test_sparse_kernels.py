@@ -1,0 +1,166 @@
+"""The compiled sparse kernels (and the pure-JAX reference) against numpy's dense products.
+
+Every case is checked against ``x @ W + b`` computed densely in float64 by numpy, an
+independent computation; shapes cover empty rows, an all-zero and a fully dense layer,
+odd sizes, int32 indices (fan-in > 65536), batch 1 to large, jit and vmap.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import pcs
+from pcs import sparse
+
+
+def _pruned(rng, shape, sparsity):
+  kernel = rng.normal(size=shape).astype(np.float32)
+  kernel[rng.random(shape) < sparsity] = 0.0
+  return kernel
+
+
+def _dense(x, kernel, bias=None, relu=False):
+  y = x.astype(np.float64) @ kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
+  y = y if bias is None else y + bias
+  return np.maximum(y, 0.0) if relu else y
+
+
+CASES = [  # fan_in, features, batch, sparsity
+    (1, 1, 1, 0.0), (7, 5, 1, 0.5), (784, 300, 1, 0.95), (784, 300, 3, 0.9),
+    (100, 33, 37, 0.8), (64, 64, 256, 0.0), (64, 64, 5, 1.0), (33, 17, 8, 0.7),
+    (256, 129, 16, 0.95), (130, 70, 300, 0.99), (50, 40, 2, 0.6), (5, 3, 9, 0.3)]
+
+
+def test_the_compiled_kernels_are_registered():
+  assert sparse.kernels_available(), sparse._kernels._UNAVAILABLE  # pylint: disable=protected-access
+  layer = sparse.csr(np.eye(4, dtype=np.float32))
+  hlo = jax.jit(sparse.dense).lower(jnp.ones((1, 4)), layer).as_text()
+  assert 'pcs_csr_matmul' in hlo
+
+
+@pytest.mark.parametrize('fan_in,features,batch,sparsity', CASES)
+@pytest.mark.parametrize('relu', [False, True])
+def test_csr_product_equals_dense(fan_in, features, batch, sparsity, relu):
+  rng = np.random.default_rng(fan_in * 1000 + batch)
+  kernel = _pruned(rng, (fan_in, features), sparsity)
+  kernel[:, features // 2] = 0.0  # an empty row of W^T
+  bias = rng.normal(size=features).astype(np.float32)
+  x = rng.normal(size=(batch, fan_in)).astype(np.float32)
+  layer = sparse.csr(kernel)
+  assert layer.indices.dtype == np.uint16 and layer.nnz == np.count_nonzero(kernel)
+  activation = 'relu' if relu else None
+  expected = _dense(x, kernel, bias, relu)
+  fast = jax.jit(functools.partial(sparse.dense, activation=activation))(x, layer, bias)
+  np.testing.assert_allclose(fast, expected, rtol=1e-5, atol=1e-4)
+  reference = sparse.reference_matmul_t(jnp.asarray(x.T), layer, jnp.asarray(bias), activation)
+  np.testing.assert_allclose(reference.T, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_int32_indices_beyond_uint16_fan_in():
+  rng = np.random.default_rng(0)
+  kernel = _pruned(rng, (70_000, 3), 0.999)
+  layer = sparse.csr(kernel)
+  assert layer.indices.dtype == np.int32
+  x = rng.normal(size=(2, 70_000)).astype(np.float32)
+  np.testing.assert_allclose(jax.jit(sparse.dense)(x, layer), _dense(x, kernel), rtol=1e-5,
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize('n,m,batch', [(2, 4, 1), (2, 4, 13), (1, 4, 8), (3, 8, 40),
+                                       (1, 2, 2)])
+def test_n_m_product_equals_dense(n, m, batch):
+  rng = np.random.default_rng(n * 10 + m)
+  kernel = rng.normal(size=(3, 3, 2 * m, 6)).astype(np.float32)  # a conv kernel
+  groups = np.moveaxis(kernel, -1, 0).reshape(6, -1, m)
+  smallest = np.argsort(np.abs(groups), axis=-1)[..., :m - n]
+  np.put_along_axis(groups, smallest, 0.0, axis=-1)
+  kernel = np.moveaxis(groups.reshape(6, 3, 3, 2 * m), 0, -1)
+  groups[0, 0] = 0.0  # a group with fewer than N nonzeros
+  kernel = np.moveaxis(groups.reshape(6, 3, 3, 2 * m), 0, -1)
+  layer = sparse.nm(kernel, n, m)
+  assert layer.positions.dtype == np.uint8 and layer.values.shape == (6, 9 * 2 * m // m * n)
+  np.testing.assert_array_equal(layer.todense(), kernel)
+  x_t = rng.normal(size=(9 * 2 * m, batch)).astype(np.float32)
+  bias = rng.normal(size=6).astype(np.float32)
+  expected = _dense(x_t.T, kernel, bias).T
+  np.testing.assert_allclose(jax.jit(sparse.matmul_t)(x_t, layer, bias), expected, rtol=1e-5,
+                             atol=1e-4)
+  np.testing.assert_allclose(sparse.reference_matmul_t(x_t, layer, bias), expected, rtol=1e-5,
+                             atol=1e-4)
+
+
+def test_an_unstructured_kernel_is_refused_as_n_m_naming_the_pattern_found():
+  kernel = _pruned(np.random.default_rng(0), (16, 8), 0.9)
+  kernel[:4, 0] = 1.0  # one group of 4 with 4 nonzeros
+  with pytest.raises(ValueError, match=r'group of 4 inputs with 4 nonzeros.*no 2:4'):
+    sparse.nm(kernel, 2, 4, name='Dense_0')
+  with pytest.raises(ValueError, match='needs `n_m`'):
+    pcs.export({'Dense_0': {'kernel': jnp.asarray(kernel)}}, format='n_m')
+
+
+def test_vmap_over_inputs_and_over_weights():
+  rng = np.random.default_rng(3)
+  kernel = _pruned(rng, (40, 12), 0.8)
+  layer = sparse.csr(kernel)
+  xs = rng.normal(size=(5, 3, 40)).astype(np.float32)
+  mapped = jax.jit(jax.vmap(sparse.dense, in_axes=(0, None)))(xs, layer)
+  np.testing.assert_allclose(mapped, np.stack([_dense(x, kernel) for x in xs]), rtol=1e-5,
+                             atol=1e-4)
+  # Two layers of one sparsity pattern, mapped together with their inputs.
+  other = np.where(kernel != 0, rng.normal(size=kernel.shape), 0.0).astype(np.float32)
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), layer, sparse.csr(other))
+  both = jax.jit(jax.vmap(sparse.dense))(xs[:2], stacked)
+  np.testing.assert_allclose(both[0], _dense(xs[0], kernel), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(both[1], _dense(xs[1], other), rtol=1e-5, atol=1e-4)
+
+
+def test_batch_sharded_under_shard_map_and_replicated_under_jit():
+  mesh = jax.make_mesh((8,), ('batch',))
+  rng = np.random.default_rng(4)
+  kernel = _pruned(rng, (64, 32), 0.9)
+  layer = sparse.csr(kernel)
+  x = rng.normal(size=(16, 64)).astype(np.float32)
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, P('batch')))
+  per_shard = jax.shard_map(sparse.dense, mesh=mesh, in_specs=(P('batch'), P()),
+                            out_specs=P('batch'))
+  np.testing.assert_allclose(jax.jit(per_shard)(sharded, layer), _dense(x, kernel),
+                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(jax.jit(sparse.dense)(sharded, layer), _dense(x, kernel),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_conv_equals_xla_convolution():
+  rng = np.random.default_rng(5)
+  for window, strides, padding, shape in [((3, 3), 1, 'SAME', (2, 9, 7, 4)),
+                                          ((3, 3), 2, 'VALID', (1, 11, 8, 3)),
+                                          ((5,), 2, 'SAME', (3, 40, 2)),
+                                          ((1, 1), 2, 'SAME', (2, 8, 8, 5)),
+                                          ((3, 3), 1, [(2, 0), (1, 1)], (1, 6, 6, 2))]:
+    kernel = _pruned(rng, window + (shape[-1], 6), 0.7)
+    x = rng.normal(size=shape).astype(np.float32)
+    letters = 'HW'[-len(window):] if len(window) == 2 else 'W'
+    expected = jax.lax.conv_general_dilated(
+        x.astype(np.float64), kernel.astype(np.float64), (strides,) * len(window), padding,
+        dimension_numbers=('N' + letters + 'C', letters + 'IO', 'N' + letters + 'C'),
+        precision='highest')
+    got = jax.jit(functools.partial(sparse.conv, strides=strides, padding=padding))(
+        x, sparse.csr(kernel))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_no_gradient_and_bad_inputs_are_refused():
+  layer = sparse.csr(np.eye(4, dtype=np.float32))
+  with pytest.raises(ValueError, match='cannot be differentiated'):
+    jax.grad(lambda x: sparse.dense(x, layer).sum())(jnp.ones((1, 4)))
+  with pytest.raises(TypeError, match='must be float32'):
+    sparse.dense(jnp.ones((1, 4), jnp.bfloat16), layer)
+  with pytest.raises(ValueError, match='must end in 4 features'):
+    sparse.dense(jnp.ones((1, 5)), layer)
+  with pytest.raises(ValueError, match='`bias` must be float32 of shape'):
+    sparse.dense(jnp.ones((1, 4)), layer, jnp.ones(3))
+  with pytest.raises(ValueError, match='`activation` must be one of'):
+    sparse.dense(jnp.ones((1, 4)), layer, activation='gelu')

@@ -1,0 +1,221 @@
+"""Whole pruned models, linen and NNX, give the dense model's outputs when exported.
+
+The dense model's own forward pass is the independent computation: the sparse run must
+match it for the MLP, the 1-D CNN and ResNet-20 with batch norm, in CSR and N:M, under
+jit; the artifact round trip must too, in a fresh process without the training code.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import pcs
+from experiments import models, nnx_models
+from pcs.sparse import nnx as sparse_nnx
+from tests import helpers
+
+# ResNet-20 on 8x8 inputs: the same layers as on 32x32 at a fraction of the test time.
+LINEN = [('cnn1d', (40, 1)), ('mlp', (784,)), ('resnet20', (8, 8, 3))]
+NNX = {'mlp': (lambda: nnx_models.MLP(784, (256, 256, 10), rngs=nnx.Rngs(0)), (784,)),
+       'cnn1d': (lambda: nnx_models.CNN1D(rngs=nnx.Rngs(0)), (40, 1)),
+       'resnet20': (lambda: nnx_models.CifarResNet(rngs=nnx.Rngs(0)), (8, 8, 3))}
+
+
+def _inputs(shape, batch=3):
+  return jnp.asarray(np.random.default_rng(1).normal(size=(batch,) + shape), jnp.float32)
+
+
+def _linen(name, shape, **prune_kwargs):
+  model = models.create_model(name, 10)
+  variables = model.init(jax.random.key(0), jnp.zeros((1,) + shape), train=False)
+  pruned, _ = pcs.prune(variables['params'], **prune_kwargs)
+  return model, {**variables, 'params': pruned}
+
+
+def _nnx(name, **prune_kwargs):
+  build, shape = NNX[name]
+  model = build()
+  pruned, _ = pcs.prune(nnx.state(model, nnx.Param), **prune_kwargs)
+  nnx.update(model, pruned)
+  model.eval()
+  return model, shape
+
+
+def _kernels(tree):
+  return [leaf for leaf in jax.tree.leaves(pcs.core._boundary.plain(tree)) if leaf.ndim >= 2]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('name,shape', LINEN)
+def test_linen_sparse_outputs_equal_dense(name, shape):
+  model, variables = _linen(name, shape, sparsity=0.9)
+  x = _inputs(shape)
+  exported = pcs.export(variables['params'], format='csr')
+  assert len(exported) == len(_kernels(variables['params']))
+  for layer in exported.values():  # the stored entries are the nonzeros only
+    assert layer.nnz == np.count_nonzero(layer.todense())
+  fast = jax.jit(lambda v, e, x: pcs.sparse_apply(model, v, e, x, train=False))
+  np.testing.assert_allclose(fast(variables, exported, x), model.apply(variables, x, train=False),
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name,shape', LINEN[:2])
+def test_linen_n_m_export(name, shape):
+  where = lambda path, leaf: leaf.ndim >= 2 and leaf.shape[-2] % 4 == 0
+  model, variables = _linen(name, shape, n_m=(2, 4), where=where)
+  exported = pcs.export(variables['params'], format='n_m', n_m=(2, 4), where=where)
+  assert all(layer.m == 4 and layer.n == 2 for layer in exported.values())
+  x = _inputs(shape, batch=2)
+  np.testing.assert_allclose(pcs.sparse_apply(model, variables, exported, x, train=False),
+                             model.apply(variables, x, train=False), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', list(NNX))
+def test_nnx_sparse_model_equals_dense_under_nnx_jit_and_jax_jit(name):
+  model, shape = _nnx(name, sparsity=0.9)
+  x = _inputs(shape)
+  sparse = sparse_nnx.sparsify(model, format='csr')
+  kinds = {type(node).__name__ for _, node in nnx.iter_graph(sparse)}
+  assert 'SparseLinear' in kinds and not kinds & {'Linear'}
+  expected = model(x)
+  np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(sparse, x), expected, rtol=1e-4,
+                             atol=1e-4)
+  graphdef, state = nnx.split(sparse)
+  plain_jit = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+  np.testing.assert_allclose(plain_jit(state, x), expected, rtol=1e-4, atol=1e-4)
+  # The copy's kernels are the pruned ones, and the original model is untouched.
+  for path, kernel in sparse_nnx.dense_kernels(sparse).items():
+    node = model
+    for key in path:
+      node = node[key] if isinstance(key, int) else getattr(node, key)
+    np.testing.assert_array_equal(kernel, node.kernel.get_value())
+
+
+def test_measured_choice_keeps_a_layer_dense_where_sparse_is_slower():
+  # A fully dense hidden layer cannot win; a 99%-sparse wide one does.
+  rng = np.random.default_rng(0)
+  wide = rng.normal(size=(2048, 2048)).astype(np.float32)
+  wide[rng.random(wide.shape) < 0.99] = 0.0
+  params = {'Dense_0': {'kernel': jnp.asarray(wide)},
+            'Dense_1': {'kernel': jnp.asarray(rng.normal(size=(2048, 64)), jnp.float32)}}
+  exported = pcs.export(params, batch_size=1)
+  choices = {c.path: c for c in exported.choices}
+  assert choices[('Dense_1',)].format == 'dense' and ('Dense_1',) not in exported
+  assert choices[('Dense_0',)].format == 'csr' and ('Dense_0',) in exported
+  assert choices[('Dense_0',)].sparse_ms < choices[('Dense_0',)].dense_ms
+  summary = exported.summary()
+  assert 'Dense_0' in summary and 'dense' in summary and '99.0%' in summary
+
+
+def test_measured_export_of_models_with_convolutions():
+  model, variables = _linen('cnn1d', (40, 1), sparsity=0.95)
+  x = _inputs((40, 1), batch=1)
+  with pytest.raises(ValueError, match='needs its input shape'):
+    pcs.export(variables['params'])
+  exported = pcs.export(variables['params'], model=model, inputs=x,
+                        apply_kwargs={'train': False})
+  assert len(exported.choices) == 4
+  np.testing.assert_allclose(pcs.sparse_apply(model, variables, exported, x, train=False),
+                             model.apply(variables, x, train=False), rtol=1e-4, atol=1e-4)
+  nnx_model, shape = _nnx('cnn1d', sparsity=0.95)
+  sparse = sparse_nnx.sparsify(nnx_model, inputs=_inputs(shape, batch=1))
+  np.testing.assert_allclose(sparse(_inputs(shape)), nnx_model(_inputs(shape)), rtol=1e-4,
+                             atol=1e-4)
+
+
+def test_nnx_state_exports_and_empty_trees_are_refused():
+  model, _ = _nnx('mlp', sparsity=0.9)
+  exported = pcs.export(nnx.state(model, nnx.Param), format='csr')
+  assert set(exported) == {('layers', 0), ('layers', 1), ('layers', 2)}
+  for tree in ({}, {'bias': jnp.ones(3)}):
+    with pytest.raises(ValueError, match=r'found no Dense/Conv kernel.*nnx\.Module'):
+      pcs.export(tree, format='csr')
+
+
+def test_mismatched_model_and_export_are_refused():
+  _, variables = _linen('mlp', (784,), sparsity=0.9)
+  other = models.MLP((128, 10))
+  other_variables = other.init(jax.random.key(0), jnp.zeros((1, 784)))
+  exported = pcs.export(variables['params'], format='csr')
+  with pytest.raises(ValueError, match='belongs to another model'):
+    pcs.sparse_apply(other, other_variables, exported, _inputs((784,)))
+  nnx_model, _ = _nnx('mlp', sparsity=0.9)
+  small = nnx_models.MLP(784, (128, 10), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='belongs to another model'):
+    sparse_nnx.sparsify(small, pcs.export(nnx.state(nnx_model, nnx.Param), format='csr'))
+
+
+_FRESH_PROCESS = '''
+import sys, numpy as np, jax.numpy as jnp, pcs
+from flax import nnx
+from experiments import models, nnx_models
+from pcs.sparse import nnx as sparse_nnx
+kind, path, x_path = sys.argv[1:]
+x = jnp.asarray(np.load(x_path))
+if kind == 'linen':
+  variables, exported = pcs.sparse.load(path)
+  out = pcs.sparse_apply(models.create_model('cnn1d', 10), variables, exported, x, train=False)
+else:
+  out = sparse_nnx.load(path, nnx_models.CNN1D(rngs=nnx.Rngs(7)))(x)
+np.save(x_path + '.out.npy', np.asarray(out))
+'''
+
+
+def test_artifact_runs_in_a_fresh_process_and_refuses_tampering(tmp_path):
+  x = _inputs((40, 1))
+  np.save(tmp_path / 'x.npy', np.asarray(x))
+  model, variables = _linen('cnn1d', (40, 1), sparsity=0.9)
+  nnx_model, _ = _nnx('cnn1d', sparsity=0.9)
+  saved = {'linen': (pcs.export(variables['params'], format='csr'), variables,
+                     model.apply(variables, x, train=False)),
+           'nnx': (pcs.export(nnx.state(nnx_model, nnx.Param), format='csr'),
+                   nnx.state(nnx_model, nnx.Param), nnx_model(x))}
+  for kind, (exported, tree, expected) in saved.items():
+    path = str(tmp_path / f'{kind}.npz')
+    pcs.sparse.save(path, exported, tree)
+    done = subprocess.run([sys.executable, '-c', _FRESH_PROCESS, kind, path,
+                           str(tmp_path / 'x.npy')], capture_output=True, text=True,
+                          cwd=helpers.REPO, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(str(tmp_path / 'x.npy') + '.out.npy'), expected,
+                               rtol=1e-4, atol=1e-4)
+  path = str(tmp_path / 'linen.npz')
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(tmp_path / 'truncated.npz', 'wb') as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(ValueError, match='truncated or not a pcs export'):
+    pcs.sparse.load(str(tmp_path / 'truncated.npz'))
+  _, exported = pcs.sparse.load(path)
+  with np.load(path) as archive:
+    contents = dict(archive)
+  name = next(n for n in contents if n != 'manifest' and contents[n].dtype == np.uint16)
+  contents[name] = contents[name].copy()
+  contents[name][0] = 60000  # an index outside the kernel, hash unchanged
+  np.savez(tmp_path / 'tampered.npz', **contents)
+  with pytest.raises(ValueError, match='does not match its manifest'):
+    pcs.sparse.load(str(tmp_path / 'tampered.npz'))
+  # A pickled object array is refused by numpy itself, before anything runs.
+  contents['manifest'] = np.array([object()], dtype=object)
+  np.savez(tmp_path / 'pickled.npz', **contents)
+  with pytest.raises(ValueError, match='truncated or not a pcs export'):
+    pcs.sparse.load(str(tmp_path / 'pickled.npz'))
+  assert len(exported) == 4
+
+
+def test_a_layout_reading_outside_its_kernel_is_invalid():
+  layer = pcs.sparse.csr(np.eye(4, dtype=np.float32))
+  bad = pcs.sparse.CSR(values=layer.values, indices=np.array([0, 1, 2, 9], np.uint16),
+                       indptr=layer.indptr, kernel_shape=(4, 4))
+  with pytest.raises(ValueError, match=r'column indices must lie in \[0, 4\)'):
+    pcs.sparse._formats.validate(bad, 'layer')  # pylint: disable=protected-access
+
+
+def test_the_kernels_are_built_by_the_package_build():
+  assert os.path.exists(os.path.join(helpers.REPO, 'csrc', 'sparse_kernels.cc'))
+  assert pcs.sparse.kernels_available()
