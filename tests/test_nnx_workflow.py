@@ -108,17 +108,29 @@ def test_the_whole_nnx_workflow(inner, tmp_path):
 
 
 @pytest.mark.parametrize('method', sorted(helpers.METHODS))
-def test_every_method_in_an_nnx_training_step_with_a_last_key_predicate(method):
+def test_the_workflow_with_every_method_in_the_training_step(method, tmp_path):
   model = nnx_models.MLP(16, (32, 4), rngs=nnx.Rngs(0))
   tx = helpers.METHODS[method](optax.sgd(0.05, momentum=0.9))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  x, y = helpers.batch()
-  metrics = nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average('loss'))
-  for _ in range(3):
-    _train_step(model, optimizer, metrics, x, y)
+  data = helpers.batch()
+  assert np.isfinite(float(_train(model, optimizer, 3, data)['loss']))
   logged = pcs.stats(optimizer.opt_state, nnx.state(model, nnx.Param))
   assert all(np.isfinite(float(v)) for v in logged.values())
-  assert np.isfinite(float(metrics.compute()['loss']))
+  pruned, masks = pcs.prune(nnx.state(model, nnx.Param), 0.8)
+  nnx.update(model, pruned)
+  optimizer = nnx.Optimizer(model, pcs.keep_masked(optax.sgd(0.05, momentum=0.9), masks),
+                            wrt=nnx.Param)
+  _train(model, optimizer, 2, data)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / 'optimizer', nnx.state(optimizer))
+  checkpointer.wait_until_finished()
+  restored = checkpointer.restore(tmp_path / 'optimizer', nnx.state(optimizer))
+  saved_masks = pcs.core._boundary.plain(restored)['opt_state']['masks']  # pylint: disable=protected-access
+  np.testing.assert_array_equal(saved_masks['layers'][0]['kernel'],
+                                pcs.core._boundary.plain(masks)['layers'][0]['kernel'])  # pylint: disable=protected-access
+  assert pcs.summary(nnx.state(model, nnx.Param)).sparsity == pytest.approx(0.8, abs=1e-3)
+  sparse = sparse_nnx.sparsify(model, format='csr')
+  np.testing.assert_allclose(sparse(data[0]), model(data[0]), rtol=1e-4, atol=1e-4)
 
 
 def test_a_where_predicate_sees_the_parameter_path_at_init_and_update():
