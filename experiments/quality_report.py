@@ -269,12 +269,59 @@ def protocol_text() -> str:
       'reused at the others; 5 seeds resolve differences of about 1 pp at best.'])
 
 
+COLLAPSE_PP = 10.0  # a run more than this far below its recipe's median has collapsed
+
+
+def robustness_markdown(rows: List[dict]) -> str:
+  """The recommended recipe and its equal-epoch baseline on seeds nobody tuned on: per
+  model, each recipe's median, worst seed and collapses (runs more than COLLAPSE_PP below
+  the recipe's median), and the paired difference with a t-test and a Wilcoxon
+  signed-rank test (Wilcoxon, 1945; exact for small samples), which an outlier cannot
+  swing as it swings a mean."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  runs = [r for r in rows if r['stage'] == 'robustness']
+  if not runs:
+    return ''
+  found = groups(runs, True)
+  recipe, baseline = protocol.ROBUSTNESS_RECIPES
+  lines = [f'## Robustness: {recipe} and {baseline} on seeds nobody tuned on', '',
+           f'Each recipe at its picked setting, {protocol.ROBUSTNESS_SPARSITY:.0%} sparsity, seeds '
+           f'{protocol.ROBUSTNESS_SEEDS[0]}-{protocol.ROBUSTNESS_SEEDS[-1]} (runs so far; test '
+           f'accuracy % after fine-tuning). A collapse is a run more than {COLLAPSE_PP:.0f} pp '
+           "below its recipe's median.", '',
+           '| model | recipe | seeds | median | worst seed | collapses | paired difference '
+           f'vs {baseline} (t-test; Wilcoxon) |', '|---|---|---:|---:|---:|---:|---|']
+  for model in sorted({r['model'] for r in runs}):
+    mine = found.get((model, recipe, protocol.ROBUSTNESS_SPARSITY), {})
+    theirs = found.get((model, baseline, protocol.ROBUSTNESS_SPARSITY), {})
+    for name, values in ((recipe, mine), (baseline, theirs)):
+      if not values:
+        continue
+      median = float(np.median(list(values.values())))
+      worst = min(values, key=values.get)
+      collapses = sum(v < median - COLLAPSE_PP for v in values.values())
+      difference = ''
+      seeds = sorted(set(mine) & set(theirs))
+      if name == recipe and len(seeds) >= 2:
+        diffs = [mine[k] - theirs[k] for k in seeds]
+        wilcoxon = stats.wilcoxon(diffs).pvalue if any(diffs) else 1.0
+        t_test = stats.ttest_rel([mine[k] for k in seeds], [theirs[k] for k in seeds]).pvalue
+        difference = (f'median {np.median(diffs):+.1f}, mean {np.mean(diffs):+.1f} ± '
+                      f'{np.std(diffs, ddof=1):.1f} pp (p={t_test:.2g}; p={wilcoxon:.2g}), '
+                      f'n={len(seeds)}')
+      lines.append(f'| {model} | {name} | {len(values)} | {median:.1f} | {values[worst]:.1f} '
+                   f'(seed {worst}) | {collapses} | {difference} |')
+  return '\n'.join(lines)
+
+
 def write(rows: Iterable[dict], folder: str) -> str:
   """Writes ``QUALITY.md`` (next to ``folder``) and ``<folder>/accuracy_vs_sparsity.png``:
   the protocol, ``<folder>/notes.md`` (the findings, written by hand) if present, and
   the tables."""
   # The robustness runs (seeds 5-24 of the recommended recipe and its baseline) are not
-  # mixed into the seeds 0-4 tables; they get a report of their own.
+  # mixed into the seeds 0-4 tables; they get a section of their own.
+  rows = list(rows)
+  robustness = robustness_markdown(rows)
   rows = [r for r in rows if r['stage'] != 'robustness']
   os.makedirs(folder, exist_ok=True)
   found = groups(rows, True)
@@ -285,6 +332,8 @@ def write(rows: Iterable[dict], folder: str) -> str:
     with open(os.path.join(folder, 'notes.md')) as f:
       notes = f.read().rstrip() + '\n\n'
   text = protocol_text() + '\n\n' + notes + markdown(rows) + '\n'
+  if robustness:
+    text += '\n' + robustness + '\n'
   with open(os.path.join(os.path.dirname(os.path.abspath(folder)), 'QUALITY.md'), 'w') as f:
     f.write(text)
   return text

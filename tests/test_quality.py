@@ -165,6 +165,21 @@ def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the
                                 'finetune_epochs': protocol.FINETUNE_EPOCHS} for r in planned)
   rows = list(record.rows.values())
   text = quality_report.write(rows, str(tmp_path / 'quality'))
-  collapsed = {**planned[0], 'results': {'test_accuracy': 0.01,
-                                         'test_accuracy_before_finetune': 0.01}}
-  assert quality_report.write(rows + [collapsed], str(tmp_path / 'quality')) == text
+  assert 'Robustness' not in text
+  # Seeds 5-9: pilot+imp 90, 91, 92, 93 and a collapse to 70; dense+imp 89 on each.
+  robust = []
+  for seed, mine in zip(range(5, 10), (90.0, 91.0, 92.0, 93.0, 70.0)):
+    for recipe, value in (('pilot+imp', mine), ('dense+imp', 89.0)):
+      overrides = {'model': 'cnn1d', 'sparsity': 0.98, 'seed': seed}
+      robust.append({'id': f'{recipe}{seed}', 'stage': 'robustness', 'model': 'cnn1d',
+                     'recipe': recipe, 'study': None, 'overrides': overrides,
+                     'results': {'test_accuracy': value / 100,
+                                 'test_accuracy_before_finetune': value / 100}})
+  with_robust = quality_report.write(rows + robust, str(tmp_path / 'quality'))
+  assert with_robust.startswith(text)  # the seed 0-4 tables are untouched
+  # Medians 91 and 89; seed 9 is 21 pp below its median: one collapse. Differences
+  # 1, 2, 3, 4, -19: median +2.0, mean -1.8. Wilcoxon by hand: ranks 1-4 positive, 5
+  # negative, W = 5; 10 of the 32 sign patterns have W+ <= 5, so p = 2 * 10 / 32.
+  assert ('| cnn1d | pilot+imp | 5 | 91.0 | 70.0 (seed 9) | 1 | median +2.0, mean -1.8 ± '
+          '9.7 pp (p=0.7; p=0.62), n=5 |') in with_robust
+  assert '| cnn1d | dense+imp | 5 | 89.0 | 89.0 (seed 5) | 0 |  |' in with_robust
