@@ -24,11 +24,6 @@ VERSION = 1
 _ARRAYS = {'csr': ('values', 'indices', 'indptr'), 'n_m': ('values', 'positions')}
 
 
-def key_name(path) -> Any:
-  """A key of a jax key path as the dict key, attribute name or index it stands for."""
-  return getattr(path, 'key', getattr(path, 'name', getattr(path, 'idx', path)))
-
-
 def _is_exported_kernel(path: Tuple, exported: _export.Exported) -> bool:
   if not path or path[-1] != 'kernel':
     return False
@@ -67,7 +62,7 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
   leaves = []
   flat = jax.tree_util.tree_flatten_with_path(boundary.plain(variables or {}))[0]
   for path, leaf in flat:
-    names = tuple(key_name(k) for k in path)
+    names = tuple(_export.key_name(k) for k in path)
     if not _is_exported_kernel(names, exported):
       leaves.append({'path': list(names), **add(leaf)})
   layers = []

@@ -83,8 +83,9 @@ class Exported(Mapping):
     return '\n'.join(lines)
 
 
-def _names(path) -> Path:
-  return tuple(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))) for k in path)
+def key_name(key) -> Any:
+  """A key of a jax key path as the dict key, attribute name or index it stands for."""
+  return getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key)))
 
 
 def kernels_of(params: Any, where: selection.Where = None) -> Dict[Path, np.ndarray]:
@@ -93,7 +94,7 @@ def kernels_of(params: Any, where: selection.Where = None) -> Dict[Path, np.ndar
   mask = selection.select(params, where)
   out = {}
   for path, leaf in selection.selected_leaves(params, mask):
-    names = _names(path)
+    names = tuple(key_name(k) for k in path)
     if names and names[-1] == 'kernel' and np.ndim(leaf) >= 2:
       out[names[:-1]] = np.asarray(leaf)
   return out

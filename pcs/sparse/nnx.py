@@ -223,7 +223,7 @@ def load(file, model):
     ValueError: if a saved variable is missing from ``model`` or has another shape.
   """
   variables, exported = _artifact.load(file)
-  saved = {tuple(_artifact.key_name(k) for k in path): value
+  saved = {tuple(_export.key_name(k) for k in path): value
            for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]}
   found = {tuple(path): node for path, node in nnx.iter_graph(model)
            if isinstance(node, nnx.Variable)}
