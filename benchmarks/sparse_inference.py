@@ -8,6 +8,14 @@ Two parts, each timed interleaved (variant A, B, C, A, B, C, ...) with medians r
   ``pip install 'pcs[bench]'``). At batch 1 the memory-traffic bound is given too: the
   bytes the CSR product must read (values, indices, row pointers, x) over the bandwidth
   the dense product reaches (its 4 bytes per weight over its time).
+* **Convolutions**: every distinct Conv layer of ResNet-20 and the 1-D CNN at its real
+  input, XLA's dense convolution against the two ways pcs can take a sparse one: im2col
+  (strided slices stacked into a patch matrix, then the CSR product) and the direct
+  convolution on the padded input (the path pcs takes). This is the measurement behind
+  that choice.
+* **Fused ReLU**: the 4096 layer at 95% with ReLU fused into the kernel's store against
+  ReLU applied by XLA after it, which is what the adapters do (a Flax model applies its
+  activation outside the layer).
 * **Whole models** (global magnitude pruning): the jitted dense model against
   ``pcs.export(..., model=, inputs=)`` (the per-layer measured choice at that batch) and
   ``pcs.sparse_apply``; for the MLPs also scipy CSR layer by layer.
@@ -116,6 +124,83 @@ def layer_rows(repeats):
   return rows
 
 
+CONV_SPARSITIES = (0.9, 0.95, 0.99)
+
+
+def _conv_layers():
+  """``(model, kernel shape, input shape, options)`` of every distinct Conv layer."""
+  seen = {}
+  for name, make_model, shape, _ in MODELS:
+    model = make_model()
+    recorded = pcs.sparse.linen.layer_inputs(model, jnp.zeros((1,) + shape), train=False)
+    params = jax.eval_shape(lambda m=model, s=shape: m.init(
+        jax.random.key(0), jnp.zeros((1,) + s), train=False))['params']
+    for path, layer_input in recorded.items():
+      if layer_input.conv_options is None:
+        continue
+      leaf = params
+      for key in path + ('kernel',):
+        leaf = leaf[key]
+      options = dict(layer_input.conv_options)
+      key = (tuple(leaf.shape), layer_input.shape[1:], repr(sorted(options.items())))
+      seen.setdefault(key, (name, tuple(leaf.shape), layer_input.shape[1:], options))
+  return list(seen.values())
+
+
+def conv_rows(repeats):
+  """Each Conv layer: dense, im2col and direct sparse convolutions, batches 1 and 16."""
+  rng, rows = np.random.default_rng(0), []
+  layers = pcs.sparse._layers  # pylint: disable=protected-access
+  for name, kernel_shape, in_shape, options in _conv_layers():
+    window = kernel_shape[:-2]
+    strides = options['strides']
+    strides = (strides,) * len(window) if isinstance(strides, int) else tuple(strides)
+    for sparsity in CONV_SPARSITIES:
+      kernel = rng.normal(size=kernel_shape).astype(np.float32)
+      kernel[np.abs(kernel) < np.quantile(np.abs(kernel), sparsity)] = 0.0
+      layer = pcs.sparse.csr(kernel)
+      for batch in (1, 16):
+        x = jnp.asarray(rng.normal(size=(batch,) + in_shape), jnp.float32)
+        pads = [tuple(p) for p in layers.conv_pads(options['padding'], in_shape[:-1], window,
+                                                   strides)]
+        dims = 'HW'[-len(window):]
+        numbers = ('N' + dims + 'C', dims + 'IO', 'N' + dims + 'C')
+        dense = jax.jit(lambda x, k, p=pads, s=strides, n=numbers: jax.lax.conv_general_dilated(
+            x, k, s, p, dimension_numbers=n))
+        im2col = jax.jit(lambda x, w, p=pads, s=strides, win=window: layers._im2col(  # pylint: disable=protected-access
+            x, w, None, win, s, p, None))
+        direct = jax.jit(lambda x, w, p=pads, s=strides, win=window: layers._direct(  # pylint: disable=protected-access
+            x, w, None, win, s, p, None))
+        expected = dense(x, jnp.asarray(kernel))
+        for fn in (im2col, direct):
+          np.testing.assert_allclose(fn(x, layer), expected, rtol=1e-3, atol=1e-3)
+        calls = {'dense': functools.partial(_jax_call, dense, x, jnp.asarray(kernel)),
+                 'im2col': functools.partial(_jax_call, im2col, x, layer),
+                 'direct': functools.partial(_jax_call, direct, x, layer)}
+        hlo = jax.jit(functools.partial(pcs.sparse.conv, **options)).lower(x, layer).as_text()
+        rows.append({'model': name, 'kernel': kernel_shape, 'input': (batch,) + in_shape,
+                     'strides': strides, 'sparsity': sparsity, 'batch': batch,
+                     'taken': 'direct' if 'pcs_csr_conv' in hlo else 'im2col',
+                     **_medians(calls, repeats)})
+  return rows
+
+
+def relu_rows(repeats):
+  """The 4096 layer at 95%: ReLU fused into the kernel against ReLU after it."""
+  rng, rows = np.random.default_rng(1), []
+  layer = pcs.sparse.csr(_pruned_layer(rng, 0.95))
+  fused = jax.jit(functools.partial(pcs.sparse.dense, activation='relu'))
+  after = jax.jit(lambda x, w: jax.nn.relu(pcs.sparse.dense(x, w)))
+  for batch in BATCHES:
+    x = jnp.asarray(rng.normal(size=(batch, LAYER)), jnp.float32)
+    np.testing.assert_allclose(fused(x, layer), after(x, layer), rtol=1e-5, atol=1e-5)
+    ms = _medians({'fused': functools.partial(_jax_call, fused, x, layer),
+                   'after': functools.partial(_jax_call, after, x, layer)},
+                  repeats if batch < 256 else max(3, repeats // 4))
+    rows.append({'batch': batch, **ms})
+  return rows
+
+
 def _scipy_mlp(params):
   layers = [(scipy.sparse.csr_matrix(np.asarray(params[f'Dense_{i}']['kernel']).T),
              np.asarray(params[f'Dense_{i}']['bias'])[:, None]) for i in range(len(params))]
@@ -167,7 +252,40 @@ def _ratio(row, key):
   return f"{row['dense'] / row[key]:.2f}x" if key in row else '-'
 
 
-def markdown(layer, whole) -> str:
+def _faster(row):
+  return 'direct' if row['direct'] < row['im2col'] else 'im2col'
+
+
+def conv_markdown(conv) -> str:
+  """The convolution table: im2col and direct against dense, and which of them won."""
+  lines = ['Convolutions: speed-up over XLA\'s dense convolution of the two sparse methods, '
+           'and the one `pcs.sparse.conv` takes (direct from '
+           f'{pcs.sparse._layers.MIN_DIRECT_POSITIONS} output positions per image).', '',  # pylint: disable=protected-access
+           '| model | kernel | input | strides | sparsity | dense (ms) | im2col | direct | '
+           'faster | pcs takes |', '|---|---|---|---|---:|---:|---:|---:|---|---|']
+  for r in conv:
+    lines.append(f"| {r['model']} | {'x'.join(map(str, r['kernel']))} | "
+                 f"{'x'.join(map(str, r['input']))} | {'x'.join(map(str, r['strides']))} | "
+                 f"{r['sparsity']:.0%} | {r['dense']:.3f} | {_ratio(r, 'im2col')} | "
+                 f"{_ratio(r, 'direct')} | {_faster(r)} | {r['taken']} |")
+  wins = sum(_faster(r) == 'direct' for r in conv)
+  right = sum(_faster(r) == r['taken'] for r in conv)
+  lines += ['', f'The direct convolution was faster than im2col in {wins} of {len(conv)} cases; '
+            f'pcs took the faster of the two in {right} of {len(conv)}.']
+  return '\n'.join(lines)
+
+
+def relu_markdown(relu) -> str:
+  """ReLU fused into the kernel against ReLU after it."""
+  lines = ['ReLU fused into the sparse kernel against ReLU after it (the 4096 layer at 95%).',
+           '', '| batch | fused (ms) | after (ms) | after / fused |', '|---:|---:|---:|---:|']
+  for r in relu:
+    lines.append(f"| {r['batch']} | {r['fused']:.3f} | {r['after']:.3f} | "
+                 f"{r['after'] / r['fused']:.2f}x |")
+  return '\n'.join(lines)
+
+
+def markdown(layer, whole, conv=(), relu=()) -> str:
   """The two tables: speed-ups over dense (dense ms / variant ms; > 1 is faster)."""
   lines = ['One 4096 x 4096 layer: speed-up over XLA\'s dense dot (torch CSR: over torch\'s '
            'dense matmul); at batch 1 the memory-traffic bound of the CSR product.', '',
@@ -189,6 +307,10 @@ def markdown(layer, whole) -> str:
     lines.append(f"| {r['model']} | {r['sparsity']:.0%} | {r['batch']} | {r['dense']:.3f} | "
                  f"{_ratio(r, 'pcs')} | {r['sparse_layers']}/{r['layers']} | "
                  f"{_ratio(r, 'scipy')} |")
+  if conv:
+    lines += ['', conv_markdown(conv)]
+  if relu:
+    lines += ['', relu_markdown(relu)]
   return '\n'.join(lines)
 
 
@@ -196,8 +318,10 @@ def _at(rows, **where):
   return next(r for r in rows if all(r.get(k) == v for k, v in where.items()))
 
 
-def verdicts(layer, whole) -> list:
-  """The issue's targets, met or missed by how much, as table rows."""
+def verdicts(layer, whole, conv=(), relu=()) -> list:
+  """The issue's targets, met or missed by how much, as table rows (``conv`` and
+  ``relu`` set no target)."""
+  del conv, relu
   def line(target, value, met):
     return f'| {target} | {value} | {"met" if met else "missed"} |'
   out = []
@@ -233,16 +357,16 @@ def verdicts(layer, whole) -> list:
 
 
 def run(repeats: int):
-  """Both parts: ``(layer rows, whole-model rows)``."""
-  return layer_rows(repeats), model_rows(repeats)
+  """Every part: ``(layer rows, whole-model rows, conv rows, relu rows)``."""
+  return layer_rows(repeats), model_rows(repeats), conv_rows(repeats), relu_rows(repeats)
 
 
 def main(argv):
   del argv
-  layer, whole = run(FLAGS.inference_repeats)
-  print(markdown(layer, whole))
+  rows = run(FLAGS.inference_repeats)
+  print(markdown(*rows))
   print('\n| target | this run | verdict |\n|---|---|---|')
-  print('\n'.join(verdicts(layer, whole)))
+  print('\n'.join(verdicts(*rows)))
 
 
 if __name__ == '__main__':

@@ -9,6 +9,12 @@
 // value: the matrix-vector product, where the win is the bytes moved (4-byte values and
 // 2-byte indices per nonzero against 4 bytes per weight dense).
 //
+// A 1-D or 2-D convolution is taken directly on the padded input (PcsCsrConv): each
+// nonzero of an output channel reads a contiguous run of an input row at a fixed offset
+// (Park et al., "Faster CNNs with Direct Sparse Convolutions", ICLR 2017), so no patch
+// matrix is built (PcsCsrConv, PcsNmConv); 3-D convolutions go through im2col and the
+// products above.
+//
 // Rows are shared out over XLA's intra-op thread pool. No gradient is defined: the
 // kernels serve inference.
 
@@ -165,108 +171,257 @@ struct NmRows {
   }
 };
 
-// One output row, `Width` contiguous columns of a panel (`stride` floats per input),
-// into y (the first `valid` of them are stored). Two accumulator sets take alternate
-// nonzeros, so consecutive multiply-adds do not wait on each other.
+// Eight floats, and the unaligned view used to load them (GCC/Clang vector extensions:
+// AVX registers in the x86-64-v3 clone, pairs of SSE registers in the baseline one).
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec8Unaligned __attribute__((vector_size(32), aligned(4)));
+
+PCS_INLINE Vec8 Load8(const float* p) { return *reinterpret_cast<const Vec8Unaligned*>(p); }
+
+// Multiply-adds w * x[0 .. 8V) into acc, V vectors.
+template <int V>
+PCS_INLINE void Axpy(Vec8* acc, float w, const float* x) {
+  const Vec8 broadcast = Vec8{} + w;
+  for (int v = 0; v < V; ++v) acc[v] += broadcast * Load8(x + 8 * v);
+}
+
+template <int V>
+PCS_INLINE void Store(const Vec8* even, const Vec8* odd, int64_t activation, float* y,
+                      int64_t valid) {
+  for (int v = 0; v < V; ++v) {
+    const Vec8 sum = even[v] + odd[v];
+    for (int j = 0; j < 8 && 8 * v + j < valid; ++j) y[8 * v + j] = Activate(sum[j], activation);
+  }
+}
+
+// One output row over `Width` contiguous columns (`stride` floats from one input's
+// columns to the next's), into y (the first `valid` columns are stored; the columns up
+// to `Width` must be readable). Two accumulator sets take alternate nonzeros, so
+// consecutive multiply-adds do not wait on each other.
 template <int Width, typename Rows>
 PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t stride,
                         float bias, int64_t activation, float* y, int64_t valid) {
-  float even[Width], odd[Width];
-  for (int j = 0; j < Width; ++j) {
-    even[j] = bias;
-    odd[j] = 0.0f;
-  }
-  rows.Visit(
-      r,
-      [&](float w0, int64_t i0, float w1, int64_t i1) {
-        const float* x0 = x + i0 * stride;
-        const float* x1 = x + i1 * stride;
-        for (int j = 0; j < Width; ++j) {
-          even[j] += w0 * x0[j];
-          odd[j] += w1 * x1[j];
-        }
-      },
-      [&](float w, int64_t i) {
-        const float* xi = x + i * stride;
-        for (int j = 0; j < Width; ++j) even[j] += w * xi[j];
-      });
-  if (valid == Width) {
-    for (int j = 0; j < Width; ++j) y[j] = Activate(even[j] + odd[j], activation);
+  if constexpr (Width >= 8) {
+    constexpr int V = Width / 8;
+    Vec8 even[V], odd[V];
+    for (int v = 0; v < V; ++v) {
+      even[v] = Vec8{} + bias;
+      odd[v] = Vec8{};
+    }
+    rows.Visit(
+        r,
+        [&](float w0, int64_t i0, float w1, int64_t i1) {
+          Axpy<V>(even, w0, x + i0 * stride);
+          Axpy<V>(odd, w1, x + i1 * stride);
+        },
+        [&](float w, int64_t i) { Axpy<V>(even, w, x + i * stride); });
+    Store<V>(even, odd, activation, y, valid);
   } else {
-    for (int j = 0; j < valid; ++j) y[j] = Activate(even[j] + odd[j], activation);
+    float acc[Width];
+    for (int j = 0; j < Width; ++j) acc[j] = bias;
+    auto add = [&](float w, int64_t i) {
+      const float* xi = x + i * stride;
+      for (int j = 0; j < Width; ++j) acc[j] += w * xi[j];
+    };
+    rows.Visit(
+        r,
+        [&](float w0, int64_t i0, float w1, int64_t i1) {
+          add(w0, i0);
+          add(w1, i1);
+        },
+        add);
+    for (int64_t j = 0; j < valid; ++j) y[j] = Activate(acc[j], activation);
   }
 }
 
 // Columns per panel: x^T is read in panels of `Width` contiguous columns. With 2, 4 or 8
-// columns x^T is its own panel; otherwise it is repacked into panels (the last one
-// zero-padded), so each nonzero reads `Width` consecutive floats of a compact block.
+// columns x^T is its own panel; otherwise each panel is copied out (the last one
+// zero-padded) into a compact block, as reading it in place, `cols` floats apart, would
+// map many inputs to the same cache sets.
 int64_t PanelWidth(int64_t cols) {
   return cols <= 2 ? 2 : cols <= 4 ? 4 : cols <= 8 ? 8 : 16;
 }
 
-// Copies x^T (fan_in, cols) into panels [cols / width][fan_in][width].
-void Pack(const float* x, int64_t fan_in, int64_t cols, int64_t width, float* panels) {
-  for (int64_t c0 = 0; c0 < cols; c0 += width) {
-    const int64_t valid = std::min(width, cols - c0);
-    float* panel = panels + (c0 / width) * fan_in * width;
-    for (int64_t k = 0; k < fan_in; ++k) {
-      const float* from = x + k * cols + c0;
-      float* to = panel + k * width;
-      for (int64_t j = 0; j < valid; ++j) to[j] = from[j];
-      for (int64_t j = valid; j < width; ++j) to[j] = 0.0f;
-    }
-  }
-}
-
-// Rows [r0, r1) of y^T = act(W^T x^T + b) for all `cols` columns, from the panels.
-template <int Width, typename Rows>
-PCS_INLINE void PanelRows(const Rows& rows, const float* panels, const float* bias,
-                          int64_t fan_in, int64_t cols, int64_t activation, int64_t r0,
-                          int64_t r1, float* y) {
-  for (int64_t c0 = 0; c0 < cols; c0 += Width) {
-    const float* panel = panels + (c0 / Width) * fan_in * Width;
-    const int64_t valid = std::min<int64_t>(Width, cols - c0);
-    for (int64_t r = r0; r < r1; ++r) {
-      RowTile<Width>(rows, r, panel, Width, bias[r], activation, y + r * cols + c0, valid);
-    }
-  }
-}
-
-// The row loop, compiled for AVX2 + FMA and for the baseline ISA (picked at load time).
-template <typename Rows>
-PCS_CLONES void ProductRows(const Rows& rows, const float* x, const float* panels,
-                            const float* bias, int64_t fan_in, int64_t cols,
-                            int64_t activation, int64_t r0, int64_t r1, float* y) {
-  switch (PanelWidth(cols)) {
-    case 2:
-      if (cols == 1) {  // the matrix-vector product
-        for (int64_t r = r0; r < r1; ++r) y[r] = Activate(bias[r] + rows.Dot(r, x), activation);
-      } else {
-        PanelRows<2>(rows, panels, bias, fan_in, cols, activation, r0, r1, y);
+// Copies inputs [k0, k1) of x^T (fan_in, cols) into the panels [cols / width][fan_in][width]
+// (the last one zero-padded), 16 inputs at a time: 16 rows of x^T are read in sequence
+// while each panel receives a contiguous block.
+void Pack(const float* x, int64_t fan_in, int64_t cols, int64_t width, int64_t k0,
+          int64_t k1, float* panels) {
+  for (int64_t kb = k0; kb < k1; kb += 16) {
+    const int64_t kend = std::min(k1, kb + 16);
+    for (int64_t c0 = 0; c0 < cols; c0 += width) {
+      const int64_t valid = std::min(width, cols - c0);
+      float* panel = panels + (c0 / width) * fan_in * width;
+      for (int64_t k = kb; k < kend; ++k) {
+        const float* from = x + k * cols + c0;
+        float* to = panel + k * width;
+        for (int64_t j = 0; j < valid; ++j) to[j] = from[j];
+        for (int64_t j = valid; j < width; ++j) to[j] = 0.0f;
       }
-      break;
-    case 4: PanelRows<4>(rows, panels, bias, fan_in, cols, activation, r0, r1, y); break;
-    case 8: PanelRows<8>(rows, panels, bias, fan_in, cols, activation, r0, r1, y); break;
-    case 16: PanelRows<16>(rows, panels, bias, fan_in, cols, activation, r0, r1, y); break;
-    default: PanelRows<32>(rows, panels, bias, fan_in, cols, activation, r0, r1, y); break;
+    }
   }
 }
 
+// Rows [r0, r1) of one panel of y^T = act(W^T x^T + b): x and y point at the panel's
+// first column, `x_stride` and `cols` floats per row.
+template <int Width, typename Rows>
+PCS_INLINE void PanelRows(const Rows& rows, const float* x, int64_t x_stride,
+                          const float* bias, int64_t cols, int64_t activation, int64_t r0,
+                          int64_t r1, float* y, int64_t valid) {
+  for (int64_t r = r0; r < r1; ++r) {
+    RowTile<Width>(rows, r, x, x_stride, bias[r], activation, y + r * cols, valid);
+  }
+}
+
+// The row loops, compiled for AVX2 + FMA and for the baseline ISA (picked at load time).
+template <typename Rows>
+PCS_CLONES void DotRows(const Rows& rows, const float* x, const float* bias,
+                        int64_t activation, int64_t r0, int64_t r1, float* y) {
+  for (int64_t r = r0; r < r1; ++r) y[r] = Activate(bias[r] + rows.Dot(r, x), activation);
+}
+
+template <typename Rows>
+PCS_CLONES void PanelUnit(const Rows& rows, const float* x, int64_t x_stride,
+                          const float* bias, int64_t cols, int64_t width, int64_t activation,
+                          int64_t r0, int64_t r1, float* y, int64_t valid) {
+  switch (width) {
+    case 2: PanelRows<2>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+    case 4: PanelRows<4>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+    case 8: PanelRows<8>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+    default: PanelRows<16>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+  }
+}
+
+// y^T = act(W^T x^T + b). One column: matrix-vector rows, shared out in blocks. More:
+// x^T is packed into panels (in parallel when large), then units of (panel, row block)
+// are shared out panel-major, whole panels per task when there are panels enough to keep
+// every thread busy, so a panel read into cache serves many rows.
 template <typename Rows>
 void Product(ffi::ThreadPool& pool, const Rows& rows, const float* x, const float* bias,
              int64_t features, int64_t fan_in, int64_t cols, int64_t nonzeros,
              int64_t activation, float* y) {
+  if (cols == 1) {
+    ParallelFor(pool, features, kRowsPerBlock, nonzeros, [&](int64_t r0, int64_t r1) {
+      DotRows(rows, x, bias, activation, r0, r1, y);
+    });
+    return;
+  }
   const int64_t width = PanelWidth(cols);
-  std::vector<float> packed;
-  const float* panels = x;
-  if (cols > 1 && cols != width) {
-    packed.resize((cols + width - 1) / width * width * fan_in);
-    Pack(x, fan_in, cols, width, packed.data());
-    panels = packed.data();
+  const int64_t panels = (cols + width - 1) / width;
+  const float* packed = x;
+  // The caller's buffer, kept between calls (no page faults per call); the pool's threads
+  // see it through this pointer, as a thread_local name means each thread's own.
+  thread_local std::vector<float> buffer;
+  if (cols != width) {
+    buffer.resize(panels * width * fan_in);
+    float* panel_data = buffer.data();
+    ParallelFor(pool, fan_in, 64, fan_in * cols, [&](int64_t k0, int64_t k1) {
+      Pack(x, fan_in, cols, width, k0, k1, panel_data);
+    });
+    packed = panel_data;
   }
   const int64_t block = cols > 8 ? kRowsPerPanelBlock : kRowsPerBlock;
-  ParallelFor(pool, features, block, nonzeros * cols, [&](int64_t r0, int64_t r1) {
-    ProductRows(rows, x, panels, bias, fan_in, cols, activation, r0, r1, y);
+  const int64_t row_blocks = (features + block - 1) / block;
+  const int64_t per_task = panels >= 4 * (pool.num_threads() + 1) ? row_blocks : 1;
+  ParallelFor(pool, panels * row_blocks, per_task, nonzeros * cols, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t p = u / row_blocks, r0 = (u % row_blocks) * block;
+      PanelUnit(rows, packed + p * fan_in * width, width, bias, cols, width, activation, r0,
+                std::min(features, r0 + block), y + p * width,
+                std::min(width, cols - p * width));
+    }
+  });
+}
+
+// Direct convolution (strides s_h, s_w; image n, output channel o):
+//   y[n, o, i, j] = act(b[o] + sum over nonzeros (kh, kw, c) of w * x[n, c, s_h i + kh, s_w j + kw])
+// on the padded input split into the stride phases that the window reads,
+//   z[n, (a, b, c), i, j] = x[n, c, s_h i + a, s_w j + b],   a < min(s_h, kh), b < min(s_w, kw),
+// where the strided convolution is a stride-1 one: nonzero (kh, kw, c) reads z at channel
+// (kh mod s_h, kw mod s_w, c) and offset (kh div s_h, kw div s_w). Each nonzero is a
+// fixed offset into z, so it multiply-adds one contiguous run of an input row into a
+// tile of an output row: no patch matrix. Both formats reach it as rows of
+// (value, offset) pairs.
+struct ConvRows {
+  const float* values;
+  const int64_t* offsets;
+  const int64_t* starts;  // row o's pairs are [starts[o], starts[o + 1])
+};
+
+// One tile of 8 V output columns of an output row: vectors, alternate nonzeros into two
+// accumulator sets; a row's last, partial tile takes a scalar loop.
+template <int V>
+PCS_INLINE void ConvTile(const ConvRows& rows, int64_t o, const float* x, float bias,
+                         int64_t activation, float* y, int64_t valid) {
+  int64_t k = rows.starts[o];
+  const int64_t end = rows.starts[o + 1];
+  if (valid == 8 * V) {
+    Vec8 even[V], odd[V];
+    for (int v = 0; v < V; ++v) {
+      even[v] = Vec8{} + bias;
+      odd[v] = Vec8{};
+    }
+    for (; k + 2 <= end; k += 2) {
+      Axpy<V>(even, rows.values[k], x + rows.offsets[k]);
+      Axpy<V>(odd, rows.values[k + 1], x + rows.offsets[k + 1]);
+    }
+    if (k < end) Axpy<V>(even, rows.values[k], x + rows.offsets[k]);
+    Store<V>(even, odd, activation, y, valid);
+    return;
+  }
+  float acc[8 * V];
+  for (int64_t j = 0; j < valid; ++j) acc[j] = bias;
+  for (; k < end; ++k) {
+    const float w = rows.values[k];
+    const float* xk = x + rows.offsets[k];
+    for (int64_t j = 0; j < valid; ++j) acc[j] += w * xk[j];
+  }
+  for (int64_t j = 0; j < valid; ++j) y[j] = Activate(acc[j], activation);
+}
+
+// channels: C; planes: the phases read times C, each hq x wq; phases_w: min(s_w, kw).
+struct ConvShape {
+  int64_t channels, planes, hq, wq, ho, wo, sh, sw, phases_w, features;
+};
+
+// Units [u0, u1) of (image, output channel) pairs, each a whole output plane. Each output
+// row is cut into tiles of 32, then 16, then 8 columns, and a last one of fewer.
+PCS_CLONES void ConvUnits(const ConvRows& rows, const float* x, const float* bias,
+                          const ConvShape& s, int64_t activation, int64_t u0, int64_t u1,
+                          float* y) {
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t n = u / s.features, o = u % s.features;
+    const float* image = x + n * s.planes * s.hq * s.wq;
+    float* plane = y + u * s.ho * s.wo;
+    for (int64_t i = 0; i < s.ho; ++i) {
+      const float* from = image + i * s.wq;
+      float* to = plane + i * s.wo;
+      int64_t j = 0;
+      for (; j + 32 <= s.wo; j += 32) ConvTile<4>(rows, o, from + j, bias[o], activation, to + j, 32);
+      for (; j + 16 <= s.wo; j += 16) ConvTile<2>(rows, o, from + j, bias[o], activation, to + j, 16);
+      for (; j + 8 <= s.wo; j += 8) ConvTile<1>(rows, o, from + j, bias[o], activation, to + j, 8);
+      if (j < s.wo) ConvTile<1>(rows, o, from + j, bias[o], activation, to + j, s.wo - j);
+    }
+  }
+}
+
+// The convolution for rows whose pairs read kernel inputs `inputs[k]` (in the kernel's
+// (window, channels) order: input = (kh window_w + kw) C + c).
+void Convolve(ffi::ThreadPool& pool, const float* values, const std::vector<int64_t>& inputs,
+              const std::vector<int64_t>& starts, int64_t window_w, const float* x,
+              const float* bias, const ConvShape& s, int64_t images, int64_t activation,
+              float* y) {
+  std::vector<int64_t> offsets(inputs.size());
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const int64_t c = inputs[k] % s.channels, window = inputs[k] / s.channels;
+    const int64_t kh = window / window_w, kw = window % window_w;
+    const int64_t phase = (kh % s.sh) * s.phases_w + kw % s.sw;
+    offsets[k] = (phase * s.channels + c) * s.hq * s.wq + (kh / s.sh) * s.wq + kw / s.sw;
+  }
+  const ConvRows rows{values, offsets.data(), starts.data()};
+  const int64_t work = static_cast<int64_t>(inputs.size()) * images * s.ho * s.wo;
+  ParallelFor(pool, images * s.features, kRowsPerBlock, work, [&](int64_t u0, int64_t u1) {
+    ConvUnits(rows, x, bias, s, activation, u0, u1, y);
   });
 }
 
@@ -327,6 +482,125 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       CsrRows<int32_t> rows{vi, static_cast<const int32_t*>(indices.untyped_data()) + offset, pi};
       Product(pool, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
     }
+  }
+  return ffi::Error::Success();
+}
+
+// The shapes of a convolution call, checked: z (..., N, phases x C, Hq, Wq), y (..., N, F, Ho, Wo).
+ffi::Error ConvShapes(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions yd,
+                      int64_t window_h, int64_t window_w, int64_t stride_h, int64_t stride_w,
+                      int64_t activation, ConvShape* s, int64_t* images) {
+  if (xd.size() < 4 || yd.size() != xd.size()) {
+    return Mismatch("the convolution takes z (..., N, phases x C, Hq, Wq) and gives "
+                    "y (..., N, F, Ho, Wo)");
+  }
+  if (window_h < 1 || window_w < 1 || stride_h < 1 || stride_w < 1) {
+    return Mismatch("the window and strides must be positive");
+  }
+  const int64_t r = xd.size();
+  const int64_t phases_w = std::min(stride_w, window_w);
+  const int64_t phases = std::min(stride_h, window_h) * phases_w;
+  if (xd[r - 3] % phases != 0) return Mismatch("z must hold the read phases of each channel");
+  *s = ConvShape{xd[r - 3] / phases, xd[r - 3], xd[r - 2], xd[r - 1], yd[r - 2], yd[r - 1],
+                 stride_h, stride_w, phases_w, yd[r - 3]};
+  *images = xd[r - 4];
+  if (yd[r - 4] != *images) return Mismatch("z and y must hold the same images");
+  if (s->ho - 1 + (window_h - 1) / stride_h >= s->hq ||
+      s->wo - 1 + (window_w - 1) / stride_w >= s->wq) {
+    return Mismatch("the window and strides must fit the padded input");
+  }
+  if (activation != kIdentity && activation != kRelu) return Mismatch("unknown activation");
+  return ffi::Error::Success();
+}
+
+ffi::Error CsrConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> values, ffi::AnyBuffer indices,
+                       ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::F32> bias,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t window_h, int64_t window_w,
+                       int64_t stride_h, int64_t stride_w, int64_t activation) {
+  const auto xd = x.dimensions();
+  const auto yd = y->dimensions();
+  ConvShape s;
+  int64_t images;
+  ffi::Error error = ConvShapes(xd, yd, window_h, window_w, stride_h, stride_w, activation,
+                                &s, &images);
+  if (error.failure()) return error;
+  const int64_t nnz = values.dimensions().back();
+  if (indptr.dimensions().back() != s.features + 1 || bias.dimensions().back() != s.features ||
+      indices.dimensions().back() != nnz) {
+    return Mismatch("indptr must hold features + 1 entries, bias features, indices nnz");
+  }
+  const int64_t instances = Leading(yd, 4), xl = Leading(xd, 4);
+  const int64_t vl = Leading(values.dimensions(), 1), il = Leading(indices.dimensions(), 1);
+  const int64_t pl = Leading(indptr.dimensions(), 1), bl = Leading(bias.dimensions(), 1);
+  if (!Shares(xl, instances) || !Shares(vl, instances) || !Shares(il, instances) ||
+      !Shares(pl, instances) || !Shares(bl, instances)) {
+    return Mismatch("mapped weights must match the mapped inputs in number");
+  }
+  const bool narrow = indices.element_type() == ffi::DataType::U16;
+  if (!narrow && indices.element_type() != ffi::DataType::S32) {
+    return Mismatch("column indices must be uint16 or int32");
+  }
+  const int64_t x_size = images * s.planes * s.hq * s.wq;
+  const int64_t y_size = images * s.features * s.ho * s.wo;
+  std::vector<int64_t> inputs(nnz), starts(s.features + 1);
+  for (int64_t i = 0; i < instances; ++i) {
+    const int32_t* pi = indptr.typed_data() + (pl == 1 ? 0 : i * (s.features + 1));
+    const int64_t offset = il == 1 ? 0 : i * nnz;
+    for (int64_t k = 0; k < nnz; ++k) {
+      inputs[k] = narrow ? static_cast<const uint16_t*>(indices.untyped_data())[offset + k]
+                         : static_cast<const int32_t*>(indices.untyped_data())[offset + k];
+    }
+    std::copy(pi, pi + s.features + 1, starts.begin());
+    Convolve(pool, values.typed_data() + (vl == 1 ? 0 : i * nnz), inputs, starts, window_w,
+             x.typed_data() + (xl == 1 ? 0 : i * x_size),
+             bias.typed_data() + (bl == 1 ? 0 : i * s.features), s, images, activation,
+             y->typed_data() + i * y_size);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error NmConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                      ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::U8> positions,
+                      ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t n,
+                      int64_t m, int64_t window_h, int64_t window_w, int64_t stride_h,
+                      int64_t stride_w, int64_t activation) {
+  const auto xd = x.dimensions();
+  const auto yd = y->dimensions();
+  const auto vd = values.dimensions();
+  ConvShape s;
+  int64_t images;
+  ffi::Error error = ConvShapes(xd, yd, window_h, window_w, stride_h, stride_w, activation,
+                                &s, &images);
+  if (error.failure()) return error;
+  const int64_t fan_in = window_h * window_w * s.channels;
+  if (vd.size() < 2 || n <= 0 || m <= n || m > 256 || fan_in % m != 0) {
+    return Mismatch("N:M needs 0 < N < M <= 256 and fan_in a multiple of M");
+  }
+  const int64_t kept = vd[vd.size() - 1];
+  if (vd[vd.size() - 2] != s.features || kept != fan_in / m * n ||
+      positions.dimensions().back() != kept || bias.dimensions().back() != s.features) {
+    return Mismatch("values and positions must be (features, fan_in / M x N)");
+  }
+  const int64_t instances = Leading(yd, 4), xl = Leading(xd, 4);
+  const int64_t vl = Leading(vd, 2), pl = Leading(positions.dimensions(), 2);
+  const int64_t bl = Leading(bias.dimensions(), 1);
+  if (!Shares(xl, instances) || !Shares(vl, instances) || !Shares(pl, instances) ||
+      !Shares(bl, instances)) {
+    return Mismatch("mapped weights must match the mapped inputs in number");
+  }
+  const int64_t x_size = images * s.planes * s.hq * s.wq;
+  const int64_t y_size = images * s.features * s.ho * s.wo;
+  const int64_t pairs = s.features * kept;
+  std::vector<int64_t> inputs(pairs), starts(s.features + 1);
+  for (int64_t o = 0; o <= s.features; ++o) starts[o] = o * kept;
+  for (int64_t i = 0; i < instances; ++i) {
+    const uint8_t* p = positions.typed_data() + (pl == 1 ? 0 : i * pairs);
+    for (int64_t k = 0; k < pairs; ++k) inputs[k] = (k % kept) / n * m + p[k];
+    Convolve(pool, values.typed_data() + (vl == 1 ? 0 : i * pairs), inputs, starts, window_w,
+             x.typed_data() + (xl == 1 ? 0 : i * x_size),
+             bias.typed_data() + (bl == 1 ? 0 : i * s.features), s, images, activation,
+             y->typed_data() + i * y_size);
   }
   return ffi::Error::Success();
 }
@@ -396,4 +670,35 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmMatmul, pcs::NmMatmulImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y^T (..., features, columns)
                                   .Attr<int64_t>("n")
                                   .Attr<int64_t>("m")
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrConv, pcs::CsrConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z (..., N, phases x C, Hq, Wq)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // values (..., nnz)
+                                  .Arg<ffi::AnyBuffer>()         // column indices, u16 or s32
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // row pointers (..., features+1)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias (..., features)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y (..., N, features, Ho, Wo)
+                                  .Attr<int64_t>("window_h")
+                                  .Attr<int64_t>("window_w")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmConv, pcs::NmConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z (..., N, phases x C, Hq, Wq)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // values (..., features, kept)
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // positions in each group
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias (..., features)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y (..., N, features, Ho, Wo)
+                                  .Attr<int64_t>("n")
+                                  .Attr<int64_t>("m")
+                                  .Attr<int64_t>("window_h")
+                                  .Attr<int64_t>("window_w")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
                                   .Attr<int64_t>("activation"));

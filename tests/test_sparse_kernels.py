@@ -23,6 +23,16 @@ def _pruned(rng, shape, sparsity):
   return kernel
 
 
+def _n_m_pruned(rng, shape, n, m):
+  """A kernel keeping the N largest of every M consecutive inputs of each feature."""
+  kernel = rng.normal(size=shape).astype(np.float32)
+  groups = np.moveaxis(kernel, -1, 0).reshape(shape[-1], -1, m)
+  smallest = np.argsort(np.abs(groups), axis=-1)[..., :m - n]
+  np.put_along_axis(groups, smallest, 0.0, axis=-1)
+  groups[0, 0] = 0.0  # a group with fewer than N nonzeros
+  return np.moveaxis(groups.reshape((shape[-1],) + shape[:-1]), 0, -1)
+
+
 def _dense(x, kernel, bias=None, relu=False):
   y = x.astype(np.float64) @ kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
   y = y if bias is None else y + bias
@@ -74,13 +84,7 @@ def test_int32_indices_beyond_uint16_fan_in():
                                        (1, 2, 2)])
 def test_n_m_product_equals_dense(n, m, batch):
   rng = np.random.default_rng(n * 10 + m)
-  kernel = rng.normal(size=(3, 3, 2 * m, 6)).astype(np.float32)  # a conv kernel
-  groups = np.moveaxis(kernel, -1, 0).reshape(6, -1, m)
-  smallest = np.argsort(np.abs(groups), axis=-1)[..., :m - n]
-  np.put_along_axis(groups, smallest, 0.0, axis=-1)
-  kernel = np.moveaxis(groups.reshape(6, 3, 3, 2 * m), 0, -1)
-  groups[0, 0] = 0.0  # a group with fewer than N nonzeros
-  kernel = np.moveaxis(groups.reshape(6, 3, 3, 2 * m), 0, -1)
+  kernel = _n_m_pruned(rng, (3, 3, 2 * m, 6), n, m)  # a conv kernel
   layer = sparse.nm(kernel, n, m)
   assert layer.positions.dtype == np.uint8 and layer.values.shape == (6, 9 * 2 * m // m * n)
   np.testing.assert_array_equal(layer.todense(), kernel)
@@ -133,23 +137,92 @@ def test_batch_sharded_under_shard_map_and_replicated_under_jit():
                              rtol=1e-5, atol=1e-4)
 
 
-def test_conv_equals_xla_convolution():
+def _xla_conv(x, kernel, strides, padding, bias=None, relu=False):
+  spatial = kernel.ndim - 2
+  letters = 'DHW'[-spatial:]
+  y = jax.lax.conv_general_dilated(
+      x, kernel, (strides,) * spatial if isinstance(strides, int) else strides, padding,
+      dimension_numbers=('N' + letters + 'C', letters + 'IO', 'N' + letters + 'C'),
+      precision='highest')
+  y = np.asarray(y, np.float64) + (0.0 if bias is None else bias)
+  return np.maximum(y, 0.0) if relu else y
+
+
+CONV_CASES = [  # window, strides, padding, input shape (N, *spatial, C)
+    ((3, 3), 1, 'SAME', (2, 9, 7, 4)), ((3, 3), 2, 'VALID', (1, 11, 8, 4)),
+    ((5,), 2, 'SAME', (3, 40, 4)), ((1, 1), 2, 'SAME', (2, 8, 8, 4)),
+    ((3, 3), 1, [(2, 0), (1, 1)], (1, 6, 6, 4)), ((3,), 1, 'SAME', (2, 45, 8)),
+    ((3, 3), 1, 'SAME', (1, 5, 70, 4)), ((3, 3), (1, 2), 'SAME', (1, 7, 9, 4)),
+    ((3, 3), 2, 'VALID', (2, 7, 6, 4)), ((2, 2, 2), 1, 'VALID', (2, 4, 5, 3, 4))]
+
+
+@pytest.mark.parametrize('window,strides,padding,shape', CONV_CASES)
+@pytest.mark.parametrize('layout', ['csr', '2:4'])
+def test_conv_equals_xla_convolution(window, strides, padding, shape, layout):
+  """Direct (1-D, 2-D) and im2col (3-D, under 8 output positions) sparse convolutions
+  against XLA's dense one, with an all-zero output channel, a bias and ReLU; widths past
+  one 32-column tile."""
   rng = np.random.default_rng(5)
-  for window, strides, padding, shape in [((3, 3), 1, 'SAME', (2, 9, 7, 4)),
-                                          ((3, 3), 2, 'VALID', (1, 11, 8, 3)),
-                                          ((5,), 2, 'SAME', (3, 40, 2)),
-                                          ((1, 1), 2, 'SAME', (2, 8, 8, 5)),
-                                          ((3, 3), 1, [(2, 0), (1, 1)], (1, 6, 6, 2))]:
-    kernel = _pruned(rng, window + (shape[-1], 6), 0.7)
-    x = rng.normal(size=shape).astype(np.float32)
-    letters = 'HW'[-len(window):] if len(window) == 2 else 'W'
-    expected = jax.lax.conv_general_dilated(
-        x.astype(np.float64), kernel.astype(np.float64), (strides,) * len(window), padding,
-        dimension_numbers=('N' + letters + 'C', letters + 'IO', 'N' + letters + 'C'),
-        precision='highest')
-    got = jax.jit(functools.partial(sparse.conv, strides=strides, padding=padding))(
-        x, sparse.csr(kernel))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+  shape_w = window + (shape[-1], 6)
+  kernel = _pruned(rng, shape_w, 0.7) if layout == 'csr' else _n_m_pruned(rng, shape_w, 2, 4)
+  kernel[..., 2] = 0.0
+  layer = sparse.csr(kernel) if layout == 'csr' else sparse.nm(kernel, 2, 4, name='conv')
+  bias = rng.normal(size=6).astype(np.float32)
+  x = rng.normal(size=shape).astype(np.float32)
+  for relu in (False, True):
+    got = jax.jit(functools.partial(sparse.conv, strides=strides, padding=padding,
+                                    activation='relu' if relu else None))(x, layer, bias)
+    np.testing.assert_allclose(got, _xla_conv(x, kernel, strides, padding, bias, relu),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_conv_runs_direct_for_1d_and_2d_and_im2col_for_3d_and_small_outputs():
+  def targets(kernel_shape, x_shape, strides=1):
+    layer = sparse.csr(np.ones(kernel_shape, np.float32))
+    conv = functools.partial(sparse.conv, strides=strides)
+    hlo = jax.jit(conv).lower(jnp.ones(x_shape), layer).as_text()
+    return {t for t in sparse._kernels.TARGETS if t in hlo}  # pylint: disable=protected-access
+  assert targets((3, 3, 2, 4), (1, 8, 8, 2)) == {'pcs_csr_conv'}
+  assert targets((3, 2, 4), (1, 16, 2)) == {'pcs_csr_conv'}
+  assert targets((3, 2, 4), (1, 14, 2), strides=2) == {'pcs_csr_matmul'}  # 7 positions
+  assert targets((2, 2, 2, 2, 4), (1, 4, 4, 4, 2)) == {'pcs_csr_matmul'}
+
+
+def test_conv_with_int32_indices_and_under_vmap():
+  rng = np.random.default_rng(6)
+  kernel = _pruned(rng, (3, 3, 7300, 2), 0.99)  # fan-in 65700 > 65536: int32 indices
+  layer = sparse.csr(kernel)
+  assert layer.indices.dtype == np.int32
+  x = rng.normal(size=(1, 4, 4, 7300)).astype(np.float32)
+  np.testing.assert_allclose(jax.jit(sparse.conv)(x, layer), _xla_conv(x, kernel, 1, 'SAME'),
+                             rtol=1e-5, atol=1e-4)
+  small = _pruned(rng, (3, 3, 3, 5), 0.5)
+  xs = rng.normal(size=(4, 2, 6, 6, 3)).astype(np.float32)
+  mapped = jax.jit(jax.vmap(sparse.conv, in_axes=(0, None)))(xs, sparse.csr(small))
+  np.testing.assert_allclose(mapped, np.stack([_xla_conv(x, small, 1, 'SAME') for x in xs]),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_off_cpu_the_products_route_to_bcsr_and_to_dense_and_say_so(monkeypatch):
+  rng = np.random.default_rng(8)
+  csr_kernel = _pruned(rng, (30, 7), 0.8)
+  nm_kernel = _n_m_pruned(rng, (32, 5), 2, 4)
+  x_t = rng.normal(size=(csr_kernel.shape[0], 6)).astype(np.float32)
+  bias = rng.normal(size=7).astype(np.float32)
+  monkeypatch.setattr(sparse._kernels.jax, 'default_backend', lambda: 'gpu')  # pylint: disable=protected-access
+  with pytest.warns(RuntimeWarning, match="CPU-only.*gpu.*jax's BCSR"):
+    got = sparse.matmul_t(x_t, sparse.csr(csr_kernel), bias, 'relu')
+  np.testing.assert_allclose(got, _dense(x_t.T, csr_kernel, bias, relu=True).T, rtol=1e-5,
+                             atol=1e-4)
+  hlo = jax.jit(sparse.matmul_t).lower(x_t, sparse.csr(csr_kernel)).as_text()
+  assert 'pcs_csr_matmul' not in hlo
+  x_t = rng.normal(size=(32, 6)).astype(np.float32)
+  got = jax.jit(sparse.matmul_t)(x_t, sparse.nm(nm_kernel, 2, 4))
+  np.testing.assert_allclose(got, _dense(x_t.T, nm_kernel).T, rtol=1e-5, atol=1e-4)
+  conv_kernel = _pruned(rng, (3, 3, 2, 4), 0.5)  # no direct convolution off CPU: im2col
+  x = rng.normal(size=(1, 6, 6, 2)).astype(np.float32)
+  np.testing.assert_allclose(sparse.conv(x, sparse.csr(conv_kernel)),
+                             _xla_conv(x, conv_kernel, 1, 'SAME'), rtol=1e-5, atol=1e-4)
 
 
 def test_no_gradient_and_bad_inputs_are_refused():

@@ -4,7 +4,7 @@
   (N:M, uint8 positions), built from a pruned kernel (``pcs/sparse/_formats.py``);
 * kernels: C++ XLA FFI handlers for CPU (``csrc/sparse_kernels.cc``), registered when pcs
   is imported, with a pure-JAX reference where they are absent (``_kernels.py``);
-* layers: :func:`dense` and :func:`conv` (im2col with spatial positions as the batch);
+* layers: :func:`dense` and :func:`conv` (direct on the stride phases, or im2col);
 * export: :func:`export_layers`, each layer kept sparse only where measured faster;
 * adapters: :mod:`pcs.sparse.linen` (``pcs.export``, ``pcs.sparse_apply``) and
   :mod:`pcs.sparse.nnx` (``sparsify``; import it explicitly, it needs flax);

@@ -8,9 +8,12 @@ Both compute, in the transposed layout of the kernels,
 where the columns are the batch (Dense) or batch x output positions (Conv). The handlers
 are registered with XLA when ``pcs`` is imported, for the CPU platform only.
 
-* Fallback: on GPU and TPU, and on CPU when the library was not built (no compiler at
-  install), :func:`matmul_t` runs the reference (a gather and a segment sum) and says so
-  once with a warning. :func:`kernels_available` tells which path a CPU run takes.
+* Fallback, said once with a warning: on CPU when the library was not built (no compiler
+  at install), :func:`matmul_t` runs the reference (a gather and a segment sum;
+  :func:`kernels_available` tells which path a CPU run takes). On GPU and TPU it routes to
+  what those have: jax's BCSR product for CSR (cuSPARSE on GPU) and, for N:M, the dense
+  product with the zeros in place (XLA does not reach the sparse tensor cores), and
+  ``pcs.export``'s measured choice keeps each layer dense unless that is faster.
 * Transformations: the products work under ``jit``; under ``vmap`` the FFI call uses
   ``vmap_method='expand_dims'`` and the kernel loops over the mapped instances, sharing
   weights that are not mapped. Under ``jit`` with sharded inputs XLA gathers the operands
@@ -21,7 +24,7 @@ are registered with XLA when ``pcs`` is imported, for the CPU platform only.
 import ctypes
 import importlib.util
 import warnings
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +33,8 @@ import numpy as np
 from pcs.sparse import _formats as formats
 
 # The registration list: target name -> handler symbol in the compiled library.
-TARGETS = {'pcs_csr_matmul': 'PcsCsrMatmul', 'pcs_nm_matmul': 'PcsNmMatmul'}
+TARGETS = {'pcs_csr_matmul': 'PcsCsrMatmul', 'pcs_nm_matmul': 'PcsNmMatmul',
+           'pcs_csr_conv': 'PcsCsrConv', 'pcs_nm_conv': 'PcsNmConv'}
 ACTIVATIONS = {None: 0, 'relu': 1}
 _LIBRARY_MODULE = 'pcs.sparse._sparse_kernels'
 
@@ -60,11 +64,11 @@ def kernels_available() -> bool:
   return _UNAVAILABLE is None
 
 
-def _say_once(reason: str) -> None:
+def _say_once(reason: str, instead: str = 'the pure-JAX reference') -> None:
   if reason not in _warned:
     _warned.add(reason)
-    warnings.warn(f'pcs.sparse: {reason}; running the pure-JAX reference instead.',
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(f'pcs.sparse: {reason}; running {instead} instead.', RuntimeWarning,
+                  stacklevel=3)
 
 
 def _reference(x_t, layer, bias, activation):
@@ -80,6 +84,26 @@ def _reference(x_t, layer, bias, activation):
     starts = jnp.repeat(jnp.arange(groups, dtype=jnp.int32) * layer.m, layer.n)
     columns = starts[None, :] + layer.positions.astype(jnp.int32)  # (features, kept)
     y_t = jnp.einsum('fk,fkc->fc', layer.values, jnp.take(x_t, columns, axis=0))
+  y_t = y_t + bias[:, None]
+  return jnp.maximum(y_t, 0.0) if activation == 'relu' else y_t
+
+
+def _off_cpu(x_t, layer, bias, activation):
+  """y^T = act(W^T x^T + b) with what GPUs and TPUs have: jax's BCSR product for CSR
+  (cuSPARSE on GPU), the dense product of the scattered W^T for N:M."""
+  from jax.experimental import sparse as jax_sparse  # pylint: disable=g-import-not-at-top
+  if isinstance(layer, formats.CSR):
+    matrix = jax_sparse.BCSR((layer.values, layer.indices.astype(jnp.int32), layer.indptr),
+                             shape=(layer.features, layer.fan_in))
+    y_t = matrix @ x_t
+  else:
+    groups = layer.fan_in // layer.m
+    starts = jnp.repeat(jnp.arange(groups, dtype=jnp.int32) * layer.m, layer.n)
+    columns = starts[None, :] + layer.positions.astype(jnp.int32)  # (features, kept)
+    rows = jnp.broadcast_to(jnp.arange(layer.features)[:, None], columns.shape)
+    w_t = jnp.zeros((layer.features, layer.fan_in), jnp.float32).at[rows, columns].add(
+        layer.values)
+    y_t = w_t @ x_t
   y_t = y_t + bias[:, None]
   return jnp.maximum(y_t, 0.0) if activation == 'relu' else y_t
 
@@ -122,14 +146,48 @@ def matmul_t(x_t: jax.Array, layer: Union[formats.CSR, formats.NM],
   elif bias.shape != (layer.features,) or bias.dtype != jnp.float32:
     raise ValueError(f'`bias` must be float32 of shape ({layer.features},); got {bias.dtype} '
                      f'{bias.shape}.')
+  if jax.default_backend() != 'cpu':
+    _say_once(f'the compiled kernels are CPU-only and the default backend is '
+              f'{jax.default_backend()}', "jax's BCSR product (CSR) or the dense product (N:M)")
+    return _off_cpu(x_t, layer, bias, activation)
   if _UNAVAILABLE is not None:
     _say_once(_UNAVAILABLE)
     return _reference(x_t, layer, bias, activation)
-  if jax.default_backend() != 'cpu':
-    _say_once(f'the compiled kernels are CPU-only and the default backend is '
-              f'{jax.default_backend()}')
-    return _reference(x_t, layer, bias, activation)
   return _compiled(x_t, layer, bias, activation)
+
+
+def conv_direct(phases: jax.Array, layer: Union[formats.CSR, formats.NM],
+                bias: Optional[jax.Array], window: Tuple[int, int],
+                strides: Tuple[int, int], out: Tuple[int, int],
+                activation: Optional[str] = None) -> Optional[jax.Array]:
+  """The direct sparse convolution, or None where the compiled kernels are absent.
+
+      y[n, o, i, j] = act(b[o] + sum_{(kh, kw, c): W != 0} W[kh, kw, c, o]
+                                   x[n, c, s_h i + kh, s_w j + kw])
+
+  (Park et al., "Faster CNNs with Direct Sparse Convolutions", ICLR 2017) for a sparse
+  kernel of ``window`` (kh, kw) x C inputs, giving (N, F, *out). ``phases`` is the padded
+  input x split into the stride phases the window reads, z[n, (a, b, c), i, j] =
+  x[n, c, s_h i + a, s_w j + b] for a < min(s_h, kh), b < min(s_w, kw), of shape
+  (N, phases x C, Hq, Wq): there the strided convolution is a stride-1 one. None (the
+  caller takes im2col and :func:`matmul_t`, with its fallback) off CPU or without the
+  compiled library.
+  """
+  if _UNAVAILABLE is not None or jax.default_backend() != 'cpu':
+    return None
+  if bias is None:
+    bias = jnp.zeros((layer.features,), jnp.float32)
+  shape = jax.ShapeDtypeStruct(phases.shape[:-3] + (layer.features,) + tuple(out),
+                               jnp.float32)
+  geometry = dict(window_h=np.int64(window[0]), window_w=np.int64(window[1]),
+                  stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+                  activation=np.int64(ACTIVATIONS[activation]))
+  if isinstance(layer, formats.CSR):
+    call = jax.ffi.ffi_call('pcs_csr_conv', shape, vmap_method='expand_dims')
+    return call(phases, layer.values, layer.indices, layer.indptr, bias, **geometry)
+  call = jax.ffi.ffi_call('pcs_nm_conv', shape, vmap_method='expand_dims')
+  return call(phases, layer.values, layer.positions, bias, n=np.int64(layer.n),
+              m=np.int64(layer.m), **geometry)
 
 
 def reference_matmul_t(x_t: jax.Array, layer: Union[formats.CSR, formats.NM],

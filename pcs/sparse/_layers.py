@@ -1,12 +1,23 @@
 """Dense and Conv layers computed with a sparse kernel: the products the adapters call.
 
-``dense``: y = act(x W + b) as (W^T x^T)^T. ``conv``: im2col with the output positions as
-the columns: the input is moved to (C, N, *spatial), padded, and for every window offset
-the strided slice is taken, which stacks into x^T of shape (prod(window) * C,
-N * prod(out)), rows in the kernel's own (window, channels) order; one sparse product
-gives y^T (features, N * prod(out)). Slicing copies the input once per window offset;
-it replaces XLA's ``conv_general_dilated_patches``, which computes the patches as a
-convolution with a one-hot filter and so costs more than the dense convolution itself.
+``dense``: y = act(x W + b) as (W^T x^T)^T.
+
+``conv``: a 1-D or 2-D convolution is taken directly on the padded input, split into its
+stride phases (Park et al., ICLR 2017): no patch matrix. Measured on ResNet-20's and
+the 1-D CNN's layers (BENCHMARKS.md), it beats im2col except where an image has few
+output positions, so the compiled kernels take it from ``MIN_DIRECT_POSITIONS`` up.
+Elsewhere (3-D, small outputs, or the pure-JAX fallback) ``conv`` is im2col with the
+output positions as the columns: the input is moved to (C, N, *spatial), padded, and
+for every window offset the strided slice is taken, which stacks into x^T of shape
+(prod(window) * C, N * prod(out)), rows in the kernel's own (window, channels) order;
+one sparse product gives y^T (features, N * prod(out)). (XLA's
+``conv_general_dilated_patches`` computes patches as a convolution with a one-hot
+filter, which costs more than the dense convolution.)
+
+Activations: the kernels fuse the bias and, with ``activation='relu'``, the ReLU. The
+adapters fuse the bias; a Flax model applies its activation outside the layer, so there
+XLA applies it to the kernel's output (one elementwise pass over it; BENCHMARKS.md
+measures the difference).
 """
 
 import itertools
@@ -19,6 +30,10 @@ import numpy as np
 from pcs.sparse import _kernels as kernels
 
 Padding = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
+# Fewer output positions per image than this and im2col wins (BENCHMARKS.md: the 1-D
+# CNN's last layer, 5 positions): one image's plane is too little work for a vector tile,
+# where im2col makes one product over the whole batch's positions.
+MIN_DIRECT_POSITIONS = 8
 
 
 def _check_input(x: jax.Array, fan_in: int, what: str) -> None:
@@ -56,14 +71,61 @@ def conv_pads(padding: Padding, spatial_in, window, strides):
   return pads
 
 
+def _padded(x, pads, window, strides, channels_axis):
+  """x (N, *spatial, C) with its channels moved to ``channels_axis`` and padded."""
+  x_t = jnp.pad(jnp.moveaxis(x, -1, channels_axis), [(0, 0), (0, 0)] + pads)
+  out = tuple((size - w) // s + 1 for size, w, s in zip(x_t.shape[2:], window, strides))
+  if min(out) <= 0:
+    raise ValueError(f'conv: the window {window} does not fit the padded input '
+                     f'{x_t.shape[2:]}.')
+  return x_t, out
+
+
+def _direct(x, layer, bias, window, strides, pads, activation):
+  """The direct product for a 1-D or 2-D convolution; None where it cannot run.
+
+  The padded input (N, C, Hp, Wp) goes to the kernel split into the stride phases the
+  window reads, z[n, (a, b, c), i, j] = x[n, c, s_h i + a, s_w j + b] for a < min(s_h,
+  kh), b < min(s_w, kw) (zero-padded up to whole strides), where the strided
+  convolution reads as a stride-1 one.
+  """
+  one_d = len(window) == 1
+  if one_d:  # as 2-D with a window of height 1
+    x, window, strides, pads = x[:, None], (1,) + window, (1,) + strides, [(0, 0)] + pads
+  x_p, out = _padded(x, pads, window, strides, 1)  # (N, C, Hp, Wp)
+  (n, c, hp, wp), (sh, sw) = x_p.shape, strides
+  hq, wq = -(-hp // sh), -(-wp // sw)
+  z = jnp.pad(x_p, [(0, 0), (0, 0), (0, hq * sh - hp), (0, wq * sw - wp)])
+  z = z.reshape(n, c, hq, sh, wq, sw)[:, :, :, :min(sh, window[0]), :, :min(sw, window[1])]
+  z = z.transpose(0, 3, 5, 1, 2, 4).reshape(n, -1, hq, wq)
+  y = kernels.conv_direct(z, layer, bias, window, strides, out, activation)
+  if y is None:
+    return None
+  y = jnp.moveaxis(y, 1, -1)  # (N, Ho, Wo, F)
+  return y[:, 0] if one_d else y
+
+
+def _im2col(x, layer, bias, window, strides, pads, activation):
+  x_t, out = _padded(x, pads, window, strides, 0)  # (C, N, *spatial)
+  slices = []
+  for offset in itertools.product(*(range(w) for w in window)):
+    index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out))
+    slices.append(x_t[(slice(None), slice(None)) + index])
+  columns = x.shape[0] * int(np.prod(out))
+  patches_t = jnp.stack(slices).reshape(-1, columns)  # (window..., C) x (N, *out)
+  y_t = kernels.matmul_t(patches_t, layer, bias, activation)
+  return jnp.moveaxis(y_t.reshape((layer.features, x.shape[0]) + out), 0, -1)
+
+
 def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
          strides: Union[int, Sequence[int]] = 1, padding: Padding = 'SAME',
          activation: Optional[str] = None) -> jax.Array:
   """A channels-last convolution y = act(conv(x, W) + b) with the sparse kernel ``layer``
   of shape ``(*window, in, features)``; x: ``(N, *spatial, in)`` or ``(*spatial, in)``.
 
-  im2col: x^T = the stacked strided slices of the padded input, one per window offset,
-  of shape (prod(window) * in, N * prod(out)); y^T = act(W^T x^T + b).
+  1-D and 2-D with at least ``MIN_DIRECT_POSITIONS`` output positions per image: the
+  direct sparse convolution (compiled kernels); else im2col, x^T = the stacked strided
+  slices of the padded input, y^T = act(W^T x^T + b).
   """
   window = tuple(layer.kernel_shape[:-2])
   channels = layer.kernel_shape[-2]
@@ -76,19 +138,12 @@ def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
     raise ValueError(f'conv: a {spatial}-D kernel needs input (N, *{spatial} spatial, C); '
                      f'got shape {x.shape}.')
   strides = (strides,) * spatial if isinstance(strides, int) else tuple(strides)
-  pads = conv_pads(padding, x.shape[1:-1], window, strides)
-  x_t = jnp.moveaxis(x, -1, 0)  # (C, N, *spatial)
-  x_t = jnp.pad(x_t, [(0, 0), (0, 0)] + [tuple(p) for p in pads])
-  out = tuple((size - w) // s + 1 for size, w, s in zip(x_t.shape[2:], window, strides))
-  if min(out) <= 0:
-    raise ValueError(f'conv: the window {window} does not fit the padded input '
-                     f'{x_t.shape[2:]}.')
-  slices = []
-  for offset in itertools.product(*(range(w) for w in window)):
-    index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out))
-    slices.append(x_t[(slice(None), slice(None)) + index])
-  columns = x.shape[0] * int(np.prod(out))
-  patches_t = jnp.stack(slices).reshape(-1, columns)  # (window..., C) x (N, *out)
-  y_t = kernels.matmul_t(patches_t, layer, bias, activation)
-  y = jnp.moveaxis(y_t.reshape((layer.features, x.shape[0]) + out), 0, -1)
+  pads = [tuple(p) for p in conv_pads(padding, x.shape[1:-1], window, strides)]
+  out = [(size + lo + hi - w) // s + 1
+         for size, (lo, hi), w, s in zip(x.shape[1:-1], pads, window, strides)]
+  y = None
+  if spatial <= 2 and np.prod(out) >= MIN_DIRECT_POSITIONS:
+    y = _direct(x, layer, bias, window, strides, pads, activation)
+  if y is None:
+    y = _im2col(x, layer, bias, window, strides, pads, activation)
   return y[0] if unbatched else y
