@@ -8,11 +8,14 @@ and 1000 test signals of length 40. ``digits`` is scikit-learn's 8x8 digits
 prepared beforehand (see :func:`builder`).
 """
 
+import contextlib
 import dataclasses
 import fcntl
+import io
 import os
-from typing import ClassVar, Tuple
+from typing import ClassVar, Iterator, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -123,6 +126,22 @@ def _prepare_once(result: tfds.core.DatasetBuilder, data_dir: str, name: str) ->
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+  """tfds's output while it looks up and builds a generated dataset, held back: its
+  "Downloading and preparing" lines (nothing is downloaded), its progress bars and its
+  warnings about the variant folder it is about to write."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.enable_progress_bar()
+    logging.set_verbosity(verbosity)
+
+
 def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The prepared tfds builder of ``name``; generated datasets are prepared on first use.
 
@@ -133,10 +152,18 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.')
   data_dir = os.path.expanduser(data_dir)
-  result = tfds.builder(name, data_dir=data_dir)
-  if name in GENERATED and not result.is_prepared():
-    _prepare_once(result, data_dir, name)
-    result = tfds.builder(name, data_dir=data_dir)  # with the split sizes just recorded
+  if name in GENERATED:
+    with _quiet_tfds():
+      result = tfds.builder(name, data_dir=data_dir)
+      prepared = result.is_prepared()
+    if not prepared:
+      print(f'Generating {name} in {data_dir} (once, locally; nothing is downloaded).',
+            flush=True)
+      with _quiet_tfds():
+        _prepare_once(result, data_dir, name)
+        result = tfds.builder(name, data_dir=data_dir)  # with the split sizes just recorded
+  else:
+    result = tfds.builder(name, data_dir=data_dir)
   if not result.is_prepared():
     raise ValueError(f'Dataset {name!r} is not prepared in {data_dir}. '
                      + _how_to_prepare(name, data_dir))

@@ -80,6 +80,19 @@ ROBUSTNESS_SEEDS = tuple(range(5, 25))
 ROBUSTNESS_SPARSITY = 0.98
 
 
+# The paper's training length (Jacobs & Burkholz train 150 epochs, Algorithm 1 raising
+# alpha in the first half): the main recipes on the CNN, each tuned alike at that length
+# on the validation split (its own values, with the learning rate and weight decay of its
+# 30-epoch pick), then SEEDS at every sparsity. Rows are named '<recipe> 150 epochs'.
+LONG_EPOCHS = 150
+LONG_RECIPES = ('pilot', 'pilot+gmp', 'dense+gmp', 'l1', 'cs', 'str', 'spred')
+LONG_MODELS = ('cnn1d',)
+
+
+def long_name(recipe: str) -> str:
+  return f'{recipe} {LONG_EPOCHS} epochs'
+
+
 def run_id(overrides: dict) -> str:
   """A stable short name for a set of config overrides."""
   text = json.dumps(overrides, sort_keys=True)
@@ -117,16 +130,42 @@ def tuning_rows(model: str, recipe: str) -> List[dict]:
           for shared, extra in itertools.product(SHARED_GRID, own)]
 
 
-def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
-  """The tuned overrides of ``recipe`` on ``model`` (best validation accuracy; ties go
-  to the first in grid order) from the ``recorded`` runs by id, or None until every
-  tuning run has finished."""
-  rows = [recorded.get(r['id']) for r in tuning_rows(model, recipe)]
-  if any(r is None for r in rows):
+def _best_setting(recorded: Dict[str, dict], planned: List[dict]) -> Optional[dict]:
+  """The overrides of the best of the ``planned`` tuning runs by validation accuracy
+  (ties go to the first), less the keys of the tuning itself; None until all finished."""
+  rows = [recorded.get(r['id']) for r in planned]
+  if not rows or any(r is None for r in rows):
     return None
   best = max(rows, key=validation_accuracy)
   drop = ('seed', 'sparsity', 'validation_fraction', 'finetune_epochs')
   return {k: v for k, v in best['overrides'].items() if k not in drop}
+
+
+def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
+  """The tuned overrides of ``recipe`` on ``model`` (best validation accuracy; ties go
+  to the first in grid order) from the ``recorded`` runs by id, or None until every
+  tuning run has finished."""
+  return _best_setting(recorded, tuning_rows(model, recipe))
+
+
+def long_tuning_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:
+  """The tuning runs of ``recipe`` at LONG_EPOCHS: its own values at the learning rate
+  and weight decay its 30-epoch tuning picked (none until that tuning has finished)."""
+  setting = picked(recorded, model, recipe)
+  if setting is None:
+    return []
+  base, own = RECIPES[recipe]
+  shared = {k: setting[k] for k in ('learning_rate', 'weight_decay')}
+  return [row('tune', model, recipe, {**base, **shared, **extra, 'num_epochs': LONG_EPOCHS,
+                                       'seed': 0, 'sparsity': TUNING_SPARSITY,
+                                       'validation_fraction': VALIDATION_FRACTION,
+                                       'finetune_epochs': 0}, long_name(recipe))
+          for extra in own]
+
+
+def long_picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
+  """The setting LONG_EPOCHS tuning picked for ``recipe``, as :func:`picked` does."""
+  return _best_setting(recorded, long_tuning_rows(recorded, model, recipe))
 
 
 def final_rows(model: str, recipe: str, setting: dict, sparsities=SPARSITIES,
@@ -175,6 +214,8 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
     yield from _study_rows(recorded, models, workdir)
   if 'robustness' in stages:
     yield from _robustness_rows(recorded, models)
+  if 'long' in stages:
+    yield from _long_rows(recorded, models)
   yield from _recipe_rows(recorded, models, stages,
                           [r for r in RECIPES if r in SIDE_BASELINES])
 
@@ -204,6 +245,16 @@ def _robustness_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
           yield row('robustness', model, recipe, {
               **setting, 'sparsity': ROBUSTNESS_SPARSITY, 'seed': seed,
               'finetune_epochs': FINETUNE_EPOCHS})
+
+
+def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
+  for model in (m for m in models if m in LONG_MODELS):
+    for recipe in LONG_RECIPES:
+      yield from long_tuning_rows(recorded, model, recipe)
+    for recipe in LONG_RECIPES:
+      setting = long_picked(recorded, model, recipe)
+      if setting is not None:
+        yield from final_rows(model, recipe, setting, study=long_name(recipe))
 
 
 class Record:

@@ -1,13 +1,17 @@
 """QUALITY.md, its plot and its verdicts, from the quality benchmark's ``runs.jsonl``.
 
 Every figure is computed here from the recorded runs: means and sample standard
-deviations over seeds, and paired differences (same model, sparsity and seed) with a
-two-sided paired t-test (Student, 1908; ``scipy.stats.ttest_rel``).
+deviations over seeds; medians, worst seeds and collapses (runs more than COLLAPSE_PP
+below their recipe's median); and paired differences (same model, sparsity and seed)
+with a two-sided paired t-test (Student, 1908; ``scipy.stats.ttest_rel``) and a Wilcoxon
+signed-rank test (Wilcoxon, 1945; exact for small samples), which an outlier cannot
+swing as it swings a mean. With 5 seeds the exact two-sided Wilcoxon p cannot go below
+2/32 = 0.0625, so the verdicts' significance is the t-test's.
 """
 
 import collections
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -62,8 +66,21 @@ def cell(values) -> str:
   return f'{values.mean():.1f} ± {values.std(ddof=1):.1f}'
 
 
-def paired(a: Dict[int, float], b: Dict[int, float]) -> Optional[Tuple[float, float, float, int]]:
-  """(mean of a - b, its sd, two-sided paired t-test p, n) over the seeds both have."""
+COLLAPSE_PP = 10.0  # a run more than this far below its recipe's median has collapsed
+
+
+class Paired(NamedTuple):
+  """A paired difference a - b over the seeds both have (pp)."""
+  mean: float
+  sd: float
+  p: float  # two-sided paired t-test
+  n: int
+  median: float
+  wilcoxon_p: float  # two-sided Wilcoxon signed-rank test
+
+
+def paired(a: Dict[int, float], b: Dict[int, float]) -> Optional[Paired]:
+  """The paired difference of ``a`` and ``b`` ({seed: accuracy}), or None under 2 seeds."""
   seeds = sorted(set(a) & set(b))
   if len(seeds) < 2:
     return None
@@ -71,14 +88,43 @@ def paired(a: Dict[int, float], b: Dict[int, float]) -> Optional[Tuple[float, fl
   diff = np.asarray([a[s] - b[s] for s in seeds])
   p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) \
       if diff.std() > 0 else (0.0 if diff.mean() else 1.0)
-  return float(diff.mean()), float(diff.std(ddof=1)), p, len(seeds)
+  wilcoxon = float(stats.wilcoxon(diff).pvalue) if np.any(diff) else 1.0
+  return Paired(float(diff.mean()), float(diff.std(ddof=1)), p, len(seeds),
+                float(np.median(diff)), wilcoxon)
 
 
-def paired_cell(result) -> str:
+def paired_cell(result: Optional[Paired]) -> str:
   if result is None:
     return ''
-  mean, sd, p, n = result
-  return f'{mean:+.1f} ± {sd:.1f} (p={p:.2g}, n={n})'
+  return (f'{result.mean:+.1f} ± {result.sd:.1f} (p={result.p:.2g}, n={result.n}); median '
+          f'{result.median:+.1f} (Wilcoxon p={result.wilcoxon_p:.2g})')
+
+
+def collapsed(values: Dict[int, float]) -> List[int]:
+  """The seeds more than COLLAPSE_PP below the median of ``values`` ({seed: accuracy})."""
+  if not values:
+    return []
+  median = float(np.median(list(values.values())))
+  return sorted(seed for seed, v in values.items() if v < median - COLLAPSE_PP)
+
+
+def distribution_cell(values: Dict[int, float]) -> str:
+  """``median / worst (seed) / collapses`` of {seed: accuracy}."""
+  if not values:
+    return ''
+  worst = min(values, key=values.get)
+  return (f'{np.median(list(values.values())):.1f} / {values[worst]:.1f} (s{worst}) / '
+          f'{len(collapsed(values))}')
+
+
+def distribution_table(found, model: str, names, sparsities) -> List[str]:
+  lines = ['| recipe | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities) + ' |',
+           '|---|' + '---:|' * len(sparsities)]
+  for name in names:
+    cells = [distribution_cell(found.get((model, name, s), {})) for s in sparsities]
+    if any(cells):
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def tuned_table(rows: List[dict], recipes, models) -> List[str]:
@@ -125,11 +171,16 @@ def paired_table(found, model: str, pairs, sparsities) -> List[str]:
 
 def recommended(rows: List[dict], model: str) -> Optional[str]:
   """The PILoT recipe with the best tuning validation accuracy on ``model`` among those
-  whose tuning has finished (chosen on validation, never on test)."""
+  whose tuning has finished (chosen on validation, never on test) and that collapsed on
+  none of the seeds run (final and robustness runs, after fine-tuning)."""
   by_id = {row['id']: row for row in rows}
+  found = groups(rows, True)
   best = {}
   for recipe in PILOT_FAMILY:
     planned = protocol.tuning_rows(model, recipe)
+    if any(collapsed(values) for (m, name, _), values in found.items()
+           if m == model and name == recipe):
+      continue
     if planned and all(r['id'] in by_id for r in planned):
       best[recipe] = max(protocol.validation_accuracy(by_id[r['id']]) for r in planned)
   return max(best, key=best.get) if best else None
@@ -142,8 +193,8 @@ def _verdict(done: dict, margin: float) -> str:
   """``met`` only if some sparsity's mean paired difference reaches ``margin`` and, for a
   claimed gain (margin > 0), the paired t-test rejects "no difference" at 5%; a mean that
   reaches the margin within noise is reported as not shown."""
-  best = max(done, key=lambda s: done[s][0])
-  mean, _, p, _ = done[best]
+  best = max(done, key=lambda s: done[s].mean)
+  mean, p = done[best].mean, done[best].p
   if mean >= margin and (margin <= 0 or p < SIGNIFICANCE):
     return 'met'
   if mean >= margin:
@@ -169,7 +220,7 @@ def verdicts(rows: List[dict], found, models) -> List[str]:
       for sparsities, margin in (((0.95,), 0.0), ((0.98, 0.99), 2.0)):
         results = {s: paired(found.get((model, recipe, s), {}),
                              found.get((model, reference, s), {})) for s in sparsities}
-        done = {s: r for s, r in results.items() if r is not None and r[3] >= 5}
+        done = {s: r for s, r in results.items() if r is not None and r.n >= 5}
         target = (f">= {reference} at {sparsities[0]:.0%}" if margin == 0 else
                   f">= {reference} + {margin:g} pp at 98% or 99%")
         shown = '; '.join(f'{s:.0%}: {paired_cell(r)}' for s, r in done.items()) or 'pending'
@@ -217,6 +268,9 @@ def markdown(rows: List[dict]) -> str:
             *accuracy_table(before, model, recipes, protocol.SPARSITIES), '',
             f'After {protocol.FINETUNE_EPOCHS} more epochs with the masks fixed:', '',
             *accuracy_table(after, model, recipes, protocol.SPARSITIES), '',
+            'Distribution over the seeds after fine-tuning: median / worst seed / collapses '
+            f"(runs more than {COLLAPSE_PP:.0f} pp below the recipe's median):", '',
+            *distribution_table(after, model, recipes, protocol.SPARSITIES), '',
             f'Paired difference to {REFERENCE} (pp, after fine-tuning; same seeds):', '',
             *paired_table(after, model, [(r, REFERENCE) for r in recipes if r != REFERENCE],
                           protocol.SPARSITIES), '']
@@ -229,6 +283,20 @@ def markdown(rows: List[dict]) -> str:
             'Paired against what each study changes:', '',
             *paired_table(after, model, [(name, base) for name, (_, _, _, base)
                                          in protocol.STUDIES.items()], study_sparsities), '']
+    long = [protocol.long_name(r) for r in protocol.LONG_RECIPES]
+    if any(name == n for (m, name, _) in after for n in long if m == model):
+      out += [f"### {model}: the paper's training length ({protocol.LONG_EPOCHS} epochs)", '',
+              'Each recipe re-tuned at this length on the validation split (its own values; '
+              'the learning rate and weight decay of its 30-epoch pick), test accuracy after '
+              'fine-tuning:', '',
+              *accuracy_table(after, model, long, protocol.SPARSITIES), '',
+              'Median / worst seed / collapses:', '',
+              *distribution_table(after, model, long, protocol.SPARSITIES), '',
+              f'Paired against {protocol.long_name(REFERENCE)}, and against the same recipe '
+              'at 30 epochs:', '',
+              *paired_table(after, model, [(n, protocol.long_name(REFERENCE)) for n in long
+                                           if n != protocol.long_name(REFERENCE)]
+                            + list(zip(long, protocol.LONG_RECIPES)), protocol.SPARSITIES), '']
     sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
     out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '
             'epochs (+5 fine-tuning)', '',
@@ -269,16 +337,12 @@ def protocol_text() -> str:
       'reused at the others; 5 seeds resolve differences of about 1 pp at best.'])
 
 
-COLLAPSE_PP = 10.0  # a run more than this far below its recipe's median has collapsed
-
-
 def robustness_markdown(rows: List[dict]) -> str:
   """The recommended recipe and its equal-epoch baseline on seeds nobody tuned on: per
   model, each recipe's median, worst seed and collapses (runs more than COLLAPSE_PP below
   the recipe's median), and the paired difference with a t-test and a Wilcoxon
   signed-rank test (Wilcoxon, 1945; exact for small samples), which an outlier cannot
   swing as it swings a mean."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
   runs = [r for r in rows if r['stage'] == 'robustness']
   if not runs:
     return ''
@@ -286,8 +350,8 @@ def robustness_markdown(rows: List[dict]) -> str:
   recipe, baseline = protocol.ROBUSTNESS_RECIPES
   lines = [f'## Robustness: {recipe} and {baseline} on seeds nobody tuned on', '',
            f'Each recipe at its picked setting, {protocol.ROBUSTNESS_SPARSITY:.0%} sparsity, seeds '
-           f'{protocol.ROBUSTNESS_SEEDS[0]}-{protocol.ROBUSTNESS_SEEDS[-1]} (runs so far; test '
-           f'accuracy % after fine-tuning). A collapse is a run more than {COLLAPSE_PP:.0f} pp '
+           f'{protocol.ROBUSTNESS_SEEDS[0]}-{protocol.ROBUSTNESS_SEEDS[-1]} (test accuracy % '
+           'after fine-tuning). A collapse is a run more than {COLLAPSE_PP:.0f} pp '
            "below its recipe's median.", '',
            '| model | recipe | seeds | median | worst seed | collapses | paired difference '
            f'vs {baseline} (t-test; Wilcoxon) |', '|---|---|---:|---:|---:|---:|---|']
@@ -299,16 +363,13 @@ def robustness_markdown(rows: List[dict]) -> str:
         continue
       median = float(np.median(list(values.values())))
       worst = min(values, key=values.get)
-      collapses = sum(v < median - COLLAPSE_PP for v in values.values())
+      collapses = len(collapsed(values))
       difference = ''
-      seeds = sorted(set(mine) & set(theirs))
-      if name == recipe and len(seeds) >= 2:
-        diffs = [mine[k] - theirs[k] for k in seeds]
-        wilcoxon = stats.wilcoxon(diffs).pvalue if any(diffs) else 1.0
-        t_test = stats.ttest_rel([mine[k] for k in seeds], [theirs[k] for k in seeds]).pvalue
-        difference = (f'median {np.median(diffs):+.1f}, mean {np.mean(diffs):+.1f} ± '
-                      f'{np.std(diffs, ddof=1):.1f} pp (p={t_test:.2g}; p={wilcoxon:.2g}), '
-                      f'n={len(seeds)}')
+      result = paired(mine, theirs) if name == recipe else None
+      if result is not None:
+        difference = (f'median {result.median:+.1f}, mean {result.mean:+.1f} ± '
+                      f'{result.sd:.1f} pp (p={result.p:.2g}; p={result.wilcoxon_p:.2g}), '
+                      f'n={result.n}')
       lines.append(f'| {model} | {name} | {len(values)} | {median:.1f} | {values[worst]:.1f} '
                    f'(seed {worst}) | {collapses} | {difference} |')
   return '\n'.join(lines)

@@ -3,6 +3,10 @@ r"""Sparsify a model with a pcs method: one absl binary from mnist1d to ImageNet
   python -m experiments.sparsify --workdir=runs/pilot90 \
       --config=experiments/configs/default.py --config.sparsity=0.9
 
+With the default config, the recipe named by ``--config.method`` and
+``--config.schedule`` takes its validation-picked values (:mod:`experiments.recipe_defaults`;
+printed at the start), except for keys set on the command line.
+
 Writes ``<workdir>/results.json``, per-epoch ``metrics.jsonl`` and TensorBoard events,
 and orbax checkpoints; rerunning with the same workdir resumes. Multi-host: pass
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or rely on the
@@ -21,6 +25,7 @@ import jax
 from ml_collections import config_flags
 
 from experiments import config_checks
+from experiments import recipe_defaults
 from experiments import train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
@@ -47,6 +52,12 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('JAX process %d / %d, %d local devices, %d in all.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  config_file = config_flags.get_config_filename(FLAGS['config'])
+  if os.path.realpath(config_file) == os.path.realpath(DEFAULT_CONFIG):
+    overridden = config_flags.get_override_values(FLAGS['config'])
+    used = recipe_defaults.apply(FLAGS.config, overridden)
+    if used and jax.process_index() == 0:
+      print(used)
   try:
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, train.NonFiniteError) as error:  # bad input or a diverged run: no traceback

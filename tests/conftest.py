@@ -13,7 +13,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 # `ci` (the default) replays the same examples on every run, so CI is never red by chance;
 # `pytest --hypothesis-profile=explore` searches afresh with many more examples.
 _COMMON = dict(deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
-hypothesis.settings.register_profile('ci', max_examples=15, derandomize=True, **_COMMON)
+hypothesis.settings.register_profile('ci', max_examples=10, derandomize=True, **_COMMON)
 hypothesis.settings.register_profile('explore', max_examples=1000, **_COMMON)
 hypothesis.settings.load_profile('ci')
 

@@ -5,6 +5,7 @@ blocks run too, with the epochs shortened and ``runs/`` in a temporary directory
 block preceded by ``<!-- not run: reason -->`` is skipped, and must say why.
 """
 
+import json
 import os
 import re
 import shlex
@@ -64,7 +65,7 @@ def _diagnosis(stderr):
 def test_readme_shell_commands_for_the_offline_default_run(data_dir, tmp_path):
   runs = str(tmp_path / 'runs')
   env = {**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu'}
-  ran = 0
+  ran, outputs = 0, {}
   for lang, code, reason in blocks('README.md'):
     if lang != 'bash' or reason is not None:
       continue
@@ -77,6 +78,14 @@ def test_readme_shell_commands_for_the_offline_default_run(data_dir, tmp_path):
       done = subprocess.run([sys.executable, *words[1:]], cwd=helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=300, check=False)
       assert done.returncode == 0, (command, _diagnosis(done.stderr))
+      outputs[command] = done.stdout
       ran += 1
   assert ran >= 2
   assert os.path.exists(os.path.join(runs, 'pilot95', 'results.json'))
+  # The recipe named on the command line ran at its validation-picked values, and said so.
+  printed = next(out for command, out in outputs.items() if 'pilotgmp98' in command)
+  assert 'Recipe defaults for pilot+gmp on cnn1d' in printed
+  with open(os.path.join(runs, 'pilotgmp98', 'results.json')) as f:
+    config = json.load(f)['config']
+  assert (config['pilot']['alpha'], config['pilot']['delta']) == (3e-4, 1.0)
+  assert config['num_epochs'] == 1  # the test's own shortening won over the defaults

@@ -13,7 +13,7 @@ from experiments.configs import default
 from tests import helpers
 
 EPOCHS, FINETUNE = 4, 2
-RANDOM_KILLS = 3
+RANDOM_KILLS = 2
 
 
 def _flags(workdir, data_dir):

@@ -62,8 +62,12 @@ def test_plan_unlocks_final_runs_once_tuning_is_done(tmp_path, monkeypatch):
 def test_paired_difference_and_t_test_by_hand():
   a = {0: 90.0, 1: 91.0, 2: 89.0, 3: 92.0, 4: 90.5}
   b = {0: 88.0, 1: 90.0, 2: 88.5, 3: 89.0, 4: 90.0, 7: 50.0}  # seed 7 has no pair
-  mean, sd, p, n = quality_report.paired(a, b)
+  mean, sd, p, n, median, wilcoxon_p = quality_report.paired(a, b)
   diff = np.array([2.0, 1.0, 0.5, 3.0, 0.5])
+  assert median == 1.0
+  # Wilcoxon by hand: all 5 differences positive, so W- = 0, the most extreme of the
+  # 2^5 equally likely sign patterns: two-sided exact p = 2 / 32.
+  assert wilcoxon_p == pytest.approx(2 / 32)
   assert (mean, n) == (pytest.approx(diff.mean()), 5)
   assert sd == pytest.approx(math.sqrt(((diff - diff.mean()) ** 2).sum() / 4))
   t = diff.mean() / (sd / math.sqrt(5))  # 4 degrees of freedom
@@ -101,22 +105,25 @@ def test_report_tables_and_verdicts(tmp_path):
   assert '| cnn1d | pilot+gmp | >= dense+gmp at 95% |' in text
   # 95%: +0.5 every seed (sd 0) -> met; 99%: +3.0 + 0.1 seed -> mean +3.2 >= 2, and
   # significant (sd 0.16 over 5 seeds) -> met.
-  assert '95%: +0.5 ± 0.0 (p=0, n=5) | met |' in text
+  assert '95%: +0.5 ± 0.0 (p=0, n=5); median +0.5 (Wilcoxon p=0.062) | met |' in text
   assert '99%: +3.2 ± 0.2' in text and text.count('| met |') == 2
   assert '| pilot+gmp | 90.9 ± 0.3 | 86.4 ± 0.3 | 83.6 ± 0.5 |' in text.replace('|  |', '|')
 
 
 def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
-  # Paired differences given as (mean, sd, p, n): the verdict reads only mean and p.
-  assert quality_report._verdict({0.99: (2.9, 5.7, 0.31, 5)}, 2.0) == (
+  # Paired differences (mean, sd, p, n; median, Wilcoxon p): the verdict reads mean and p.
+  def _p(mean, sd, p, n):
+    return quality_report.Paired(mean, sd, p, n, mean, 1.0)
+  assert quality_report._verdict({0.99: _p(2.9, 5.7, 0.31, 5)}, 2.0) == (
       'not shown: +2.9 pp at 99% is within noise (p=0.31)')
-  assert quality_report._verdict({0.98: (2.5, 0.5, 0.001, 5)}, 2.0) == 'met'
-  assert quality_report._verdict({0.95: (-3.4, 2.1, 0.021, 5)}, 0.0) == 'missed by 3.4 pp'
-  assert quality_report._verdict({0.95: (-0.8, 1.8, 0.37, 5)}, 0.0) == (
+  assert quality_report._verdict({0.98: _p(2.5, 0.5, 0.001, 5)}, 2.0) == 'met'
+  assert quality_report._verdict({0.95: _p(-3.4, 2.1, 0.021, 5)}, 0.0) == 'missed by 3.4 pp'
+  assert quality_report._verdict({0.95: _p(-0.8, 1.8, 0.37, 5)}, 0.0) == (
       'missed by 0.8 pp (p=0.37, not significant)')
-  assert quality_report._verdict({0.95: (-0.04, 1.0, 0.97, 5)}, 0.0) == (
+  assert quality_report._verdict({0.95: _p(-0.04, 1.0, 0.97, 5)}, 0.0) == (
       'missed by less than 0.1 pp (p=0.97, not significant)')
-  assert quality_report._verdict({0.98: (-1.9, 2.1, 0.12, 5), 0.99: (1.0, 1.0, 0.1, 5)}, 2.0) == (
+  two = {0.98: _p(-1.9, 2.1, 0.12, 5), 0.99: _p(1.0, 1.0, 0.1, 5)}
+  assert quality_report._verdict(two, 2.0) == (
       'missed by 1.0 pp (p=0.1, not significant)')
 
 
@@ -138,7 +145,7 @@ def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_
                        study='sparsify trained: pilot+gmp'))
   text = quality_report.write(rows, str(tmp_path / 'quality'))
   assert ('| sparsify trained: pilot+gmp − sparsify trained: dense+gmp |  | '
-          '+3.0 ± 0.0 (p=0, n=5) |') in text
+          '+3.0 ± 0.0 (p=0, n=5); median +3.0 (Wilcoxon p=0.062) |') in text
   assert '| cnn1d | pilot+imp | >= dense+gmp + 2 pp at 98% or 99% | 120, 30 |' in text
   assert '| cnn1d | pilot+imp | >= dense+imp + 2 pp at 98% or 99% | 120, 120 |' in text
   # +5 against GMP at every seed: met twice; +1 against dense+imp: met at 95%, missed
@@ -183,3 +190,45 @@ def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the
   assert ('| cnn1d | pilot+imp | 5 | 91.0 | 70.0 (seed 9) | 1 | median +2.0, mean -1.8 ± '
           '9.7 pp (p=0.7; p=0.62), n=5 |') in with_robust
   assert '| cnn1d | dense+imp | 5 | 89.0 | 89.0 (seed 5) | 0 |  |' in with_robust
+
+
+def test_distribution_cells_name_the_worst_seed_and_count_collapses():
+  values = {0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}  # median 91; 67.5 is 23.5 below
+  assert quality_report.collapsed(values) == [2]
+  assert quality_report.distribution_cell(values) == '91.0 / 67.5 (s2) / 1'
+  assert quality_report.collapsed({0: 90.0, 1: 81.0, 2: 85.0}) == []  # 81 is 4 below
+
+
+def test_a_recipe_that_collapsed_is_not_recommended():
+  rows = []
+  for recipe, accuracy in (('pilot', 0.80), ('pilot+imp', 0.90)):
+    for planned in protocol.tuning_rows('cnn1d', recipe):
+      rows.append({**planned, 'results': {'validation_accuracy': accuracy}})
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+  for seed, accuracy in enumerate((92.0, 91.0, 67.5, 90.0, 93.0)):
+    rows.append(_final('cnn1d', 'pilot+imp', 0.98, seed, accuracy))
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
+
+
+def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals():
+  recorded = _tuning_record('cnn1d', 'pilot', best_index=9)  # its 30-epoch pick
+  recorded.update(_tuning_record('mlp', 'pilot', best_index=0))
+  pick = protocol.picked(recorded, 'cnn1d', 'pilot')
+  planned = [r for r in protocol.plan(recorded, ['cnn1d', 'mlp'], ['long'], 'w')]
+  assert {r['model'] for r in planned} == {'cnn1d'}  # the paper's length on the CNN only
+  own = protocol.RECIPES['pilot'][1]
+  assert len(planned) == len(own)  # no finals before the long tuning is done
+  for r, extra in zip(planned, own):
+    o = r['overrides']
+    assert (r['stage'], r['study'], o['num_epochs']) == ('tune', 'pilot 150 epochs', 150)
+    assert o['validation_fraction'] > 0 and o['sparsity'] == protocol.TUNING_SPARSITY
+    assert (o['learning_rate'], o['weight_decay']) == (pick['learning_rate'],
+                                                       pick['weight_decay'])
+    assert {k: o[k] for k in extra} == extra
+  for i, r in enumerate(planned):  # the second of the own values validates best
+    recorded[r['id']] = {**r, 'results': {'validation_accuracy': 0.9 if i == 1 else 0.5}}
+  finals = [r for r in protocol.plan(recorded, ['cnn1d'], ['long'], 'w') if r['stage'] != 'tune']
+  assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS)
+  assert all(r['study'] == 'pilot 150 epochs' and r['overrides']['num_epochs'] == 150
+             and {k: r['overrides'][k] for k in own[1]} == own[1] for r in finals)
+  assert protocol.picked(recorded, 'cnn1d', 'pilot') == pick  # 30-epoch pick unchanged

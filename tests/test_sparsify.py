@@ -55,7 +55,9 @@ def test_eight_devices_give_the_metrics_of_one(data_dir, tmp_path):
   assert runs[8]['num_devices'] == 8
   assert runs[8]['test_accuracy'] == pytest.approx(runs[1]['test_accuracy'], abs=2e-3)
   # Documented tolerance: the batch-mean gradient is summed in another order on 8
-  # devices; after 62 SGD steps the logged losses agree to ~2e-4 relative.
+  # devices; after 62 SGD steps the logged losses agree to ~2e-4 relative on a host with
+  # AVX-512 and to ~2.5e-3 on one with AVX2 only (AMD EPYC), where XLA vectorises the
+  # reductions differently.
   for a, b in zip(helpers.metric_lines(tmp_path / '1'), helpers.metric_lines(tmp_path / '8')):
     for key in ('train_loss', 'test_loss', 'l1_norm', 'a'):
       assert a[key] == pytest.approx(b[key], rel=1e-3)

@@ -1,0 +1,90 @@
+"""The binary's per-recipe defaults: equal to the quality record's picks, applied under the
+command line's own values, printed, and reaching the run's config (the binary itself is
+run by tests/test_docs.py through README's commands; the sweep here)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import quality_protocol as protocol
+from experiments import recipe_defaults
+from experiments.configs import default
+from tests import helpers
+
+NAMING_KEYS = ('model', 'eval_train', 'method', 'schedule')
+
+
+def test_the_table_is_the_quality_records_picks():
+  recorded = protocol.Record(os.path.join(helpers.REPO, 'quality')).rows
+  models = sorted({r['model'] for r in recorded.values()})
+  assert models == ['cnn1d', 'mlp']
+  expected = {}
+  for model in models:
+    for recipe in protocol.RECIPES:
+      setting = protocol.picked(recorded, model, recipe)
+      assert setting is not None, (model, recipe)
+      expected[(model, recipe)] = {k: v for k, v in setting.items() if k not in NAMING_KEYS}
+  assert expected == recipe_defaults.PICKED
+
+
+def _config(**values):
+  config = default.get_config()
+  for key, value in values.items():
+    config[key] = value
+  return config
+
+
+def test_the_named_recipe_takes_its_picks_under_the_command_lines_values():
+  config = _config(method='pilot', schedule='gmp', weight_decay=3e-3)  # as the flags set it
+  line = recipe_defaults.apply(config, {'method': 'pilot', 'schedule': 'gmp',
+                                        'weight_decay': 3e-3})
+  # default.py has Algorithm 1's controller (alpha 1e-3, delta 1.3); pilot+gmp picked 3e-4, 1.
+  assert (config.pilot.alpha, config.pilot.delta, config.learning_rate) == (3e-4, 1.0, 0.2)
+  assert config.weight_decay == 3e-3  # set on the command line: kept
+  assert 'pilot+gmp on cnn1d' in line and 'pilot.alpha=0.0003' in line
+  assert 'kept from the command line: weight_decay' in line
+
+
+def test_an_unrecorded_pair_takes_the_nearest_and_other_datasets_none():
+  config = _config(method='l1', schedule='gmp', model='mlp')
+  line = recipe_defaults.apply(config, {})
+  assert config.l1.strength == 1e-2 and config.weight_decay == 3e-4  # l1 on the MLP
+  assert config.gmp.end_fraction == 0.5  # dense+gmp on the MLP
+  assert 'nearest recorded' in line
+  cifar = _config(dataset='cifar10', model='resnet20', method='pilot', schedule='gmp')
+  before = cifar.to_dict()
+  assert recipe_defaults.apply(cifar, {}) is None and cifar.to_dict() == before
+
+
+@pytest.mark.parametrize('recipe', ['pilot+gmp', 'pilot', 'dense+imp'])
+def test_defaults_for_every_recorded_recipe_name(recipe):
+  method, _, schedule = recipe.partition('+')
+  source, values = recipe_defaults.defaults_for('cnn1d', method, schedule or 'one_shot')
+  assert source == f'{recipe}, as picked'
+  assert values == recipe_defaults.PICKED[('cnn1d', recipe)]
+
+
+def test_the_sweep_runs_a_recipe_at_its_own_sparsity_with_its_picks_quietly(tmp_path):
+  """Also on a fresh data folder: one line says mnist1d is generated, and none of tfds's
+  download lines, progress bars or variant-folder warnings reach the terminal."""
+  workdir = tmp_path / 'sweep'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.sweep', f'--workdir={workdir}', '--methods=l1@0.9',
+       '--sparsities=0.95', '--dense=false', f'--config.data_dir={tmp_path / "tfds"}',
+       '--config.num_epochs=1', '--config.weight_decay=3e-3', '--config.eval_train=False'],
+      cwd=helpers.REPO, env={**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu'},
+      capture_output=True, text=True, timeout=300, check=True)
+  assert '[1/1] l1 at sparsity 0.9, seed 0' in result.stdout
+  assert 'kept from the command line: weight_decay' in result.stdout
+  with open(workdir / 'l1_0.9_s0' / 'results.json') as f:
+    config = json.load(f)['config']
+  assert config['l1']['strength'] == 1e-2 and config['learning_rate'] == 0.2
+  assert config['weight_decay'] == 3e-3 and config['sparsity'] == 0.9
+  assert 'Generating mnist1d in' in result.stdout
+  for noise in ('Downloading and preparing', 'downloaded and prepared'):
+    assert noise not in result.stdout
+  for noise in ('dataset_info.json', 'Generating splits', 'Shuffling'):
+    assert noise not in result.stderr
