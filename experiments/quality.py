@@ -16,6 +16,9 @@ Protocol (written out in QUALITY.md by :mod:`experiments.quality_report`):
 3. **Studies** of the paper's claims and of where PILoT's bias could help (beta, coupled
    decay, alpha switched off late, longer training, ERK scopes, sparsifying a trained
    model), each at its recipe's picked setting with 5 seeds.
+4. **Robustness**: the recommended recipe and its equal-epoch baseline on seeds 5-24.
+5. **Long**: the main recipes on the CNN at the paper's 150 epochs, re-tuned at that
+   length (their own values, at their 30-epoch learning rate and weight decay), 5 seeds.
 
 Every finished run is appended to ``<record>/runs.jsonl`` (committed with the repo), and
 a rerun skips the runs found there, so the benchmark carries on across sessions. The
@@ -43,7 +46,8 @@ flags.DEFINE_string('workdir', 'runs/quality', 'Scratch folder of the runs (not 
 flags.DEFINE_string('record', 'quality', 'Folder of runs.jsonl, the plot and the tables; '
                     'QUALITY.md is written next to it.')
 flags.DEFINE_list('models', ['cnn1d', 'mlp'], 'Models on mnist1d.')
-flags.DEFINE_list('stages', ['tune', 'final', 'study'], 'Stages to run, in order of work.')
+flags.DEFINE_list('stages', ['tune', 'final', 'study', 'robustness', 'long'],
+                  'Stages to run, in order of work.')
 flags.DEFINE_float('max_hours', 0.0, 'Stop starting runs after this long (0: no limit).')
 flags.DEFINE_integer('num_workers', 1, 'Processes sharing the work (one per core).')
 flags.DEFINE_integer('worker', 0, 'This process: 0 .. num_workers - 1.')
