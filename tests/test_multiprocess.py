@@ -90,13 +90,15 @@ def _assert_same_run(workdir, reference):
   for got, want in zip(lines, expected):
     for key in ('train_loss', 'test_loss', 'l1_norm', 'a'):
       assert got[key] == pytest.approx(want[key], rel=5e-3), key  # as test_sparsify's 8 devices
-    assert got['test_accuracy'] == pytest.approx(want['test_accuracy'], abs=2e-3)
+    assert got['test_accuracy'] == pytest.approx(want['test_accuracy'], abs=5e-3)
   with open(os.path.join(workdir, 'results.json')) as f:
     got = json.load(f)
   with open(os.path.join(reference, 'results.json')) as f:
     want = json.load(f)
   assert got['num_devices'] == want['num_devices'] == 4
-  assert got['test_accuracy'] == pytest.approx(want['test_accuracy'], abs=2e-3)
+  # After the prune to 90%, a 2-epoch model is near chance, where another reduction order
+  # flips more predictions (7 of 1000 seen on an AVX2-only host).
+  assert got['test_accuracy'] == pytest.approx(want['test_accuracy'], abs=1e-2)
   assert got['achieved_sparsity'] == want['achieved_sparsity']
 
 

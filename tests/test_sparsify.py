@@ -53,14 +53,14 @@ def test_eight_devices_give_the_metrics_of_one(data_dir, tmp_path):
   runs = {n: train.train_and_evaluate(helpers.small_config(data_dir, num_devices=n, sparsity=0.0),
                                       str(tmp_path / str(n))) for n in (1, 8)}
   assert runs[8]['num_devices'] == 8
-  assert runs[8]['test_accuracy'] == pytest.approx(runs[1]['test_accuracy'], abs=2e-3)
+  assert runs[8]['test_accuracy'] == pytest.approx(runs[1]['test_accuracy'], abs=5e-3)
   # Documented tolerance: the batch-mean gradient is summed in another order on 8
   # devices; after 62 SGD steps the logged losses agree to ~2e-4 relative on a host with
   # AVX-512 and to ~2.5e-3 on one with AVX2 only (AMD EPYC), where XLA vectorises the
-  # reductions differently.
+  # reductions differently and test accuracy moved by up to 4 of 1000 examples.
   for a, b in zip(helpers.metric_lines(tmp_path / '1'), helpers.metric_lines(tmp_path / '8')):
     for key in ('train_loss', 'test_loss', 'l1_norm', 'a'):
-      assert a[key] == pytest.approx(b[key], rel=1e-3)
+      assert a[key] == pytest.approx(b[key], rel=5e-3)
 
 
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
