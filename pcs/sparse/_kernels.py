@@ -71,6 +71,13 @@ def _say_once(reason: str, instead: str = 'the pure-JAX reference') -> None:
                   stacklevel=3)
 
 
+def _nm_inputs(layer: formats.NM) -> jax.Array:
+  """(features, kept): the input each stored N:M value reads, group * M + position."""
+  groups = layer.fan_in // layer.m
+  starts = jnp.repeat(jnp.arange(groups, dtype=jnp.int32) * layer.m, layer.n)
+  return starts[None, :] + layer.positions.astype(jnp.int32)
+
+
 def _reference(x_t, layer, bias, activation):
   """y^T = act(W^T x^T + b) with jnp: gather the inputs of every nonzero, sum per row."""
   if isinstance(layer, formats.CSR):
@@ -80,9 +87,7 @@ def _reference(x_t, layer, bias, activation):
     y_t = jax.ops.segment_sum(terms, rows, num_segments=layer.features,
                               indices_are_sorted=True)
   else:
-    groups = layer.fan_in // layer.m
-    starts = jnp.repeat(jnp.arange(groups, dtype=jnp.int32) * layer.m, layer.n)
-    columns = starts[None, :] + layer.positions.astype(jnp.int32)  # (features, kept)
+    columns = _nm_inputs(layer)
     y_t = jnp.einsum('fk,fkc->fc', layer.values, jnp.take(x_t, columns, axis=0))
   y_t = y_t + bias[:, None]
   return jnp.maximum(y_t, 0.0) if activation == 'relu' else y_t
@@ -97,9 +102,7 @@ def _off_cpu(x_t, layer, bias, activation):
                              shape=(layer.features, layer.fan_in))
     y_t = matrix @ x_t
   else:
-    groups = layer.fan_in // layer.m
-    starts = jnp.repeat(jnp.arange(groups, dtype=jnp.int32) * layer.m, layer.n)
-    columns = starts[None, :] + layer.positions.astype(jnp.int32)  # (features, kept)
+    columns = _nm_inputs(layer)
     rows = jnp.broadcast_to(jnp.arange(layer.features)[:, None], columns.shape)
     w_t = jnp.zeros((layer.features, layer.fan_in), jnp.float32).at[rows, columns].add(
         layer.values)
