@@ -136,11 +136,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key, minimum in (('num_epochs', 1), ('batch_size', 1), ('eval_batch_size', 1),
                        ('warmup_epochs', 0), ('finetune_epochs', 0), ('seed', 0),
                        ('num_devices', 0), ('max_nonfinite_steps', 1), ('imp.cycles', 1),
-                       ('imp.rewind_epoch', 0)):
+                       ('imp.rewind_epoch', 0), ('imp.warmup_epochs', 0)):
     _int(config, key, minimum)
-  _need(config.warmup_epochs <= config.num_epochs,
-        f'config.warmup_epochs ({config.warmup_epochs}) must be <= config.num_epochs '
-        f'({config.num_epochs}).')
+  for key in ('warmup_epochs', 'imp.warmup_epochs'):
+    _need(_lookup(config, key) <= config.num_epochs,
+          f'config.{key} ({_lookup(config, key)}) must be <= config.num_epochs '
+          f'({config.num_epochs}).')
   for key in ('learning_rate', 'finetune_learning_rate', 'weight_decay'):
     _real(config, key, 0.0)
   _real(config, 'momentum', 0.0, 1.0, open_high=True)

@@ -19,10 +19,10 @@ import pcs
 LR_SCHEDULES = ('cosine', 'step', 'constant')
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(config, steps_per_epoch: int, warmup_epochs: int) -> optax.Schedule:
   """Linear warmup over ``warmup_epochs``, then cosine to 0 or steps of 0.1 at 50%/75%."""
   total = config.num_epochs * steps_per_epoch
-  warmup = config.warmup_epochs * steps_per_epoch
+  warmup = warmup_epochs * steps_per_epoch
   if config.lr_schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
                                               max(total, warmup + 1))
@@ -105,13 +105,20 @@ def make_optimizer(config, steps_per_epoch: int, masks: Optional[Any] = None
 
   Without ``masks``: the first training phase, under ``gmp`` wrapped in its schedule.
   With ``masks`` (an ``imp`` cycle): wrapped in ``pcs.keep_masked`` so pruned weights
-  stay exactly zero; the learning-rate schedule starts afresh.
+  stay exactly zero; the learning-rate schedule starts afresh and warms up over
+  ``imp.warmup_epochs``. That warmup is what keeps PILoT inside IMP stable: the step
+  PILoT takes on x = m * w is lr (m^2 + w^2) g = lr sqrt(a^2 + 4 x^2) g (a = m^2 - w^2),
+  so the few large weights that survive a 98% prune step several times faster than
+  dense ones, and one epoch from 0 to the peak rate, on the high loss right after the
+  prune, can diverge (QUALITY.md, "Robustness").
   """
   if config.method not in METHODS:
     raise ValueError(f'Unknown method {config.method!r}; choose one of {tuple(METHODS)}.')
   if config.schedule not in SCHEDULES:
     raise ValueError(f'Unknown schedule {config.schedule!r}; choose one of {SCHEDULES}.')
-  schedule = learning_rate_schedule(config, steps_per_epoch)
+  schedule = learning_rate_schedule(
+      config, steps_per_epoch,
+      config.imp.warmup_epochs if masks is not None else config.warmup_epochs)
   inner = optax.chain(optax.add_decayed_weights(config.weight_decay),
                       optax.sgd(schedule, momentum=config.momentum))
   total = config.num_epochs * steps_per_epoch

@@ -17,6 +17,8 @@ Protocol (written out in QUALITY.md by :mod:`experiments.quality_report`):
    decay, alpha switched off late, longer training, ERK scopes, sparsifying a trained
    model), each at its recipe's picked setting with 5 seeds.
 4. **Robustness**: the recommended recipe and its equal-epoch baseline on seeds 5-24.
+   **Cycle warmup**: the warmup of each IMP cycle tuned on validation (seeds 0-2) for both,
+   and seeds 5-24 again for a recipe whose pick changed.
 5. **Long**: the main recipes on the CNN at the paper's 150 epochs, re-tuned at that
    length (their own values, at their 30-epoch learning rate and weight decay), 5 seeds.
 
@@ -46,7 +48,7 @@ flags.DEFINE_string('workdir', 'runs/quality', 'Scratch folder of the runs (not 
 flags.DEFINE_string('record', 'quality', 'Folder of runs.jsonl, the plot and the tables; '
                     'QUALITY.md is written next to it.')
 flags.DEFINE_list('models', ['cnn1d', 'mlp'], 'Models on mnist1d.')
-flags.DEFINE_list('stages', ['tune', 'final', 'study', 'robustness', 'long'],
+flags.DEFINE_list('stages', ['tune', 'final', 'study', 'robustness', 'cycle_warmup', 'long'],
                   'Stages to run, in order of work.')
 flags.DEFINE_float('max_hours', 0.0, 'Stop starting runs after this long (0: no limit).')
 flags.DEFINE_integer('num_workers', 1, 'Processes sharing the work (one per core).')

@@ -20,8 +20,8 @@ import ml_collections
 
 from experiments import quality_protocol
 
-# (model, recipe) -> the picked overrides (experiments.quality_protocol.picked, less the
-# keys that name the recipe and the model).
+# (model, recipe) -> the picked overrides (experiments.quality_protocol.recipe_pick, less
+# the keys that name the recipe and the model).
 PICKED: Dict[Tuple[str, str], Dict[str, object]] = {
     ('cnn1d', 'dense+gmp'): {'learning_rate': 0.2, 'weight_decay': 1e-3,
                              'gmp.end_fraction': 0.7},

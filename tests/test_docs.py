@@ -74,7 +74,7 @@ def test_readme_shell_commands_for_the_offline_default_run(data_dir, tmp_path):
       assert words[0] == 'python', command
       if 'experiments.sparsify' in words:
         words += ['--config.num_epochs=1', '--config.finetune_epochs=0',
-                  f'--config.data_dir={data_dir}']
+                  '--config.imp.warmup_epochs=1', f'--config.data_dir={data_dir}']
       done = subprocess.run([sys.executable, *words[1:]], cwd=helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=300, check=False)
       assert done.returncode == 0, (command, _diagnosis(done.stderr))

@@ -187,9 +187,9 @@ def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the
   # Medians 91 and 89; seed 9 is 21 pp below its median: one collapse. Differences
   # 1, 2, 3, 4, -19: median +2.0, mean -1.8. Wilcoxon by hand: ranks 1-4 positive, 5
   # negative, W = 5; 10 of the 32 sign patterns have W+ <= 5, so p = 2 * 10 / 32.
-  assert ('| cnn1d | pilot+imp | 5 | 91.0 | 70.0 (seed 9) | 1 | median +2.0, mean -1.8 ± '
-          '9.7 pp (p=0.7; p=0.62), n=5 |') in with_robust
-  assert '| cnn1d | dense+imp | 5 | 89.0 | 89.0 (seed 5) | 0 |  |' in with_robust
+  assert ('| cnn1d | pilot+imp | 5 | 91.0 | 70.0 (seed 9) | 1 | 0 | median +2.0, mean -1.8 ± '
+          '9.7 pp (p=0.7; p=0.62), n=5 vs dense+imp |') in with_robust
+  assert '| cnn1d | dense+imp | 5 | 89.0 | 89.0 (seed 5) | 0 | 0 |  |' in with_robust
 
 
 def test_distribution_cells_name_the_worst_seed_and_count_collapses():
@@ -232,3 +232,99 @@ def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals()
   assert all(r['study'] == 'pilot 150 epochs' and r['overrides']['num_epochs'] == 150
              and {k: r['overrides'][k] for k in own[1]} == own[1] for r in finals)
   assert protocol.picked(recorded, 'cnn1d', 'pilot') == pick  # 30-epoch pick unchanged
+
+
+def _cycle_warmup_record(model, recipe, accuracies):
+  """The tuning of ``recipe`` (first grid setting best) and its cycle-warmup runs with
+  validation ``accuracies`` [warmup][seed] (None: diverged)."""
+  recorded = _tuning_record(model, recipe, 0)
+  planned = protocol.cycle_warmup_rows(recorded, model, recipe)
+  values = [a for per_warmup in accuracies for a in per_warmup]
+  for row, value in zip(planned, values):
+    if row['id'] not in recorded:
+      recorded[row['id']] = {**row, 'results': {'diverged': 'step 9'} if value is None
+                             else {'validation_accuracy': value}}
+  return recorded
+
+
+def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_against():
+  recorded = _tuning_record('cnn1d', 'pilot+imp', 0)
+  planned = protocol.cycle_warmup_rows(recorded, 'cnn1d', 'pilot+imp')
+  setting = protocol.picked(recorded, 'cnn1d', 'pilot+imp')
+  assert len(planned) == len(protocol.CYCLE_WARMUPS) * len(protocol.CYCLE_WARMUP_SEEDS) == 9
+  assert all(r['overrides']['validation_fraction'] > 0 for r in planned)
+  # One epoch is the config default: its seed-0 run is the tuning run itself.
+  assert planned[0]['id'] in recorded and sum(r['id'] in recorded for r in planned) == 1
+  assert [r['overrides'].get('imp.warmup_epochs', 1) for r in planned] == [1] * 3 + [3] * 3 + [
+      5] * 3
+  # Seed 0 alone would keep 1 epoch (0.9 against 0.89). Means over seeds 0-2:
+  # 1 epoch (0.9 + 0.9 - 1) / 3 = 0.267 (seed 2 diverged), 3 epochs 0.88, 5 epochs 0.87.
+  recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9, 0.9, None], [0.89, 0.88, 0.87],
+                                                        [0.87, 0.87, 0.87]])
+  assert protocol.cycle_warmup_picked(recorded, 'cnn1d', 'pilot+imp') == {
+      **setting, 'imp.warmup_epochs': 3}
+  assert protocol.recipe_pick(recorded, 'cnn1d', 'pilot+imp')['imp.warmup_epochs'] == 3
+  table = '\n'.join(quality_report.cycle_warmup_table(recorded))
+  assert '| cnn1d | pilot+imp | 1 | 90.0, 90.0, diverged | 26.7 |  |' in table
+  assert '| cnn1d | pilot+imp | 3 | 89.0, 88.0, 87.0 | 88.0 | yes |' in table
+  # The robustness seeds run again at the pick and at the one epoch it replaces, with
+  # the key explicit: new runs, on one machine, never the robustness stage's.
+  again = [r for r in protocol.plan(recorded, ['cnn1d'], ['cycle_warmup'], 'w')
+           if r['stage'] == 'robustness']
+  assert [r['overrides']['seed'] for r in again] == [
+      s for s in protocol.ROBUSTNESS_SEEDS for _ in range(2)]
+  assert [(r['study'], r['overrides']['imp.warmup_epochs']) for r in again[:2]] == [
+      ('pilot+imp, 1-epoch cycle warmup', 1), ('pilot+imp, 3-epoch cycle warmup', 3)]
+  old = {r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')}
+  assert not old & {r['id'] for r in again}
+  # Ties go to the shorter warmup; dense+imp runs at its pick alone.
+  kept = _cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3, [0.8] * 3, [0.9] * 3])
+  assert protocol.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == protocol.picked(
+      kept, 'cnn1d', 'dense+imp')
+  assert {r['study'] for r in protocol.plan(kept, ['cnn1d'], ['cycle_warmup'], 'w')
+          if r['stage'] == 'robustness'} == {'dense+imp, 1-epoch cycle warmup'}
+  # An unfinished tuning falls back to the 30-epoch pick.
+  del recorded[planned[-1]['id']]
+  assert protocol.recipe_pick(recorded, 'cnn1d', 'pilot+imp') == setting
+
+
+def test_a_diverged_run_is_a_collapse_and_bars_the_recommendation():
+  rows = []
+  for recipe, accuracy in (('pilot', 0.80), ('pilot+imp', 0.90)):
+    for planned in protocol.tuning_rows('cnn1d', recipe):
+      rows.append({**planned, 'results': {'validation_accuracy': accuracy}})
+  for seed, accuracy in enumerate((92.0, 91.0, 90.0, 93.0)):
+    rows.append(_final('cnn1d', 'pilot+imp', 0.98, seed, accuracy))
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+  rows.append({**_final('cnn1d', 'pilot+imp', 0.98, 4, 0.0), 'id': 'gone',
+               'results': {'diverged': 'Non-finite loss at step 2846'}})
+  assert quality_report.diverged(rows) == {('cnn1d', 'pilot+imp', 0.98): [4]}
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
+  # Median of the four that finished 91.5; the divergence is the worst and a collapse.
+  assert quality_report.distribution_cell({0: 92.0, 1: 91.0, 2: 90.0, 3: 93.0}, [4]) == (
+      '91.5 / diverged (s4) / 1')
+
+
+def test_the_rerun_robustness_table_pairs_each_warmup_with_the_baselines_pick():
+  recorded = _cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3, [0.8] * 3, [0.8] * 3])
+  rows = list(recorded.values())
+  # Seeds 5-8. pilot+imp with one epoch: 90, 91, diverged, 92; with three: 91, 92, 93,
+  # 94; dense+imp (its pick, one epoch): 89 on each. Paired differences of the
+  # three-epoch runs: 2, 3, 4, 5 (mean 3.5, sd 1.29).
+  values = {'pilot+imp, 1-epoch cycle warmup': (90.0, 91.0, None, 92.0),
+            'pilot+imp, 3-epoch cycle warmup': (91.0, 92.0, 93.0, 94.0),
+            'dense+imp, 1-epoch cycle warmup': (89.0,) * 4}
+  for name, accuracies in values.items():
+    for seed, value in zip(range(5, 9), accuracies):
+      rows.append({'id': f'{name}{seed}', 'stage': 'robustness', 'model': 'cnn1d',
+                   'recipe': name.split(',')[0], 'study': name,
+                   'overrides': {'sparsity': 0.98, 'seed': seed},
+                   'results': {'diverged': 'step 9'} if value is None else
+                   {'test_accuracy': value / 100}})
+  text = quality_report.robustness_markdown(rows)
+  assert ('| cnn1d | pilot+imp, 1-epoch cycle warmup | 4 | 91.0 | diverged (seed 7) | 1 | 1 | '
+          'median +2.0, mean +2.0 ± 1.0 pp') in text
+  assert ('| cnn1d | pilot+imp, 3-epoch cycle warmup | 4 | 92.5 | 91.0 (seed 5) | 0 | 0 | '
+          'median +3.5, mean +3.5 ± 1.3 pp') in text
+  assert 'n=4 vs dense+imp, 1-epoch cycle warmup |' in text
+  assert '| cnn1d | dense+imp, 1-epoch cycle warmup | 4 | 89.0 | 89.0 (seed 5) | 0 | 0 |  |' in text

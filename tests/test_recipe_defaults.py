@@ -24,7 +24,7 @@ def test_the_table_is_the_quality_records_picks():
   expected = {}
   for model in models:
     for recipe in protocol.RECIPES:
-      setting = protocol.picked(recorded, model, recipe)
+      setting = protocol.recipe_pick(recorded, model, recipe)
       assert setting is not None, (model, recipe)
       expected[(model, recipe)] = {k: v for k, v in setting.items() if k not in NAMING_KEYS}
   assert expected == recipe_defaults.PICKED

@@ -46,6 +46,8 @@ BAD_VALUES = [
     ({'batch_size': 0}, r'config.batch_size must be an integer >= 1'),
     ({'eval_batch_size': 0}, r'config.eval_batch_size'),
     ({'warmup_epochs': 40}, r'config.warmup_epochs \(40\) must be <= config.num_epochs'),
+    ({'imp.warmup_epochs': 40}, r'config.imp.warmup_epochs \(40\) must be <= config.num_epochs'),
+    ({'imp.warmup_epochs': -1}, r'config.imp.warmup_epochs must be an integer >= 0'),
     ({'finetune_epochs': -1}, r'config.finetune_epochs'),
     ({'seed': -1}, r'config.seed'),
     ({'num_devices': -2}, r'config.num_devices'),

@@ -162,3 +162,25 @@ def test_other_methods_run_under_the_schedules(method, schedule, data_dir, tmp_p
   assert (saved['method'], saved['schedule']) == (method, schedule)
   final = _final_weights(tmp_path, {'params': _cnn_params(), 'batch_stats': {}})['params']
   assert abs(float(pcs.sparsity(final)) - 0.8) < 1e-4
+
+
+@pytest.mark.parametrize('cycle', [False, True])
+def test_each_imp_cycle_warms_up_over_its_own_epochs(cycle):
+  # Plain SGD (no momentum, no decay) on a scalar with gradient 1 moves it by exactly
+  # -lr_t, so the updates are the schedule: linear from 0 to 0.2 over the warmup, then
+  # 0.1 (1 + cos(pi (t - W) / (T - W))) (Loshchilov & Hutter, 2017).
+  from experiments import optimizers
+  config = helpers.small_config('unused', schedule='imp', num_epochs=6, warmup_epochs=1,
+                                momentum=0.0, weight_decay=0.0, learning_rate=0.2,
+                                **{'imp.warmup_epochs': 3})
+  steps_per_epoch = 4
+  params = {'w': np.zeros((), np.float32)}
+  tx = optimizers.make_optimizer(config, steps_per_epoch,
+                                 {'w': np.ones((), bool)} if cycle else None)
+  state = tx.init(params)
+  warmup, total = (3 if cycle else 1) * steps_per_epoch, 6 * steps_per_epoch
+  for t in range(total):
+    updates, state = tx.update({'w': np.ones((), np.float32)}, state, params)
+    expected = (0.2 * t / warmup if t < warmup else
+                0.1 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup))))
+    assert float(updates['w']) == pytest.approx(-expected, abs=1e-6), t

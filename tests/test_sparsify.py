@@ -113,7 +113,7 @@ def test_the_recommended_config_is_what_validation_picked(model, told):
   rows = quality_protocol.Record(os.path.join(helpers.REPO, 'quality')).rows
   assert quality_report.recommended(list(rows.values()), model) == 'pilot+imp'
   config = recommended.get_config()
-  picked = quality_protocol.picked(rows, model, 'pilot+imp')
+  picked = quality_protocol.recipe_pick(rows, model, 'pilot+imp')
   del picked['eval_train']  # the benchmark skips evaluating on train; training is the same
   base = quality_protocol.RECIPES['pilot+imp'][0]
   expected = quality_protocol.apply(recommended.get_config(), {**base, **picked})

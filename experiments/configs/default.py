@@ -58,7 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
       {'begin_fraction': 0.1, 'end_fraction': 0.7, 'frequency_epochs': 1.0})
   # imp: `cycles` rounds of prune -> rewind -> retrain (num_epochs each) after the first
   # training; rewind 'weights' (WR, to the weights after `rewind_epoch` epochs) or
-  # 'learning_rate' (LRR: keep the trained weights, restart the schedule).
+  # 'learning_rate' (LRR: keep the trained weights, restart the schedule); each cycle's
+  # schedule warms up over `warmup_epochs` (PILoT's surviving weights step faster as they
+  # grow, so a rewind to the peak rate right after a prune can diverge; QUALITY.md).
   config.imp = ml_collections.ConfigDict(
-      {'cycles': 3, 'rewind': 'learning_rate', 'rewind_epoch': 1})
+      {'cycles': 3, 'rewind': 'learning_rate', 'rewind_epoch': 1, 'warmup_epochs': 1})
   return config
