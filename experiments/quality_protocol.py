@@ -195,8 +195,9 @@ def cycle_warmup_rows(recorded: Dict[str, dict], model: str, recipe: str) -> Lis
 
 
 def cycle_warmup_picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
-  """``recipe``'s picked setting with the cycle warmup of the best mean validation
-  accuracy over CYCLE_WARMUP_SEEDS (ties go to the shorter); None until all finished."""
+  """``recipe``'s picked setting with ``imp.warmup_epochs`` (always given) of the best
+  mean validation accuracy over CYCLE_WARMUP_SEEDS (ties go to the shorter); None until
+  all finished."""
   planned = cycle_warmup_rows(recorded, model, recipe)
   if not planned or any(r['id'] not in recorded for r in planned):
     return None
@@ -204,7 +205,7 @@ def cycle_warmup_picked(recorded: Dict[str, dict], model: str, recipe: str) -> O
   means = [sum(validation_accuracy(recorded[r['id']]) for r in planned[i:i + per_seed])
            / per_seed for i in range(0, len(planned), per_seed)]
   best = CYCLE_WARMUPS[means.index(max(means))]
-  return _with_cycle_warmup(picked(recorded, model, recipe), best)
+  return {**picked(recorded, model, recipe), 'imp.warmup_epochs': best}
 
 
 def recipe_pick(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:

@@ -394,11 +394,15 @@ def robustness_markdown(rows: List[dict]) -> str:
       worst = (f'diverged (seed {min(seeds)})' if seeds else
                f'{values[min(values, key=values.get)]:.1f} (seed {min(values, key=values.get)})')
       difference = ''
-      result = paired(values, found.get((model, base, sparsity), {})) if name != base else None
+      # The robustness stage's runs pair with its baseline; the reruns with the baseline's
+      # rerun at its pick.
+      against = baseline if name == recipe else base
+      result = (paired(values, found.get((model, against, sparsity), {}))
+                if name not in (baseline, base) else None)
       if result is not None:
         difference = (f'median {result.median:+.1f}, mean {result.mean:+.1f} ± '
                       f'{result.sd:.1f} pp (p={result.p:.2g}; p={result.wilcoxon_p:.2g}), '
-                      f'n={result.n} vs {base}')
+                      f'n={result.n} vs {against}')
       lines.append(f'| {model} | {name} | {len(values) + len(seeds)} | {median} | {worst} | '
                    f'{len(collapsed(values)) + len(seeds)} | {len(seeds)} | {difference} |')
   tuning = cycle_warmup_table(recorded)

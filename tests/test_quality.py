@@ -279,8 +279,8 @@ def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_a
   assert not old & {r['id'] for r in again}
   # Ties go to the shorter warmup; dense+imp runs at its pick alone.
   kept = _cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3, [0.8] * 3, [0.9] * 3])
-  assert protocol.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == protocol.picked(
-      kept, 'cnn1d', 'dense+imp')
+  assert protocol.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == {
+      **protocol.picked(kept, 'cnn1d', 'dense+imp'), 'imp.warmup_epochs': 1}
   assert {r['study'] for r in protocol.plan(kept, ['cnn1d'], ['cycle_warmup'], 'w')
           if r['stage'] == 'robustness'} == {'dense+imp, 1-epoch cycle warmup'}
   # An unfinished tuning falls back to the 30-epoch pick.

@@ -104,7 +104,8 @@ def test_configs_load_and_name_known_things(name):
   assert config.method in optimizers.METHODS and 0 <= config.sparsity < 1
 
 
-@pytest.mark.parametrize('model, told', [('cnn1d', {}), ('mlp', {'pilot.alpha': 3e-4})])
+@pytest.mark.parametrize('model, told', [('cnn1d', {}), ('mlp', {'pilot.alpha': 3e-4,
+                                                                  'imp.warmup_epochs': 1})])
 def test_the_recommended_config_is_what_validation_picked(model, told):
   # The quality benchmark's record picks the recipe (best validation accuracy among the
   # PILoT recipes) and its setting; the config and its docstring must say the same.

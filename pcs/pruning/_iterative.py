@@ -50,7 +50,10 @@ def iterative_pruning(
     * ``rewind='weights'`` (WR): ``rewind_params * masks``, the rewind point (default:
       the ``params`` passed in; pass an early iterate for late rewinding);
     * ``rewind='learning_rate'`` (LRR): ``trained * masks``; the caller's learning-rate
-      schedule restarts because ``train`` is called afresh.
+      schedule restarts because ``train`` is called afresh. Give that schedule a warmup of
+      a few epochs with ``pcs.pilot``: its step on x is lr sqrt(a^2 + 4 x^2) g, so the
+      large weights a high sparsity leaves step several times faster than dense ones, and
+      a one-epoch warmup to the peak rate diverged at 98% on mnist1d (QUALITY.md).
 
   With ``checkpoint_dir``, the masks, rewind point and next start are saved with orbax
   after every cycle, and a rerun with the same directory resumes after the last
