@@ -347,7 +347,9 @@ def protocol_text() -> str:
       '- Every recipe trains 30 epochs with SGD (momentum 0.9), batch 128, a cosine '
       'learning rate after one warmup epoch; `imp` trains 30 epochs dense and then 30 per '
       f'cycle, {training_epochs("dense+imp")} epochs in all, so a PILoT recipe under '
-      '`imp` is also judged against `dense+imp`.',
+      '`imp` is also judged against `dense+imp`. The final runs and studies of the `imp` '
+      'recipes warm each cycle up over one epoch; the warmup per cycle was tuned after '
+      'them ("Robustness"), and only the robustness runs use its pick.',
       '- Recipes are `method` (one-shot magnitude pruning after training) or '
       '`method+schedule` (`gmp`: the cubic schedule during training; `imp`: 3 cycles of '
       'prune and retrain with weight or learning-rate rewinding).',
