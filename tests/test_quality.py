@@ -172,7 +172,7 @@ def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the
                                 'finetune_epochs': protocol.FINETUNE_EPOCHS} for r in planned)
   rows = list(record.rows.values())
   text = quality_report.write(rows, str(tmp_path / 'quality'))
-  assert 'Robustness' not in text
+  assert '## Robustness' not in text
   # Seeds 5-9: pilot+imp 90, 91, 92, 93 and a collapse to 70; dense+imp 89 on each.
   robust = []
   for seed, mine in zip(range(5, 10), (90.0, 91.0, 92.0, 93.0, 70.0)):

@@ -10,9 +10,9 @@ decay 1e-3. For the MLP (``--config.model=mlp``) the tuning picked
 ``--config.pilot.alpha=3e-4 --config.imp.warmup_epochs=1``, the rest the same.
 
 The cycle warmup was tuned after the rest, on validation seeds 0-2 (QUALITY.md,
-"Robustness"): with one epoch, the CNN diverged two epochs into the third cycle on one
-seed in five, because PILoT steps the few large weights left at 98% up to 12x faster
-than dense SGD would (``experiments/optimizers.py``).
+"Robustness"): with one epoch, the CNN diverged two epochs into the third cycle on 1 of
+seeds 5-24, because PILoT steps the few large weights left at 98% up to 11x faster than
+dense SGD would (``experiments/optimizers.py``).
 
 IMP trains 30 epochs dense and 30 per cycle, 120 in all: four times one-shot or GMP.
 
