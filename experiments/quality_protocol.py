@@ -194,16 +194,25 @@ def cycle_warmup_rows(recorded: Dict[str, dict], model: str, recipe: str) -> Lis
           for epochs in CYCLE_WARMUPS for seed in CYCLE_WARMUP_SEEDS]
 
 
+def cycle_warmup_groups(recorded: Dict[str, dict], model: str,
+                        recipe: str) -> List[Tuple[int, List[dict]]]:
+  """``(warmup epochs, its planned runs on CYCLE_WARMUP_SEEDS)`` for each of
+  CYCLE_WARMUPS, from :func:`cycle_warmup_rows` (empty until the recipe is tuned)."""
+  planned = cycle_warmup_rows(recorded, model, recipe)
+  size = len(CYCLE_WARMUP_SEEDS)
+  return [(epochs, planned[i * size:(i + 1) * size])
+          for i, epochs in enumerate(CYCLE_WARMUPS)] if planned else []
+
+
 def cycle_warmup_picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
   """``recipe``'s picked setting with ``imp.warmup_epochs`` (always given) of the best
   mean validation accuracy over CYCLE_WARMUP_SEEDS (ties go to the shorter); None until
   all finished."""
-  planned = cycle_warmup_rows(recorded, model, recipe)
-  if not planned or any(r['id'] not in recorded for r in planned):
+  groups = cycle_warmup_groups(recorded, model, recipe)
+  if not groups or any(r['id'] not in recorded for _, runs in groups for r in runs):
     return None
-  per_seed = len(CYCLE_WARMUP_SEEDS)
-  means = [sum(validation_accuracy(recorded[r['id']]) for r in planned[i:i + per_seed])
-           / per_seed for i in range(0, len(planned), per_seed)]
+  means = [sum(validation_accuracy(recorded[r['id']]) for r in runs) / len(runs)
+           for _, runs in groups]
   best = CYCLE_WARMUPS[means.index(max(means))]
   return {**picked(recorded, model, recipe), 'imp.warmup_epochs': best}
 
@@ -299,7 +308,7 @@ def _robustness_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
 
 def robustness_name(recipe: str, setting: dict) -> str:
   """The study name of the cycle-warmup stage's robustness runs at ``setting``."""
-  return f"{recipe}, {setting.get('imp.warmup_epochs', 1)}-epoch cycle warmup"
+  return f"{recipe}, {setting['imp.warmup_epochs']}-epoch cycle warmup"
 
 
 def _cycle_warmup_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
@@ -313,18 +322,18 @@ def _cycle_warmup_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
     for recipe in CYCLE_WARMUP_RECIPES:
       yield from cycle_warmup_rows(recorded, model, recipe)
   for model in models:
+    settings = []  # (recipe, setting) in order of work, each pick with its warmup
+    for recipe in CYCLE_WARMUP_RECIPES:
+      pick = cycle_warmup_picked(recorded, model, recipe)
+      if pick is not None:
+        warmups = {pick['imp.warmup_epochs']} | ({1} if recipe == 'pilot+imp' else set())
+        settings += [(recipe, {**pick, 'imp.warmup_epochs': epochs})
+                     for epochs in sorted(warmups)]
     for seed in ROBUSTNESS_SEEDS:
-      for recipe in CYCLE_WARMUP_RECIPES:
-        setting = cycle_warmup_picked(recorded, model, recipe)
-        if setting is None:
-          continue
-        warmups = {setting.get('imp.warmup_epochs', 1)} | ({1} if recipe == 'pilot+imp'
-                                                             else set())
-        for epochs in sorted(warmups):
-          changed = {**setting, 'imp.warmup_epochs': epochs}
-          yield row('robustness', model, recipe, {
-              **changed, 'sparsity': ROBUSTNESS_SPARSITY, 'seed': seed,
-              'finetune_epochs': FINETUNE_EPOCHS}, robustness_name(recipe, changed))
+      for recipe, setting in settings:
+        yield row('robustness', model, recipe, {
+            **setting, 'sparsity': ROBUSTNESS_SPARSITY, 'seed': seed,
+            'finetune_epochs': FINETUNE_EPOCHS}, robustness_name(recipe, setting))
 
 
 def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:

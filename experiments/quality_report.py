@@ -119,17 +119,25 @@ def collapsed(values: Dict[int, float]) -> List[int]:
   return sorted(seed for seed, v in values.items() if v < median - COLLAPSE_PP)
 
 
+def spread(values: Dict[int, float], failed=()) -> tuple:
+  """``(median, worst, worst seed, collapses)`` of {seed: accuracy} and the seeds
+  ``failed`` (diverged), which are the worst and count as collapses; the median and the
+  worst as text ('-' for a median of no finished run)."""
+  median = f'{np.median(list(values.values())):.1f}' if values else '-'
+  if failed:
+    worst, seed = 'diverged', min(failed)
+  else:
+    seed = min(values, key=values.get)
+    worst = f'{values[seed]:.1f}'
+  return median, worst, seed, len(collapsed(values)) + len(failed)
+
+
 def distribution_cell(values: Dict[int, float], failed=()) -> str:
-  """``median / worst (seed) / collapses`` of {seed: accuracy}; the seeds ``failed``
-  (diverged) are the worst and count as collapses."""
+  """``median / worst (seed) / collapses`` of {seed: accuracy} (:func:`spread`)."""
   if not values and not failed:
     return ''
-  median = f'{np.median(list(values.values())):.1f}' if values else '-'
-  collapses = len(collapsed(values)) + len(failed)
-  if failed:
-    return f'{median} / diverged (s{min(failed)}) / {collapses}'
-  worst = min(values, key=values.get)
-  return f'{median} / {values[worst]:.1f} (s{worst}) / {collapses}'
+  median, worst, seed, collapses = spread(values, failed)
+  return f'{median} / {worst} (s{seed}) / {collapses}'
 
 
 def distribution_table(found, model: str, names, sparsities, failed=None) -> List[str]:
@@ -392,9 +400,7 @@ def robustness_markdown(rows: List[dict]) -> str:
       seeds = failed.get((model, name, sparsity), [])
       if not values and not seeds:
         continue
-      median = f'{np.median(list(values.values())):.1f}' if values else '-'
-      worst = (f'diverged (seed {min(seeds)})' if seeds else
-               f'{values[min(values, key=values.get)]:.1f} (seed {min(values, key=values.get)})')
+      median, worst, seed, collapses = spread(values, seeds)
       difference = ''
       # The robustness stage's runs pair with its baseline; the reruns with the baseline's
       # rerun at its pick.
@@ -405,8 +411,8 @@ def robustness_markdown(rows: List[dict]) -> str:
         difference = (f'median {result.median:+.1f}, mean {result.mean:+.1f} ± '
                       f'{result.sd:.1f} pp (p={result.p:.2g}; p={result.wilcoxon_p:.2g}), '
                       f'n={result.n} vs {against}')
-      lines.append(f'| {model} | {name} | {len(values) + len(seeds)} | {median} | {worst} | '
-                   f'{len(collapsed(values)) + len(seeds)} | {len(seeds)} | {difference} |')
+      lines.append(f'| {model} | {name} | {len(values) + len(seeds)} | {median} | {worst} '
+                   f'(seed {seed}) | {collapses} | {len(seeds)} | {difference} |')
   tuning = cycle_warmup_table(recorded)
   if tuning:
     lines += ['', '### The warmup of each IMP cycle (validation split, 98%)', '',
@@ -421,21 +427,20 @@ def cycle_warmup_table(recorded: Dict[str, dict]) -> List[str]:
   """Validation accuracy % per seed and the mean, per IMP recipe and cycle warmup."""
   lines = ['| model | recipe | cycle warmup (epochs) | validation accuracy by seed | mean | '
            'picked |', '|---|---|---:|---|---:|---|']
-  per_seed = len(protocol.CYCLE_WARMUP_SEEDS)
   for model in ('cnn1d', 'mlp'):
     for recipe in protocol.CYCLE_WARMUP_RECIPES:
-      planned = protocol.cycle_warmup_rows(recorded, model, recipe)
-      if not any(r['id'] in recorded and recorded[r['id']]['study'] for r in planned):
+      groups = protocol.cycle_warmup_groups(recorded, model, recipe)
+      if not any(r['id'] in recorded and recorded[r['id']]['study']
+                 for _, runs in groups for r in runs):
         continue
       pick = protocol.cycle_warmup_picked(recorded, model, recipe)
-      for i, epochs in enumerate(protocol.CYCLE_WARMUPS):
-        group = planned[i * per_seed:(i + 1) * per_seed]
-        done = [recorded[r['id']] for r in group if r['id'] in recorded]
+      for epochs, runs in groups:
+        done = [recorded[r['id']] for r in runs if r['id'] in recorded]
         shown = ', '.join('diverged' if 'diverged' in r['results'] else
                           f"{100 * r['results']['validation_accuracy']:.1f}" for r in done)
         mean = (f'{100 * np.mean([protocol.validation_accuracy(r) for r in done]):.1f}'
-                if len(done) == per_seed else f'{len(done)}/{per_seed} runs')
-        chosen = pick is not None and pick.get('imp.warmup_epochs', 1) == epochs
+                if len(done) == len(runs) else f'{len(done)}/{len(runs)} runs')
+        chosen = pick is not None and pick['imp.warmup_epochs'] == epochs
         lines.append(f'| {model} | {recipe} | {epochs} | {shown} | {mean} | '
                      f"{'yes' if chosen else ''} |")
   return lines if len(lines) > 2 else []
