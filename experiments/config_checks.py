@@ -2,8 +2,10 @@
 
 import difflib
 import importlib.util
+import json
 import numbers
 import os
+import shutil
 import sys
 from typing import List, Optional, Sequence
 
@@ -159,14 +161,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def check_workdir(config: ml_collections.ConfigDict, saved: dict, workdir: str) -> None:
   """Refuses a workdir whose saved config differs from ``config`` (results would mix)."""
+  changes = _changes(config, saved)
+  if changes:
+    raise ValueError(f'{workdir} holds a run with a different config ({changes}). Use another '
+                     '--workdir, or delete this one to start over; nothing was changed.')
+
+
+def drop_stale_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Deletes an unfinished run's workdir that was written with another config.
+
+  For the benchmark's scratch folders, whose finished runs live in the record: a run left
+  unfinished by an older pcs restarts instead of mixing two configs.
+  """
+  saved = os.path.join(workdir, 'config.json')
+  if not os.path.exists(saved):
+    return
+  with open(saved) as f:
+    changes = _changes(config, json.load(f))
+  if changes:
+    print(f'Restarting the unfinished run in {workdir}: its config differs ({changes}).',
+          flush=True)
+    shutil.rmtree(workdir)
+
+
+def _changes(config: ml_collections.ConfigDict, saved: dict) -> str:
+  """The keys, outside RESUMABLE_CHANGES, where ``saved`` differs from ``config``."""
   before, now = flat_dict(saved), flat_dict(config.to_dict())
   differing = sorted(key for key in set(before) | set(now)
                      if key.split('.')[0] not in RESUMABLE_CHANGES
                      and before.get(key) != now.get(key))
-  if differing:
-    changes = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differing)
-    raise ValueError(f'{workdir} holds a run with a different config ({changes}). Use another '
-                     '--workdir, or delete this one to start over; nothing was changed.')
+  return ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differing)
 
 
 def flat_dict(tree: dict, prefix: str = '') -> dict:

@@ -38,6 +38,7 @@ from typing import Optional
 from absl import app
 from absl import flags
 
+from experiments import config_checks
 from experiments import quality_protocol as protocol
 from experiments import quality_report
 from experiments import train
@@ -76,6 +77,7 @@ def execute(record: protocol.Record, workdir: str, row: dict) -> Optional[dict]:
     return record.rows[row['id']]
   config = protocol.apply(default.get_config(), row['overrides'])
   path = os.path.join(workdir, row['id'])
+  config_checks.drop_stale_workdir(config, path)
   label = f"[{row['stage']}] {row['model']} {row['study'] or row['recipe']} " \
           f"{json.dumps(row['overrides'], sort_keys=True)}"
   print(label, flush=True)

@@ -1,12 +1,15 @@
 """The quality benchmark's protocol and report, on recorded runs made up by hand."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from experiments import config_checks
 from experiments import quality_protocol as protocol
 from experiments import quality_report
+from experiments.configs import default
 
 
 def _tuning_record(model, recipe, best_index, best=0.9):
@@ -328,3 +331,17 @@ def test_the_rerun_robustness_table_pairs_each_warmup_with_the_baselines_pick():
           'median +3.5, mean +3.5 ± 1.3 pp') in text
   assert 'n=4 vs dense+imp, 1-epoch cycle warmup |' in text
   assert '| cnn1d | dense+imp, 1-epoch cycle warmup | 4 | 89.0 | 89.0 (seed 5) | 0 | 0 |  |' in text
+
+
+def test_an_unfinished_run_left_by_an_older_config_restarts_and_a_matching_one_resumes(tmp_path):
+  config = default.get_config()
+  older = config.to_dict()
+  del older['imp']['warmup_epochs']  # a key that an older pcs did not write
+  for name, saved in (('stale', older), ('same', config.to_dict())):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'config.json').write_text(json.dumps(saved))
+    (tmp_path / name / 'metrics.jsonl').write_text('{}\n')
+  config_checks.drop_stale_workdir(config, str(tmp_path / 'stale'))
+  config_checks.drop_stale_workdir(config, str(tmp_path / 'same'))
+  assert not (tmp_path / 'stale').exists()
+  assert (tmp_path / 'same' / 'metrics.jsonl').exists()
