@@ -340,10 +340,13 @@ def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
   for model in (m for m in models if m in LONG_MODELS):
     for recipe in LONG_RECIPES:
       yield from long_tuning_rows(recorded, model, recipe)
-    for recipe in LONG_RECIPES:
-      setting = long_picked(recorded, model, recipe)
-      if setting is not None:
-        yield from final_rows(model, recipe, setting, study=long_name(recipe))
+    picks = {recipe: long_picked(recorded, model, recipe) for recipe in LONG_RECIPES}
+    # Sparsity by sparsity, nearest the tuning sparsity first (98, 99, 95, 90%): a partial
+    # stage already ranks every recipe where they differ most.
+    for sparsity in sorted(SPARSITIES, key=lambda s: abs(s - TUNING_SPARSITY)):
+      for recipe, setting in picks.items():
+        if setting is not None:
+          yield from final_rows(model, recipe, setting, (sparsity,), study=long_name(recipe))
 
 
 class Record:

@@ -1,10 +1,21 @@
-"""Test set-up: 8 simulated CPU devices (as optax's sharding tests), set before jax loads."""
+"""Test set-up: 8 simulated CPU devices (as optax's sharding tests) and a shared compilation
+cache, set before jax loads."""
 
 import os
 
+# XLA's backend optimisation level 0: the tests' models are tiny, so compiling is most of their
+# time; at level 0 it is about a quarter shorter and the runs are no slower.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+                           ' --xla_force_host_platform_device_count=8'
+                           ' --xla_backend_optimization_level=0').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Most tests compile the same few training steps, and many start the binary in a subprocess:
+# one on-disk compilation cache for the session (both xdist workers and every subprocess,
+# which inherit these variables) compiles each once, down to the small eager ops (about 60 ms
+# each on CPU). It lives in the clone, so CI starts empty.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache', 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
 import hypothesis  # pylint: disable=g-import-not-at-top,wrong-import-position
