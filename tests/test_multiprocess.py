@@ -41,7 +41,8 @@ def _command(workdir, data_dir, extra=()):
 
 def _env(devices):
   return {**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu',
-          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+          'XLA_FLAGS': re.sub(r'device_count=\d+', f'device_count={devices}',
+                              os.environ['XLA_FLAGS'])}  # conftest's other flags kept
 
 
 def _start(workdir, data_dir, processes):

@@ -123,14 +123,14 @@ def test_the_recommended_config_is_what_validation_picked(model, told):
 
 
 def test_cifar10_resnet20_end_to_end_on_mock_data(tmp_path, monkeypatch):
-  """The CIFAR path (augmentation, BatchNorm state, sharding) on tfds's generated mock data."""
+  """The CIFAR path (augmentation, BatchNorm state, sharding over 2 devices) on tfds's mock data."""
   import tensorflow_datasets as tfds
   from experiments import datasets
   monkeypatch.setattr(datasets, 'builder',
                       lambda name, data_dir: tfds.builder(name, data_dir=str(tmp_path / 'd')))
   with tfds.testing.mock_data(num_examples=64):
     config = helpers.small_config('unused', dataset='cifar10', model='resnet20', batch_size=32,
-                     eval_batch_size=32, num_epochs=1, sparsity=0.9)
+                     eval_batch_size=32, num_epochs=1, sparsity=0.9, num_devices=2)
     results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert (results['dataset'], results['model']) == ('cifar10', 'resnet20')
   assert abs(results['achieved_sparsity'] - 0.9) < 1e-4
