@@ -91,7 +91,7 @@ def test_report_table_and_plot(tmp_path):
   assert (tmp_path / 'accuracy_vs_sparsity.png').stat().st_size > 5_000
 
 
-@pytest.mark.parametrize('name', ['default', 'recommended', 'cifar10_resnet20',
+@pytest.mark.parametrize('name', ['default', 'recommended', 'recommended_150', 'cifar10_resnet20',
                                   'cifar100_resnet18', 'imagenet_resnet50', 'regression'])
 def test_configs_load_and_name_known_things(name):
   import importlib
@@ -120,6 +120,22 @@ def test_the_recommended_config_is_what_validation_picked(model, told):
   expected = quality_protocol.apply(recommended.get_config(), {**base, **picked})
   quality_protocol.apply(config, {'model': model, **told})  # what the docstring tells users
   assert config.to_dict() == expected.to_dict()
+
+
+def test_the_150_epoch_recommended_config_is_what_validation_picked_at_that_length():
+  # The 150-epoch study's record picks pilot+gmp's setting at that length, and pilot+gmp
+  # beats dense+gmp there at 99% on every seed recorded; the config must say the same.
+  from experiments import quality_protocol, quality_report
+  from experiments.configs import recommended_150
+  rows = quality_protocol.Record(os.path.join(helpers.REPO, 'quality')).rows
+  picked = quality_protocol.long_picked(rows, 'cnn1d', 'pilot+gmp')
+  del picked['eval_train']
+  expected = quality_protocol.apply(recommended_150.get_config(), picked)
+  assert recommended_150.get_config().to_dict() == expected.to_dict()
+  found = quality_report.groups(rows.values())
+  pilot, gmp = (found[('cnn1d', quality_protocol.long_name(r), 0.99)]
+                for r in ('pilot+gmp', 'dense+gmp'))
+  assert len(pilot) >= 5 and all(pilot[s] > gmp[s] for s in pilot)
 
 
 def test_cifar10_resnet20_end_to_end_on_mock_data(tmp_path, monkeypatch):
