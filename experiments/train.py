@@ -65,6 +65,25 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+@jax.jit
+def _accumulate(totals: dict, step: dict) -> dict:
+  """Running totals of per-step outputs, as one computation per step: sums, except the
+  earliest ``bad_step``."""
+  return {k: (jnp.minimum if k == 'bad_step' else jnp.add)(totals[k], v)
+          for k, v in step.items()}
+
+
+def _pace(previous: Optional[dict], totals: dict) -> dict:
+  """Waits for the step before this one: dispatch stays at most one step ahead of the
+  devices, which still overlaps host and devices. Unbounded, XLA:CPU's multi-device
+  client could fill a device's queue of in-flight computations with ones that wait on a
+  step not yet launched there, while the other devices wait for that step in the
+  gradients' all-reduce (an abort after XLA's rendezvous timeout, on 8 CPU devices)."""
+  if previous is not None:
+    jax.block_until_ready(previous)
+  return totals
+
+
 def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = False):
   """The jitted train step: batch sharded on 'data', the state (donated) placed by
   ``state_shardings`` (replicated, or FSDP: :mod:`experiments.sharding`).
@@ -185,13 +204,14 @@ class Run:
     devices."""
     shards = self.mesh.size
     batch_size = -(-self.config.eval_batch_size // shards) * shards
-    sums = None
+    sums = previous = None
     for batch, mask in input_pipeline.epoch_batches(
         self.builder, self.spec, split, batch_size, train=False, seed=self.config.seed,
         epoch=0, rows=input_pipeline.process_rows(self.by_batch, batch_size)):
       out = self.eval_step(state.params, state.batch_stats, _global(batch, self.by_batch),
                            _global(mask, self.by_batch))
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+      sums = out if sums is None else _accumulate(sums, out)
+      previous = _pace(previous, sums)
     sums = jax.device_get(sums)
     return {'loss': float(sums['loss'] / sums['count']),
             'accuracy': float(sums['correct'] / sums['count'])}
@@ -270,16 +290,17 @@ def run_phase(run: Run, phase: Phase, state: TrainState, tx, first_epoch: int,
                   initial=first_epoch - 1, total=phase.num_epochs,
                   disable=None if run.primary else True)  # None: off without a terminal
   for epoch in bar:
-    sums, bad_step, steps = None, NO_BAD_STEP, 0
+    sums, previous, steps = None, None, 0
     for batch, _ in input_pipeline.epoch_batches(
         run.builder, run.spec, run.train_split, config.batch_size, train=True,
         seed=config.seed, epoch=phase.seed_offset + epoch,
         rows=input_pipeline.process_rows(run.by_batch, config.batch_size)):
       state, metrics = train_step(state, _global(batch, run.by_batch))
-      bad_step = jnp.minimum(bad_step, metrics.pop('bad_step'))
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      sums = metrics if sums is None else _accumulate(sums, metrics)
+      previous = _pace(previous, sums)
       steps += 1
-    sums, bad_step = jax.device_get((sums, bad_step))  # one host round trip per epoch
+    sums = jax.device_get(sums)  # one host round trip per epoch
+    bad_step = sums.pop('bad_step')
     if bad_step != NO_BAD_STEP:
       last = checkpoints.latest_step()
       checkpoints.close()
