@@ -1,6 +1,7 @@
 """Reliability: bad input fails early and clearly, non-finite values stop or skip, corrupted
 checkpoints are skipped, and runs are deterministic."""
 
+import itertools
 import json
 import os
 
@@ -161,3 +162,46 @@ def test_same_config_and_seed_give_bit_identical_runs(data_dir, tmp_path):
   other = train.train_and_evaluate(helpers.small_config(data_dir, finetune_epochs=1, seed=1),
                                    str(tmp_path / 'seed1'))
   assert other['params_fingerprint'] != runs[0]['params_fingerprint']
+
+
+def test_step_totals_sum_every_metric_and_keep_the_earliest_bad_step():
+  totals = {'loss': np.float32(1.5), 'skipped': np.int32(0), 'bad_step': np.int32(7)}
+  step = {'loss': np.float32(2.25), 'skipped': np.int32(1), 'bad_step': np.int32(3)}
+  out = train._accumulate(totals, step)  # pylint: disable=protected-access
+  assert {k: v.item() for k, v in out.items()} == {'loss': 3.75, 'skipped': 1, 'bad_step': 3}
+  later = {'loss': np.float32(0.25), 'skipped': np.int32(0),
+           'bad_step': np.int32(train.NO_BAD_STEP)}
+  assert train._accumulate(out, later)['bad_step'].item() == 3  # pylint: disable=protected-access
+
+
+def test_dispatch_waits_for_the_step_before():
+  import jax
+  import jax.numpy as jnp
+
+  @jax.jit
+  def slow(x):  # about a second of matrix products on one CPU core
+    return jax.lax.fori_loop(0, 400, lambda _, y: jnp.tanh(y @ y), x)
+
+  x = jnp.full((256, 256), 1e-3, jnp.float32)
+  slow(x).block_until_ready()  # compiled outside the measurement
+  previous = {'loss': slow(x)}
+  assert not previous['loss'].is_ready(), 'too fast to tell waiting from not waiting'
+  current = {'loss': jnp.zeros(())}
+  assert train._pace(previous, current) is current  # pylint: disable=protected-access
+  assert previous['loss'].is_ready()
+
+
+def test_training_paces_every_step_on_the_totals_of_the_one_before(data_dir, tmp_path,
+                                                                   monkeypatch):
+  calls = []
+  real = train._pace  # pylint: disable=protected-access
+  def spy(previous, totals):
+    calls.append((previous, totals))
+    return real(previous, totals)
+  monkeypatch.setattr(train, '_pace', spy)
+  config = helpers.small_config(data_dir, num_epochs=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  train_calls = [c for c in calls if 'bad_step' in c[1]]
+  assert len(train_calls) == 4000 // config.batch_size
+  assert train_calls[0][0] is None
+  assert all(later[0] is earlier[1] for earlier, later in itertools.pairwise(train_calls))
