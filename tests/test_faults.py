@@ -15,6 +15,7 @@ from tests import helpers
 
 EPOCHS, FINETUNE = 4, 2
 RANDOM_KILLS = 2
+TIMEOUT_S = 300
 
 
 def _flags(workdir, data_dir):
@@ -44,8 +45,11 @@ def _kill_inside_the_run(process, workdir, delay):
   while it trains, evaluates or saves however fast the machine is (a kill at a fixed time
   after the start missed runs that a warm compilation cache made short). Returns whether
   the kill came before the process ended."""
-  logged = _epochs_logged(workdir)
+  logged, deadline = _epochs_logged(workdir), time.monotonic() + TIMEOUT_S
   while process.poll() is None and _epochs_logged(workdir) <= logged:
+    if time.monotonic() > deadline:
+      process.kill()
+      raise AssertionError(f'no epoch logged in {TIMEOUT_S} s')
     time.sleep(0.02)
   time.sleep(delay)
   if process.poll() is not None:
@@ -64,7 +68,7 @@ def test_killed_runs_resume_and_end_like_an_uninterrupted_run(data_dir, tmp_path
   outputs, kills = [], []
   # 1: killed while writing its second checkpoint (train epoch 2).
   process = _start(2, workdir, data_dir)
-  outputs.append(process.communicate(timeout=300)[0])
+  outputs.append(process.communicate(timeout=TIMEOUT_S)[0])
   assert process.returncode == -9
   kills.append('during the write of checkpoint 2')
   # 2..: killed at seeded random moments after the first epoch the process logs (training,
@@ -74,10 +78,10 @@ def test_killed_runs_resume_and_end_like_an_uninterrupted_run(data_dir, tmp_path
     process = _start(0, workdir, data_dir)
     if _kill_inside_the_run(process, workdir, delay):
       kills.append(f'{delay:.2f}s after an epoch')
-    outputs.append(process.communicate(timeout=300)[0])
+    outputs.append(process.communicate(timeout=TIMEOUT_S)[0])
   # Last: run to completion.
   process = _start(0, workdir, data_dir)
-  outputs.append(process.communicate(timeout=300)[0])
+  outputs.append(process.communicate(timeout=TIMEOUT_S)[0])
   assert process.returncode == 0, outputs[-1][-3000:]
 
   assert any('Resuming' in out for out in outputs[1:]), outputs
