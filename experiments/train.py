@@ -73,15 +73,18 @@ def _accumulate(totals: dict, step: dict) -> dict:
           for k, v in step.items()}
 
 
-def _pace(previous: Optional[dict], totals: dict) -> dict:
-  """Waits for the step before this one: dispatch stays at most one step ahead of the
-  devices, which still overlaps host and devices. Unbounded, XLA:CPU's multi-device
-  client could fill a device's queue of in-flight computations with ones that wait on a
-  step not yet launched there, while the other devices wait for that step in the
-  gradients' all-reduce (an abort after XLA's rendezvous timeout, on 8 CPU devices)."""
-  if previous is not None:
-    jax.block_until_ready(previous)
-  return totals
+def _add_step(totals: Optional[dict], step: dict) -> dict:
+  """The running totals with one more step's outputs (:func:`_accumulate`), returned once
+  the totals before it are computed: dispatch stays at most one step ahead of the devices,
+  which still overlaps host and devices. Unbounded, XLA:CPU's multi-device client could
+  fill a device's queue of in-flight computations with ones that wait on a step not yet
+  launched there, while the other devices wait for that step in the gradients' all-reduce
+  (an abort after XLA's rendezvous timeout, on 8 CPU devices)."""
+  if totals is None:
+    return step
+  updated = _accumulate(totals, step)
+  jax.block_until_ready(totals)
+  return updated
 
 
 def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = False):
@@ -204,14 +207,13 @@ class Run:
     devices."""
     shards = self.mesh.size
     batch_size = -(-self.config.eval_batch_size // shards) * shards
-    sums = previous = None
+    sums = None
     for batch, mask in input_pipeline.epoch_batches(
         self.builder, self.spec, split, batch_size, train=False, seed=self.config.seed,
         epoch=0, rows=input_pipeline.process_rows(self.by_batch, batch_size)):
       out = self.eval_step(state.params, state.batch_stats, _global(batch, self.by_batch),
                            _global(mask, self.by_batch))
-      sums = out if sums is None else _accumulate(sums, out)
-      previous = _pace(previous, sums)
+      sums = _add_step(sums, out)
     sums = jax.device_get(sums)
     return {'loss': float(sums['loss'] / sums['count']),
             'accuracy': float(sums['correct'] / sums['count'])}
@@ -290,14 +292,13 @@ def run_phase(run: Run, phase: Phase, state: TrainState, tx, first_epoch: int,
                   initial=first_epoch - 1, total=phase.num_epochs,
                   disable=None if run.primary else True)  # None: off without a terminal
   for epoch in bar:
-    sums, previous, steps = None, None, 0
+    sums, steps = None, 0
     for batch, _ in input_pipeline.epoch_batches(
         run.builder, run.spec, run.train_split, config.batch_size, train=True,
         seed=config.seed, epoch=phase.seed_offset + epoch,
         rows=input_pipeline.process_rows(run.by_batch, config.batch_size)):
       state, metrics = train_step(state, _global(batch, run.by_batch))
-      sums = metrics if sums is None else _accumulate(sums, metrics)
-      previous = _pace(previous, sums)
+      sums = _add_step(sums, metrics)
       steps += 1
     sums = jax.device_get(sums)  # one host round trip per epoch
     bad_step = sums.pop('bad_step')

@@ -186,22 +186,22 @@ def test_dispatch_waits_for_the_step_before():
   slow(x).block_until_ready()  # compiled outside the measurement
   previous = {'loss': slow(x)}
   assert not previous['loss'].is_ready(), 'too fast to tell waiting from not waiting'
-  current = {'loss': jnp.zeros(())}
-  assert train._pace(previous, current) is current  # pylint: disable=protected-access
+  totals = train._add_step(previous, {'loss': jnp.ones(())})  # pylint: disable=protected-access
   assert previous['loss'].is_ready()
+  np.testing.assert_allclose(totals['loss'], np.asarray(previous['loss']) + 1.0, rtol=1e-6)
 
 
 def test_training_paces_every_step_on_the_totals_of_the_one_before(data_dir, tmp_path,
                                                                    monkeypatch):
-  calls = []
-  real = train._pace  # pylint: disable=protected-access
-  def spy(previous, totals):
-    calls.append((previous, totals))
-    return real(previous, totals)
-  monkeypatch.setattr(train, '_pace', spy)
+  calls = []  # (totals before, step, totals after)
+  real = train._add_step  # pylint: disable=protected-access
+  def spy(totals, step):
+    calls.append((totals, step, real(totals, step)))
+    return calls[-1][2]
+  monkeypatch.setattr(train, '_add_step', spy)
   config = helpers.small_config(data_dir, num_epochs=1)
   train.train_and_evaluate(config, str(tmp_path))
   train_calls = [c for c in calls if 'bad_step' in c[1]]
   assert len(train_calls) == 4000 // config.batch_size
   assert train_calls[0][0] is None
-  assert all(later[0] is earlier[1] for earlier, later in itertools.pairwise(train_calls))
+  assert all(later[0] is earlier[2] for earlier, later in itertools.pairwise(train_calls))
