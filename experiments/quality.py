@@ -2,14 +2,16 @@ r"""The quality benchmark: every method x schedule tuned alike on a validation s
 compared on test over seeds (``make quality``; hours on 2 CPU cores, resumable).
 
   python -m experiments.quality --workdir=runs/quality --record=quality \
-      [--num_workers=2 --worker=0]
+      [--num_workers=2 --worker=0] [--recipes=dense+imp,pilot+imp] [--stages=tune,final]
 
 Protocol (written out in QUALITY.md by :mod:`experiments.quality_report`):
 
 1. **Tune** each recipe (a method under a schedule) on each model at 98% sparsity,
    seed 0, on a validation split (the last 20% of mnist1d's training split; the test
-   split is not read): learning rate {0.1, 0.2} x weight decay {1e-4, 3e-4, 1e-3,
+   split is not read): learning rate {0.1, 0.2, 0.4} x weight decay {1e-4, 3e-4, 1e-3,
    3e-3} x the recipe's own 1-4 values. The best validation accuracy picks the setting.
+   The learning rates came in two rounds ({0.1, 0.2}, then 0.4 added); a recipe keeps
+   its first-round pick until its second round has finished.
 2. **Final** runs train on the whole training split with the picked setting, at 90, 95,
    98 and 99% sparsity, seeds 0-4, then fine-tune 5 epochs with the masks fixed; the
    test accuracy is recorded before and after fine-tuning.
@@ -48,9 +50,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/quality', 'Scratch folder of the runs (not committed).')
 flags.DEFINE_string('record', 'quality', 'Folder of runs.jsonl, the plot and the tables; '
                     'QUALITY.md is written next to it.')
-flags.DEFINE_list('models', ['cnn1d', 'mlp'], 'Models on mnist1d.')
-flags.DEFINE_list('stages', ['tune', 'final', 'study', 'robustness', 'cycle_warmup', 'long'],
-                  'Stages to run, in order of work.')
+flags.DEFINE_list('models', list(protocol.MODELS), 'Models on mnist1d.')
+flags.DEFINE_list('stages', list(protocol.STAGES), 'Stages to run, in order of work.')
+flags.DEFINE_list('recipes', [], 'Only the runs of these recipes (names as in '
+                  'quality_protocol.RECIPES, the first word of a study row); all if empty.')
 flags.DEFINE_float('max_hours', 0.0, 'Stop starting runs after this long (0: no limit).')
 flags.DEFINE_integer('num_workers', 1, 'Processes sharing the work (one per core).')
 flags.DEFINE_integer('worker', 0, 'This process: 0 .. num_workers - 1.')
@@ -103,12 +106,15 @@ def mine(row: dict) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  unknown = sorted(set(FLAGS.recipes) - set(protocol.RECIPES))
+  if unknown:
+    raise app.UsageError(f'--recipes: unknown {unknown}; allowed: {", ".join(protocol.RECIPES)}')
   quiet.apply()
   start, done = time.time(), 0
   while True:  # re-plan after each run: finished tuning unlocks final runs
     record = protocol.Record(FLAGS.record)  # re-read: other workers append to it
     todo = [r for r in protocol.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
-            if r['id'] not in record.rows]
+            if r['id'] not in record.rows and (not FLAGS.recipes or r['recipe'] in FLAGS.recipes)]
     if not todo:
       break
     if FLAGS.max_hours and time.time() - start > 3600 * FLAGS.max_hours:
@@ -121,9 +127,9 @@ def main(argv):
     execute(record, FLAGS.workdir, own)
     done += 1
     if done % 10 == 0:
-      quality_report.write(record.rows.values(), FLAGS.record)
+      quality_report.write(quality_report.current(record.rows.values()), FLAGS.record)
   record = protocol.Record(FLAGS.record)
-  quality_report.write(record.rows.values(), FLAGS.record)
+  quality_report.write(quality_report.current(record.rows.values()), FLAGS.record)
   print(f'{done} runs in {time.time() - start:.0f}s; {len(record.rows)} recorded. '
         f'Report: QUALITY.md, {FLAGS.record}/')
 

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import config_checks
 from experiments import quality_protocol as protocol
+from experiments import quality
 from experiments import quality_report
 from experiments.configs import default
 
@@ -24,7 +25,7 @@ def _tuning_record(model, recipe, best_index, best=0.9):
 def test_every_recipe_gets_the_same_shared_grid_and_tuning_never_reads_test():
   for recipe, (base, own) in protocol.RECIPES.items():
     rows = protocol.tuning_rows('cnn1d', recipe)
-    assert len(rows) == len(protocol.SHARED_GRID) * len(own)
+    assert len(rows) == len(protocol.LEARNING_RATE_ROUNDS[-1]) * 4 * len(own)
     assert 1 <= len(own) <= 4
     for row in rows:
       assert row['overrides']['validation_fraction'] > 0
@@ -345,3 +346,71 @@ def test_an_unfinished_run_left_by_an_older_config_restarts_and_a_matching_one_r
   config_checks.drop_stale_workdir(config, str(tmp_path / 'same'))
   assert not (tmp_path / 'stale').exists()
   assert (tmp_path / 'same' / 'metrics.jsonl').exists()
+
+
+def _validation(model, recipe, accuracies, learning_rates=None):
+  """Tuning rows of ``recipe`` with the given validation accuracy for each grid point of
+  ``learning_rates`` (the latest round if None), in grid order."""
+  rows = protocol.tuning_rows(model, recipe, learning_rates or protocol.LEARNING_RATE_ROUNDS[-1])
+  assert len(rows) == len(accuracies)
+  return {r['id']: {**r, 'results': {'validation_accuracy': a}} for r, a in zip(rows, accuracies)}
+
+
+def test_a_wider_learning_rate_round_takes_over_only_once_it_has_finished():
+  # dense+gmp: 3 end fractions x 4 weight decays per learning rate. Round 1 ({0.1, 0.2})
+  # is best at lr 0.2, weight decay 1e-3, end fraction 0.7: grid index 12 + 2 * 3 + 1.
+  first = [0.5] * 24
+  first[19] = 0.8
+  recorded = _validation('cnn1d', 'dense+gmp', first, (0.1, 0.2))
+  assert protocol.tuning_round(recorded, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
+  lr02 = {'method': 'dense', 'schedule': 'gmp', 'learning_rate': 0.2, 'weight_decay': 1e-3,
+          'gmp.end_fraction': 0.7, 'model': 'cnn1d', 'eval_train': False}
+  assert protocol.picked(recorded, 'cnn1d', 'dense+gmp') == lr02
+  finals = {r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w')
+            if r['recipe'] == 'dense+gmp'}
+  assert len(finals) == 20
+  # Round 2 adds lr 0.4; while one of its runs is missing, round 1's pick holds.
+  worse = _validation('cnn1d', 'dense+gmp', first + [0.6] * 12)
+  assert len(worse) == 36 and set(recorded) < set(worse)
+  unfinished = {k: v for k, v in worse.items() if k != list(worse)[-1]}
+  assert protocol.tuning_round(unfinished, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
+  assert protocol.picked(unfinished, 'cnn1d', 'dense+gmp') == lr02
+  # Finished and no better at lr 0.4: the same pick, so the same final runs, none new.
+  assert protocol.tuning_round(worse, 'cnn1d', 'dense+gmp') == (0.1, 0.2, 0.4)
+  assert {r['id'] for r in protocol.plan(worse, ['cnn1d'], ['final'], 'w')
+          if r['recipe'] == 'dense+gmp'} == finals
+  # Better at lr 0.4, weight decay 1e-4, end fraction 0.5 (index 24): a new pick.
+  better = _validation('cnn1d', 'dense+gmp', first + [0.9] + [0.6] * 11)
+  assert protocol.picked(better, 'cnn1d', 'dense+gmp') == {
+      **lr02, 'learning_rate': 0.4, 'weight_decay': 1e-4, 'gmp.end_fraction': 0.5}
+  # The old pick's finals stay in the record but leave the report; tuning runs stay.
+  old = {r['id']: {**r, 'results': {'test_accuracy': 0.8}}
+         for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w') if r['stage'] == 'final'}
+  shown = {r['id'] for r in quality_report.current(list(better.values()) + list(old.values()))}
+  assert shown == set(better)
+  shown = {r['id'] for r in quality_report.current(list(worse.values()) + list(old.values()))}
+  assert shown == set(worse) | set(old)
+
+
+def test_the_recommendation_compares_recipes_over_the_same_round():
+  # pilot: 4 settings per grid point; best 0.80 over lr {0.1, 0.2} and 0.95 at lr 0.4.
+  pilot = _validation('cnn1d', 'pilot', [0.80] + [0.5] * 31 + [0.95] + [0.5] * 15)
+  # pilot+imp: 4 settings per grid point, round 1 only, best 0.90.
+  imp = _validation('cnn1d', 'pilot+imp', [0.90] + [0.5] * 31, (0.1, 0.2))
+  rows = list(pilot.values()) + list(imp.values())
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'  # 0.90 against 0.80
+  imp = _validation('cnn1d', 'pilot+imp', [0.90] + [0.5] * 47)
+  rows = list(pilot.values()) + list(imp.values())
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'  # 0.95 against 0.90
+
+
+def test_the_runner_rejects_an_unknown_recipe_by_name():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS(['quality', '--recipes=pilot+imp,pilot_imp'])
+  try:
+    with pytest.raises(app.UsageError, match=r"--recipes: unknown \['pilot_imp'\]; allowed: "
+                       r'dense\+gmp, pilot\+gmp'):
+      quality.main(['quality'])
+  finally:
+    flags.FLAGS.unparse_flags()
