@@ -236,6 +236,16 @@ def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals()
   assert all(r['study'] == 'pilot 150 epochs' and r['overrides']['num_epochs'] == 150
              and {k: r['overrides'][k] for k in own[1]} == own[1] for r in finals)
   assert protocol.picked(recorded, 'cnn1d', 'pilot') == pick  # 30-epoch pick unchanged
+  # A later learning-rate round that moves the 30-epoch pick leaves the long stage alone:
+  # it takes its learning rate and weight decay from LONG_ROUND's picks.
+  assert protocol.LONG_ROUND == (0.1, 0.2)
+  first = {r['id'] for r in protocol.tuning_rows('cnn1d', 'pilot', protocol.LONG_ROUND)}
+  wider = [r for r in protocol.tuning_rows('cnn1d', 'pilot') if r['id'] not in first]
+  assert {r['overrides']['learning_rate'] for r in wider} == {0.4}
+  recorded.update({r['id']: {**r, 'results': {'validation_accuracy': 0.99}} for r in wider})
+  assert protocol.picked(recorded, 'cnn1d', 'pilot')['learning_rate'] == 0.4
+  assert [r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['long'], 'w')] == [
+      r['id'] for r in planned + finals]
 
 
 def _cycle_warmup_record(model, recipe, accuracies):
@@ -414,3 +424,38 @@ def test_the_runner_rejects_an_unknown_recipe_by_name():
       quality.main(['quality'])
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def test_the_leading_settings_are_confirmed_on_more_seeds_and_the_best_mean_picks():
+  # dense: 4 weight decays per learning rate, 12 settings. On seed 0: index 8 (lr 0.4,
+  # wd 1e-4) 0.95, index 5 (lr 0.2, wd 3e-4) 0.93, index 2 (lr 0.1, wd 1e-3) 0.90.
+  seed0 = [0.5] * 12
+  seed0[8], seed0[5], seed0[2] = 0.95, 0.93, 0.90
+  recorded = _validation('cnn1d', 'dense', seed0)
+  grid = protocol.tuning_rows('cnn1d', 'dense')
+  assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # seed 0 alone
+  planned = protocol.confirmation_rows(recorded, 'cnn1d', 'dense')
+  assert [(r['overrides']['learning_rate'], r['overrides']['weight_decay'],
+           r['overrides']['seed']) for r in planned] == [
+               (0.4, 1e-4, 1), (0.4, 1e-4, 2), (0.2, 3e-4, 1), (0.2, 3e-4, 2),
+               (0.1, 1e-3, 1), (0.1, 1e-3, 2)]
+  assert all(r['stage'] == 'tune' and r['overrides']['validation_fraction'] > 0
+             for r in planned)
+  assert [r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['tune'], 'w')
+          if r['recipe'] == 'dense'] == [r['id'] for r in grid + planned]
+  # The leader diverges on seed 1 (-1) and trains on seed 2: mean (0.95 - 1 + 0.94) / 3
+  # = 0.297. The second: (0.93 + 0.92 + 0.91) / 3 = 0.92; the third (0.90 + 0.95 + 0.95)
+  # / 3 = 0.933, the best.
+  results = [{'diverged': 'step 9'}, {'validation_accuracy': 0.94},
+             {'validation_accuracy': 0.92}, {'validation_accuracy': 0.91},
+             {'validation_accuracy': 0.95}, {'validation_accuracy': 0.95}]
+  for r, result in zip(planned[:-1], results):
+    recorded[r['id']] = {**r, 'results': result}
+  assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # unfinished
+  recorded[planned[-1]['id']] = {**planned[-1], 'results': results[-1]}
+  assert protocol.picked(recorded, 'cnn1d', 'dense') == {
+      'model': 'cnn1d', 'eval_train': False, 'method': 'dense', 'schedule': 'one_shot',
+      'learning_rate': 0.1, 'weight_decay': 1e-3}
+  assert protocol.mean_validation_accuracy(
+      [recorded[grid[2]['id']], recorded[planned[4]['id']], recorded[planned[5]['id']]]) == (
+          pytest.approx(0.9333333))

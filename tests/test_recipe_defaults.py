@@ -52,7 +52,7 @@ def test_an_unrecorded_pair_takes_the_nearest_and_other_datasets_none():
   config = _config(method='l1', schedule='gmp', model='mlp')
   line = recipe_defaults.apply(config, {})
   assert config.l1.strength == 1e-2 and config.weight_decay == 3e-4  # l1 on the MLP
-  assert config.gmp.end_fraction == 0.5  # dense+gmp on the MLP
+  assert config.gmp.end_fraction == 0.7  # dense+gmp on the MLP
   assert 'nearest recorded' in line
   cifar = _config(dataset='cifar10', model='resnet20', method='pilot', schedule='gmp')
   before = cifar.to_dict()
