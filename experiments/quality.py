@@ -106,9 +106,10 @@ def mine(row: dict) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  unknown = sorted(set(FLAGS.recipes) - set(protocol.RECIPES))
-  if unknown:
-    raise app.UsageError(f'--recipes: unknown {unknown}; allowed: {", ".join(protocol.RECIPES)}')
+  try:
+    protocol.check_recipes(FLAGS.recipes)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
   quiet.apply()
   start, done = time.time(), 0
   while True:  # re-plan after each run: finished tuning unlocks final runs

@@ -125,6 +125,13 @@ LONG_RECIPES = ('dense+gmp', 'pilot+gmp', 'pilot', 'l1', 'cs', 'str', 'spred')
 LONG_MODELS = ('cnn1d',)
 
 
+def check_recipes(names) -> None:
+  """Raises ValueError naming any of ``names`` that is not in RECIPES, and the allowed."""
+  unknown = sorted(set(names) - set(RECIPES))
+  if unknown:
+    raise ValueError(f'--recipes: unknown {unknown}; allowed: {", ".join(RECIPES)}')
+
+
 def long_name(recipe: str) -> str:
   return f'{recipe} {LONG_EPOCHS} epochs'
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from experiments import recipe_defaults
 from experiments import train
 from experiments.configs import default
 from tests import helpers
@@ -62,6 +63,9 @@ def test_killed_runs_resume_and_end_like_an_uninterrupted_run(data_dir, tmp_path
   config = default.get_config()
   config.data_dir, config.num_epochs, config.finetune_epochs = data_dir, EPOCHS, FINETUNE
   config.eval_train = False
+  # The binary gives the default config's recipe its validation-picked values, under the
+  # keys its command line sets; the reference takes them the same way.
+  recipe_defaults.apply(config, ('data_dir', 'num_epochs', 'finetune_epochs', 'eval_train'))
   reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
 
   workdir = tmp_path / 'killed'

@@ -8,7 +8,6 @@ import pytest
 
 from experiments import config_checks
 from experiments import quality_protocol as protocol
-from experiments import quality
 from experiments import quality_report
 from experiments.configs import default
 
@@ -415,15 +414,10 @@ def test_the_recommendation_compares_recipes_over_the_same_round():
 
 
 def test_the_runner_rejects_an_unknown_recipe_by_name():
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.FLAGS(['quality', '--recipes=pilot+imp,pilot_imp'])
-  try:
-    with pytest.raises(app.UsageError, match=r"--recipes: unknown \['pilot_imp'\]; allowed: "
-                       r'dense\+gmp, pilot\+gmp'):
-      quality.main(['quality'])
-  finally:
-    flags.FLAGS.unparse_flags()
+  protocol.check_recipes(['pilot+imp', 'dense+imp'])
+  with pytest.raises(ValueError, match=r"--recipes: unknown \['pilot_imp'\]; allowed: "
+                     r'dense\+gmp, pilot\+gmp'):
+    protocol.check_recipes(['pilot+imp', 'pilot_imp'])
 
 
 def test_the_leading_settings_are_confirmed_on_more_seeds_and_the_best_mean_picks():
