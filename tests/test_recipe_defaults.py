@@ -81,7 +81,7 @@ def test_the_sweep_runs_a_recipe_at_its_own_sparsity_with_its_picks_quietly(tmp_
   assert 'kept from the command line: weight_decay' in result.stdout
   with open(workdir / 'l1_0.9_s0' / 'results.json') as f:
     config = json.load(f)['config']
-  assert config['l1']['strength'] == 1e-2 and config['learning_rate'] == 0.2
+  assert config['l1']['strength'] == 1e-2 and config['learning_rate'] == 0.4
   assert config['weight_decay'] == 3e-3 and config['sparsity'] == 0.9
   assert 'Generating mnist1d in' in result.stdout
   for noise in ('Downloading and preparing', 'downloaded and prepared'):
