@@ -305,8 +305,7 @@ def cycle_warmup_picked(recorded: Dict[str, dict], model: str, recipe: str) -> O
   groups = cycle_warmup_groups(recorded, model, recipe)
   if not groups or any(r['id'] not in recorded for _, runs in groups for r in runs):
     return None
-  means = [sum(validation_accuracy(recorded[r['id']]) for r in runs) / len(runs)
-           for _, runs in groups]
+  means = [mean_validation_accuracy([recorded[r['id']] for r in runs]) for _, runs in groups]
   best = CYCLE_WARMUPS[means.index(max(means))]
   return {**picked(recorded, model, recipe), 'imp.warmup_epochs': best}
 
