@@ -209,25 +209,28 @@ def _leaders(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:
   return sorted(planned, key=lambda r: -validation_accuracy(recorded[r['id']]))[:CONFIRM_TOP]
 
 
+def _confirming(model: str, recipe: str, leader: dict) -> List[dict]:
+  """The validation runs of the seed-0 tuning run ``leader``'s setting on CONFIRM_SEEDS."""
+  return [row('tune', model, recipe, {**leader['overrides'], 'seed': seed},
+              f'{recipe} confirmation') for seed in CONFIRM_SEEDS]
+
+
 def confirmation_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:
   """The leading settings of the seed-0 tuning (:func:`_leaders`), each on
   CONFIRM_SEEDS, in order of the leaders and then the seeds."""
-  return [row('tune', model, recipe, {**leader['overrides'], 'seed': seed},
-              f'{recipe} confirmation')
-          for leader in _leaders(recorded, model, recipe) for seed in CONFIRM_SEEDS]
+  return [r for leader in _leaders(recorded, model, recipe)
+          for r in _confirming(model, recipe, leader)]
 
 
 def confirmed(recorded: Dict[str, dict], model: str,
               recipe: str) -> Optional[List[Tuple[dict, List[dict]]]]:
   """``[(leader, its runs on seed 0 and CONFIRM_SEEDS)]`` once every confirmation run of
   the recipe is recorded; None before."""
-  planned = confirmation_rows(recorded, model, recipe)
-  if not planned or any(r['id'] not in recorded for r in planned):
+  groups = [(leader, [recorded.get(r['id']) for r in [leader, *_confirming(model, recipe, leader)]])
+            for leader in _leaders(recorded, model, recipe)]
+  if not groups or any(run is None for _, runs in groups for run in runs):
     return None
-  size = len(CONFIRM_SEEDS)
-  return [(leader, [recorded[leader['id']]] + [recorded[r['id']]
-                                               for r in planned[i * size:(i + 1) * size]])
-          for i, leader in enumerate(_leaders(recorded, model, recipe))]
+  return groups
 
 
 def mean_validation_accuracy(runs: List[dict]) -> float:
@@ -235,19 +238,29 @@ def mean_validation_accuracy(runs: List[dict]) -> float:
   return sum(validation_accuracy(r) for r in runs) / len(runs)
 
 
-def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
-  """The tuned overrides of ``recipe`` on ``model`` from the ``recorded`` runs by id:
-  of the leading settings of its :func:`tuning_round`, the one with the best mean
-  validation accuracy over seed 0 and CONFIRM_SEEDS (ties go to the better on seed 0);
-  until that confirmation has finished, the best on seed 0 (ties go to the first in grid
-  order). None until a round has finished."""
+def picked_run(recorded: Dict[str, dict], model: str,
+               recipe: str) -> Optional[Tuple[dict, Optional[float]]]:
+  """The recorded seed-0 tuning run of ``recipe``'s pick on ``model``, and its mean
+  validation accuracy over seed 0 and CONFIRM_SEEDS (None until confirmed). Of the leading
+  settings of its :func:`tuning_round`, the best mean picks (ties go to the better on seed
+  0); until that confirmation has finished, the best on seed 0 (ties go to the first in
+  grid order). None until a round has finished."""
   groups = confirmed(recorded, model, recipe)
   if groups is not None:
-    return _setting(max(groups, key=lambda group: mean_validation_accuracy(group[1]))[0])
+    leader, runs = max(groups, key=lambda group: mean_validation_accuracy(group[1]))
+    return recorded[leader['id']], mean_validation_accuracy(runs)
   learning_rates = tuning_round(recorded, model, recipe)
   if learning_rates is None:
     return None
-  return _best_setting(recorded, tuning_rows(model, recipe, learning_rates))
+  return max((recorded[r['id']] for r in tuning_rows(model, recipe, learning_rates)),
+             key=validation_accuracy), None
+
+
+def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
+  """The tuned overrides of ``recipe`` on ``model`` from the ``recorded`` runs by id: the
+  setting of :func:`picked_run`; None until a tuning round has finished."""
+  found = picked_run(recorded, model, recipe)
+  return None if found is None else _setting(found[0])
 
 
 def long_tuning_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:

@@ -156,7 +156,7 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
   """Per model and recipe: the tuning runs done of those planned, the learning rates the
   pick was made over (its :func:`~experiments.quality_protocol.tuning_round`), the pick's
   validation accuracy on seed 0 and, once its confirmation has finished, its mean over the
-  confirmation's seeds (:func:`~experiments.quality_protocol.confirmed`), and the pick."""
+  confirmation's seeds (:func:`~experiments.quality_protocol.picked_run`), and the pick."""
   by_id = {row['id']: row for row in rows}
   seeds = (0,) + protocol.CONFIRM_SEEDS
   lines = ['| model | recipe | runs | learning rates tuned | validation accuracy (98%), '
@@ -171,17 +171,15 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
         if done:
           lines.append(f'| {model} | {recipe} | {done}/{len(planned)} | | | | |')
         continue
-      setting = protocol.picked(by_id, model, recipe)
-      best = next(by_id[r['id']] for r in protocol.tuning_rows(model, recipe, learning_rates)
-                  if all(r['overrides'].get(k) == v for k, v in setting.items()))
-      groups = protocol.confirmed(by_id, model, recipe)
-      if groups is None:
+      best, confirmed_mean = protocol.picked_run(by_id, model, recipe)
+      if confirmed_mean is None:
         confirming = protocol.confirmation_rows(by_id, model, recipe)
         mean = f"{sum(r['id'] in by_id for r in confirming)}/{len(confirming)} runs"
       else:
-        mean = f'{100 * max(protocol.mean_validation_accuracy(runs) for _, runs in groups):.1f}'
-      shown = {k: v for k, v in setting.items()
-               if k not in ('model', 'eval_train', 'method', 'schedule')}
+        mean = f'{100 * confirmed_mean:.1f}'
+      shown = {k: v for k, v in best['overrides'].items()
+               if k not in ('model', 'eval_train', 'seed', 'sparsity', 'validation_fraction',
+                            'finetune_epochs', 'method', 'schedule')}
       lines.append(f"| {model} | {recipe} | {done}/{len(planned)} | "
                    f"{', '.join(map(str, learning_rates))} | "
                    f"{100 * best['results'].get('validation_accuracy', float('nan')):.1f} | "
