@@ -12,13 +12,18 @@ from experiments import quality_report
 from experiments.configs import default
 
 
+def _validation(model, recipe, accuracies, learning_rates=None):
+  """Tuning rows of ``recipe`` with the given validation accuracy for each grid point of
+  ``learning_rates`` (the latest round if None), in grid order."""
+  rows = protocol.tuning_rows(model, recipe, learning_rates or protocol.LEARNING_RATE_ROUNDS[-1])
+  assert len(rows) == len(accuracies)
+  return {r['id']: {**r, 'results': {'validation_accuracy': a}} for r, a in zip(rows, accuracies)}
+
+
 def _tuning_record(model, recipe, best_index, best=0.9):
   """Every tuning run of ``recipe`` finished, the ``best_index``-th the best."""
-  rows = {}
-  for i, row in enumerate(protocol.tuning_rows(model, recipe)):
-    rows[row['id']] = {**row, 'results': {'validation_accuracy': best if i == best_index
-                                          else 0.5}}
-  return rows
+  size = len(protocol.tuning_rows(model, recipe))
+  return _validation(model, recipe, [best if i == best_index else 0.5 for i in range(size)])
 
 
 def test_every_recipe_gets_the_same_shared_grid_and_tuning_never_reads_test():
@@ -355,14 +360,6 @@ def test_an_unfinished_run_left_by_an_older_config_restarts_and_a_matching_one_r
   config_checks.drop_stale_workdir(config, str(tmp_path / 'same'))
   assert not (tmp_path / 'stale').exists()
   assert (tmp_path / 'same' / 'metrics.jsonl').exists()
-
-
-def _validation(model, recipe, accuracies, learning_rates=None):
-  """Tuning rows of ``recipe`` with the given validation accuracy for each grid point of
-  ``learning_rates`` (the latest round if None), in grid order."""
-  rows = protocol.tuning_rows(model, recipe, learning_rates or protocol.LEARNING_RATE_ROUNDS[-1])
-  assert len(rows) == len(accuracies)
-  return {r['id']: {**r, 'results': {'validation_accuracy': a}} for r, a in zip(rows, accuracies)}
 
 
 def test_a_wider_learning_rate_round_takes_over_only_once_it_has_finished():
