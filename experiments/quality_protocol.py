@@ -19,7 +19,7 @@ MODELS = ('cnn1d', 'mlp')
 # recipe's confirmation has finished, its seed-0 pick stands.
 CONFIRM_TOP = 3
 CONFIRM_SEEDS = (1, 2)
-STAGES = ('tune', 'final', 'study', 'robustness', 'cycle_warmup', 'long')
+STAGES = ('tune', 'final', 'study', 'robustness', 'long')
 TUNING_SPARSITY = 0.98
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
 SEEDS = (0, 1, 2, 3, 4)
@@ -95,17 +95,17 @@ STUDIES: Dict[str, Tuple[str, dict, Tuple[float, ...], str]] = {
 # (recipe 'dense' at sparsity 0, 30 epochs) and trains SPARSIFY_EPOCHS more.
 SPARSIFY_RECIPES = ('dense+gmp', 'pilot+gmp', 'pilot', 'dense', 'l1')
 SPARSIFY_EPOCHS = 5
-# The recommended recipe and its equal-epoch baseline on seeds nobody tuned on or reported
-# before (issue: a recipe collapsed on one of five fresh seeds): how often does it fail?
+# The 'robustness' stage (issue: the recommended recipe collapsed on one of five fresh
+# seeds). First the warmup of each IMP cycle's restarted learning-rate schedule (the
+# collapse: pilot+imp diverged two epochs after the third rewind) is tuned for the
+# recommended recipe and its equal-epoch baseline at their picked settings, on the
+# validation split and CYCLE_WARMUP_SEEDS, since a failure on one seed in five cannot
+# show on one; the best mean validation accuracy picks (a diverged run counts -1). 1 is
+# the config default, so its seed-0 run is the tuning run. Then both run at their picks
+# on ROBUSTNESS_SEEDS, which nobody tuned on or reported before: how often do they fail?
 ROBUSTNESS_RECIPES = ('pilot+imp', 'dense+imp')
 ROBUSTNESS_SEEDS = tuple(range(5, 25))
 ROBUSTNESS_SPARSITY = 0.98
-# The warmup of each IMP cycle's restarted learning-rate schedule (the issue's collapse:
-# pilot+imp diverged two epochs after the third rewind). Tuned for the IMP recipes at
-# their picked setting on the validation split, on CYCLE_WARMUP_SEEDS since a failure on
-# one seed in five cannot show on one; the best mean validation accuracy picks (a
-# diverged run counts -1). 1 is the config default, so its seed-0 run is the tuning run.
-CYCLE_WARMUP_RECIPES = ('pilot+imp', 'dense+imp')
 CYCLE_WARMUPS = (1, 3, 5)
 CYCLE_WARMUP_SEEDS = (0, 1, 2)
 
@@ -312,21 +312,22 @@ def cycle_warmup_groups(recorded: Dict[str, dict], model: str,
 
 
 def cycle_warmup_picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
-  """``recipe``'s picked setting with ``imp.warmup_epochs`` (always given) of the best
-  mean validation accuracy over CYCLE_WARMUP_SEEDS (ties go to the shorter); None until
-  all finished."""
+  """``recipe``'s picked setting with the ``imp.warmup_epochs`` of the best mean
+  validation accuracy over CYCLE_WARMUP_SEEDS (ties go to the shorter; the key is left
+  out at the default, 1, as in the tuning runs); None until all finished."""
   groups = cycle_warmup_groups(recorded, model, recipe)
   if not groups or any(r['id'] not in recorded for _, runs in groups for r in runs):
     return None
   means = [mean_validation_accuracy([recorded[r['id']] for r in runs]) for _, runs in groups]
-  best = CYCLE_WARMUPS[means.index(max(means))]
-  return {**picked(recorded, model, recipe), 'imp.warmup_epochs': best}
+  return _with_cycle_warmup(picked(recorded, model, recipe),
+                            CYCLE_WARMUPS[means.index(max(means))])
 
 
 def recipe_pick(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
-  """The setting the benchmark recommends for ``recipe``: :func:`picked`, with the tuned
-  cycle warmup for an IMP recipe once that tuning has finished."""
-  if recipe in CYCLE_WARMUP_RECIPES:
+  """The setting the benchmark recommends for ``recipe``, which its finals run at:
+  :func:`picked`, with the tuned cycle warmup for an IMP recipe once that tuning has
+  finished."""
+  if recipe in ROBUSTNESS_RECIPES:
     return cycle_warmup_picked(recorded, model, recipe) or picked(recorded, model, recipe)
   return picked(recorded, model, recipe)
 
@@ -364,7 +365,7 @@ def _recipe_rows(recorded: Dict[str, dict], models, stages, recipes) -> Iterator
       if 'tune' in stages:
         yield from tuning_rows(model, recipe)
         yield from confirmation_rows(recorded, model, recipe)
-      setting = picked(recorded, model, recipe)
+      setting = recipe_pick(recorded, model, recipe)
       if 'final' in stages and setting is not None:
         yield from final_rows(model, recipe, setting)
 
@@ -378,8 +379,6 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
     yield from _study_rows(recorded, models, workdir)
   if 'robustness' in stages:
     yield from _robustness_rows(recorded, models)
-  if 'cycle_warmup' in stages:
-    yield from _cycle_warmup_rows(recorded, models)
   if 'long' in stages:
     yield from _long_rows(recorded, models)
   yield from _recipe_rows(recorded, models, stages,
@@ -402,38 +401,27 @@ def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dic
           yield sparsify_row(model, recipe, setting, sparsity, start, workdir)
 
 
-def _robustness_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
-  for seed in ROBUSTNESS_SEEDS:
-    for model in models:
-      for recipe in ROBUSTNESS_RECIPES:
-        setting = picked(recorded, model, recipe)
-        if setting is not None:
-          yield row('robustness', model, recipe, {
-              **setting, 'sparsity': ROBUSTNESS_SPARSITY, 'seed': seed,
-              'finetune_epochs': FINETUNE_EPOCHS})
-
-
 def robustness_name(recipe: str, setting: dict) -> str:
-  """The study name of the cycle-warmup stage's robustness runs at ``setting``."""
-  return f"{recipe}, {setting['imp.warmup_epochs']}-epoch cycle warmup"
+  """The study name of the robustness runs at ``setting``."""
+  return f"{recipe}, {setting.get('imp.warmup_epochs', 1)}-epoch cycle warmup"
 
 
-def _cycle_warmup_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
-  """The cycle-warmup tuning, then ROBUSTNESS_SEEDS again for each IMP recipe at its
-  pick, and for pilot+imp also at the one-epoch warmup it had. These carry
+def _robustness_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
+  """The cycle-warmup tuning, then ROBUSTNESS_SEEDS for each IMP recipe at its pick,
+  and for pilot+imp also at the one-epoch warmup the fix replaces. These carry
   ``imp.warmup_epochs`` explicitly, so they are new runs even where the value is the
-  default: the robustness stage's runs were recorded on another machine, whose floating
-  point took other paths (seed 6 of pilot+imp finished there and diverges here), and
-  the fix is compared with what it fixes on one machine."""
+  default: the first robustness runs, without it, were recorded on another machine, whose
+  floating point took other paths (seed 6 of pilot+imp finished there and diverges
+  here), and the fix is compared with what it fixes on one machine."""
   for model in models:
-    for recipe in CYCLE_WARMUP_RECIPES:
+    for recipe in ROBUSTNESS_RECIPES:
       yield from cycle_warmup_rows(recorded, model, recipe)
   for model in models:
     settings = []  # (recipe, setting) in order of work, each pick with its warmup
-    for recipe in CYCLE_WARMUP_RECIPES:
+    for recipe in ROBUSTNESS_RECIPES:
       pick = cycle_warmup_picked(recorded, model, recipe)
       if pick is not None:
-        warmups = {pick['imp.warmup_epochs']} | ({1} if recipe == 'pilot+imp' else set())
+        warmups = {pick.get('imp.warmup_epochs', 1)} | ({1} if recipe == 'pilot+imp' else set())
         settings += [(recipe, {**pick, 'imp.warmup_epochs': epochs})
                      for epochs in sorted(warmups)]
     for seed in ROBUSTNESS_SEEDS:

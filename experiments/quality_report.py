@@ -156,7 +156,9 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
   """Per model and recipe: the tuning runs done of those planned, the learning rates the
   pick was made over (its :func:`~experiments.quality_protocol.tuning_round`), the pick's
   validation accuracy on seed 0 and, once its confirmation has finished, its mean over the
-  confirmation's seeds (:func:`~experiments.quality_protocol.picked_run`), and the pick."""
+  confirmation's seeds (:func:`~experiments.quality_protocol.picked_run`), and the pick
+  with an IMP recipe's tuned cycle warmup (:func:`~experiments.quality_protocol.recipe_pick`,
+  what the final runs use)."""
   by_id = {row['id']: row for row in rows}
   seeds = (0,) + protocol.CONFIRM_SEEDS
   lines = ['| model | recipe | runs | learning rates tuned | validation accuracy (98%), '
@@ -177,9 +179,8 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
         mean = f"{sum(r['id'] in by_id for r in confirming)}/{len(confirming)} runs"
       else:
         mean = f'{100 * confirmed_mean:.1f}'
-      shown = {k: v for k, v in best['overrides'].items()
-               if k not in ('model', 'eval_train', 'seed', 'sparsity', 'validation_fraction',
-                            'finetune_epochs', 'method', 'schedule')}
+      shown = {k: v for k, v in protocol.recipe_pick(by_id, model, recipe).items()
+               if k not in ('model', 'eval_train', 'method', 'schedule')}
       lines.append(f"| {model} | {recipe} | {done}/{len(planned)} | "
                    f"{', '.join(map(str, learning_rates))} | "
                    f"{100 * best['results'].get('validation_accuracy', float('nan')):.1f} | "
@@ -211,16 +212,21 @@ def paired_table(found, model: str, pairs, sparsities) -> List[str]:
 def recommended(rows: List[dict], model: str) -> Optional[str]:
   """The PILoT recipe with the best tuning validation accuracy on ``model`` among those
   whose tuning has finished (chosen on validation, never on test) and that collapsed or
-  diverged on none of the seeds run (final and robustness runs, after fine-tuning). While
+  diverged on none of the seeds run (final runs, and robustness runs at the recipe's
+  :func:`~experiments.quality_protocol.recipe_pick`; after fine-tuning). While
   a wider learning-rate round is under way, every recipe is judged over the grid of the
   earliest round any of them stands at, so all get the same tuning budget."""
   by_id = {row['id']: row for row in rows}
   found, failed = groups(rows, True), diverged(rows)
   rounds = {}
   for recipe in PILOT_FAMILY:
+    names = {recipe}  # its finals, and its robustness runs at the setting it is picked at
+    pick = protocol.recipe_pick(by_id, model, recipe)
+    if recipe in protocol.ROBUSTNESS_RECIPES and pick is not None:
+      names.add(protocol.robustness_name(recipe, pick))
     if any(collapsed(values) for (m, name, _), values in found.items()
-           if m == model and name == recipe) or any(
-               seeds for (m, name, _), seeds in failed.items() if m == model and name == recipe):
+           if m == model and name in names) or any(
+               seeds for (m, name, _), seeds in failed.items() if m == model and name in names):
       continue
     learning_rates = protocol.tuning_round(by_id, model, recipe)
     if learning_rates is not None:
@@ -386,9 +392,9 @@ def protocol_text() -> str:
       '- Every recipe trains 30 epochs with SGD (momentum 0.9), batch 128, a cosine '
       'learning rate after one warmup epoch; `imp` trains 30 epochs dense and then 30 per '
       f'cycle, {training_epochs("dense+imp")} epochs in all, so a PILoT recipe under '
-      '`imp` is also judged against `dense+imp`. The final runs and studies of the `imp` '
-      'recipes warm each cycle up over one epoch; the warmup per cycle was tuned after '
-      'them ("Robustness"), and only the robustness runs use its pick.',
+      '`imp` is also judged against `dense+imp`. Each `imp` cycle restarts the schedule '
+      'with its own warmup, tuned after the rest of the setting ("Robustness"); the final '
+      'runs use its pick.',
       '- Recipes are `method` (one-shot magnitude pruning after training) or '
       '`method+schedule` (`gmp`: the cubic schedule during training; `imp`: 3 cycles of '
       'prune and retrain with weight or learning-rate rewinding).',
@@ -420,12 +426,10 @@ def robustness_markdown(rows: List[dict]) -> str:
            'difference vs the baseline (t-test; Wilcoxon) |',
            '|---|---|---:|---:|---:|---:|---:|---|']
   for model in sorted({r['model'] for r in runs}):
-    names = sorted({r['study'] or r['recipe'] for r in runs if r['model'] == model},
+    names = sorted({r['study'] for r in runs if r['model'] == model},
                    key=lambda n: (not n.startswith(recipe), n))
     current = protocol.cycle_warmup_picked(recorded, model, baseline)
     base = protocol.robustness_name(baseline, current) if current else ''
-    if (model, base, sparsity) not in found:  # not rerun yet: the robustness stage's runs
-      base = baseline
     for name in names:
       values = found.get((model, name, sparsity), {})
       seeds = failed.get((model, name, sparsity), [])
@@ -433,15 +437,12 @@ def robustness_markdown(rows: List[dict]) -> str:
         continue
       median, worst, seed, collapses = spread(values, seeds)
       difference = ''
-      # The robustness stage's runs pair with its baseline; the reruns with the baseline's
-      # rerun at its pick.
-      against = baseline if name == recipe else base
-      result = (paired(values, found.get((model, against, sparsity), {}))
-                if name not in (baseline, base) else None)
+      result = (paired(values, found.get((model, base, sparsity), {}))
+                if name != base else None)
       if result is not None:
         difference = (f'median {result.median:+.1f}, mean {result.mean:+.1f} ± '
                       f'{result.sd:.1f} pp (p={result.p:.2g}; p={result.wilcoxon_p:.2g}), '
-                      f'n={result.n} vs {against}')
+                      f'n={result.n} vs {base}')
       lines.append(f'| {model} | {name} | {len(values) + len(seeds)} | {median} | {worst} '
                    f'(seed {seed}) | {collapses} | {len(seeds)} | {difference} |')
   tuning = cycle_warmup_table(recorded)
@@ -459,7 +460,7 @@ def cycle_warmup_table(recorded: Dict[str, dict]) -> List[str]:
   lines = ['| model | recipe | cycle warmup (epochs) | validation accuracy by seed | mean | '
            'picked |', '|---|---|---:|---|---:|---|']
   for model in ('cnn1d', 'mlp'):
-    for recipe in protocol.CYCLE_WARMUP_RECIPES:
+    for recipe in protocol.ROBUSTNESS_RECIPES:
       groups = protocol.cycle_warmup_groups(recorded, model, recipe)
       if not any(r['id'] in recorded and recorded[r['id']]['study']
                  for _, runs in groups for r in runs):
@@ -471,7 +472,7 @@ def cycle_warmup_table(recorded: Dict[str, dict]) -> List[str]:
                           f"{100 * r['results']['validation_accuracy']:.1f}" for r in done)
         mean = (f'{100 * np.mean([protocol.validation_accuracy(r) for r in done]):.1f}'
                 if len(done) == len(runs) else f'{len(done)}/{len(runs)} runs')
-        chosen = pick is not None and pick['imp.warmup_epochs'] == epochs
+        chosen = pick is not None and pick.get('imp.warmup_epochs', 1) == epochs
         lines.append(f'| {model} | {recipe} | {epochs} | {shown} | {mean} | '
                      f"{'yes' if chosen else ''} |")
   return lines if len(lines) > 2 else []

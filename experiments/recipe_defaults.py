@@ -58,7 +58,7 @@ PICKED: Dict[Tuple[str, str], Dict[str, object]] = {
                            'imp.rewind': 'learning_rate', 'imp.warmup_epochs': 5},
     ('mlp', 'pilot+imp'): {'learning_rate': 0.4, 'weight_decay': 3e-4, 'imp.cycles': 3,
                            'pilot.delta': 1.0, 'imp.rewind': 'learning_rate',
-                           'pilot.alpha': 3e-4, 'imp.warmup_epochs': 1},
+                           'pilot.alpha': 3e-4},
     ('mlp', 'mirror'): {'learning_rate': 0.2, 'weight_decay': 3e-3, 'pilot.delta': 1.0,
                         'pilot.alpha': 1e-3},
     ('mlp', 'cs'): {'learning_rate': 0.2, 'weight_decay': 3e-4, 'cs.l1_strength': 1e-3},

@@ -168,17 +168,20 @@ def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_
 
 def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the_tables(
     tmp_path):
-  record = protocol.Record(str(tmp_path))
-  assert not list(protocol.plan(record.rows, ['cnn1d'], ['robustness'], 'w'))  # untuned
-  record.rows.update(_tuning_record('cnn1d', 'pilot+imp', 0))
-  planned = list(protocol.plan(record.rows, ['cnn1d'], ['robustness'], 'w'))
-  setting = protocol.picked(record.rows, 'cnn1d', 'pilot+imp')
-  assert len(planned) == len(protocol.ROBUSTNESS_SEEDS) >= 20
+  assert not list(protocol.plan({}, ['cnn1d'], ['robustness'], 'w'))  # untuned
+  recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9] * 3] * 3)
+  recorded.update(_cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3] * 3))
+  planned = [r for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')
+             if r['stage'] == 'robustness']
+  assert len(planned) == 2 * len(protocol.ROBUSTNESS_SEEDS) and len(planned) >= 40
   assert not set(protocol.ROBUSTNESS_SEEDS) & set(protocol.SEEDS)
-  assert all(r['overrides'] == {**setting, 'model': 'cnn1d', 'eval_train': False,
-                                'sparsity': 0.98, 'seed': r['overrides']['seed'],
-                                'finetune_epochs': protocol.FINETUNE_EPOCHS} for r in planned)
-  rows = list(record.rows.values())
+  for r in planned:
+    setting = protocol.picked(recorded, 'cnn1d', r['recipe'])
+    assert r['overrides'] == {**setting, 'model': 'cnn1d', 'eval_train': False,
+                              'imp.warmup_epochs': 1, 'sparsity': 0.98,
+                              'seed': r['overrides']['seed'],
+                              'finetune_epochs': protocol.FINETUNE_EPOCHS}
+  rows = list(recorded.values())
   text = quality_report.write(rows, str(tmp_path / 'quality'))
   assert '## Robustness' not in text
   # Seeds 5-9: pilot+imp 90, 91, 92, 93 and a collapse to 70; dense+imp 89 on each.
@@ -187,7 +190,8 @@ def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the
     for recipe, value in (('pilot+imp', mine), ('dense+imp', 89.0)):
       overrides = {'model': 'cnn1d', 'sparsity': 0.98, 'seed': seed}
       robust.append({'id': f'{recipe}{seed}', 'stage': 'robustness', 'model': 'cnn1d',
-                     'recipe': recipe, 'study': None, 'overrides': overrides,
+                     'recipe': recipe, 'study': f'{recipe}, 1-epoch cycle warmup',
+                     'overrides': overrides,
                      'results': {'test_accuracy': value / 100,
                                  'test_accuracy_before_finetune': value / 100}})
   with_robust = quality_report.write(rows + robust, str(tmp_path / 'quality'))
@@ -195,9 +199,11 @@ def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the
   # Medians 91 and 89; seed 9 is 21 pp below its median: one collapse. Differences
   # 1, 2, 3, 4, -19: median +2.0, mean -1.8. Wilcoxon by hand: ranks 1-4 positive, 5
   # negative, W = 5; 10 of the 32 sign patterns have W+ <= 5, so p = 2 * 10 / 32.
-  assert ('| cnn1d | pilot+imp | 5 | 91.0 | 70.0 (seed 9) | 1 | 0 | median +2.0, mean -1.8 ± '
-          '9.7 pp (p=0.7; p=0.62), n=5 vs dense+imp |') in with_robust
-  assert '| cnn1d | dense+imp | 5 | 89.0 | 89.0 (seed 5) | 0 | 0 |  |' in with_robust
+  assert ('| cnn1d | pilot+imp, 1-epoch cycle warmup | 5 | 91.0 | 70.0 (seed 9) | 1 | 0 | '
+          'median +2.0, mean -1.8 ± 9.7 pp (p=0.7; p=0.62), n=5 vs dense+imp, 1-epoch cycle '
+          'warmup |') in with_robust
+  assert ('| cnn1d | dense+imp, 1-epoch cycle warmup | 5 | 89.0 | 89.0 (seed 5) | 0 | 0 |  |'
+          in with_robust)
 
 
 def test_distribution_cells_name_the_worst_seed_and_count_collapses():
@@ -285,22 +291,34 @@ def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_a
   table = '\n'.join(quality_report.cycle_warmup_table(recorded))
   assert '| cnn1d | pilot+imp | 1 | 90.0, 90.0, diverged | 26.7 |  |' in table
   assert '| cnn1d | pilot+imp | 3 | 89.0, 88.0, 87.0 | 88.0 | yes |' in table
-  # The robustness seeds run again at the pick and at the one epoch it replaces, with
-  # the key explicit: new runs, on one machine, never the robustness stage's.
-  again = [r for r in protocol.plan(recorded, ['cnn1d'], ['cycle_warmup'], 'w')
+  tuned = quality_report.tuned_table(list(recorded.values()), ['pilot+imp'], ['cnn1d'])
+  assert tuned[-1].endswith(', imp.warmup_epochs=3 |')
+  # The robustness seeds run at the pick and at the one epoch it replaces, with the key
+  # explicit: new runs on one machine, never those recorded without it elsewhere.
+  again = [r for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')
            if r['stage'] == 'robustness']
   assert [r['overrides']['seed'] for r in again] == [
       s for s in protocol.ROBUSTNESS_SEEDS for _ in range(2)]
   assert [(r['study'], r['overrides']['imp.warmup_epochs']) for r in again[:2]] == [
       ('pilot+imp, 1-epoch cycle warmup', 1), ('pilot+imp, 3-epoch cycle warmup', 3)]
-  old = {r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')}
-  assert not old & {r['id'] for r in again}
-  # Ties go to the shorter warmup; dense+imp runs at its pick alone.
+  setting_alone = {**setting, 'sparsity': 0.98, 'seed': 5, 'finetune_epochs': 5}
+  assert protocol.row('robustness', 'cnn1d', 'pilot+imp', setting_alone)['id'] not in {
+      r['id'] for r in again}
+  # The finals run at the tuned warmup: the setting the benchmark recommends.
+  finals = [r for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w')
+            if r['recipe'] == 'pilot+imp']
+  assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS)
+  assert all(r['overrides']['imp.warmup_epochs'] == 3 for r in finals)
+  # Ties go to the shorter warmup; dense+imp runs at its pick alone. At the default, one
+  # epoch, the pick leaves the key out, so finals recorded before this tuning still count.
   kept = _cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3, [0.8] * 3, [0.9] * 3])
-  assert protocol.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == {
-      **protocol.picked(kept, 'cnn1d', 'dense+imp'), 'imp.warmup_epochs': 1}
-  assert {r['study'] for r in protocol.plan(kept, ['cnn1d'], ['cycle_warmup'], 'w')
+  assert protocol.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == protocol.picked(
+      kept, 'cnn1d', 'dense+imp')
+  assert {r['study'] for r in protocol.plan(kept, ['cnn1d'], ['robustness'], 'w')
           if r['stage'] == 'robustness'} == {'dense+imp, 1-epoch cycle warmup'}
+  assert [r['overrides'] for r in protocol.plan(kept, ['cnn1d'], ['final'], 'w')] == [
+      r['overrides'] for r in protocol.final_rows(
+          'cnn1d', 'dense+imp', protocol.picked(kept, 'cnn1d', 'dense+imp'))]
   # An unfinished tuning falls back to the 30-epoch pick.
   del recorded[planned[-1]['id']]
   assert protocol.recipe_pick(recorded, 'cnn1d', 'pilot+imp') == setting
@@ -321,6 +339,27 @@ def test_a_diverged_run_is_a_collapse_and_bars_the_recommendation():
   # Median of the four that finished 91.5; the divergence is the worst and a collapse.
   assert quality_report.distribution_cell({0: 92.0, 1: 91.0, 2: 90.0, 3: 93.0}, [4]) == (
       '91.5 / diverged (s4) / 1')
+
+
+def test_a_collapse_on_the_robustness_seeds_bars_the_recommendation_at_the_pick_only():
+  recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9] * 3, [0.95] * 3, [0.9] * 3])
+  for planned in protocol.tuning_rows('cnn1d', 'pilot'):
+    recorded[planned['id']] = {**planned, 'results': {'validation_accuracy': 0.5}}
+  rows = list(recorded.values())
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+
+  def robust(warmup, values):
+    return [{'id': f'{warmup}-{seed}', 'stage': 'robustness', 'model': 'cnn1d',
+             'recipe': 'pilot+imp', 'study': f'pilot+imp, {warmup}-epoch cycle warmup',
+             'overrides': {'sparsity': 0.98, 'seed': seed},
+             'results': {'test_accuracy': value / 100}} for seed, value in enumerate(values, 5)]
+
+  # 70 is 21 pp below the median, 91: a collapse. At one epoch, the warmup the tuned three
+  # epochs replace, it does not count against the recipe; at its pick it does.
+  collapse = (90.0, 91.0, 92.0, 93.0, 70.0)
+  assert quality_report.recommended(rows + robust(1, collapse), 'cnn1d') == 'pilot+imp'
+  assert quality_report.recommended(rows + robust(3, collapse), 'cnn1d') == 'pilot'
+  assert quality_report.recommended(rows + robust(3, collapse[:4]), 'cnn1d') == 'pilot+imp'
 
 
 def test_the_rerun_robustness_table_pairs_each_warmup_with_the_baselines_pick():

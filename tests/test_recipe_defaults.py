@@ -38,21 +38,27 @@ def _config(**values):
 
 
 def test_the_named_recipe_takes_its_picks_under_the_command_lines_values():
-  config = _config(method='pilot', schedule='gmp', weight_decay=3e-3)  # as the flags set it
+  picked = recipe_defaults.PICKED[('cnn1d', 'pilot+gmp')]
+  config = _config(method='pilot', schedule='gmp', weight_decay=7e-3)  # as the flags set it
+  assert (config.pilot.alpha, config.pilot.delta) == (1e-3, 1.3)  # Algorithm 1's controller
   line = recipe_defaults.apply(config, {'method': 'pilot', 'schedule': 'gmp',
-                                        'weight_decay': 3e-3})
-  # default.py has Algorithm 1's controller (alpha 1e-3, delta 1.3); pilot+gmp picked 3e-4, 1.
-  assert (config.pilot.alpha, config.pilot.delta, config.learning_rate) == (3e-4, 1.0, 0.2)
-  assert config.weight_decay == 3e-3  # set on the command line: kept
-  assert 'pilot+gmp on cnn1d' in line and 'pilot.alpha=0.0003' in line
+                                        'weight_decay': 7e-3})
+  assert (config.pilot.alpha, config.pilot.delta, config.learning_rate) == (
+      picked['pilot.alpha'], picked['pilot.delta'], picked['learning_rate'])
+  assert picked['pilot.delta'] == 1.0  # validation picked a constant alpha
+  assert config.weight_decay == 7e-3 != picked['weight_decay']  # set on the command line
+  assert 'pilot+gmp on cnn1d' in line and f"pilot.alpha={picked['pilot.alpha']}" in line
   assert 'kept from the command line: weight_decay' in line
 
 
 def test_an_unrecorded_pair_takes_the_nearest_and_other_datasets_none():
   config = _config(method='l1', schedule='gmp', model='mlp')
   line = recipe_defaults.apply(config, {})
-  assert config.l1.strength == 1e-2 and config.weight_decay == 3e-4  # l1 on the MLP
-  assert config.gmp.end_fraction == 0.7  # dense+gmp on the MLP
+  own, schedule = recipe_defaults.PICKED[('mlp', 'l1')], recipe_defaults.PICKED[('mlp',
+                                                                                 'dense+gmp')]
+  assert (config.l1.strength, config.weight_decay, config.learning_rate) == (
+      own['l1.strength'], own['weight_decay'], own['learning_rate'])  # l1 on the MLP
+  assert config.gmp.end_fraction == schedule['gmp.end_fraction']  # dense+gmp on the MLP
   assert 'nearest recorded' in line
   cifar = _config(dataset='cifar10', model='resnet20', method='pilot', schedule='gmp')
   before = cifar.to_dict()
@@ -81,7 +87,9 @@ def test_the_sweep_runs_a_recipe_at_its_own_sparsity_with_its_picks_quietly(tmp_
   assert 'kept from the command line: weight_decay' in result.stdout
   with open(workdir / 'l1_0.9_s0' / 'results.json') as f:
     config = json.load(f)['config']
-  assert config['l1']['strength'] == 1e-2 and config['learning_rate'] == 0.4
+  picked = recipe_defaults.PICKED[('cnn1d', 'l1')]
+  assert (config['l1']['strength'], config['learning_rate']) == (picked['l1.strength'],
+                                                                 picked['learning_rate'])
   assert config['weight_decay'] == 3e-3 and config['sparsity'] == 0.9
   assert 'Generating mnist1d in' in result.stdout
   for noise in ('Downloading and preparing', 'downloaded and prepared'):

@@ -107,27 +107,20 @@ def test_configs_load_and_name_known_things(name):
 @pytest.mark.parametrize('model, told', [('cnn1d', {}), ('mlp', {
     'learning_rate': 0.4, 'weight_decay': 3e-4, 'pilot.alpha': 3e-4, 'imp.warmup_epochs': 1})])
 def test_the_recommended_config_is_what_validation_picked(model, told):
-  # The quality benchmark's record picks the recipe's setting; the config and its docstring
-  # must say the same. The benchmark recommends it (best validation accuracy among the PILoT
-  # recipes, no collapse) on the MLP; on the CNN, as the docstring says, its new setting
-  # collapsed at 99% and none of its 98% runs (the config's sparsity) did.
+  # The quality benchmark's record picks the recipe's setting, and recommends it (best
+  # validation accuracy among the PILoT recipes, no collapse); the config and its
+  # docstring must say the same.
   from experiments import quality_protocol, quality_report
   from experiments.configs import recommended
   rows = quality_protocol.Record(os.path.join(helpers.REPO, 'quality')).rows
-  current = quality_report.current(rows.values())
-  finals = [r for r in current if r['stage'] == 'final']
-  if model == 'mlp':
-    assert quality_report.recommended(current, model) == 'pilot+imp'
-  else:
-    found = quality_report.groups(finals)
-    assert len(quality_report.collapsed(found[(model, 'pilot+imp', 0.99)])) == 2
-    assert not quality_report.collapsed(found[(model, 'pilot+imp', 0.98)])
-    assert recommended.get_config().sparsity == 0.98
+  assert quality_report.recommended(quality_report.current(rows.values()), model) == 'pilot+imp'
   config = recommended.get_config()
   picked = quality_protocol.recipe_pick(rows, model, 'pilot+imp')
   del picked['eval_train']  # the benchmark skips evaluating on train; training is the same
   base = quality_protocol.RECIPES['pilot+imp'][0]
-  expected = quality_protocol.apply(recommended.get_config(), {**base, **picked})
+  # The default config with the pick, at the config's documented sparsity and fine-tuning.
+  expected = quality_protocol.apply(default.get_config(), {
+      **base, **picked, 'sparsity': 0.98, 'finetune_epochs': quality_protocol.FINETUNE_EPOCHS})
   quality_protocol.apply(config, {'model': model, **told})  # what the docstring tells users
   assert config.to_dict() == expected.to_dict()
 
