@@ -133,6 +133,9 @@ def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
   two = {0.98: _p(-1.9, 2.1, 0.12, 5), 0.99: _p(1.0, 1.0, 0.1, 5)}
   assert quality_report._verdict(two, 2.0) == (
       'missed by 1.0 pp (p=0.1, not significant)')
+  # Met at one sparsity, even where another has the larger mean within noise.
+  mixed = {0.98: _p(3.3, 0.9, 0.0014, 5), 0.99: _p(11.9, 14.7, 0.14, 5)}
+  assert quality_report._verdict(mixed, 2.0) == 'met'
 
 
 def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_are_paired(
