@@ -188,11 +188,18 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
   return lines
 
 
-def accuracy_table(found, model: str, names, sparsities) -> List[str]:
+def accuracy_table(found, model: str, names, sparsities, failed) -> List[str]:
+  """Mean ± sd of the finished runs per name and sparsity, and how many of the ``failed``
+  ({(model, name, sparsity): [seeds]}) runs diverged, so a row whose runs all diverged
+  still shows."""
   lines = ['| recipe | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities) + ' |',
            '|---|' + '---:|' * len(sparsities)]
   for name in names:
-    cells = [cell(found.get((model, name, s), {}).values()) for s in sparsities]
+    cells = []
+    for s in sparsities:
+      shown, count = cell(found.get((model, name, s), {}).values()), len(
+          failed.get((model, name, s), []))
+      cells.append('; '.join(filter(None, [shown, f'{count} diverged' if count else ''])))
     if any(cells):
       lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return lines
@@ -320,9 +327,9 @@ def markdown(rows: List[dict]) -> str:
     out += [f'## {model}: test accuracy (%), mean ± sd over seeds 0-4', '',
             'After training and pruning to the target (one-shot methods: pruned at the end '
             'with no recovery; gmp and imp: their last step):', '',
-            *accuracy_table(before, model, recipes, protocol.SPARSITIES), '',
+            *accuracy_table(before, model, recipes, protocol.SPARSITIES, failed), '',
             f'After {protocol.FINETUNE_EPOCHS} more epochs with the masks fixed:', '',
-            *accuracy_table(after, model, recipes, protocol.SPARSITIES), '',
+            *accuracy_table(after, model, recipes, protocol.SPARSITIES, failed), '',
             'Distribution over the seeds after fine-tuning: median / worst seed / collapses '
             f"(runs more than {COLLAPSE_PP:.0f} pp below the recipe's median):", '',
             *distribution_table(after, model, recipes, protocol.SPARSITIES, failed), '',
@@ -334,7 +341,7 @@ def markdown(rows: List[dict]) -> str:
             *paired_table(after, model, CLAIMS, protocol.SPARSITIES), '']
     study_sparsities = sorted({s for _, _, ss, _ in protocol.STUDIES.values() for s in ss})
     out += [f'### {model}: studies (after fine-tuning)', '',
-            *accuracy_table(after, model, list(protocol.STUDIES), study_sparsities), '',
+            *accuracy_table(after, model, list(protocol.STUDIES), study_sparsities, failed), '',
             'Paired against what each study changes:', '',
             *paired_table(after, model, [(name, base) for name, (_, _, _, base)
                                          in protocol.STUDIES.items()], study_sparsities), '']
@@ -345,7 +352,7 @@ def markdown(rows: List[dict]) -> str:
               'the learning rate and weight decay of its 30-epoch pick over learning rates '
               f"{{{', '.join(map(str, protocol.LONG_ROUND))}}}), test accuracy after "
               'fine-tuning:', '',
-              *accuracy_table(after, model, long, protocol.SPARSITIES), '',
+              *accuracy_table(after, model, long, protocol.SPARSITIES, failed), '',
               'Median / worst seed / collapses:', '',
               *distribution_table(after, model, long, protocol.SPARSITIES, failed), '',
               f'Paired against {protocol.long_name(REFERENCE)}, and against the same recipe '
@@ -356,7 +363,8 @@ def markdown(rows: List[dict]) -> str:
     sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
     out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '
             'epochs (+5 fine-tuning)', '',
-            *accuracy_table(after, model, ['dense start'] + sparsify, (0.0, 0.95, 0.98)), '',
+            *accuracy_table(after, model, ['dense start'] + sparsify, (0.0, 0.95, 0.98),
+                           failed), '',
             'Paired against GMP sparsifying the same trained model:', '',
             *paired_table(after, model, [(name, sparsify[0]) for name in sparsify[1:]],
                           (0.95, 0.98)), '']

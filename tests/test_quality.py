@@ -209,6 +209,19 @@ def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the
           in with_robust)
 
 
+def test_a_row_whose_runs_diverged_still_shows_in_the_accuracy_tables():
+  rows = [_final('cnn1d', 'pilot', 0.98, 0, 90.0), _final('cnn1d', 'pilot', 0.98, 1, 92.0)]
+  for seed in (0, 1):
+    rows.append({**_final('cnn1d', 'pilot', 0.98, seed, 0.0, 'sparsify trained: pilot'),
+                 'results': {'diverged': 'Non-finite loss at step 10'}})
+  rows.append({**_final('cnn1d', 'pilot', 0.98, 2, 0.0), 'id': 'gone',
+               'results': {'diverged': 'Non-finite loss at step 10'}})
+  text = quality_report.markdown(rows)
+  # 90% and 95% empty; at 98% seeds 0-1 give 91.0 ± 1.4 and seed 2 diverged.
+  assert '| pilot |  |  | 91.0 ± 1.4; 1 diverged |  |' in text
+  assert '| sparsify trained: pilot |  |  | 2 diverged |' in text  # every run diverged
+
+
 def test_distribution_cells_name_the_worst_seed_and_count_collapses():
   values = {0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}  # median 91; 67.5 is 23.5 below
   assert quality_report.collapsed(values) == [2]
