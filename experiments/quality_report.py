@@ -197,9 +197,9 @@ def accuracy_table(found, model: str, names, sparsities, failed) -> List[str]:
   for name in names:
     cells = []
     for s in sparsities:
-      shown, count = cell(found.get((model, name, s), {}).values()), len(
-          failed.get((model, name, s), []))
-      cells.append('; '.join(filter(None, [shown, f'{count} diverged' if count else ''])))
+      count = len(failed.get((model, name, s), []))
+      parts = [cell(found.get((model, name, s), {}).values()), f'{count} diverged' if count else '']
+      cells.append('; '.join(p for p in parts if p))
     if any(cells):
       lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return lines
