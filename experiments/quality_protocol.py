@@ -249,11 +249,8 @@ def picked_run(recorded: Dict[str, dict], model: str,
   if groups is not None:
     leader, runs = max(groups, key=lambda group: mean_validation_accuracy(group[1]))
     return recorded[leader['id']], mean_validation_accuracy(runs)
-  learning_rates = tuning_round(recorded, model, recipe)
-  if learning_rates is None:
-    return None
-  return max((recorded[r['id']] for r in tuning_rows(model, recipe, learning_rates)),
-             key=validation_accuracy), None
+  leaders = _leaders(recorded, model, recipe)
+  return (recorded[leaders[0]['id']], None) if leaders else None
 
 
 def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
@@ -286,6 +283,12 @@ def long_picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[
 
 def _with_cycle_warmup(setting: dict, epochs: int) -> dict:
   return {**setting, **({} if epochs == 1 else {'imp.warmup_epochs': epochs})}
+
+
+def cycle_warmup(setting: dict) -> int:
+  """The IMP cycle warmup of ``setting`` in epochs: 1, the config default, where
+  :func:`_with_cycle_warmup` left the key out."""
+  return setting.get('imp.warmup_epochs', 1)
 
 
 def cycle_warmup_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:
@@ -403,7 +406,7 @@ def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dic
 
 def robustness_name(recipe: str, setting: dict) -> str:
   """The study name of the robustness runs at ``setting``."""
-  return f"{recipe}, {setting.get('imp.warmup_epochs', 1)}-epoch cycle warmup"
+  return f'{recipe}, {cycle_warmup(setting)}-epoch cycle warmup'
 
 
 def _robustness_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
@@ -421,7 +424,7 @@ def _robustness_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
     for recipe in ROBUSTNESS_RECIPES:
       pick = cycle_warmup_picked(recorded, model, recipe)
       if pick is not None:
-        warmups = {pick.get('imp.warmup_epochs', 1)} | ({1} if recipe == 'pilot+imp' else set())
+        warmups = {cycle_warmup(pick)} | ({1} if recipe == 'pilot+imp' else set())
         settings += [(recipe, {**pick, 'imp.warmup_epochs': epochs})
                      for epochs in sorted(warmups)]
     for seed in ROBUSTNESS_SEEDS:

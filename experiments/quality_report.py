@@ -480,7 +480,7 @@ def cycle_warmup_table(recorded: Dict[str, dict]) -> List[str]:
                           f"{100 * r['results']['validation_accuracy']:.1f}" for r in done)
         mean = (f'{100 * np.mean([protocol.validation_accuracy(r) for r in done]):.1f}'
                 if len(done) == len(runs) else f'{len(done)}/{len(runs)} runs')
-        chosen = pick is not None and pick.get('imp.warmup_epochs', 1) == epochs
+        chosen = pick is not None and protocol.cycle_warmup(pick) == epochs
         lines.append(f'| {model} | {recipe} | {epochs} | {shown} | {mean} | '
                      f"{'yes' if chosen else ''} |")
   return lines if len(lines) > 2 else []
