@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs
 
-.PHONY: install demo regression quality test check docs bench clean
+.PHONY: install demo regression quality test check docs bench bench-sparse clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt csrc/sparse_kernels.cc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) -m benchmarks
+
+# Sparse inference only, quick (whole models at 95%): appends the run, with its CPU, to
+# benchmarks/sparse_runs.jsonl and rewrites BENCHMARKS.md's block of every recorded run.
+bench-sparse: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(PY) -m benchmarks.sparse_inference --quick --inference_repeats=10
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) *.egg-info .wheels docs/_build dist

@@ -7,15 +7,11 @@
 It also rewrites the training-cost table between README.md's ``<!-- bench -->`` markers.
 """
 
-import os
-import platform
 import time
 
 from absl import app
 from absl import flags
-import jax
-import optax
-
+from benchmarks import machine
 from benchmarks import sparse_inference
 from benchmarks import sparse_recovery
 from benchmarks import step_overhead
@@ -24,18 +20,6 @@ from benchmarks import update_cost
 flags.DEFINE_string('output', 'BENCHMARKS.md', 'Where to write the report.')
 flags.DEFINE_string('readme', 'README.md', 'Whose training-cost table to rewrite.')
 FLAGS = flags.FLAGS
-
-
-def _machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(row.split(':', 1)[1].strip() for row in f if row.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return (f'{cpu}, {os.cpu_count()} cores; {jax.device_count()} x {jax.devices()[0].device_kind} '
-          f'({jax.default_backend()}); Python {platform.python_version()}, jax {jax.__version__}, '
-          f'optax {optax.__version__}; {time.strftime("%Y-%m-%d")}')
 
 
 def _verdict(value, bound):
@@ -60,11 +44,11 @@ def training_targets(step_rows) -> list:
   return lines
 
 
-def targets(step_rows, inference_rows, recovery_rows) -> str:
-  """The targets of the pcs roadmap, met or missed (and by how much), from this run's rows."""
+def targets(step_rows, recovery_rows) -> str:
+  """The targets of the pcs roadmap, met or missed (and by how much), from this run's rows
+  (sparse inference's are with its recorded runs, one per machine)."""
   lines = ['## Targets', '', '| target | this run | verdict |', '|---|---|---|']
   lines += training_targets(step_rows)
-  lines += sparse_inference.verdicts(*inference_rows)
   for d in sorted({r['d'] for r in recovery_rows if r['d'] >= 10_000}):
     pcs_best = sparse_recovery.fastest(recovery_rows, d, prefix='pcs')
     highs = [r for r in recovery_rows if r['d'] == d and r['solver'].startswith('HiGHS')]
@@ -155,13 +139,13 @@ def main(argv):
   start = time.time()
   step_rows = step_overhead.run_all(FLAGS.repeats, FLAGS.conv_repeats)
   update_rows = update_cost.run(FLAGS.size, FLAGS.update_repeats)
-  inference_rows = sparse_inference.run(FLAGS.inference_repeats)
+  sparse_inference.record(sparse_inference.run(FLAGS.inference_repeats), FLAGS.sparse_record)
   recovery_rows = sparse_recovery.run([int(d) for d in FLAGS.recovery_dims],
                                       FLAGS.recovery_repeats)
-  machine, seconds = _machine(), time.time() - start
+  machine_line, seconds = machine.describe(), time.time() - start
   text = f"""# pcs benchmarks
 
-Machine: {machine}. Regenerate with `make bench` ({seconds:.0f} s for this run).
+Machine: {machine_line}. Regenerate with `make bench` ({seconds:.0f} s for this run).
 Every comparison is measured in one run, interleaved (variant A, B, C, A, B, C, ...), and reported
 as medians and ratios; absolute times are context only.
 
@@ -190,7 +174,9 @@ between runs.
 
 Outputs agree with the dense model (checked here and in tests/test_sparse_models.py).
 
-{sparse_inference.markdown(*inference_rows)}
+<!-- sparse-runs -->
+{sparse_inference.runs_markdown(FLAGS.sparse_record)}
+<!-- /sparse-runs -->
 
 ## Sparse recovery (`benchmarks/sparse_recovery.py`)
 
@@ -198,14 +184,14 @@ Outputs agree with the dense model (checked here and in tests/test_sparse_models
 
 {sparse_recovery.markdown(recovery_rows)}
 
-{targets(step_rows, inference_rows, recovery_rows)}
+{targets(step_rows, recovery_rows)}
 
 {why(update_rows, FLAGS.size)}"""
   with open(FLAGS.output, 'w') as f:
     f.write(text)
   with open(FLAGS.readme) as f:
     readme = f.read()
-  block = (f'{machine}; from the `make bench` run that wrote BENCHMARKS.md.\n\n'
+  block = (f'{machine_line}; from the `make bench` run that wrote BENCHMARKS.md.\n\n'
            f'{readme_block(step_rows)}')
   with open(FLAGS.readme, 'w') as f:
     f.write(replace_between(readme, 'bench', block))

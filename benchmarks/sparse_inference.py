@@ -1,29 +1,32 @@
 """Sparse inference against dense and against the CSR products a user would pick instead.
 
-Two parts, each timed interleaved (variant A, B, C, A, B, C, ...) with medians reported:
+Every part is timed interleaved (variant A, B, C, A, B, C, ...) in one process, with medians
+and the spread (half the interquartile range, as a share of the median) reported. Each run is
+appended with its machine to ``benchmarks/sparse_runs.jsonl``, and BENCHMARKS.md shows every
+recorded run and the targets over all of them: a figure that holds on one CPU only is not met.
 
-* **One layer** (4096 x 4096, magnitude-pruned to each sparsity, or 2:4): XLA's dense
-  dot, the pcs kernel (CSR, or N:M for 2:4), jax's BCSR (``jax.experimental.sparse``),
-  scipy.sparse CSR (single-threaded) and torch.sparse CSR (the CPU build, when installed:
-  ``pip install 'pcs[bench]'``). At batch 1 the memory-traffic bound is given too: the
-  bytes the CSR product must read (values, indices, row pointers, x) over the bandwidth
-  the dense product reaches (its 4 bytes per weight over its time).
-* **Convolutions**: every distinct Conv layer of ResNet-20 and the 1-D CNN at its real
-  input, XLA's dense convolution against the two ways pcs can take a sparse one: im2col
-  (strided slices stacked into a patch matrix, then the CSR product) and the direct
-  convolution on the padded input (the path pcs takes). This is the measurement behind
-  that choice.
-* **Fused ReLU**: the 4096 layer at 95% with ReLU fused into the kernel's store against
-  ReLU applied by XLA after it, which is what the adapters do (a Flax model applies its
-  activation outside the layer).
+* **One layer** (4096 x 4096 magnitude-pruned to each sparsity or 2:4, and the transformer MLP's
+  768 -> 3072 and 3072 -> 768 at 90%; batches 1, 16, 64, 256): XLA's dense dot, the pcs kernel
+  on device arrays (the faster of XLA's thread pool and the calling thread, as ``pcs.export``
+  measures and keeps), jax's BCSR, scipy.sparse CSR (single-threaded) and torch.sparse CSR
+  (the CPU build, when installed: ``pip install 'pcs[bench]'``). At batch 1 the bandwidth the
+  dense product reaches and the memory-traffic bound: the bytes the CSR product must read
+  (values, indices, row pointers, x) over that bandwidth.
 * **Whole models** (global magnitude pruning): the jitted dense model against
-  ``pcs.export(..., model=, inputs=)`` (the per-layer measured choice at that batch) and
-  ``pcs.sparse_apply``; for the MLPs also scipy CSR layer by layer.
+  ``pcs.export(..., model=, inputs=)`` called as README shows, ``exported.bind(model,
+  variables)``; for the 4096 MLP at batch 1 also a jitted ``pcs.sparse_apply`` given the
+  export as numpy arrays (copied on every call) and as device arrays; for the MLPs scipy CSR
+  layer by layer.
+* **Convolutions** (full run): every distinct Conv layer of ResNet-20 and the 1-D CNN at its
+  real input, XLA's dense convolution against im2col and the direct convolution.
+* **Fused ReLU** (full run): ReLU in the kernel's store against ReLU applied after it.
 
-  python -m benchmarks.sparse_inference [--inference_repeats=20]
+  python -m benchmarks.sparse_inference [--inference_repeats=20] [--quick]
 """
 
+import dataclasses
 import functools
+import json
 import operator
 import statistics
 import time
@@ -36,14 +39,24 @@ from absl import app
 from absl import flags
 
 import pcs
+from benchmarks import machine
 from experiments import models
 
 flags.DEFINE_integer('inference_repeats', 20, 'Timed calls per variant.')
+flags.DEFINE_bool('quick', False, 'Whole models at 95% only and no convolution study '
+                  '(`make bench-sparse`, a few minutes).')
+flags.DEFINE_string('sparse_record', 'benchmarks/sparse_runs.jsonl',
+                    'Where each run of this benchmark is appended, with its machine.')
+flags.DEFINE_string('sparse_output', 'BENCHMARKS.md',
+                    'Whose <!-- sparse-runs --> block to rewrite from every recorded run.')
 FLAGS = flags.FLAGS
 
 SPARSITIES = (0.8, 0.9, 0.95, 0.98, 0.99)
 BATCHES = (1, 16, 256)
+LAYER_BATCHES = (1, 16, 64, 256)
 LAYER = 4096
+# One layer: (fan_in, features, sparsities); the transformer MLP's two shapes at 90%.
+LAYERS = ((LAYER, LAYER, None), (768, 3072, (0.9,)), (3072, 768, (0.9,)))
 MODELS = (('MLP 784-4096-4096-10', lambda: models.MLP((4096, 4096, 10)), (784,), BATCHES),
           ('MLP 784-1024-1024-10', lambda: models.MLP((1024, 1024, 10)), (784,), BATCHES),
           ('ResNet-20', models.resnet20, (32, 32, 3), (1, 16)),
@@ -64,7 +77,8 @@ def _jax_call(fn, *args):
 
 
 def _medians(calls, repeats):
-  """Interleaved timing of ``{name: thunk}``; medians in ms."""
+  """Interleaved timing of ``{name: thunk}``: medians in ms, and under ``'spread'`` each
+  one's interquartile range as a fraction of its median."""
   for thunk in calls.values():
     thunk()
   times = {k: [] for k in calls}
@@ -73,54 +87,69 @@ def _medians(calls, repeats):
       start = time.perf_counter()
       thunk()
       times[key].append(time.perf_counter() - start)
-  return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+  out = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+  out['spread'] = {k: float(np.subtract(*np.quantile(v, [0.75, 0.25])) / np.median(v))
+                   for k, v in times.items()}
+  return out
 
 
-def _pruned_layer(rng, sparsity):
-  kernel = rng.normal(size=(LAYER, LAYER)).astype(np.float32)
+def _pruned_layer(rng, sparsity, fan_in=LAYER, features=LAYER):
+  kernel = rng.normal(size=(fan_in, features)).astype(np.float32)
   if sparsity == '2:4':
-    groups = kernel.T.reshape(LAYER, -1, 4)
+    groups = kernel.T.reshape(features, -1, 4)
     np.put_along_axis(groups, np.argsort(np.abs(groups), axis=-1)[..., :2], 0.0, axis=-1)
-    return groups.reshape(LAYER, LAYER).T.copy()
+    return groups.reshape(features, fan_in).T.copy()
   kernel[np.abs(kernel) < np.quantile(np.abs(kernel), sparsity)] = 0.0
   return kernel
 
 
 def layer_rows(repeats):
-  """One 4096 x 4096 layer at every sparsity and batch: ms per product for each peer."""
+  """One layer at every shape, sparsity and batch: ms per product for each peer. pcs is
+  timed on device arrays both on the thread pool and on the calling thread alone; its
+  figure is the faster of the two (the one ``pcs.export`` measures and keeps)."""
   rng, torch, rows = np.random.default_rng(0), _torch(), []
   sparse = pcs.sparse
   bcsr_module = __import__('jax.experimental.sparse', fromlist=['BCSR'])
-  for sparsity in SPARSITIES + ('2:4',):
-    kernel = _pruned_layer(rng, sparsity)
-    layer = sparse.nm(kernel, 2, 4) if sparsity == '2:4' else sparse.csr(kernel)
-    dense_w = jnp.asarray(kernel)
-    bcsr = bcsr_module.BCSR.fromdense(dense_w.T)
-    csr_t = scipy.sparse.csr_matrix(kernel.T)
-    for batch in BATCHES:
-      x = rng.normal(size=(batch, LAYER)).astype(np.float32)
-      xj = jnp.asarray(x)
-      ours = jax.jit(sparse.dense)
-      dense = jax.jit(lambda x, w: x @ w)
-      bcsr_fn = jax.jit(lambda x, m: (m @ x.T).T)
-      calls = {'dense': functools.partial(_jax_call, dense, xj, dense_w),
-               'pcs': functools.partial(_jax_call, ours, xj, layer),
-               'scipy': functools.partial(operator.matmul, csr_t, x.T)}
-      if batch < 256:  # jax's BCSR takes seconds per call at batch 256
-        calls['jax BCSR'] = functools.partial(_jax_call, bcsr_fn, xj, bcsr)
-      if torch is not None:
-        tx = torch.from_numpy(x.T.copy())
-        tdense = torch.from_numpy(kernel.T.copy())
-        calls['torch CSR'] = functools.partial(operator.matmul, tdense.to_sparse_csr(), tx)
-        calls['torch dense'] = functools.partial(operator.matmul, tdense, tx)
-      np.testing.assert_allclose(ours(xj, layer), x @ kernel, rtol=1e-3, atol=1e-3)
-      ms = _medians(calls, repeats if batch < 256 else max(3, repeats // 4))
-      row = {'sparsity': sparsity, 'batch': batch, **ms, 'pcs_kb': layer.nbytes / 1024}
-      if batch == 1:
-        bandwidth = kernel.nbytes / (ms['dense'] * 1e-3)  # bytes/s the dense GEMV reaches
-        moved = layer.nbytes + x.nbytes + 4 * LAYER
-        row['bound'] = 1e3 * moved / bandwidth
-      rows.append(row)
+  for fan_in, features, sparsities in LAYERS:
+    if sparsities is None:  # the 4096 layer: every sparsity, and 2:4
+      sparsities = SPARSITIES + ('2:4',)
+    for sparsity in sparsities:
+      kernel = _pruned_layer(rng, sparsity, fan_in, features)
+      layer = jax.device_put(sparse.nm(kernel, 2, 4) if sparsity == '2:4' else sparse.csr(kernel))
+      caller = dataclasses.replace(layer, threads=sparse._formats.THREADS_CALLER)  # pylint: disable=protected-access
+      dense_w = jnp.asarray(kernel)
+      bcsr = bcsr_module.BCSR.fromdense(dense_w.T)
+      csr_t = scipy.sparse.csr_matrix(kernel.T)
+      for batch in LAYER_BATCHES:
+        x = rng.normal(size=(batch, fan_in)).astype(np.float32)
+        xj = jnp.asarray(x)
+        ours = jax.jit(sparse.dense)
+        dense = jax.jit(lambda x, w: x @ w)
+        bcsr_fn = jax.jit(lambda x, m: (m @ x.T).T)
+        calls = {'dense': functools.partial(_jax_call, dense, xj, dense_w),
+                 'pcs pool': functools.partial(_jax_call, ours, xj, layer),
+                 'pcs caller': functools.partial(_jax_call, ours, xj, caller),
+                 'scipy': functools.partial(operator.matmul, csr_t, x.T)}
+        if batch < 64:  # jax's BCSR takes seconds per call at large batches
+          calls['jax BCSR'] = functools.partial(_jax_call, bcsr_fn, xj, bcsr)
+        if torch is not None:
+          tx = torch.from_numpy(x.T.copy())
+          tdense = torch.from_numpy(kernel.T.copy())
+          calls['torch CSR'] = functools.partial(operator.matmul, tdense.to_sparse_csr(), tx)
+          calls['torch dense'] = functools.partial(operator.matmul, tdense, tx)
+        for variant in (layer, caller):
+          np.testing.assert_allclose(ours(xj, variant), x @ kernel, rtol=1e-3, atol=1e-3)
+        ms = _medians(calls, repeats if batch < 64 else max(3, repeats // 4))
+        threads = min(('pcs pool', 'pcs caller'), key=ms.get)
+        row = {'shape': (fan_in, features), 'sparsity': sparsity, 'batch': batch, **ms,
+               'pcs': ms[threads], 'threads': threads.split()[1], 'pcs_kb': layer.nbytes / 1024}
+        row['spread']['pcs'] = row['spread'][threads]
+        if batch == 1:
+          bandwidth = kernel.nbytes / (ms['dense'] * 1e-3)  # bytes/s the dense GEMV reaches
+          moved = layer.nbytes + x.nbytes + 4 * features
+          row['bandwidth_gbs'] = bandwidth / 1e9
+          row['bound'] = 1e3 * moved / bandwidth
+        rows.append(row)
   return rows
 
 
@@ -222,24 +251,36 @@ def _sparse_apply(model, variables, exported, x):
   return pcs.sparse_apply(model, variables, exported, x, train=False)
 
 
-def model_rows(repeats):
-  """Whole models: dense jitted, pcs (measured per-layer choice), scipy CSR for MLPs."""
+def _on_host(exported):
+  """``exported`` with numpy arrays, as ``pcs.export`` returned them before 2026-12."""
+  return jax.tree.map(np.asarray, exported)
+
+
+def model_rows(repeats, sparsities=None):
+  """Whole models: dense jitted against ``exported.bind`` (the README's call), scipy CSR
+  layer by layer for the MLPs; for the 4096 MLP at batch 1 also ``pcs.sparse_apply``
+  under ``jax.jit`` given the export as numpy arrays (copied on every call) and as
+  device arrays. ``sparsities``: default ``SPARSITIES``."""
   rows = []
   for name, make_model, shape, batches in MODELS:
     model = make_model()
     variables = model.init(jax.random.key(0), jnp.zeros((1,) + shape), train=False)
     dense_fn = jax.jit(functools.partial(_apply, model))
     sparse_fn = jax.jit(functools.partial(_sparse_apply, model))
-    for sparsity in SPARSITIES:
+    for sparsity in sparsities or SPARSITIES:
       params, _ = pcs.prune(variables['params'], sparsity)
       pruned = {**variables, 'params': params}
       for batch in batches:
         x = jnp.asarray(np.random.default_rng(0).normal(size=(batch,) + shape), jnp.float32)
         exported = pcs.export(params, model=model, inputs=x, apply_kwargs={'train': False})
-        np.testing.assert_allclose(sparse_fn(pruned, exported, x), dense_fn(pruned, x),
-                                   rtol=1e-3, atol=1e-3)
+        bound = exported.bind(model, pruned, train=False)
+        np.testing.assert_allclose(bound(x), dense_fn(pruned, x), rtol=1e-3, atol=1e-3)
         calls = {'dense': functools.partial(_jax_call, dense_fn, pruned, x),
-                 'pcs': functools.partial(_jax_call, sparse_fn, pruned, exported, x)}
+                 'pcs': functools.partial(_jax_call, bound, x)}
+        if name == MODELS[0][0] and batch == 1:
+          calls['pcs numpy args'] = functools.partial(_jax_call, sparse_fn, pruned,
+                                                      _on_host(exported), x)
+          calls['pcs device args'] = functools.partial(_jax_call, sparse_fn, pruned, exported, x)
         if name.startswith('MLP'):
           calls['scipy'] = functools.partial(_scipy_mlp(params), np.asarray(x).T.copy())
         ms = _medians(calls, repeats if batch < 256 else max(3, repeats // 4))
@@ -285,27 +326,42 @@ def relu_markdown(relu) -> str:
   return '\n'.join(lines)
 
 
+def _spread(row, key):
+  return f" ±{50 * row['spread'][key]:.0f}%" if key in row.get('spread', {}) else ''
+
+
 def markdown(layer, whole, conv=(), relu=()) -> str:
-  """The two tables: speed-ups over dense (dense ms / variant ms; > 1 is faster)."""
-  lines = ['One 4096 x 4096 layer: speed-up over XLA\'s dense dot (torch CSR: over torch\'s '
-           'dense matmul); at batch 1 the memory-traffic bound of the CSR product.', '',
-           '| sparsity | batch | dense (ms) | pcs | scipy CSR | torch CSR | jax BCSR | '
-           'bound (ms) / pcs (ms) | pcs kernel (KiB) |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+  """The tables: speed-ups over dense (dense ms / variant ms; > 1 is faster), each with
+  half its interquartile range (±, as a share of its median time)."""
+  lines = ['One layer: speed-up over XLA\'s dense dot (torch CSR: over torch\'s dense matmul); '
+           'pcs on device arrays, the faster of the thread pool and the calling thread (which, '
+           'in "threads"); at batch 1 the bandwidth the dense product reaches and the '
+           'memory-traffic bound of the CSR product (the bytes it must read over that '
+           'bandwidth).', '',
+           '| layer | sparsity | batch | dense (ms) | pcs | threads | scipy CSR | torch CSR | '
+           'jax BCSR | dense GB/s | bound (ms) / pcs (ms) | pcs kernel (KiB) |',
+           '|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|']
   for r in layer:
-    torch = f"{r['torch dense'] / r['torch CSR']:.2f}x" if 'torch CSR' in r else '-'
+    torch = (f"{r['torch dense'] / r['torch CSR']:.2f}x{_spread(r, 'torch CSR')}"
+             if 'torch CSR' in r else '-')
     bound = f"{r['bound']:.3f} / {r['pcs']:.3f}" if 'bound' in r else '-'
+    gbs = f"{r['bandwidth_gbs']:.1f}" if 'bandwidth_gbs' in r else '-'
     label = r['sparsity'] if isinstance(r['sparsity'], str) else f"{r['sparsity']:.0%}"
-    lines.append(f"| {label} | {r['batch']} | {r['dense']:.3f} | {_ratio(r, 'pcs')} | "
-                 f"{_ratio(r, 'scipy')} | {torch} | {_ratio(r, 'jax BCSR')} | {bound} | "
-                 f"{r['pcs_kb']:.0f} |")
-  lines += ['', 'Whole models: speed-up over the dense jitted model (pcs: `pcs.export` with the '
-            'per-layer measured choice at that batch, then `pcs.sparse_apply`).', '',
-            '| model | sparsity | batch | dense (ms) | pcs | layers sparse | scipy CSR |',
-            '|---|---:|---:|---:|---:|---:|---:|']
+    lines.append(f"| {r['shape'][0]} -> {r['shape'][1]} | {label} | {r['batch']} | "
+                 f"{r['dense']:.3f} | {_ratio(r, 'pcs')}{_spread(r, 'pcs')} | {r['threads']} | "
+                 f"{_ratio(r, 'scipy')}{_spread(r, 'scipy')} | {torch} | "
+                 f"{_ratio(r, 'jax BCSR')} | {gbs} | {bound} | {r['pcs_kb']:.0f} |")
+  lines += ['', 'Whole models: speed-up over the dense jitted model. pcs: `pcs.export` with the '
+            'per-layer measured choice at that batch, called as README shows, '
+            '`exported.bind(model, variables)`. For the 4096 MLP at batch 1, the same export '
+            'through a jitted `pcs.sparse_apply` given numpy arrays (copied on every call) and '
+            'device arrays.', '',
+            '| model | sparsity | batch | dense (ms) | pcs (bind) | numpy args | device args | '
+            'layers sparse | scipy CSR |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in whole:
     lines.append(f"| {r['model']} | {r['sparsity']:.0%} | {r['batch']} | {r['dense']:.3f} | "
-                 f"{_ratio(r, 'pcs')} | {r['sparse_layers']}/{r['layers']} | "
+                 f"{_ratio(r, 'pcs')}{_spread(r, 'pcs')} | {_ratio(r, 'pcs numpy args')} | "
+                 f"{_ratio(r, 'pcs device args')} | {r['sparse_layers']}/{r['layers']} | "
                  f"{_ratio(r, 'scipy')} |")
   if conv:
     lines += ['', conv_markdown(conv)]
@@ -318,55 +374,116 @@ def _at(rows, **where):
   return next(r for r in rows if all(r.get(k) == v for k, v in where.items()))
 
 
+def _best_peer(row):
+  """The best peer's speed-up over dense in ``row``: scipy CSR or torch CSR."""
+  peers = {'scipy CSR': row['dense'] / row['scipy']}
+  if 'torch CSR' in row:
+    peers['torch CSR'] = row['torch dense'] / row['torch CSR']
+  return max(peers.items(), key=lambda item: item[1])
+
+
 def verdicts(layer, whole, conv=(), relu=()) -> list:
-  """The issue's targets, met or missed by how much, as table rows (``conv`` and
-  ``relu`` set no target)."""
+  """The targets of issue 29, met or missed, as table rows, each against the peers of
+  this same run (``conv`` and ``relu`` set no target)."""
   del conv, relu
   def line(target, value, met):
     return f'| {target} | {value} | {"met" if met else "missed"} |'
   out = []
+  for r in layer:
+    if r['batch'] != 1 or r['sparsity'] == '2:4':
+      continue
+    speed, (peer, best) = r['dense'] / r['pcs'], _best_peer(r)
+    out.append(line(f"one layer {r['shape'][0]} -> {r['shape'][1]}, {r['sparsity']:.0%}, "
+                    'batch 1: >= the best of scipy and torch CSR (goal 1.5x it)',
+                    f'{speed:.2f}x dense, {peer} {best:.2f}x ({speed / best:.2f}x it)',
+                    speed >= best))
+    if r['shape'] == (LAYER, LAYER) and r['sparsity'] in (0.9, 0.95):
+      out.append(line(f"... {r['sparsity']:.0%}: within 1.5x of the memory-traffic bound",
+                      f"{r['pcs'] / r['bound']:.2f}x the bound", r['pcs'] <= 1.5 * r['bound']))
+  for r in layer:
+    if r['batch'] > 1 and r['sparsity'] != '2:4' and 'torch CSR' in r:
+      ours, torch = r['dense'] / r['pcs'], r['torch dense'] / r['torch CSR']
+      out.append(line(f"one layer {r['shape'][0]} -> {r['shape'][1]}, {r['sparsity']:.0%}, "
+                      f"batch {r['batch']}: >= torch CSR", f'{ours:.2f}x vs {torch:.2f}x',
+                      ours >= torch))
   mlp = _at(whole, model='MLP 784-4096-4096-10', sparsity=0.95, batch=1)
   speed = mlp['dense'] / mlp['pcs']
-  out.append(line('MLP 784-4096-4096-10, 95%, batch 1: >= 5x dense (at least 3x)',
+  out.append(line('MLP 784-4096-4096-10, 95%, batch 1, called as README shows: >= 5x dense',
                   f'{speed:.2f}x', speed >= 5))
-  out.append(line('... and no slower than scipy', f"pcs {mlp['pcs']:.3f} ms, scipy "
-                  f"{mlp['scipy']:.3f} ms", mlp['pcs'] <= mlp['scipy']))
-  for sparsity, goal in ((0.9, 3), (0.95, 6), (0.99, 25)):
-    r = _at(layer, sparsity=sparsity, batch=1)
-    speed = r['dense'] / r['pcs']
-    peers = [r['dense'] / r['scipy']] + ([r['torch dense'] / r['torch CSR']]
-                                          if 'torch CSR' in r else [])
-    out.append(line(f'one 4096 layer, batch 1, {sparsity:.0%}: >= {goal}x dense and >= the '
-                    'best of scipy and torch', f'{speed:.2f}x (best peer {max(peers):.2f}x)',
-                    speed >= goal and speed >= max(peers)))
-  r = _at(layer, sparsity=0.95, batch=1)
-  out.append(line('one 4096 layer, 95%, batch 1: within 2x of the memory-traffic bound',
-                  f"{r['pcs'] / r['bound']:.2f}x the bound", r['pcs'] <= 2 * r['bound']))
-  mlp = _at(whole, model='MLP 784-4096-4096-10', sparsity=0.95, batch=256)
-  out.append(line('MLP 784-4096-4096-10, 95%, batch 256: >= 1.5x dense',
-                  f"{mlp['dense'] / mlp['pcs']:.2f}x", mlp['dense'] / mlp['pcs'] >= 1.5))
+  out.append(line('... and faster than scipy layer by layer', f"pcs {mlp['pcs']:.3f} ms, "
+                  f"scipy {mlp['scipy']:.3f} ms", mlp['pcs'] <= mlp['scipy']))
   resnet = _at(whole, model='ResNet-20', sparsity=0.95, batch=1)
   out.append(line('ResNet-20, 95%, batch 1: >= 1.5x dense',
                   f"{resnet['dense'] / resnet['pcs']:.2f}x",
                   resnet['dense'] / resnet['pcs'] >= 1.5))
   worst = min(whole, key=lambda r: r['dense'] / r['pcs'])
-  out.append(line('every exported model: never more than 5% slower than dense',
+  out.append(line('every exported model as its user calls it: >= 0.95x dense',
                   f"slowest: {worst['model']} {worst['sparsity']:.0%} batch {worst['batch']}, "
-                  f"{worst['dense'] / worst['pcs']:.2f}x", worst['pcs'] <= 1.05 * worst['dense']))
+                  f"{worst['dense'] / worst['pcs']:.2f}x", worst['dense'] / worst['pcs'] >= 0.95))
   return out
 
 
-def run(repeats: int):
-  """Every part: ``(layer rows, whole-model rows, conv rows, relu rows)``."""
+def run(repeats: int, quick: bool = False):
+  """Every part: ``(layer rows, whole-model rows, conv rows, relu rows)``; ``quick``:
+  whole models at 95% only, no convolution or ReLU study."""
+  if quick:
+    return layer_rows(repeats), model_rows(repeats, (0.95,)), [], []
   return layer_rows(repeats), model_rows(repeats), conv_rows(repeats), relu_rows(repeats)
+
+
+def record(rows, path: str) -> dict:
+  """Appends this run (its machine and rows) to the JSON-lines file ``path``."""
+  entry = {'machine': machine.describe(), 'cpu': machine.cpu_model(),
+           'rows': dict(zip(('layer', 'whole', 'conv', 'relu'), rows))}
+  with open(path, 'a') as f:
+    f.write(json.dumps(entry) + '\n')
+  return entry
+
+
+def _rows(entry):
+  """A recorded run's rows, with the layer shapes as tuples again."""
+  rows = entry['rows']
+  layer = [{**r, 'shape': tuple(r['shape'])} for r in rows['layer']]
+  return layer, rows['whole'], rows['conv'], rows['relu']
+
+
+def runs_markdown(path: str) -> str:
+  """Every recorded run (newest first, each with its machine, tables and targets), and a
+  table of the targets over all of them: a target is met only where it holds on each
+  machine that measured it."""
+  with open(path) as f:
+    entries = [json.loads(line) for line in f if line.strip()]
+  verdict_rows = [verdicts(*_rows(e)) for e in entries]
+  lines = [f'{len(entries)} recorded run(s) of `benchmarks/sparse_inference.py` '
+           f'(`{path}`), on: {", ".join(sorted({e["cpu"] for e in entries}))}.', '',
+           '### Targets on every machine', '',
+           '| target | runs met / measured | verdict |', '|---|---:|---|']
+  outcome: dict = {}
+  for rows in verdict_rows:
+    for row in rows:
+      target, verdict = row.split(' | ')[0].lstrip('| '), row.rsplit(' | ', 1)[1].strip(' |')
+      outcome.setdefault(target, []).append(verdict == 'met')
+  for target, met in outcome.items():
+    lines.append(f'| {target} | {sum(met)} / {len(met)} | '
+                 f'{"met on each" if all(met) else "missed"} |')
+  for entry, rows in reversed(list(zip(entries, verdict_rows))):
+    lines += ['', f'### {entry["machine"]}', '', markdown(*_rows(entry)), '',
+              '| target | this run | verdict |', '|---|---|---|', *rows]
+  return '\n'.join(lines)
 
 
 def main(argv):
   del argv
-  rows = run(FLAGS.inference_repeats)
+  rows = run(FLAGS.inference_repeats, FLAGS.quick)
+  record(rows, FLAGS.sparse_record)
   print(markdown(*rows))
   print('\n| target | this run | verdict |\n|---|---|---|')
   print('\n'.join(verdicts(*rows)))
+  from benchmarks import __main__ as bench  # pylint: disable=g-import-not-at-top
+  with open(FLAGS.sparse_output) as f:
+    text = f.read()
+  with open(FLAGS.sparse_output, 'w') as f:
+    f.write(bench.replace_between(text, 'sparse-runs', runs_markdown(FLAGS.sparse_record)))
 
 
 if __name__ == '__main__':

@@ -15,11 +15,14 @@
 // matrix is built (PcsCsrConv, PcsNmConv); 3-D convolutions go through im2col and the
 // products above.
 //
-// Rows are shared out over XLA's intra-op thread pool. No gradient is defined: the
-// kernels serve inference.
+// Rows are shared out over XLA's intra-op thread pool, or kept on the calling thread
+// when the call says so (`threads` = 1: pcs.export measures which is faster for each
+// layer on the machine it runs on, since handing work to a second thread can cost more
+// than the product). No gradient is defined: the kernels serve inference.
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -51,15 +54,23 @@ constexpr int64_t kRowsPerPanelBlock = 128;
 
 enum Activation : int64_t { kIdentity = 0, kRelu = 1 };
 
+// How long the caller spins on the last blocks before it sleeps: a helper finishing
+// within this wakes no one (a futex wake-up costs tens of microseconds).
+constexpr std::chrono::microseconds kSpinBeforeSleep{50};
+
+// Which threads a call may use: all of the pool's (kPool) or the calling thread alone.
+enum Threads : int64_t { kPool = 0, kCaller = 1 };
+
 // Runs body(begin, end) over [0, n) in blocks of `block`, on the pool and the caller.
-// The caller takes blocks too and returns once every block is done; helpers that start
-// late find no block left and only drop their reference to the shared counters.
+// The caller takes blocks too; once none is left it spins for the helpers' last blocks,
+// then sleeps until they are done. Helpers that start late find no block left and only
+// drop their reference to the shared counters.
 template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t block, int64_t work,
-                 const Body& body) {
+void ParallelFor(ffi::ThreadPool& pool, int64_t threads, int64_t n, int64_t block,
+                 int64_t work, const Body& body) {
   const int64_t blocks = (n + block - 1) / block;
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), blocks - 1);
-  if (work < kMinParallelWork || helpers <= 0) {
+  if (threads == kCaller || work < kMinParallelWork || helpers <= 0) {
     body(0, n);
     return;
   }
@@ -81,6 +92,11 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t block, int64_t work,
   };
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(run)(run));  // a copy each
   run();
+  const auto spin_until = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+  while (shared->done.load(std::memory_order_acquire) != blocks &&
+         std::chrono::steady_clock::now() < spin_until) {
+  }
+  if (shared->done.load(std::memory_order_acquire) == blocks) return;
   std::unique_lock<std::mutex> lock(shared->mutex);
   shared->finished.wait(lock, [&] { return shared->done.load() == blocks; });
 }
@@ -297,11 +313,11 @@ PCS_CLONES void PanelUnit(const Rows& rows, const float* x, int64_t x_stride,
 // are shared out panel-major, whole panels per task when there are panels enough to keep
 // every thread busy, so a panel read into cache serves many rows.
 template <typename Rows>
-void Product(ffi::ThreadPool& pool, const Rows& rows, const float* x, const float* bias,
-             int64_t features, int64_t fan_in, int64_t cols, int64_t nonzeros,
-             int64_t activation, float* y) {
+void Product(ffi::ThreadPool& pool, int64_t threads, const Rows& rows, const float* x,
+             const float* bias, int64_t features, int64_t fan_in, int64_t cols,
+             int64_t nonzeros, int64_t activation, float* y) {
   if (cols == 1) {
-    ParallelFor(pool, features, kRowsPerBlock, nonzeros, [&](int64_t r0, int64_t r1) {
+    ParallelFor(pool, threads, features, kRowsPerBlock, nonzeros, [&](int64_t r0, int64_t r1) {
       DotRows(rows, x, bias, activation, r0, r1, y);
     });
     return;
@@ -315,7 +331,7 @@ void Product(ffi::ThreadPool& pool, const Rows& rows, const float* x, const floa
   if (cols != width) {
     buffer.resize(panels * width * fan_in);
     float* panel_data = buffer.data();
-    ParallelFor(pool, fan_in, 64, fan_in * cols, [&](int64_t k0, int64_t k1) {
+    ParallelFor(pool, threads, fan_in, 64, fan_in * cols, [&](int64_t k0, int64_t k1) {
       Pack(x, fan_in, cols, width, k0, k1, panel_data);
     });
     packed = panel_data;
@@ -323,7 +339,7 @@ void Product(ffi::ThreadPool& pool, const Rows& rows, const float* x, const floa
   const int64_t block = cols > 8 ? kRowsPerPanelBlock : kRowsPerBlock;
   const int64_t row_blocks = (features + block - 1) / block;
   const int64_t per_task = panels >= 4 * (pool.num_threads() + 1) ? row_blocks : 1;
-  ParallelFor(pool, panels * row_blocks, per_task, nonzeros * cols, [&](int64_t u0, int64_t u1) {
+  ParallelFor(pool, threads, panels * row_blocks, per_task, nonzeros * cols, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t p = u / row_blocks, r0 = (u % row_blocks) * block;
       PanelUnit(rows, packed + p * fan_in * width, width, bias, cols, width, activation, r0,
@@ -407,7 +423,8 @@ PCS_CLONES void ConvUnits(const ConvRows& rows, const float* x, const float* bia
 
 // The convolution for rows whose pairs read kernel inputs `inputs[k]` (in the kernel's
 // (window, channels) order: input = (kh window_w + kw) C + c).
-void Convolve(ffi::ThreadPool& pool, const float* values, const std::vector<int64_t>& inputs,
+void Convolve(ffi::ThreadPool& pool, int64_t threads, const float* values,
+              const std::vector<int64_t>& inputs,
               const std::vector<int64_t>& starts, int64_t window_w, const float* x,
               const float* bias, const ConvShape& s, int64_t images, int64_t activation,
               float* y) {
@@ -420,7 +437,7 @@ void Convolve(ffi::ThreadPool& pool, const float* values, const std::vector<int6
   }
   const ConvRows rows{values, offsets.data(), starts.data()};
   const int64_t work = static_cast<int64_t>(inputs.size()) * images * s.ho * s.wo;
-  ParallelFor(pool, images * s.features, kRowsPerBlock, work, [&](int64_t u0, int64_t u1) {
+  ParallelFor(pool, threads, images * s.features, kRowsPerBlock, work, [&](int64_t u0, int64_t u1) {
     ConvUnits(rows, x, bias, s, activation, u0, u1, y);
   });
 }
@@ -437,6 +454,15 @@ ffi::Error Mismatch(const std::string& what) {
   return ffi::Error::InvalidArgument("pcs sparse kernel: " + what);
 }
 
+// Checks the attributes every handler takes.
+ffi::Error CheckOptions(int64_t activation, int64_t threads) {
+  if (activation != kIdentity && activation != kRelu) return Mismatch("unknown activation");
+  if (threads != kPool && threads != kCaller) {
+    return Mismatch("threads must be 0 (the pool) or 1 (the calling thread)");
+  }
+  return ffi::Error::Success();
+}
+
 // Checks that an operand's leading size is 1 (shared) or the instances' count.
 bool Shares(int64_t leading, int64_t instances) {
   return leading == 1 || leading == instances;
@@ -445,7 +471,8 @@ bool Shares(int64_t leading, int64_t instances) {
 ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                          ffi::Buffer<ffi::F32> values, ffi::AnyBuffer indices,
                          ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::F32> bias,
-                         ffi::ResultBuffer<ffi::F32> y, int64_t activation) {
+                         ffi::ResultBuffer<ffi::F32> y, int64_t activation,
+                         int64_t threads) {
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
   if (xd.size() < 2 || yd.size() != xd.size()) return Mismatch("x^T must be (..., fan_in, columns)");
@@ -467,7 +494,8 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (!narrow && indices.element_type() != ffi::DataType::S32) {
     return Mismatch("column indices must be uint16 or int32");
   }
-  if (activation != kIdentity && activation != kRelu) return Mismatch("unknown activation");
+  ffi::Error options = CheckOptions(activation, threads);
+  if (options.failure()) return options;
   for (int64_t i = 0; i < instances; ++i) {
     const float* xi = x.typed_data() + (xl == 1 ? 0 : i * fan_in * cols);
     float* yi = y->typed_data() + i * features * cols;
@@ -477,10 +505,10 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     const int64_t offset = il == 1 ? 0 : i * nnz;
     if (narrow) {
       CsrRows<uint16_t> rows{vi, static_cast<const uint16_t*>(indices.untyped_data()) + offset, pi};
-      Product(pool, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
+      Product(pool, threads, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
     } else {
       CsrRows<int32_t> rows{vi, static_cast<const int32_t*>(indices.untyped_data()) + offset, pi};
-      Product(pool, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
+      Product(pool, threads, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
     }
   }
   return ffi::Error::Success();
@@ -489,7 +517,7 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 // The shapes of a convolution call, checked: z (..., N, phases x C, Hq, Wq), y (..., N, F, Ho, Wo).
 ffi::Error ConvShapes(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions yd,
                       int64_t window_h, int64_t window_w, int64_t stride_h, int64_t stride_w,
-                      int64_t activation, ConvShape* s, int64_t* images) {
+                      ConvShape* s, int64_t* images) {
   if (xd.size() < 4 || yd.size() != xd.size()) {
     return Mismatch("the convolution takes z (..., N, phases x C, Hq, Wq) and gives "
                     "y (..., N, F, Ho, Wo)");
@@ -509,7 +537,6 @@ ffi::Error ConvShapes(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions 
       s->wo - 1 + (window_w - 1) / stride_w >= s->wq) {
     return Mismatch("the window and strides must fit the padded input");
   }
-  if (activation != kIdentity && activation != kRelu) return Mismatch("unknown activation");
   return ffi::Error::Success();
 }
 
@@ -517,13 +544,15 @@ ffi::Error CsrConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                        ffi::Buffer<ffi::F32> values, ffi::AnyBuffer indices,
                        ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::F32> bias,
                        ffi::ResultBuffer<ffi::F32> y, int64_t window_h, int64_t window_w,
-                       int64_t stride_h, int64_t stride_w, int64_t activation) {
+                       int64_t stride_h, int64_t stride_w, int64_t activation,
+                       int64_t threads) {
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
   ConvShape s;
   int64_t images;
-  ffi::Error error = ConvShapes(xd, yd, window_h, window_w, stride_h, stride_w, activation,
-                                &s, &images);
+  ffi::Error error = ConvShapes(xd, yd, window_h, window_w, stride_h, stride_w, &s, &images);
+  if (error.failure()) return error;
+  error = CheckOptions(activation, threads);
   if (error.failure()) return error;
   const int64_t nnz = values.dimensions().back();
   if (indptr.dimensions().back() != s.features + 1 || bias.dimensions().back() != s.features ||
@@ -552,7 +581,7 @@ ffi::Error CsrConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                          : static_cast<const int32_t*>(indices.untyped_data())[offset + k];
     }
     std::copy(pi, pi + s.features + 1, starts.begin());
-    Convolve(pool, values.typed_data() + (vl == 1 ? 0 : i * nnz), inputs, starts, window_w,
+    Convolve(pool, threads, values.typed_data() + (vl == 1 ? 0 : i * nnz), inputs, starts, window_w,
              x.typed_data() + (xl == 1 ? 0 : i * x_size),
              bias.typed_data() + (bl == 1 ? 0 : i * s.features), s, images, activation,
              y->typed_data() + i * y_size);
@@ -564,14 +593,15 @@ ffi::Error NmConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::U8> positions,
                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t n,
                       int64_t m, int64_t window_h, int64_t window_w, int64_t stride_h,
-                      int64_t stride_w, int64_t activation) {
+                      int64_t stride_w, int64_t activation, int64_t threads) {
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
   const auto vd = values.dimensions();
   ConvShape s;
   int64_t images;
-  ffi::Error error = ConvShapes(xd, yd, window_h, window_w, stride_h, stride_w, activation,
-                                &s, &images);
+  ffi::Error error = ConvShapes(xd, yd, window_h, window_w, stride_h, stride_w, &s, &images);
+  if (error.failure()) return error;
+  error = CheckOptions(activation, threads);
   if (error.failure()) return error;
   const int64_t fan_in = window_h * window_w * s.channels;
   if (vd.size() < 2 || n <= 0 || m <= n || m > 256 || fan_in % m != 0) {
@@ -597,7 +627,7 @@ ffi::Error NmConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   for (int64_t i = 0; i < instances; ++i) {
     const uint8_t* p = positions.typed_data() + (pl == 1 ? 0 : i * pairs);
     for (int64_t k = 0; k < pairs; ++k) inputs[k] = (k % kept) / n * m + p[k];
-    Convolve(pool, values.typed_data() + (vl == 1 ? 0 : i * pairs), inputs, starts, window_w,
+    Convolve(pool, threads, values.typed_data() + (vl == 1 ? 0 : i * pairs), inputs, starts, window_w,
              x.typed_data() + (xl == 1 ? 0 : i * x_size),
              bias.typed_data() + (bl == 1 ? 0 : i * s.features), s, images, activation,
              y->typed_data() + i * y_size);
@@ -608,7 +638,7 @@ ffi::Error NmConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 ffi::Error NmMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                         ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::U8> positions,
                         ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t n,
-                        int64_t m, int64_t activation) {
+                        int64_t m, int64_t activation, int64_t threads) {
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
   const auto vd = values.dimensions();
@@ -626,7 +656,8 @@ ffi::Error NmMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       yd[yd.size() - 1] != cols) {
     return Mismatch("values and positions must be (features, fan_in / M x N)");
   }
-  if (activation != kIdentity && activation != kRelu) return Mismatch("unknown activation");
+  ffi::Error options = CheckOptions(activation, threads);
+  if (options.failure()) return options;
   const int64_t instances = Leading(yd, 2), xl = Leading(xd, 2);
   const int64_t vl = Leading(vd, 2), pl = Leading(positions.dimensions(), 2);
   const int64_t bl = Leading(bias.dimensions(), 1);
@@ -638,7 +669,7 @@ ffi::Error NmMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     NmRows rows{values.typed_data() + (vl == 1 ? 0 : i * features * kept),
                 positions.typed_data() + (pl == 1 ? 0 : i * features * kept),
                 groups, n, m};
-    Product(pool, rows, x.typed_data() + (xl == 1 ? 0 : i * fan_in * cols),
+    Product(pool, threads, rows, x.typed_data() + (xl == 1 ? 0 : i * fan_in * cols),
             bias.typed_data() + (bl == 1 ? 0 : i * features), features, fan_in, cols,
             features * kept, activation, y->typed_data() + i * features * cols);
   }
@@ -658,7 +689,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrMatmul, pcs::CsrMatmulImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()  // row pointers (..., features+1)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias (..., features)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y^T (..., features, columns)
-                                  .Attr<int64_t>("activation"));
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmMatmul, pcs::NmMatmulImpl,
                               ffi::Ffi::Bind()
@@ -670,7 +702,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmMatmul, pcs::NmMatmulImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y^T (..., features, columns)
                                   .Attr<int64_t>("n")
                                   .Attr<int64_t>("m")
-                                  .Attr<int64_t>("activation"));
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrConv, pcs::CsrConvImpl,
                               ffi::Ffi::Bind()
@@ -685,7 +718,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrConv, pcs::CsrConvImpl,
                                   .Attr<int64_t>("window_w")
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("activation"));
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmConv, pcs::NmConvImpl,
                               ffi::Ffi::Bind()
@@ -701,4 +735,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmConv, pcs::NmConvImpl,
                                   .Attr<int64_t>("window_w")
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("activation"));
+                                  .Attr<int64_t>("activation")
+                                  .Attr<int64_t>("threads"));

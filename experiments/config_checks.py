@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 import ml_collections
 
 import pcs
+from experiments import collapse
 from experiments import datasets
 from experiments import models
 from experiments import optimizers
@@ -130,6 +131,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'lr_schedule', optimizers.LR_SCHEDULES)
   _choice(config, 'prune_scope', pcs.pruning.SCOPES)
   _choice(config, 'on_nonfinite', ON_NONFINITE)
+  _choice(config, 'on_collapse', collapse.ON_COLLAPSE)
+  _choice(config, 'pilot.alpha_control', optimizers.ALPHA_CONTROLS)
   _choice(config, 'param_sharding', sharding.PARAM_SHARDINGS)
   _real(config, 'sparsity', 0.0, 1.0, open_high=True)
   _real(config, 'validation_fraction', 0.0, 1.0, open_high=True)
@@ -144,7 +147,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _need(_lookup(config, key) <= config.num_epochs,
           f'config.{key} ({_lookup(config, key)}) must be <= config.num_epochs '
           f'({config.num_epochs}).')
-  for key in ('learning_rate', 'finetune_learning_rate', 'weight_decay'):
+  for key in ('learning_rate', 'finetune_learning_rate', 'weight_decay', 'clip_grad_norm'):
     _real(config, key, 0.0)
   _real(config, 'momentum', 0.0, 1.0, open_high=True)
   _need(config.imp.rewind_epoch <= config.num_epochs,
@@ -155,6 +158,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _real(config, 'gmp.frequency_epochs', 0.0)
   _real(config, 'pilot.delta', 1.0)
   _real(config, 'pilot.alpha_until', 0.0, 1.0)
+  _real(config, 'pilot.negligible_mass', 0.0, 1.0, open_high=True)
+  _need(config.pilot.alpha_control != 'target' or config.sparsity > 0,
+        "config.pilot.alpha_control='target' aims alpha at config.sparsity, which must be > 0; "
+        f'got {config.sparsity!r}.')
   # The transforms check their own hyperparameters and name them.
   optimizers.make_optimizer(config, steps_per_epoch=1)
 

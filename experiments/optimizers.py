@@ -36,11 +36,22 @@ def learning_rate_schedule(config, steps_per_epoch: int, warmup_epochs: int) -> 
   raise ValueError(f'`lr_schedule` must be one of {LR_SCHEDULES}; got {config.lr_schedule!r}.')
 
 
+ALPHA_CONTROLS = ('paper', 'target')
+
+
 def _pilot_alpha(config, steps_per_epoch):
-  """Algorithm 1's controller when ``pilot.delta > 1``; else the constant ``pilot.alpha``,
-  set to 0 after the fraction ``pilot.alpha_until`` of training (the bias it built
-  persists once alpha stops: a_t stays where it got to)."""
+  """With ``pilot.alpha_control='target'``, the target-aware controller
+  (``pcs.target_alpha_controller``: Algorithm 1, or a constant alpha at ``pilot.delta =
+  1``, until the weights are effectively as sparse as ``sparsity``, then 0). With
+  ``'paper'``: Algorithm 1's controller when ``pilot.delta > 1``; else the constant
+  ``pilot.alpha``, set to 0 after the fraction ``pilot.alpha_until`` of training (the
+  bias it built persists once alpha stops: a_t stays where it got to)."""
   c = config.pilot
+  if c.alpha_control == 'target':
+    return pcs.target_alpha_controller(
+        c.alpha, target_sparsity=config.sparsity, delta=c.delta,
+        steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs,
+        l1_threshold=c.l1_threshold, negligible_mass=c.negligible_mass)
   if c.delta > 1:
     return pcs.alpha_controller(c.alpha, delta=c.delta, steps_per_epoch=steps_per_epoch,
                                 num_epochs=config.num_epochs, l1_threshold=c.l1_threshold)
@@ -94,6 +105,10 @@ def _gmp(config, tx, total, steps_per_epoch):
 
 
 def _finish(config, tx):
+  """``tx`` after global-norm clipping at ``clip_grad_norm`` (0: none), with the
+  ``on_nonfinite='skip'`` guard."""
+  if config.clip_grad_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
   if config.on_nonfinite == 'skip':
     tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_nonfinite_steps)
   return optax.with_extra_args_support(tx)

@@ -31,6 +31,7 @@ work is ordered so that the headline (GMP against PILoT inside GMP) finishes fir
 
 from experiments import quiet  # first: it quiets TensorFlow before TensorFlow loads
 
+import collections
 import json
 import os
 import shutil
@@ -57,13 +58,15 @@ flags.DEFINE_list('recipes', [], 'Only the runs of these recipes (names as in '
 flags.DEFINE_float('max_hours', 0.0, 'Stop starting runs after this long (0: no limit).')
 flags.DEFINE_integer('num_workers', 1, 'Processes sharing the work (one per core).')
 flags.DEFINE_integer('worker', 0, 'This process: 0 .. num_workers - 1.')
+flags.DEFINE_bool('dry_run', False, 'Print the runs the plan has left now, by stage and '
+                  'study, and run none (final runs of a pick a confirmation moves come after).')
 
 def _summary(results: dict) -> dict:
   keep = ('achieved_sparsity', 'eval_split', 'validation_accuracy', 'test_accuracy',
           'validation_accuracy_before_finetune', 'test_accuracy_before_finetune',
           'validation_accuracy_before_first_prune', 'test_accuracy_before_first_prune',
           'validation_accuracy_before_final_prune', 'test_accuracy_before_final_prune',
-          'train_accuracy', 'wall_time_s')
+          'train_accuracy', 'wall_time_s', 'collapsed')
   return {k: results[k] for k in keep if k in results}
 
 
@@ -88,13 +91,29 @@ def execute(record: protocol.Record, workdir: str, row: dict) -> Optional[dict]:
     results = train.train_and_evaluate(config, path)
   except train.NonFiniteError as error:  # a diverged setting is a result, not a crash
     results = {'diverged': str(error)[:200]}
-  row = {**row, 'results': _summary(results) if 'diverged' not in results else results}
+  except train.CollapseError as error:  # so is a collapse (experiments/collapse.py)
+    results = {'collapsed': str(error)[:300]}
+  row = {**row, 'results': _summary(results) if 'achieved_sparsity' in results else results}
   record.add(row)
   checkpoints = os.path.join(path, 'checkpoints')
   for phase in os.listdir(checkpoints) if os.path.isdir(checkpoints) else ():
     if phase != 'final':  # only the final weights are read again (init_checkpoint)
       shutil.rmtree(os.path.join(checkpoints, phase), ignore_errors=True)
   return row
+
+
+def todo(record: protocol.Record) -> list:
+  """The planned runs that ``record`` lacks, of FLAGS.recipes if given, in order of work."""
+  return [r for r in protocol.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
+          if r['id'] not in record.rows and (not FLAGS.recipes or r['recipe'] in FLAGS.recipes)]
+
+
+def dry_run(runs: list) -> str:
+  """How many ``runs`` there are, in all and per (stage, model, study or recipe)."""
+  counts = collections.Counter((r['stage'], r['model'], r['study'] or r['recipe'])
+                               for r in runs)
+  return '\n'.join([f'{len(runs)} runs left to make:'] + [
+      f'  {count:4d}  {stage} {model} {name}' for (stage, model, name), count in counts.items()])
 
 
 def mine(row: dict) -> bool:
@@ -110,18 +129,20 @@ def main(argv):
     protocol.check_recipes(FLAGS.recipes)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
+  if FLAGS.dry_run:
+    print(dry_run(todo(protocol.Record(FLAGS.record))))
+    return
   quiet.apply()
   start, done = time.time(), 0
   while True:  # re-plan after each run: finished tuning unlocks final runs
     record = protocol.Record(FLAGS.record)  # re-read: other workers append to it
-    todo = [r for r in protocol.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
-            if r['id'] not in record.rows and (not FLAGS.recipes or r['recipe'] in FLAGS.recipes)]
-    if not todo:
+    left = todo(record)
+    if not left:
       break
     if FLAGS.max_hours and time.time() - start > 3600 * FLAGS.max_hours:
       print(f'Stopping after {FLAGS.max_hours} h; rerun to continue.')
       break
-    own = next((r for r in todo if mine(r)), None)
+    own = next((r for r in left if mine(r)), None)
     if own is None:  # the other workers' runs may finish a tuning and unlock runs of ours
       time.sleep(30)
       continue

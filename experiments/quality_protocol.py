@@ -9,16 +9,26 @@ import hashlib
 import itertools
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from experiments import failures
 
 MODELS = ('cnn1d', 'mlp')
+NUM_CLASSES = 10  # mnist1d's: chance accuracy, for experiments.failures
 # One seed is not enough to pick on: the second round picked, on validation seed 0, a
 # learning rate at which other seeds of four CNN recipes fail. So the CONFIRM_TOP best
-# settings of each recipe's seed-0 tuning run again on CONFIRM_SEEDS, and the best mean
-# validation accuracy over the three seeds picks (a diverged run counts -1). Until a
-# recipe's confirmation has finished, its seed-0 pick stands.
+# settings of each recipe's seed-0 tuning run again on more validation seeds, and a rule
+# over all of them picks, in rounds of (seeds besides 0, rule). The first round took the
+# best mean over seeds 0-2 (a diverged run counts -1); that still chose learning rates at
+# the edge of stability (issue 32), so the second takes the best median over seeds 0-4
+# among the settings with no failed seed (experiments.failures; if every leader failed
+# somewhere, the best worst seed). A recipe keeps its previous round's pick until its new
+# round has finished, and its seed-0 pick until the first has.
 CONFIRM_TOP = 3
-CONFIRM_SEEDS = (1, 2)
+CONFIRM_ROUNDS = (((1, 2), 'mean'), ((1, 2, 3, 4), 'median'))
+CONFIRM_SEEDS = CONFIRM_ROUNDS[-1][0]
 STAGES = ('tune', 'final', 'study', 'robustness', 'long')
 TUNING_SPARSITY = 0.98
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
@@ -209,24 +219,25 @@ def _leaders(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:
   return sorted(planned, key=lambda r: -validation_accuracy(recorded[r['id']]))[:CONFIRM_TOP]
 
 
-def _confirming(model: str, recipe: str, leader: dict) -> List[dict]:
-  """The validation runs of the seed-0 tuning run ``leader``'s setting on CONFIRM_SEEDS."""
+def _confirming(model: str, recipe: str, leader: dict, seeds=CONFIRM_SEEDS) -> List[dict]:
+  """The validation runs of the seed-0 tuning run ``leader``'s setting on ``seeds``."""
   return [row('tune', model, recipe, {**leader['overrides'], 'seed': seed},
-              f'{recipe} confirmation') for seed in CONFIRM_SEEDS]
+              f'{recipe} confirmation') for seed in seeds]
 
 
 def confirmation_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:
   """The leading settings of the seed-0 tuning (:func:`_leaders`), each on
-  CONFIRM_SEEDS, in order of the leaders and then the seeds."""
+  CONFIRM_SEEDS (the latest round's), in order of the leaders and then the seeds."""
   return [r for leader in _leaders(recorded, model, recipe)
           for r in _confirming(model, recipe, leader)]
 
 
-def confirmed(recorded: Dict[str, dict], model: str,
-              recipe: str) -> Optional[List[Tuple[dict, List[dict]]]]:
-  """``[(leader, its runs on seed 0 and CONFIRM_SEEDS)]`` once every confirmation run of
-  the recipe is recorded; None before."""
-  groups = [(leader, [recorded.get(r['id']) for r in [leader, *_confirming(model, recipe, leader)]])
+def confirmed(recorded: Dict[str, dict], model: str, recipe: str,
+              seeds=CONFIRM_SEEDS) -> Optional[List[Tuple[dict, List[dict]]]]:
+  """``[(leader, its runs on seed 0 and seeds)]`` once every one of those runs of the
+  recipe is recorded; None before."""
+  groups = [(leader, [recorded.get(r['id'])
+                      for r in [leader, *_confirming(model, recipe, leader, seeds)]])
             for leader in _leaders(recorded, model, recipe)]
   if not groups or any(run is None for _, runs in groups for run in runs):
     return None
@@ -238,17 +249,57 @@ def mean_validation_accuracy(runs: List[dict]) -> float:
   return sum(validation_accuracy(r) for r in runs) / len(runs)
 
 
+def seed_accuracies(runs: List[dict]) -> Dict[int, Optional[float]]:
+  """``{seed: validation accuracy}`` of ``runs``, None for a run that diverged or
+  collapsed (it has no accuracy)."""
+  return {r['overrides']['seed']: r['results'].get('validation_accuracy') for r in runs}
+
+
+class Confirmation(NamedTuple):
+  """How a confirmed setting did on its validation seeds (accuracies as fractions)."""
+  rule: str          # 'mean' or 'median': the round's rule, and what ``value`` is
+  seeds: tuple       # seed 0 and the round's
+  value: float
+  worst: float       # the worst seed; -1 for a run with no accuracy
+  failed: int        # runs failed by experiments.failures
+
+
+def confirmation(runs: List[dict], rule: str) -> Confirmation:
+  """The :class:`Confirmation` of one setting's ``runs`` under ``rule``."""
+  values = seed_accuracies(runs)
+  finished = [v for v in values.values() if v is not None]
+  value = (mean_validation_accuracy(runs) if rule == 'mean' else
+           float(np.median(finished)) if finished else -1.0)
+  return Confirmation(rule, tuple(sorted(values)), value,
+                      min(-1.0 if v is None else v for v in values.values()),
+                      len(failures.failed(values, NUM_CLASSES)))
+
+
+def choose(groups: List[Tuple[dict, List[dict]]], rule: str) -> Tuple[dict, Confirmation]:
+  """The leader ``rule`` picks among ``groups`` (``[(leader, runs)]``, best seed 0 first;
+  ties go to the earlier): 'mean', the best mean; 'median', the best median of the
+  leaders with no failed run, or the best worst seed if each failed somewhere."""
+  scored = [(leader, confirmation(runs, rule)) for leader, runs in groups]
+  if rule == 'median':
+    clean = [group for group in scored if not group[1].failed]
+    if not clean:
+      return max(scored, key=lambda group: group[1].worst)
+    scored = clean
+  return max(scored, key=lambda group: group[1].value)
+
+
 def picked_run(recorded: Dict[str, dict], model: str,
-               recipe: str) -> Optional[Tuple[dict, Optional[float]]]:
-  """The recorded seed-0 tuning run of ``recipe``'s pick on ``model``, and its mean
-  validation accuracy over seed 0 and CONFIRM_SEEDS (None until confirmed). Of the leading
-  settings of its :func:`tuning_round`, the best mean picks (ties go to the better on seed
-  0); until that confirmation has finished, the best on seed 0 (ties go to the first in
-  grid order). None until a round has finished."""
-  groups = confirmed(recorded, model, recipe)
-  if groups is not None:
-    leader, runs = max(groups, key=lambda group: mean_validation_accuracy(group[1]))
-    return recorded[leader['id']], mean_validation_accuracy(runs)
+               recipe: str) -> Optional[Tuple[dict, Optional[Confirmation]]]:
+  """The recorded seed-0 tuning run of ``recipe``'s pick on ``model``, and how it did on
+  its confirmation (None before the first round of CONFIRM_ROUNDS has finished). Of the
+  leading settings of its :func:`tuning_round`, the latest finished round's rule picks
+  (:func:`choose`); before any, the best on seed 0 (ties go to the first in grid order).
+  None until a tuning round has finished."""
+  for seeds, rule in reversed(CONFIRM_ROUNDS):
+    groups = confirmed(recorded, model, recipe, seeds)
+    if groups is not None:
+      leader, result = choose(groups, rule)
+      return recorded[leader['id']], result
   leaders = _leaders(recorded, model, recipe)
   return (recorded[leaders[0]['id']], None) if leaders else None
 

@@ -1,12 +1,13 @@
 """QUALITY.md, its plot and its verdicts, from the quality benchmark's ``runs.jsonl``.
 
 Every figure is computed here from the recorded runs: means and sample standard
-deviations over seeds; medians, worst seeds and collapses (runs more than COLLAPSE_PP
-below their recipe's median); and paired differences (same model, sparsity and seed)
-with a two-sided paired t-test (Student, 1908; ``scipy.stats.ttest_rel``) and a Wilcoxon
-signed-rank test (Wilcoxon, 1945; exact for small samples), which an outlier cannot
-swing as it swings a mean. With 5 seeds the exact two-sided Wilcoxon p cannot go below
-2/32 = 0.0625, so the verdicts' significance is the t-test's.
+deviations over seeds; medians, worst seeds and failed runs (:mod:`experiments.failures`:
+diverged, at chance, or more than 10 pp under the median of their cell); and paired
+differences (same model, sparsity and seed) with a two-sided paired t-test (Student, 1908;
+``scipy.stats.ttest_rel``) and a Wilcoxon signed-rank test (Wilcoxon, 1945; exact for
+small samples), which an outlier cannot swing as it swings a mean. With 5 seeds the exact
+two-sided Wilcoxon p cannot go below 2/32 = 0.0625, so the verdicts' significance is the
+t-test's.
 """
 
 import collections
@@ -15,6 +16,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional
 
 import numpy as np
 
+from experiments import failures
 from experiments import quality_protocol as protocol
 
 PILOT_FAMILY = ('pilot', 'pilot+gmp', 'pilot+imp', 'mirror')
@@ -37,7 +39,7 @@ def training_epochs(recipe: str) -> int:
 
 def _accuracy(row: dict, after_finetune: bool) -> Optional[float]:
   results = row['results']
-  if 'diverged' in results:
+  if _stopped(row):
     return None
   key = 'test_accuracy' if after_finetune else 'test_accuracy_before_finetune'
   return 100 * results[key] if results.get(key) is not None else None
@@ -57,12 +59,18 @@ def groups(rows: Iterable[dict], after_finetune: bool = True) -> Dict[tuple, Dic
   return out
 
 
+def _stopped(row: dict) -> bool:
+  """Whether the run stopped without an accuracy: a non-finite loss, or a collapse."""
+  return 'diverged' in row['results'] or 'collapsed' in row['results']
+
+
 def diverged(rows: Iterable[dict]) -> Dict[tuple, List[int]]:
   """{(model, name, sparsity): [seeds]} of the final, study and robustness runs that
-  diverged (stopped on a non-finite loss): each is a failure the accuracies leave out."""
+  diverged (stopped on a non-finite loss or a collapse): each is a failure the
+  accuracies leave out."""
   out: Dict[tuple, List[int]] = collections.defaultdict(list)
   for row in rows:
-    if row['stage'] != 'tune' and 'diverged' in row['results']:
+    if row['stage'] != 'tune' and _stopped(row):
       out[(row['model'], row['study'] or row['recipe'], row['overrides']['sparsity'])].append(
           row['overrides']['seed'])
   return out
@@ -75,9 +83,6 @@ def cell(values) -> str:
   if len(values) == 1:
     return f'{values[0]:.1f} (n=1)'
   return f'{values.mean():.1f} ± {values.std(ddof=1):.1f}'
-
-
-COLLAPSE_PP = 10.0  # a run more than this far below its recipe's median has collapsed
 
 
 class Paired(NamedTuple):
@@ -111,59 +116,47 @@ def paired_cell(result: Optional[Paired]) -> str:
           f'{result.median:+.1f} (Wilcoxon p={result.wilcoxon_p:.2g})')
 
 
-def collapsed(values: Dict[int, float]) -> List[int]:
-  """The seeds more than COLLAPSE_PP below the median of ``values`` ({seed: accuracy})."""
-  if not values:
-    return []
-  median = float(np.median(list(values.values())))
-  return sorted(seed for seed, v in values.items() if v < median - COLLAPSE_PP)
+def failed(values: Dict[int, float], stopped=()) -> Dict[int, str]:
+  """``{seed: why}`` of the failed runs (:func:`experiments.failures.failed`) of one cell:
+  ``values`` {seed: accuracy %} and the seeds ``stopped`` without an accuracy."""
+  return failures.failed({**{seed: v / 100 for seed, v in values.items()},
+                          **{seed: None for seed in stopped}}, protocol.NUM_CLASSES)
 
 
-def spread(values: Dict[int, float], failed=()) -> tuple:
-  """``(median, worst, worst seed, collapses)`` of {seed: accuracy} and the seeds
-  ``failed`` (diverged), which are the worst and count as collapses; the median and the
-  worst as text ('-' for a median of no finished run)."""
+def spread(values: Dict[int, float], stopped=()) -> tuple:
+  """``(median, worst, worst seed, failures)`` of {seed: accuracy %} and the seeds
+  ``stopped`` (diverged), which are the worst and fail; the median and the worst as
+  text ('-' for a median of no finished run)."""
   median = f'{np.median(list(values.values())):.1f}' if values else '-'
-  if failed:
-    worst, seed = 'diverged', min(failed)
+  if stopped:
+    worst, seed = 'diverged', min(stopped)
   else:
     seed = min(values, key=values.get)
     worst = f'{values[seed]:.1f}'
-  return median, worst, seed, len(collapsed(values)) + len(failed)
+  return median, worst, seed, len(failed(values, stopped))
 
 
-def distribution_cell(values: Dict[int, float], failed=()) -> str:
-  """``median / worst (seed) / collapses`` of {seed: accuracy} (:func:`spread`)."""
-  if not values and not failed:
+def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
+  """``mean ± sd / median / worst (seed) / failed`` of {seed: accuracy %} and the seeds
+  ``stopped`` (:func:`spread`)."""
+  if not values and not stopped:
     return ''
-  median, worst, seed, collapses = spread(values, failed)
-  return f'{median} / {worst} (s{seed}) / {collapses}'
-
-
-def distribution_table(found, model: str, names, sparsities, failed=None) -> List[str]:
-  failed = failed or {}
-  lines = ['| recipe | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities) + ' |',
-           '|---|' + '---:|' * len(sparsities)]
-  for name in names:
-    cells = [distribution_cell(found.get((model, name, s), {}), failed.get((model, name, s), ()))
-             for s in sparsities]
-    if any(cells):
-      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-  return lines
+  median, worst, seed, count = spread(values, stopped)
+  return f"{cell(values.values()) or '-'} / {median} / {worst} (s{seed}) / {count}"
 
 
 def tuned_table(rows: List[dict], recipes, models) -> List[str]:
   """Per model and recipe: the tuning runs done of those planned, the learning rates the
   pick was made over (its :func:`~experiments.quality_protocol.tuning_round`), the pick's
-  validation accuracy on seed 0 and, once its confirmation has finished, its mean over the
-  confirmation's seeds (:func:`~experiments.quality_protocol.picked_run`), and the pick
-  with an IMP recipe's tuned cycle warmup (:func:`~experiments.quality_protocol.recipe_pick`,
+  validation accuracy on seed 0, how it did on the latest finished round of its
+  confirmation (:func:`~experiments.quality_protocol.picked_run`: the round's statistic,
+  the worst seed and the failed runs) and how far the next round is, and the pick with an
+  IMP recipe's tuned cycle warmup (:func:`~experiments.quality_protocol.recipe_pick`,
   what the final runs use)."""
   by_id = {row['id']: row for row in rows}
-  seeds = (0,) + protocol.CONFIRM_SEEDS
   lines = ['| model | recipe | runs | learning rates tuned | validation accuracy (98%), '
-           f'seed 0 | mean over seeds {seeds[0]}-{seeds[-1]} | picked setting |',
-           '|---|---|---:|---|---:|---:|---|']
+           'seed 0 | confirmation (validation, 98%) | picked setting |',
+           '|---|---|---:|---|---:|---|---|']
   for model in models:
     for recipe in recipes:
       planned = protocol.tuning_rows(model, recipe)
@@ -173,12 +166,15 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
         if done:
           lines.append(f'| {model} | {recipe} | {done}/{len(planned)} | | | | |')
         continue
-      best, confirmed_mean = protocol.picked_run(by_id, model, recipe)
-      if confirmed_mean is None:
-        confirming = protocol.confirmation_rows(by_id, model, recipe)
-        mean = f"{sum(r['id'] in by_id for r in confirming)}/{len(confirming)} runs"
-      else:
-        mean = f'{100 * confirmed_mean:.1f}'
+      best, result = protocol.picked_run(by_id, model, recipe)
+      confirming = protocol.confirmation_rows(by_id, model, recipe)
+      done_now = sum(r['id'] in by_id for r in confirming)
+      mean = '' if result is None else (
+          f'{result.rule} {100 * result.value:.1f}, worst {100 * result.worst:.1f}, '
+          f'{result.failed} failed (seeds {result.seeds[0]}-{result.seeds[-1]})')
+      if done_now < len(confirming):
+        mean += f"{'; ' if mean else ''}seeds 0-{protocol.CONFIRM_SEEDS[-1]}: " \
+                f'{done_now}/{len(confirming)} runs'
       shown = {k: v for k, v in protocol.recipe_pick(by_id, model, recipe).items()
                if k not in ('model', 'eval_train', 'method', 'schedule')}
       lines.append(f"| {model} | {recipe} | {done}/{len(planned)} | "
@@ -188,18 +184,15 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
   return lines
 
 
-def accuracy_table(found, model: str, names, sparsities, failed) -> List[str]:
-  """Mean ± sd of the finished runs per name and sparsity, and how many of the ``failed``
-  ({(model, name, sparsity): [seeds]}) runs diverged, so a row whose runs all diverged
+def accuracy_table(found, model: str, names, sparsities, stopped) -> List[str]:
+  """Per name and sparsity, :func:`accuracy_cell` of the finished runs and of the
+  ``stopped`` ({(model, name, sparsity): [seeds]}), so a row whose runs all diverged
   still shows."""
   lines = ['| recipe | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities) + ' |',
            '|---|' + '---:|' * len(sparsities)]
   for name in names:
-    cells = []
-    for s in sparsities:
-      count = len(failed.get((model, name, s), []))
-      parts = [cell(found.get((model, name, s), {}).values()), f'{count} diverged' if count else '']
-      cells.append('; '.join(p for p in parts if p))
+    cells = [accuracy_cell(found.get((model, name, s), {}), stopped.get((model, name, s), ()))
+             for s in sparsities]
     if any(cells):
       lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return lines
@@ -218,22 +211,21 @@ def paired_table(found, model: str, pairs, sparsities) -> List[str]:
 
 def recommended(rows: List[dict], model: str) -> Optional[str]:
   """The PILoT recipe with the best tuning validation accuracy on ``model`` among those
-  whose tuning has finished (chosen on validation, never on test) and that collapsed or
-  diverged on none of the seeds run (final runs, and robustness runs at the recipe's
+  whose tuning has finished (chosen on validation, never on test) and that failed
+  (:func:`failed`) on none of the seeds run (final runs, and robustness runs at the recipe's
   :func:`~experiments.quality_protocol.recipe_pick`; after fine-tuning). While
   a wider learning-rate round is under way, every recipe is judged over the grid of the
   earliest round any of them stands at, so all get the same tuning budget."""
   by_id = {row['id']: row for row in rows}
-  found, failed = groups(rows, True), diverged(rows)
+  found, stopped = groups(rows, True), diverged(rows)
   rounds = {}
   for recipe in PILOT_FAMILY:
     names = {recipe}  # its finals, and its robustness runs at the setting it is picked at
     pick = protocol.recipe_pick(by_id, model, recipe)
     if recipe in protocol.ROBUSTNESS_RECIPES and pick is not None:
       names.add(protocol.robustness_name(recipe, pick))
-    if any(collapsed(values) for (m, name, _), values in found.items()
-           if m == model and name in names) or any(
-               seeds for (m, name, _), seeds in failed.items() if m == model and name in names):
+    cells = {key for key in set(found) | set(stopped) if key[0] == model and key[1] in names}
+    if any(failed(found.get(key, {}), stopped.get(key, ())) for key in cells):
       continue
     learning_rates = protocol.tuning_round(by_id, model, recipe)
     if learning_rates is not None:
@@ -311,28 +303,31 @@ def plot(found, models, names, path: str) -> None:
   plt.close(fig)
 
 
+CELL = ('mean ± sd / median / worst seed / failed runs (diverged, at chance, or more than '
+        f'{100 * failures.UNDER_MEDIAN:.0f} pp under the median of the cell: '
+        '`experiments/failures.py`)')
+
+
 def markdown(rows: List[dict]) -> str:
   """The whole of QUALITY.md's generated part."""
   models = [m for m in ('cnn1d', 'mlp') if any(r['model'] == m for r in rows)]
   recipes = list(protocol.RECIPES)
   after, before = groups(rows, True), groups(rows, False)
   failed = diverged(rows)
-  finished = sum('diverged' not in r['results'] for r in rows)
-  out = [f'Runs recorded: {len(rows)} ({len(rows) - finished} diverged). Generated by '
+  finished = sum(not _stopped(r) for r in rows)
+  out = [f'Runs recorded: {len(rows)} ({len(rows) - finished} diverged or collapsed). Generated by '
          '`python -m experiments.quality` (`make quality`) from `quality/runs.jsonl`.', '',
          '## Targets', '', *verdicts(rows, after, models), '',
          '## Tuning (validation split, 98% sparsity)', '',
          *tuned_table(rows, recipes, models), '']
   for model in models:
-    out += [f'## {model}: test accuracy (%), mean ± sd over seeds 0-4', '',
+    out += [f'## {model}: test accuracy (%) over seeds 0-4', '',
+            f'Each cell: {CELL}.', '',
             'After training and pruning to the target (one-shot methods: pruned at the end '
             'with no recovery; gmp and imp: their last step):', '',
             *accuracy_table(before, model, recipes, protocol.SPARSITIES, failed), '',
             f'After {protocol.FINETUNE_EPOCHS} more epochs with the masks fixed:', '',
             *accuracy_table(after, model, recipes, protocol.SPARSITIES, failed), '',
-            'Distribution over the seeds after fine-tuning: median / worst seed / collapses '
-            f"(runs more than {COLLAPSE_PP:.0f} pp below the recipe's median):", '',
-            *distribution_table(after, model, recipes, protocol.SPARSITIES, failed), '',
             f'Paired difference to {REFERENCE} (pp, after fine-tuning; same seeds):', '',
             *paired_table(after, model, [(r, REFERENCE) for r in recipes if r != REFERENCE],
                           protocol.SPARSITIES), '']
@@ -353,8 +348,6 @@ def markdown(rows: List[dict]) -> str:
               f"{{{', '.join(map(str, protocol.LONG_ROUND))}}}), test accuracy after "
               'fine-tuning:', '',
               *accuracy_table(after, model, long, protocol.SPARSITIES, failed), '',
-              'Median / worst seed / collapses:', '',
-              *distribution_table(after, model, long, protocol.SPARSITIES, failed), '',
               f'Paired against {protocol.long_name(REFERENCE)}, and against the same recipe '
               'at 30 epochs:', '',
               *paired_table(after, model, [(n, protocol.long_name(REFERENCE)) for n in long
@@ -387,15 +380,20 @@ def protocol_text() -> str:
       + ', the second because the first left nearly every recipe at its top; a recipe '
       'keeps its earlier pick until the wider round has finished for it, and the tuning '
       'table says which round each pick is from. The tuning runs on seed 0; the '
-      f'{protocol.CONFIRM_TOP} best settings then run on validation seeds '
-      f"{', '.join(map(str, protocol.CONFIRM_SEEDS))} as well, and the best mean over the "
-      'three seeds picks (a diverged run counts -1); until that has finished for a recipe, '
-      'its seed-0 pick stands.',
+      f'{protocol.CONFIRM_TOP} best settings then run on more validation seeds, in rounds: '
+      + '; then '.join(f"seeds {', '.join(map(str, seeds))}, where the best {rule} over "
+                       f'seeds 0-{seeds[-1]} picks' for seeds, rule in protocol.CONFIRM_ROUNDS)
+      + ', among the settings with no failed run (diverged, at chance, or more than '
+      f'{100 * failures.UNDER_MEDIAN:.0f} pp under the setting\'s median; if each leader '
+      'failed somewhere, the best worst seed). In the first round a diverged run counted -1 '
+      'in the mean and failures were not looked at. A recipe keeps its previous round\'s '
+      'pick (before the first, its seed-0 pick) until the new round has finished for it.',
       f'- **Final runs** train on the whole training split with the picked setting, at '
       f'{", ".join(f"{s:.0%}" for s in protocol.SPARSITIES)} sparsity, seeds '
       f'{protocol.SEEDS[0]}-{protocol.SEEDS[-1]}, then fine-tune '
       f'{protocol.FINETUNE_EPOCHS} epochs with the masks fixed. Test accuracy is reported '
-      'as mean ± sample sd over seeds, and paired by seed against tuned GMP '
+      'as mean ± sample sd, median, worst seed and failed runs over seeds, and paired by '
+      'seed against tuned GMP '
       '(`dense+gmp`) with a two-sided paired t-test.',
       '- Every recipe trains 30 epochs with SGD (momentum 0.9), batch 128, a cosine '
       'learning rate after one warmup epoch; `imp` trains 30 epochs dense and then 30 per '
@@ -414,7 +412,7 @@ def protocol_text() -> str:
 def robustness_markdown(rows: List[dict]) -> str:
   """The recommended recipe and its equal-epoch baseline on seeds nobody tuned on: per
   model and setting (the picked one, then any cycle warmup tuned after it), each recipe's
-  median, worst seed, collapses (runs more than COLLAPSE_PP below the recipe's median)
+  median, worst seed, failed runs (:func:`failed`)
   and diverged runs, and the paired difference to the baseline at its current setting
   with a t-test and a Wilcoxon signed-rank test (Wilcoxon, 1945; exact for small
   samples), which an outlier cannot swing as it swings a mean."""
@@ -428,9 +426,10 @@ def robustness_markdown(rows: List[dict]) -> str:
   lines = [f'## Robustness: {recipe} and {baseline} on seeds nobody tuned on', '',
            f'Each recipe at its picked setting, {sparsity:.0%} sparsity, seeds '
            f'{protocol.ROBUSTNESS_SEEDS[0]}-{protocol.ROBUSTNESS_SEEDS[-1]} (test accuracy % '
-           f'after fine-tuning). A collapse is a run more than {COLLAPSE_PP:.0f} pp '
-           "below its recipe's median; a diverged run stopped on a non-finite loss.", '',
-           '| model | recipe | seeds | median | worst seed | collapses | diverged | paired '
+           'after fine-tuning). A run failed if it diverged (stopped on a non-finite loss or '
+           f'a collapse), is at chance, or is more than {100 * failures.UNDER_MEDIAN:.0f} pp '
+           "under its recipe's median.", '',
+           '| model | recipe | seeds | median | worst seed | failed | diverged | paired '
            'difference vs the baseline (t-test; Wilcoxon) |',
            '|---|---|---:|---:|---:|---:|---:|---|']
   for model in sorted({r['model'] for r in runs}):
@@ -443,7 +442,7 @@ def robustness_markdown(rows: List[dict]) -> str:
       seeds = failed.get((model, name, sparsity), [])
       if not values and not seeds:
         continue
-      median, worst, seed, collapses = spread(values, seeds)
+      median, worst, seed, count = spread(values, seeds)
       difference = ''
       result = (paired(values, found.get((model, base, sparsity), {}))
                 if name != base else None)
@@ -452,7 +451,7 @@ def robustness_markdown(rows: List[dict]) -> str:
                       f'{result.sd:.1f} pp (p={result.p:.2g}; p={result.wilcoxon_p:.2g}), '
                       f'n={result.n} vs {base}')
       lines.append(f'| {model} | {name} | {len(values) + len(seeds)} | {median} | {worst} '
-                   f'(seed {seed}) | {collapses} | {len(seeds)} | {difference} |')
+                   f'(seed {seed}) | {count} | {len(seeds)} | {difference} |')
   tuning = cycle_warmup_table(recorded)
   if tuning:
     lines += ['', '### The warmup of each IMP cycle (validation split, 98%)', '',

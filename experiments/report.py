@@ -57,7 +57,8 @@ def accuracies(results: List[dict]) -> dict:
   key = f'{split_name(results)}_accuracy'
   groups = collections.defaultdict(list)
   for r in results:
-    groups[(label(r), r['target_sparsity'])].append(100 * r[key])
+    if key in r:  # a run that collapsed and stopped has none
+      groups[(label(r), r['target_sparsity'])].append(100 * r[key])
   return groups
 
 
@@ -74,6 +75,10 @@ def table(results: List[dict]) -> str:
   for method in methods:
     cells = [_cell(groups[(method, s)]) if (method, s) in groups else '' for s in sparsities]
     lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  collapsed = [f"- {label(r)} at {r['target_sparsity']:.0%}, seed {r['seed']}: {r['collapsed']}"
+               for r in results if 'collapsed' in r]
+  if collapsed:
+    lines += ['', 'Runs that collapsed (left out of the table if they stopped):', *collapsed]
   return '\n'.join(lines)
 
 

@@ -60,7 +60,7 @@ def main(argv):
       print(used)
   try:
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, train.NonFiniteError) as error:  # bad input or a diverged run: no traceback
+  except (ValueError, train.NonFiniteError, train.CollapseError) as error:  # no traceback
     print(f'Error: {error}', file=sys.stderr)
     sys.exit(1)
   if jax.process_index() == 0:

@@ -83,7 +83,11 @@ def main(argv):
     config.sparsity, config.seed = sparsity, seed
     print(f'[{i + 1}/{len(todo)}] {method} at sparsity {sparsity:g}, seed {seed}'
           + (f'\n  {used}' if used else ''))
-    results = train.train_and_evaluate(config, workdir)
+    try:
+      results = train.train_and_evaluate(config, workdir)
+    except train.CollapseError as error:  # said, and in results.json; the others run
+      print(f'  {error}')
+      continue
     print(f"  {results['eval_split']} accuracy "
           f"{results[results['eval_split'] + '_accuracy']:.4f} at sparsity "
           f"{results['achieved_sparsity']:.4f} in {results['wall_time_s']:.0f}s")

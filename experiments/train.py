@@ -35,6 +35,7 @@ import tqdm
 
 import pcs
 from experiments import checkpointing
+from experiments import collapse
 from experiments import config_checks
 from experiments import datasets
 from experiments import input_pipeline
@@ -47,6 +48,10 @@ NO_BAD_STEP = np.iinfo(np.int32).max
 
 class NonFiniteError(FloatingPointError):
   """A NaN or Inf appeared in the loss, the gradients or the parameters."""
+
+
+class CollapseError(RuntimeError):
+  """The run collapsed (:mod:`experiments.collapse`) and ``on_collapse`` is 'stop'."""
 
 
 @flax.struct.dataclass
@@ -193,6 +198,7 @@ class Run:
   phases: List[Phase]
   log_file: Optional[TextIO] = None
   writer: Any = None
+  collapsed: Optional[str] = None  # where and why the run collapsed first, if it did
 
   @property
   def replicated(self) -> NamedSharding:
@@ -275,6 +281,21 @@ def _epoch_logs(state, train_metrics, eval_metrics, eval_name, epoch, phase) -> 
   return logs
 
 
+def _detector(run: Run, phase: Phase) -> collapse.Detector:
+  """The collapse check of ``phase``, with the config keys that would prevent a collapse."""
+  config = run.config
+  clip = '--config.clip_grad_norm=1.0'
+  if phase.optimizer == 'finetune':
+    return collapse.Detector(run.spec.num_classes, 0, False,
+                             f'Lower --config.finetune_learning_rate '
+                             f'({config.finetune_learning_rate}) or clip gradients ({clip}).')
+  warmup_key = 'warmup_epochs' if phase.sparsity == 0 else 'imp.warmup_epochs'
+  warmup = config.warmup_epochs if phase.sparsity == 0 else config.imp.warmup_epochs
+  return collapse.Detector(run.spec.num_classes, warmup, True,
+                           f'Lower --config.learning_rate ({config.learning_rate}), lengthen '
+                           f'--config.{warmup_key} ({warmup}) or clip gradients ({clip}).')
+
+
 def run_phase(run: Run, phase: Phase, state: TrainState, tx, first_epoch: int,
               extra_to_save: dict, after_epoch=None) -> tuple:
   """Epochs ``first_epoch..`` of one phase, checkpointing after each, then calling
@@ -291,6 +312,7 @@ def run_phase(run: Run, phase: Phase, state: TrainState, tx, first_epoch: int,
                   desc=f'{config.method}+{config.schedule} {phase.name}', unit='epoch',
                   initial=first_epoch - 1, total=phase.num_epochs,
                   disable=None if run.primary else True)  # None: off without a terminal
+  detector = _detector(run, phase)
   for epoch in bar:
     sums, steps = None, 0
     for batch, _ in input_pipeline.epoch_batches(
@@ -310,7 +332,8 @@ def run_phase(run: Run, phase: Phase, state: TrainState, tx, first_epoch: int,
                else 'no checkpoint of this phase was written yet')
       raise NonFiniteError(
           f'Non-finite loss, gradients or parameters at step {int(bad_step)} ({phase.name} '
-          f'epoch {epoch}); {where}. Lower the learning rate, or rerun with '
+          f'epoch {epoch}); {where}. Lower the learning rate, lengthen the warmup or clip '
+          'gradients (--config.clip_grad_norm=1.0), or rerun with '
           '--config.on_nonfinite=skip to skip such steps.')
     skipped = int(sums.pop('skipped'))
     train_metrics = {k: float(v) / steps for k, v in sums.items()}
@@ -320,6 +343,15 @@ def run_phase(run: Run, phase: Phase, state: TrainState, tx, first_epoch: int,
     bar.set_postfix(acc=f"{logs[f'{run.eval_name}_accuracy']:.3f}",
                     sparsity=f"{logs['sparsity']:.3f}")
     run.write(logs)
+    why = detector.check(epoch, train_metrics['loss'], logs[f'{run.eval_name}_accuracy'],
+                         run.eval_name)
+    if why and run.collapsed is None:
+      run.collapsed = f'{phase.name} epoch {epoch}: {why}'
+      if config.on_collapse == 'stop':
+        checkpoints.close()
+        raise CollapseError(f'The run collapsed in {run.collapsed} (--config.on_collapse=warn '
+                            'goes on.)')
+      run.say(f'Warning: the run collapsed in {run.collapsed}')
     checkpointing.save(checkpoints, epoch, {'state': state, **extra_to_save})
     if after_epoch is not None:
       after_epoch(epoch, state)
@@ -449,29 +481,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         else contextlib.nullcontext()) as run.log_file, \
        (contextlib.closing(tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard')))
         if run.primary else contextlib.nullcontext()) as run.writer:
-    for index in range(current, len(run.phases)):
-      phase = run.phases[index]
-      if index > current:  # enter the phase from the end of the one before
-        if index == 1:
-          evaluations.record('before_first_prune', state)
-        if (phase.sparsity == config.sparsity
-            and run.phases[index - 1].sparsity != config.sparsity):
-          evaluations.record('before_final_prune', state)
-        pruned, masks = _prune(state, phase.sparsity, config.prune_scope)
-        start_params, start_stats = pruned, state.batch_stats
-        if rewinding and phase.optimizer == 'method':
-          point, _ = checkpointing.restore(workdir, 'rewind', {
-              'params': state.params, 'batch_stats': state.batch_stats})
-          start_params = pcs.apply_masks(point['params'], masks)
-          start_stats = point['batch_stats']
-        if phase.optimizer == 'finetune':
-          evaluations.record('before_finetune', state.replace(params=pruned))
-        tx, state = fresh_state(phase, state.step, start_params, start_stats, masks)
-        first_epoch = 1
-      run.truncate_logs(phase.name, first_epoch - 1)
-      state, metrics = run_phase(run, phase, state, tx, first_epoch, {'masks': masks},
-                                 save_rewind_point if phase.name == 'train' else None)
-      train_metrics = metrics or train_metrics
+    try:
+      for index in range(current, len(run.phases)):
+        phase = run.phases[index]
+        if index > current:  # enter the phase from the end of the one before
+          if index == 1:
+            evaluations.record('before_first_prune', state)
+          if (phase.sparsity == config.sparsity
+              and run.phases[index - 1].sparsity != config.sparsity):
+            evaluations.record('before_final_prune', state)
+          pruned, masks = _prune(state, phase.sparsity, config.prune_scope)
+          start_params, start_stats = pruned, state.batch_stats
+          if rewinding and phase.optimizer == 'method':
+            point, _ = checkpointing.restore(workdir, 'rewind', {
+                'params': state.params, 'batch_stats': state.batch_stats})
+            start_params = pcs.apply_masks(point['params'], masks)
+            start_stats = point['batch_stats']
+          if phase.optimizer == 'finetune':
+            evaluations.record('before_finetune', state.replace(params=pruned))
+          tx, state = fresh_state(phase, state.step, start_params, start_stats, masks)
+          first_epoch = 1
+        run.truncate_logs(phase.name, first_epoch - 1)
+        state, metrics = run_phase(run, phase, state, tx, first_epoch, {'masks': masks},
+                                   save_rewind_point if phase.name == 'train' else None)
+        train_metrics = metrics or train_metrics
+    except CollapseError:
+      _write_results(run, {**_identity(config), 'collapsed': run.collapsed,
+                           'wall_time_s': time.time() - start_time, 'config': config.to_dict()})
+      raise
 
   if len(run.phases) == 1:
     evaluations.record('before_first_prune', state)
@@ -489,8 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            else {'accuracy': train_metrics['accuracy']})
   name = run.eval_name
   results = {
-      'method': config.method, 'schedule': config.schedule, 'dataset': config.dataset,
-      'model': config.model, 'target_sparsity': float(config.sparsity),
+      **_identity(config), **({'collapsed': run.collapsed} if run.collapsed else {}),
       'achieved_sparsity': pcs.summary(state.params).sparsity,
       'eval_split': name, f'{name}_accuracy': accuracy,
       'train_accuracy': train['accuracy'],
@@ -501,11 +537,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'{name}_accuracy_before_final_prune': evaluations.values.get('before_final_prune'),
       f'{name}_accuracy_before_finetune': evaluations.values.get('before_finetune'),
       'num_epochs': config.num_epochs, 'finetune_epochs': config.finetune_epochs,
-      'seed': config.seed, 'num_devices': run.mesh.size,
+      'num_devices': run.mesh.size,
       'params_fingerprint': int(checkpointing.fingerprint(state.params)),
       'wall_time_s': time.time() - start_time, 'config': config.to_dict(),
   }
-  if run.primary:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=1)
+  _write_results(run, results)
   return results
+
+
+def _identity(config: ml_collections.ConfigDict) -> dict:
+  return {'method': config.method, 'schedule': config.schedule, 'dataset': config.dataset,
+          'model': config.model, 'target_sparsity': float(config.sparsity), 'seed': config.seed}
+
+
+def _write_results(run: Run, results: dict) -> None:
+  """``<workdir>/results.json`` (process 0). A run that collapsed (``collapsed``: where
+  and why) and stopped has no accuracy in it."""
+  if run.primary:
+    with open(os.path.join(run.workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=1)

@@ -68,12 +68,16 @@ leaf_shapes = st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple)
 trees = st.recursive(leaf_shapes, lambda children: st.one_of(
     st.lists(children, min_size=1, max_size=3),
     st.dictionaries(st.sampled_from('abcd'), children, min_size=1, max_size=3)), max_leaves=6)
+# Every leaf selected, scalars included: a drawn tree may hold no kernel, and a `where`
+# that selects nothing is an error.
+EVERY_LEAF = lambda path, leaf: True
 TRANSFORMS = [
-    lambda: pcs.pilot(optax.adam(1e-2), alpha=1e-2),
-    lambda: pcs.mirror(optax.sgd(1e-2), alpha=1e-2, learning_rate=1e-2),
-    lambda: pcs.soft_threshold(optax.sgd(1e-2), weight_decay=1e-3),
-    lambda: pcs.l1(optax.sgd(1e-2), strength=1.0, learning_rate=1e-2),
-    lambda: pcs.gmp(optax.sgd(1e-2), final_sparsity=0.5, begin_step=0, end_step=2, frequency=1),
+    lambda: pcs.pilot(optax.adam(1e-2), alpha=1e-2, where=EVERY_LEAF),
+    lambda: pcs.mirror(optax.sgd(1e-2), alpha=1e-2, learning_rate=1e-2, where=EVERY_LEAF),
+    lambda: pcs.soft_threshold(optax.sgd(1e-2), weight_decay=1e-3, where=EVERY_LEAF),
+    lambda: pcs.l1(optax.sgd(1e-2), strength=1.0, learning_rate=1e-2, where=EVERY_LEAF),
+    lambda: pcs.gmp(optax.sgd(1e-2), final_sparsity=0.5, begin_step=0, end_step=2, frequency=1,
+                    where=EVERY_LEAF),
 ]
 
 

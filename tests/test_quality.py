@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import config_checks
+from experiments import failures
 from experiments import quality_protocol as protocol
 from experiments import quality_report
 from experiments.configs import default
@@ -109,13 +110,15 @@ def test_report_tables_and_verdicts(tmp_path):
   text = quality_report.write(rows, str(tmp_path / 'quality'))
   assert (tmp_path / 'QUALITY.md').read_text() == text
   assert (tmp_path / 'quality' / 'accuracy_vs_sparsity.png').stat().st_size > 10_000
-  assert '(1 diverged)' in text
+  assert '(1 diverged or collapsed)' in text
   assert '| cnn1d | pilot+gmp | >= dense+gmp at 95% |' in text
   # 95%: +0.5 every seed (sd 0) -> met; 99%: +3.0 + 0.1 seed -> mean +3.2 >= 2, and
   # significant (sd 0.16 over 5 seeds) -> met.
   assert '95%: +0.5 ± 0.0 (p=0, n=5); median +0.5 (Wilcoxon p=0.062) | met |' in text
   assert '99%: +3.2 ± 0.2' in text and text.count('| met |') == 2
-  assert '| pilot+gmp | 90.9 ± 0.3 | 86.4 ± 0.3 | 83.6 ± 0.5 |' in text.replace('|  |', '|')
+  # Mean ± sd / median / worst seed / failed: seed 0 is the worst of each linear series.
+  assert ('| pilot+gmp | 90.9 ± 0.3 / 90.9 / 90.5 (s0) / 0 | 86.4 ± 0.3 / 86.4 / 86.0 (s0) / 0 '
+          '| 83.6 ± 0.5 / 83.6 / 83.0 (s0) / 0 |') in text.replace('|  |', '|')
 
 
 def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
@@ -217,16 +220,28 @@ def test_a_row_whose_runs_diverged_still_shows_in_the_accuracy_tables():
   rows.append({**_final('cnn1d', 'pilot', 0.98, 2, 0.0), 'id': 'gone',
                'results': {'diverged': 'Non-finite loss at step 10'}})
   text = quality_report.markdown(rows)
-  # 90% and 95% empty; at 98% seeds 0-1 give 91.0 ± 1.4 and seed 2 diverged.
-  assert '| pilot |  |  | 91.0 ± 1.4; 1 diverged |  |' in text
-  assert '| sparsify trained: pilot |  |  | 2 diverged |' in text  # every run diverged
+  # 90% and 95% empty; at 98% seeds 0-1 give 91.0 ± 1.4, and seed 2 diverged: the worst
+  # seed and a failure.
+  assert '| pilot |  |  | 91.0 ± 1.4 / 91.0 / diverged (s2) / 1 |  |' in text
+  assert '| sparsify trained: pilot |  |  | - / - / diverged (s0) / 2 |' in text  # all diverged
 
 
-def test_distribution_cells_name_the_worst_seed_and_count_collapses():
-  values = {0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}  # median 91; 67.5 is 23.5 below
-  assert quality_report.collapsed(values) == [2]
-  assert quality_report.distribution_cell(values) == '91.0 / 67.5 (s2) / 1'
-  assert quality_report.collapsed({0: 90.0, 1: 81.0, 2: 85.0}) == []  # 81 is 4 below
+def test_a_failed_run_is_diverged_at_chance_or_more_than_10_pp_under_its_cells_median():
+  # Validation accuracies of one cell, by hand: the finished ones sorted are 0.115, 0.74,
+  # 0.76, 0.85, 0.90, 0.91, 0.92, median 0.85, so "under" is below 0.75: 0.74 fails and
+  # 0.76 does not. 0.115 is within 0.02 of chance (1/10); seed 2 has no accuracy.
+  values = {0: 0.90, 1: 0.91, 2: None, 3: 0.115, 4: 0.74, 5: 0.92, 6: 0.85, 7: 0.76}
+  assert failures.failed(values, 10) == {2: 'diverged', 3: 'at chance', 4: 'under the median'}
+  assert failures.at_chance(0.515, 2) and not failures.at_chance(0.53, 2)
+  assert failures.failed({0: 0.9, 1: 0.81, 2: 0.85}, 10) == {}  # 0.81 is 0.04 under
+  # The report's cells are in %: 67.5 is 23.5 pp under the median 91; 8.9 is at chance.
+  assert quality_report.failed({0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}) == {
+      2: 'under the median'}
+  assert quality_report.failed({0: 92.0, 1: 8.9, 2: 91.0}, [3]) == {1: 'at chance',
+                                                                    3: 'diverged'}
+  # Mean 86.7 ± 10.8, median 91, worst 67.5 on seed 2, one failure.
+  assert quality_report.accuracy_cell({0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}) == (
+      '86.7 ± 10.8 / 91.0 / 67.5 (s2) / 1')
 
 
 def test_a_recipe_that_collapsed_is_not_recommended():
@@ -353,8 +368,8 @@ def test_a_diverged_run_is_a_collapse_and_bars_the_recommendation():
   assert quality_report.diverged(rows) == {('cnn1d', 'pilot+imp', 0.98): [4]}
   assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
   # Median of the four that finished 91.5; the divergence is the worst and a collapse.
-  assert quality_report.distribution_cell({0: 92.0, 1: 91.0, 2: 90.0, 3: 93.0}, [4]) == (
-      '91.5 / diverged (s4) / 1')
+  assert quality_report.accuracy_cell({0: 92.0, 1: 91.0, 2: 90.0, 3: 93.0}, [4]) == (
+      '91.5 ± 1.3 / 91.5 / diverged (s4) / 1')
 
 
 def test_a_collapse_on_the_robustness_seeds_bars_the_recommendation_at_the_pick_only():
@@ -472,7 +487,15 @@ def test_the_runner_rejects_an_unknown_recipe_by_name():
     protocol.check_recipes(['pilot+imp', 'pilot_imp'])
 
 
-def test_the_leading_settings_are_confirmed_on_more_seeds_and_the_best_mean_picks():
+def _record(recorded, planned, results):
+  for r, result in zip(planned, results):
+    recorded[r['id']] = {**r, 'results': result if isinstance(result, dict)
+                         else {'validation_accuracy': result}}
+
+
+def _first_confirmation_round():
+  """The first round of the confirmation by hand (its pick asserted); the record and the
+  planned confirmation runs."""
   # dense: 4 weight decays per learning rate, 12 settings. On seed 0: index 8 (lr 0.4,
   # wd 1e-4) 0.95, index 5 (lr 0.2, wd 3e-4) 0.93, index 2 (lr 0.1, wd 1e-3) 0.90.
   seed0 = [0.5] * 12
@@ -481,27 +504,62 @@ def test_the_leading_settings_are_confirmed_on_more_seeds_and_the_best_mean_pick
   grid = protocol.tuning_rows('cnn1d', 'dense')
   assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # seed 0 alone
   planned = protocol.confirmation_rows(recorded, 'cnn1d', 'dense')
+  assert protocol.CONFIRM_SEEDS == (1, 2, 3, 4)
   assert [(r['overrides']['learning_rate'], r['overrides']['weight_decay'],
            r['overrides']['seed']) for r in planned] == [
-               (0.4, 1e-4, 1), (0.4, 1e-4, 2), (0.2, 3e-4, 1), (0.2, 3e-4, 2),
-               (0.1, 1e-3, 1), (0.1, 1e-3, 2)]
+               (lr, wd, seed) for lr, wd in ((0.4, 1e-4), (0.2, 3e-4), (0.1, 1e-3))
+               for seed in (1, 2, 3, 4)]
   assert all(r['stage'] == 'tune' and r['overrides']['validation_fraction'] > 0
              for r in planned)
   assert [r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['tune'], 'w')
           if r['recipe'] == 'dense'] == [r['id'] for r in grid + planned]
-  # The leader diverges on seed 1 (-1) and trains on seed 2: mean (0.95 - 1 + 0.94) / 3
-  # = 0.297. The second: (0.93 + 0.92 + 0.91) / 3 = 0.92; the third (0.90 + 0.95 + 0.95)
-  # / 3 = 0.933, the best.
-  results = [{'diverged': 'step 9'}, {'validation_accuracy': 0.94},
-             {'validation_accuracy': 0.92}, {'validation_accuracy': 0.91},
-             {'validation_accuracy': 0.95}, {'validation_accuracy': 0.95}]
-  for r, result in zip(planned[:-1], results):
-    recorded[r['id']] = {**r, 'results': result}
+  # The first round, seeds 1-2, picks by the mean. The leader diverges on seed 1 (-1) and
+  # trains on seed 2: mean (0.95 - 1 + 0.94) / 3 = 0.297. The second: (0.93 + 0.92 +
+  # 0.91) / 3 = 0.92; the third (0.90 + 0.95 + 0.95) / 3 = 0.933, the best.
+  first = [r for r in planned if r['overrides']['seed'] in (1, 2)]
+  results = [{'diverged': 'step 9'}, 0.94, 0.92, 0.91, 0.95, 0.95]
+  _record(recorded, first[:-1], results[:-1])
   assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # unfinished
-  recorded[planned[-1]['id']] = {**planned[-1], 'results': results[-1]}
+  _record(recorded, first[-1:], results[-1:])
   assert protocol.picked(recorded, 'cnn1d', 'dense') == {
       'model': 'cnn1d', 'eval_train': False, 'method': 'dense', 'schedule': 'one_shot',
       'learning_rate': 0.1, 'weight_decay': 1e-3}
+  assert protocol.picked_run(recorded, 'cnn1d', 'dense')[1] == protocol.Confirmation(
+      'mean', (0, 1, 2), pytest.approx(0.9333333), 0.90, 0)
   assert protocol.mean_validation_accuracy(
-      [recorded[grid[2]['id']], recorded[planned[4]['id']], recorded[planned[5]['id']]]) == (
+      [recorded[grid[2]['id']], recorded[first[4]['id']], recorded[first[5]['id']]]) == (
           pytest.approx(0.9333333))
+  # Only seeds 3-4 are new runs for the second round.
+  assert [r for r in protocol.plan(recorded, ['cnn1d'], ['tune'], 'w')
+          if r['recipe'] == 'dense' and r['id'] not in recorded] == [
+              r for r in planned if r['overrides']['seed'] > 2]
+  return recorded, planned
+
+
+def test_the_leading_settings_are_confirmed_on_more_seeds_and_the_best_mean_picks():
+  _first_confirmation_round()
+
+
+def test_with_five_seeds_a_failed_seed_disqualifies_the_best_mean_and_a_steadier_setting_wins():
+  recorded, planned = _first_confirmation_round()
+  later = [r for r in planned if r['overrides']['seed'] in (3, 4)]  # lr 0.4, 0.2, 0.1
+
+  def pick(seeds_3_and_4):
+    _record(recorded, later, seeds_3_and_4)
+    return protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate']
+
+  # Seeds 0-4 of each leader by hand (seeds 0-2 as above):
+  #   lr 0.4: 0.95, diverged, 0.94, 0.99, 0.99   failed (diverged)
+  #   lr 0.2: 0.93, 0.92, 0.91, 0.93, 0.93       median 0.93, mean 0.924, worst 0.91
+  #   lr 0.1: 0.90, 0.95, 0.95, 1.00, 0.84       median 0.95, mean 0.928: the best mean and
+  #           median, but 0.84 is more than 0.10 under its median 0.95: a failed seed.
+  assert pick([0.99, 0.99, 0.93, 0.93, 1.0, 0.84]) == 0.2  # the steadier setting wins
+  assert protocol.picked_run(recorded, 'cnn1d', 'dense')[1] == protocol.Confirmation(
+      'median', (0, 1, 2, 3, 4), pytest.approx(0.93), pytest.approx(0.91), 0)
+  groups = protocol.confirmed(recorded, 'cnn1d', 'dense')
+  assert protocol.choose(groups, 'mean')[0]['overrides']['learning_rate'] == 0.1  # old rule
+  # lr 0.1 steady at 0.86 instead: no failure, the best median (0.95) picks it.
+  assert pick([0.99, 0.99, 0.93, 0.93, 1.0, 0.86]) == 0.1
+  # Every leader failed (lr 0.2's seed 4 at chance, 0.115 <= 1/10 + 0.02): the best worst
+  # seed picks, lr 0.1's 0.84 (lr 0.2: 0.115; lr 0.4 diverged, -1).
+  assert pick([0.99, 0.99, 0.93, 0.115, 1.0, 0.84]) == 0.1

@@ -170,17 +170,17 @@ def test_each_imp_cycle_warms_up_over_its_own_epochs(cycle):
   # -lr_t, so the updates are the schedule: linear from 0 to 0.2 over the warmup, then
   # 0.1 (1 + cos(pi (t - W) / (T - W))) (Loshchilov & Hutter, 2017).
   from experiments import optimizers
-  config = helpers.small_config('unused', schedule='imp', num_epochs=6, warmup_epochs=1,
-                                momentum=0.0, weight_decay=0.0, learning_rate=0.2,
-                                **{'imp.warmup_epochs': 3})
+  config = helpers.small_config('unused', method='dense', schedule='imp', num_epochs=6,
+                                warmup_epochs=1, momentum=0.0, weight_decay=0.0,
+                                learning_rate=0.2, **{'imp.warmup_epochs': 3})
   steps_per_epoch = 4
-  params = {'w': np.zeros((), np.float32)}
+  params = {'w': np.zeros((1, 1), np.float32)}  # a kernel, which IMP's masks select
   tx = optimizers.make_optimizer(config, steps_per_epoch,
-                                 {'w': np.ones((), bool)} if cycle else None)
+                                 {'w': np.ones((1, 1), bool)} if cycle else None)
   state = tx.init(params)
   warmup, total = (3 if cycle else 1) * steps_per_epoch, 6 * steps_per_epoch
   for t in range(total):
-    updates, state = tx.update({'w': np.ones((), np.float32)}, state, params)
+    updates, state = tx.update({'w': np.ones((1, 1), np.float32)}, state, params)
     expected = (0.2 * t / warmup if t < warmup else
                 0.1 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup))))
-    assert float(updates['w']) == pytest.approx(-expected, abs=1e-6), t
+    assert float(updates['w'][0, 0]) == pytest.approx(-expected, abs=1e-6), t

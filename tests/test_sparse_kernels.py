@@ -229,11 +229,34 @@ def test_no_gradient_and_bad_inputs_are_refused():
   layer = sparse.csr(np.eye(4, dtype=np.float32))
   with pytest.raises(ValueError, match='cannot be differentiated'):
     jax.grad(lambda x: sparse.dense(x, layer).sum())(jnp.ones((1, 4)))
-  with pytest.raises(TypeError, match='must be float32'):
-    sparse.dense(jnp.ones((1, 4), jnp.bfloat16), layer)
+  with pytest.raises(TypeError, match='must be a floating-point array'):
+    sparse.dense(jnp.ones((1, 4), jnp.int32), layer)
   with pytest.raises(ValueError, match='must end in 4 features'):
     sparse.dense(jnp.ones((1, 5)), layer)
   with pytest.raises(ValueError, match='`bias` must be float32 of shape'):
     sparse.dense(jnp.ones((1, 4)), layer, jnp.ones(3))
   with pytest.raises(ValueError, match='`activation` must be one of'):
     sparse.dense(jnp.ones((1, 4)), layer, activation='gelu')
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_half_precision_inputs_compute_in_float32_and_keep_their_dtype(dtype):
+  rng = np.random.default_rng(5)
+  kernel = rng.normal(size=(32, 8)).astype(np.float32)
+  kernel[rng.random(kernel.shape) < 0.8] = 0.0
+  x = jnp.asarray(rng.normal(size=(3, 32)), dtype)
+  bias = jnp.asarray(rng.normal(size=8), jnp.float32)
+  y = jax.jit(sparse.dense)(x, sparse.csr(kernel), bias)
+  assert y.dtype == dtype
+  # float64 of the rounded input, rounded once at the end: only the output's rounding.
+  expected = np.asarray(x, np.float64) @ kernel.astype(np.float64) + np.asarray(bias)
+  np.testing.assert_allclose(np.asarray(y, np.float64), expected,
+                             rtol=float(jnp.finfo(dtype).eps), atol=1e-6)
+  conv_kernel = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
+  conv_kernel[rng.random(conv_kernel.shape) < 0.7] = 0.0
+  image = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), dtype)
+  out = sparse.conv(image, sparse.csr(conv_kernel))
+  assert out.dtype == dtype
+  np.testing.assert_allclose(np.asarray(out, np.float32),
+                             _xla_conv(image.astype(jnp.float32), conv_kernel, 1, 'SAME'),
+                             rtol=2 * float(jnp.finfo(dtype).eps), atol=1e-2)

@@ -96,13 +96,18 @@ def test_nnx_sparse_model_equals_dense_under_nnx_jit_and_jax_jit(name):
     np.testing.assert_array_equal(kernel, node.kernel.get_value())
 
 
+def _stood_in(dense_ms, sparse_ms):
+  ratio = dense_ms / sparse_ms
+  return pcs.sparse.Comparison(dense_ms, sparse_ms, ratio, 0.9 * ratio, 1.1 * ratio, 11)
+
+
 def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_model(
     monkeypatch):
   # Timings are stood in for (a timed test would be flaky): a product costs its stored
   # entries, 1.5 units per sparse nonzero against 1 per dense weight.
-  def fake_measure(kernel, layer, layer_input):
-    del layer_input
-    return float(kernel.size), 1.5 * layer.nnz
+  def fake_measure(kernel, layer, layer_input, threshold):
+    del layer_input, threshold
+    return layer, _stood_in(float(kernel.size), 1.5 * layer.nnz)
   monkeypatch.setattr(pcs.sparse._export, '_measure', fake_measure)  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
   sparse_kernel = rng.normal(size=(64, 64)).astype(np.float32)
@@ -115,15 +120,28 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   assert choices['Dense_1'].format == 'dense' and set(exported) == {('Dense_0',), ('Dense_2',)}
   summary = exported.summary()
   assert 'Dense_1                      64x8' in summary and ' dense ' in summary
+  assert 'quartiles' in choices['Dense_0'].reason  # the spread is reported
+  # A layer at 1.04x is not kept at the default 5% margin, and is at margin 0.
+  monkeypatch.setattr(pcs.sparse._export, '_measure',  # pylint: disable=protected-access
+                      lambda kernel, layer, *args: (layer, _stood_in(1.04, 1.0)))
+  assert not pcs.export(params) and len(pcs.export(params, margin=0.0)) == 3
+  monkeypatch.setattr(pcs.sparse._export, '_measure', fake_measure)  # pylint: disable=protected-access
   # The whole model: with Dense_2 sparse it is slower than dense; Dense_0 alone helps.
-  def whole_model_ms(layers):
-    return 10.0 - 3.0 * (('Dense_0',) in layers) + 5.0 * (('Dense_2',) in layers)
-  checked = pcs.sparse.export_layers(params, time_model=whole_model_ms)
+  asked = []
+
+  def whole_model(layers):
+    asked.append(set(layers))
+    return _stood_in(10.0, 10.0 - 3.0 * (('Dense_0',) in layers) + 5.0 * (('Dense_2',) in layers))
+  checked = pcs.sparse.export_layers(params, compare_model=whole_model)
+  assert asked == [{('Dense_0',), ('Dense_2',)}, {('Dense_0',)}]  # the weaker half went first
   assert set(checked) == {('Dense_0',)} and checked.model_ms == (10.0, 7.0)
   assert 'whole model with it was not faster' in {c.path[0]: c for c in checked.choices}[
       'Dense_2'].reason
-  never = pcs.sparse.export_layers(params, time_model=lambda layers: 10.0 + len(layers))
-  assert not never and never.model_ms == (10.0, 10.0)  # all back to dense
+  assert 'whole model, as bound: sparse 7.000 ms vs dense 10.000 ms' in checked.summary()
+  never = pcs.sparse.export_layers(params,
+                                   compare_model=lambda layers: _stood_in(10.0, 10.0 + len(layers)))
+  assert not never  # all back to dense
+  assert all(c.format == 'dense' for c in never.choices)
 
 
 def test_measured_export_of_models_with_convolutions():
@@ -233,3 +251,30 @@ def test_a_layout_reading_outside_its_kernel_is_invalid():
 def test_the_kernels_are_built_by_the_package_build():
   assert os.path.exists(os.path.join(helpers.REPO, 'csrc', 'sparse_kernels.cc'))
   assert pcs.sparse.kernels_available()
+
+
+@pytest.mark.parametrize('dtype', [None, jnp.bfloat16])
+def test_sparse_layers_in_a_bfloat16_model_return_what_the_dense_layers_return(dtype):
+  # A linen and an NNX model with float32 weights fed bfloat16 inputs, computing in `dtype`:
+  # the sparse copy returns the dense layer's dtype, and its values are the float64
+  # product of the same rounded input (to that dtype's rounding).
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(4, 16)), jnp.bfloat16)
+  tolerance = 1e-2 if dtype else 1e-5
+  linen_model = nn.Dense(8, dtype=dtype)
+  params, _ = pcs.prune(linen_model.init(jax.random.key(0), x)['params'], 0.8)
+  got = pcs.export(params, format='csr').bind(linen_model, {'params': params})(x)
+  assert got.dtype == linen_model.apply({'params': params}, x).dtype == (dtype or jnp.float32)
+  expected = np.asarray(x, np.float64) @ np.asarray(params['kernel'], np.float64)
+  np.testing.assert_allclose(np.asarray(got, np.float64), expected + np.asarray(params['bias']),
+                             rtol=tolerance, atol=tolerance)
+  net = nnx.Linear(16, 8, dtype=dtype, rngs=nnx.Rngs(0))
+  pruned, _ = pcs.prune(nnx.state(net, nnx.Param), 0.8)
+  nnx.update(net, pruned)
+  sparse = sparse_nnx.sparsify(net, format='csr')
+  assert sparse(x).dtype == net(x).dtype == (dtype or jnp.float32)
+  expected = np.asarray(x, np.float64) @ np.asarray(net.kernel.get_value(), np.float64)
+  np.testing.assert_allclose(np.asarray(sparse(x), np.float64),
+                             expected + np.asarray(net.bias.get_value()),
+                             rtol=tolerance, atol=tolerance)

@@ -39,15 +39,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_train = True
   config.on_nonfinite = 'stop'     # 'stop': halt naming the step; 'skip': drop such steps
   config.max_nonfinite_steps = 5   # with 'skip': consecutive bad steps before giving up
+  # A collapsed run (experiments/collapse.py: loss non-finite, or jumped above 10x its best
+  # and above chance's ln(classes), or accuracy at chance after the warmup): 'stop' ends it,
+  # 'warn' goes on; either way results.json says `collapsed`.
+  config.on_collapse = 'stop'
+  config.clip_grad_norm = 0.0      # > 0: clip gradients to this global norm (optax); 0: off
 
   # pilot: Algorithm 1's controller; alpha grows x1.3 per improving epoch in the first
   # half while ||x||_1 >= 1000 (the initial ||x||_1 is ~3000), then decays. On the CNN
   # ||x||_1 falls below 1000 in epoch 4, so alpha only decays after that, at any length.
   # delta = 1: constant alpha, switched off after the fraction `alpha_until` of training.
   # decoupled: the decay acts outside the inner optimizer (Algorithm 1 couples it).
+  # alpha_control 'target': pcs.target_alpha_controller, which sets alpha to 0 once the
+  # smallest `sparsity` of the weights carry at most `negligible_mass` of ||x||_1.
   config.pilot = ml_collections.ConfigDict(
       {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.3, 'l1_threshold': 1000.0, 'alpha_until': 1.0,
-       'decoupled': False})
+       'decoupled': False, 'alpha_control': 'paper', 'negligible_mass': 0.01})
   config.spred = ml_collections.ConfigDict({'weight_decay': 3e-4})
   config.str = ml_collections.ConfigDict({'weight_decay': 3e-3, 'init_threshold': -5.0})
   config.cs = ml_collections.ConfigDict(

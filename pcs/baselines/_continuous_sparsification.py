@@ -77,7 +77,7 @@ def continuous_sparsification(
     num_steps: steps over which the temperature is annealed (>= 1).
     final_temperature: beta at ``num_steps`` (>= 1).
     mask_init: s0, the initial mask logit.
-    where: leaves to sparsify (default: ndim >= 2).
+    where: leaves to sparsify (default :func:`pcs.kernels`).
   """
   checks.check_scalar('l1_strength', l1_strength, minimum=0.0)
   checks.check_scalar('final_temperature', final_temperature, minimum=1.0)

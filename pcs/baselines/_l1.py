@@ -19,10 +19,13 @@ class L1State(NamedTuple):
     count: steps taken (int32).
     threshold: the soft threshold eta_t * lambda of the latest step (float32).
     inner_state: the inner optimizer's state.
+    selected: which leaves l1 acts on (a tree holding no array; see
+      :class:`pcs.ReparamState`).
   """
   count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   threshold: jax.Array
   inner_state: optax.OptState
+  selected: Any
 
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``threshold``: eta_t * lambda of the latest step."""
@@ -60,7 +63,7 @@ def l1(
     inner: any optax optimizer.
     strength: lambda >= 0.
     learning_rate: eta_t, float or schedule: the threshold is eta_t * lambda.
-    where: leaves to regularize (default: ndim >= 2).
+    where: leaves to regularize (default :func:`pcs.kernels`).
   """
   checks.check_scalar('strength', strength, minimum=0.0)
   if not callable(learning_rate):
@@ -68,8 +71,10 @@ def l1(
   inner = boundary.inner_optimizer(inner, 'l1')
 
   def init_fn(params):
-    selection.select(params, where)
-    return L1State(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), inner.init(params))
+    mask = selection.select(params, where)
+    selection.check_selects_some(params, mask, 'l1')
+    return L1State(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), inner.init(params),
+                   selection.record(mask))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -85,6 +90,7 @@ def l1(
       return jnp.sign(y) * jnp.maximum(jnp.abs(y) - threshold.astype(x.dtype), 0) - x
 
     out = jax.tree.map(prox, params, inner_updates, mask)
-    return out, L1State(optax.safe_int32_increment(state.count), threshold, inner_state)
+    return out, L1State(optax.safe_int32_increment(state.count), threshold, inner_state,
+                        state.selected)
 
   return boundary.transform(init_fn, update_fn)

@@ -44,7 +44,7 @@ def powerprop(
     inner: any optax optimizer.
     power: p >= 1 (p = 1 is plain training).
     weight_decay: lambda >= 0 on w.
-    where: leaves to reparameterize (default: ndim >= 2).
+    where: leaves to reparameterize (default :func:`pcs.kernels`).
   """
   checks.check_scalar('power', power, minimum=1.0)
   checks.check_scalar('weight_decay', weight_decay, minimum=0.0)

@@ -61,7 +61,7 @@ def soft_threshold(
     inner: any optax optimizer.
     weight_decay: lambda >= 0 on w and s.
     init_threshold: s_0, the initial threshold logit (finite).
-    where: leaves to sparsify (default: ndim >= 2).
+    where: leaves to sparsify (default :func:`pcs.kernels`).
   """
   checks.check_scalar('weight_decay', weight_decay, minimum=0.0)
   checks.check_scalar('init_threshold', init_threshold, minimum=-float('inf'))

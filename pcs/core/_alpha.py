@@ -1,7 +1,7 @@
-"""The regularization strength alpha_t: a float, an optax schedule, or PILoT's controller.
+"""The regularization strength alpha_t: a float, an optax schedule, or PILoT's controllers.
 
-The controller is Algorithm 1 of Jacobs & Burkholz, "Mask in the Mirror: Implicit
-Sparsification" (ICLR 2025). After every epoch k = 1..T:
+:func:`alpha_controller` is Algorithm 1 of Jacobs & Burkholz, "Mask in the Mirror:
+Implicit Sparsification" (ICLR 2025). After every epoch k = 1..T:
 
     alpha <- alpha * delta   if acc_k > acc_{k-1} and ||x||_1 >= K and k <= T / 2,
     alpha <- alpha / delta   otherwise,
@@ -10,10 +10,11 @@ so regularization grows while training improves and the weights are not yet smal
 and is switched off geometrically in the second half of training. Like
 ``optax.contrib.reduce_on_plateau`` it is driven by a value the training loop passes
 to ``update`` as an extra argument (``accuracy=``, the batch accuracy), averaged over
-``steps_per_epoch`` calls.
+``steps_per_epoch`` calls. :func:`target_alpha_controller` adds one condition to the
+growth, that the weights are not yet as sparse as the sparsity asked for.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +24,16 @@ from pcs.core import _checks as checks
 
 
 class AlphaController(NamedTuple):
-  """Hyperparameters of PILoT's accuracy-driven alpha controller (see module doc)."""
+  """Hyperparameters of PILoT's accuracy-driven alpha controllers: Algorithm 1
+  (:func:`alpha_controller`, ``target_sparsity`` None) or its target-aware variant
+  (:func:`target_alpha_controller`)."""
   init_alpha: float
   delta: float
   l1_threshold: float
   steps_per_epoch: int
   num_epochs: int
+  target_sparsity: Optional[float] = None
+  negligible_mass: float = 0.0
 
 
 Alpha = Union[float, jax.Array, Callable[[jax.Array], jax.Array], AlphaController]
@@ -77,14 +82,102 @@ def alpha_controller(init_alpha: float, *, delta: float, steps_per_epoch: int,
     An :class:`AlphaController` to pass as ``alpha=`` to :func:`pcs.pilot` or
     :func:`pcs.mirror`.
   """
-  checks.check_scalar('init_alpha', init_alpha, minimum=0.0)
-  checks.check_scalar('l1_threshold', l1_threshold, minimum=0.0)
   if not checks.is_real(delta) or not delta > 1:
     raise ValueError(f'`delta` must be a number > 1; got {delta!r}.')
+  return _controller(init_alpha, delta, steps_per_epoch, num_epochs, l1_threshold)
+
+
+def _controller(init_alpha, delta, steps_per_epoch, num_epochs, l1_threshold,
+                **target) -> AlphaController:
+  """An :class:`AlphaController` once the arguments shared by both controllers pass."""
+  checks.check_scalar('init_alpha', init_alpha, minimum=0.0)
+  checks.check_scalar('l1_threshold', l1_threshold, minimum=0.0)
   checks.check_integer('steps_per_epoch', steps_per_epoch, minimum=1)
   checks.check_integer('num_epochs', num_epochs, minimum=1)
   return AlphaController(float(init_alpha), float(delta), float(l1_threshold),
-                         int(steps_per_epoch), int(num_epochs))
+                         int(steps_per_epoch), int(num_epochs), **target)
+
+
+def target_alpha_controller(init_alpha: float, *, target_sparsity: float, delta: float,
+                            steps_per_epoch: int, num_epochs: int, l1_threshold: float = 0.0,
+                            negligible_mass: float = 0.01) -> AlphaController:
+  r"""Algorithm 1 that stops the implicit bias once the weights are as sparse as asked for.
+
+  Per epoch k (of T), with s_eff(x) the effective sparsity of the selected weights:
+
+      alpha <- 0               if s_eff(x) >= target_sparsity (and from then on),
+      alpha <- alpha * delta   else if acc_k > acc_{k-1} and ||x||_1 >= K and k <= T / 2,
+      alpha <- alpha / delta   otherwise,
+
+  i.e. :func:`alpha_controller` (Algorithm 1) until the target is reached; ``delta =
+  1`` keeps alpha constant until then. s_eff(x) is the largest fraction of the weights,
+  smallest magnitudes first, that together carry at most ``negligible_mass`` of
+  ``||x||_1``: what a one-shot prune to s_eff cuts carries almost none of the network.
+
+  Why, from the paper's mirror-flow view (Jacobs & Burkholz, "Mask in the Mirror:
+  Implicit Sparsification", ICLR 2025): x = m * w trained with decay alpha_t follows
+  ``d/dt [arcsinh(x / a_t) / 2] = -grad f(x)`` with
+
+      a_t = beta/2 exp(-4 sum_k eta_k alpha_k),
+
+  whose Bregman potential R_a(x) = 1/2 sum [x arcsinh(x/a) - sqrt(x^2 + a^2)] is
+  ``~ x^2 / (4a)`` (L2) for ``|x| << a`` and ``~ 1/2 log(1/a) ||x||_1`` (L1) for
+  ``|x| >> a``. A weight
+  the loss does not hold keeps its dual coordinate z = arcsinh(x / a_t) / 2 and shrinks
+  as x_t = a_t sinh(2z), in proportion to a_t; the smaller a_t, the more weights the
+  bias sends to ~0, up to the sparsity of the L1 limit. a_t moves only by the integral
+  of alpha, and stays where it is once alpha is 0. Algorithm 1 keeps adding to that
+  integral: after growing by delta per epoch to alpha_k, its integral is
+  ~ alpha_k tau delta / (delta - 1) (tau: sum of eta over an epoch), and the geometric
+  decay that follows adds alpha_k tau / (delta - 1), the same again over delta, so
+  -log(a_t / a_0) roughly doubles after the growth stops. The bias then ends past the
+  sparsity it had reached, and past any target short of the L1 limit: the one-shot prune
+  to a 90% target cuts a network that was trained sparser. Setting alpha to 0 once the
+  target is reached freezes a_t where the bias made the weights as sparse as asked.
+
+  s_eff needs a sort of the selected weights once per epoch, on device (no host round
+  trip).
+
+  Example:
+    >>> import optax, pcs
+    >>> alpha = pcs.target_alpha_controller(1e-4, target_sparsity=0.9, delta=1.1,
+    ...                                     steps_per_epoch=100, num_epochs=150)
+    >>> tx = pcs.pilot(optax.sgd(0.2, momentum=0.9), alpha=alpha)  # update(..., accuracy=acc)
+    >>> alpha.target_sparsity
+    0.9
+
+  Args:
+    init_alpha: alpha during the first epoch, >= 0.
+    target_sparsity: the sparsity the network will be pruned to, in (0, 1).
+    delta: multiplicative step, >= 1 (1: alpha constant until the target).
+    steps_per_epoch: optimizer steps per epoch, >= 1.
+    num_epochs: T, the planned number of epochs, >= 1.
+    l1_threshold: K, alpha only grows while ``||x||_1 >= K`` (selected leaves).
+    negligible_mass: the share of ``||x||_1``, in [0, 1), that the weights counted as
+      pruned may carry.
+
+  Returns:
+    An :class:`AlphaController` to pass as ``alpha=`` to :func:`pcs.pilot` or
+    :func:`pcs.mirror`.
+  """
+  if not checks.is_real(target_sparsity) or not 0 < target_sparsity < 1:
+    raise ValueError(f'`target_sparsity` must be a number in (0, 1); got {target_sparsity!r}.')
+  if not checks.is_real(negligible_mass) or not 0 <= negligible_mass < 1:
+    raise ValueError(f'`negligible_mass` must be a number in [0, 1); got {negligible_mass!r}.')
+  if not checks.is_real(delta) or not delta >= 1:
+    raise ValueError(f'`delta` must be a number >= 1; got {delta!r}.')
+  return _controller(init_alpha, delta, steps_per_epoch, num_epochs, l1_threshold,
+                     target_sparsity=float(target_sparsity),
+                     negligible_mass=float(negligible_mass))
+
+
+def effective_sparsity(leaves: Sequence[jax.Array], negligible_mass: float) -> jax.Array:
+  """The largest fraction of the entries of ``leaves``, smallest magnitudes first, whose
+  magnitudes sum to at most ``negligible_mass * ||x||_1`` (float32; 1 for all zeros)."""
+  magnitudes = jnp.sort(jnp.concatenate([jnp.abs(x).astype(jnp.float32).ravel()
+                                         for x in leaves]))
+  mass = jnp.cumsum(magnitudes)
+  return jnp.mean(mass <= negligible_mass * mass[-1])
 
 
 def check_alpha(alpha: Alpha) -> None:
@@ -122,12 +215,14 @@ def current(alpha: Alpha, state: AlphaState, count: jax.Array) -> jax.Array:
 
 
 def advance(alpha: Alpha, state: AlphaState, alpha_t: jax.Array,
-            accuracy: Optional[jax.Array], l1_norm: Callable[[], jax.Array]) -> AlphaState:
+            accuracy: Optional[jax.Array],
+            selected: Callable[[], Sequence[jax.Array]]) -> AlphaState:
   """The state after a step that used ``alpha_t``.
 
-  For the controller, ``accuracy`` (or None) is accumulated, and at the end of an
-  epoch alpha is multiplied or divided by ``delta`` (Algorithm 1); ``l1_norm`` is
-  called only then.
+  For a controller, ``accuracy`` (or None) is accumulated, and at the end of an
+  epoch alpha is multiplied or divided by ``delta`` (Algorithm 1, and for
+  :func:`target_alpha_controller` its target condition); ``selected``, the selected
+  leaves of the new x, is called only then.
   """
   if not isinstance(alpha, AlphaController):
     return state._replace(alpha=alpha_t, used=alpha_t)
@@ -140,8 +235,14 @@ def advance(alpha: Alpha, state: AlphaState, alpha_t: jax.Array,
     epoch = state.epoch + 1
     mean_accuracy = accuracy_sum / alpha.steps_per_epoch
     improved = True if accuracy is None else mean_accuracy > state.last_accuracy
-    grow = improved & (l1_norm() >= alpha.l1_threshold) & (2 * epoch <= alpha.num_epochs)
+    leaves = selected()
+    l1_norm = sum((jnp.sum(jnp.abs(x), dtype=jnp.float32) for x in leaves),
+                  jnp.zeros((), jnp.float32))
+    grow = improved & (l1_norm >= alpha.l1_threshold) & (2 * epoch <= alpha.num_epochs)
     new_alpha = jnp.where(grow, state.alpha * alpha.delta, state.alpha / alpha.delta)
+    if alpha.target_sparsity is not None:  # target_alpha_controller: 0 from the target on
+      reached = effective_sparsity(leaves, alpha.negligible_mass) >= alpha.target_sparsity
+      new_alpha = jnp.where(reached, 0.0, new_alpha)
     return AlphaState(new_alpha, alpha_t, epoch, jnp.zeros((), jnp.int32),
                       jnp.zeros((), jnp.float32), mean_accuracy)
 

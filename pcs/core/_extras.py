@@ -10,7 +10,7 @@ on use too.)
 import importlib
 from types import ModuleType
 
-EXTRAS = {'flax.linen': 'export', 'orbax.checkpoint': 'checkpoint'}
+EXTRAS = {'flax.linen': 'export', 'flax.nnx': 'export', 'orbax.checkpoint': 'checkpoint'}
 
 
 def require(module: str, feature: str) -> ModuleType:

@@ -4,7 +4,9 @@ Each pcs state type owns its accessors (``stats(params, where)``, and for method
 with latent variables ``latents(params, where)``), next to the transform that
 makes it. The functions here find those states wherever they sit in an optax
 composition (chain, masked, multi_transform, inject_hyperparams, MultiSteps,
-apply_if_finite, and one pcs transform inside another) and call them.
+apply_if_finite, and one pcs transform inside another) and call them. Without a
+``where``, each state reports over the leaves its transform acts on, which it
+recorded at init (``state.selected``, see :func:`pcs.core._selection.record`).
 """
 
 from typing import Any, List
@@ -60,6 +62,13 @@ def find_state(opt_state: Any) -> Any:
   return found[0]
 
 
+def own_where(state: Any, params: Any, where: selection.Where) -> selection.Where:
+  """``where`` if given, else the selection ``state`` recorded at init, as a bool tree."""
+  if where is not None:
+    return where
+  return selection.recorded(state.selected, params)
+
+
 def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
   """The latent variables behind ``params``, for inspection.
 
@@ -67,8 +76,8 @@ def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
   method does not act on: ``Factors(m, w)`` for :func:`pcs.pilot` / :func:`pcs.spred`
   (x = m * w), ``ThresholdLatent(w, s)`` for STR, ``MaskLatent(w, s)`` for CS,
   ``PowerLatent(w)`` for PowerProp; for :func:`pcs.mirror` the tree of dual
-  coordinates ``z = 1/2 arcsinh(x / a_t)``. spred and mirror keep no per-leaf
-  state, so they use ``where``: pass the transform's.
+  coordinates ``z = 1/2 arcsinh(x / a_t)``. ``where`` defaults to the transform's
+  own (recorded in its state at init).
 
   Example:
     >>> import jax.numpy as jnp, optax, pcs
@@ -78,15 +87,18 @@ def latents(opt_state: Any, params: Any, where: selection.Where = None) -> Any:
     ([[2.0, -0.5]], MaskedNode())
   """
   opt_state, params = boundary.plain(opt_state), boundary.plain(params)
-  return find_state(opt_state).latents(params, where)
+  state = find_state(opt_state)
+  return state.latents(params, own_where(state, params, where))
 
 
 def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
   """Scalars to log each epoch, for any pcs transform or composition of them.
 
-  Always :func:`weight_stats` over the leaves selected by ``where`` (pass the
-  transform's; default ndim >= 2): ``l1_norm``, ``sparsity``, the fractions of small
-  weights and quantiles of ``|x|``. Then each pcs state's own:
+  Always :func:`weight_stats` over the leaves selected by ``where`` (default: the
+  leaves the pcs transforms in ``opt_state`` act on, as each recorded at init; with
+  several, every leaf one of them acts on): ``l1_norm``, ``sparsity``, the fractions
+  of small weights and quantiles of ``|x|``. Then each pcs state's own, over its own
+  leaves unless ``where`` is given:
 
   * pilot / spred / mirror: ``alpha`` (alpha_t of the latest step) and ``a`` (a_t:
     ``exp(log_a)`` for mirror; the mean of (m^2 - w^2) / 2 for pilot, exact for
@@ -117,9 +129,11 @@ def stats(opt_state: Any, params: Any, where: selection.Where = None) -> dict:
     raise ValueError('`opt_state` holds no pcs state: pass the state of a pcs transform '
                      '(or of an optax composition that contains one); for a plain optax '
                      'optimizer use pcs.weight_stats(params).')
-  out = weight_stats(params, where)
-  for state in states:
-    for key, value in state.stats(params, where).items():
+  own = [own_where(state, params, where) for state in states]
+  acted_on = where if where is not None else jax.tree.map(lambda *s: any(s), *own)
+  out = weight_stats(params, acted_on)
+  for state, state_where in zip(states, own):
+    for key, value in state.stats(params, state_where).items():
       if key in out:
         raise ValueError(f'Two pcs states in `opt_state` report {key!r}; inspect them '
                          'separately with pcs.find_states.')
@@ -134,7 +148,7 @@ def weight_stats(params: Any, where: selection.Where = None) -> dict:
   """How sparse and how compressible the selected weights are, under any optimizer.
 
   ``l1_norm`` = ||x||_1 and ``sparsity`` (the fraction of exact zeros) over the leaves
-  selected by ``where`` (default ndim >= 2); ``small_1e-3`` / ``small_1e-6``, the
+  selected by ``where`` (default :func:`pcs.kernels`); ``small_1e-3`` / ``small_1e-6``, the
   fractions with ``|x|`` below 1e-3 and 1e-6 (compressible is not sparse: only exact zeros
   count as sparsity); and ``abs_q10`` / ``abs_q50`` / ``abs_q90``, the 10/50/90%
   quantiles of ``|x|`` (a sort of all selected weights: meant for logging once per epoch).

@@ -129,11 +129,15 @@ class ReparamState(NamedTuple):
       holes where the transform does not act.
     inner_state: the inner optimizer's state over :class:`Reparameterized` trees.
     alpha_state: the current alpha (and the controller's bookkeeping).
+    selected: which leaves the transform acts on, a tree holding no array
+      (:func:`pcs.core._selection.record`); :func:`pcs.stats` and :func:`pcs.latents`
+      read it when no ``where`` is given.
   """
   count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   stored: Any
   inner_state: Any
   alpha_state: alpha_lib.AlphaState
+  selected: Any
 
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``alpha`` of the latest step and the stored class's own ``stats``."""
@@ -234,13 +238,14 @@ def reparameterize(
 
   def init_fn(params):
     mask = selection.select(params, where)
+    selection.check_selects_some(params, mask, name)
     latents, inner_state = init_inner(inner, params, mask, reparam.init, latent_cls)
     count = jnp.zeros((), jnp.int32)
     chosen, _ = split(params, mask)
     stored = unzip(map_selected(lambda x, u: reparam.store(u, count), chosen,
                                 zip_leaves(latents, chosen)), stored_cls)
     return ReparamState(count=count, stored=stored, inner_state=inner_state,
-                        alpha_state=alpha_lib.init(alpha))
+                        alpha_state=alpha_lib.init(alpha), selected=selection.record(mask))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -276,7 +281,7 @@ def reparameterize(
         extra_args)
     alpha_state = advance_alpha(alpha, state.alpha_state, alpha_t, extra_args, params, out, mask)
     return out, ReparamState(count=next_step, stored=stored, inner_state=inner_state,
-                             alpha_state=alpha_state)
+                             alpha_state=alpha_state, selected=state.selected)
 
   return boundary.transform(init_fn, update_fn)
 
@@ -346,8 +351,9 @@ def step_through_latents(inner: optax.GradientTransformationExtraArgs, steps: Le
 
 
 def advance_alpha(alpha, alpha_state, alpha_t, extra_args, params, updates, mask):
-  """The alpha state after a step that used ``alpha_t``; the controller reads
-  ``accuracy=`` from ``extra_args`` and ||x_new||_1 of the selected leaves."""
+  """The alpha state after a step that used ``alpha_t``; a controller reads
+  ``accuracy=`` from ``extra_args`` and the selected leaves of x_new."""
   return alpha_lib.advance(
       alpha, alpha_state, alpha_t, extra_args.get('accuracy'),
-      lambda: selection.l1_norm(optax.apply_updates(params, updates), mask))
+      lambda: [x for _, x in selection.selected_leaves(optax.apply_updates(params, updates),
+                                                       mask)])

@@ -1,18 +1,72 @@
-"""Which parameter leaves a sparsifying transform acts on (the ``where`` argument)."""
+"""Which parameter leaves a sparsifying transform acts on (the ``where`` argument).
+
+The default, :func:`kernels`, is the rule that fits a transformer and a CNN alike: every
+leaf with ``ndim >= 2`` except embedding tables, biases and scales. An embedding is a
+lookup table, so zeros in it speed up no product, and the rows of rare tokens get
+little gradient, so a decay empties them whatever their use; attention biases
+(``(heads, head_dim)``) and norm scales are few and are no weight matrices. Kernels of Linear /
+LinearGeneral / Einsum / Conv layers are selected, and so are unnamed arrays and
+leaves of other names with ``ndim >= 2`` (plain pytrees of weight matrices).
+
+Every pcs transform records its selection in its state as a params-shaped tree that
+holds no array (:func:`record`), so :func:`pcs.stats` and :func:`pcs.latents` use the
+transform's own ``where`` when none is given.
+"""
 
 from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from pcs.core import _boundary as boundary
 
 Where = Union[None, Any, Callable[[tuple, jax.Array], bool]]
 
+EXCLUDED_NAMES = ('bias', 'scale')
 
-def _default_where(path, leaf) -> bool:
-  del path
-  return jnp.ndim(leaf) >= 2
+
+def leaf_name(path: tuple) -> str:
+  """The last key of a key path as a string (``''`` for the root)."""
+  return path_name(path[-1:])
+
+
+def _is_embedding(name: str) -> bool:
+  return 'embed' in name.lower()
+
+
+def kernels(path: tuple, leaf: Any) -> bool:
+  """The default ``where``: every leaf with ``ndim >= 2`` except embeddings, biases and scales.
+
+  A leaf is excluded when its name (the last key of its path) is ``bias`` or ``scale``,
+  or contains ``embed`` (``nnx.Embed`` and linen ``Embed`` tables, ``pos_embedding``).
+  So the kernels of Linear / LinearGeneral / Einsum / Conv layers are selected, the
+  attention biases of shape ``(heads, head_dim)`` and the embedding tables are not, and
+  unnamed arrays with ``ndim >= 2`` are (see the module docstring for why).
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> params = {'embed': {'embedding': jnp.ones((50, 8))}, 'query': {
+    ...     'kernel': jnp.ones((8, 2, 4)), 'bias': jnp.ones((2, 4))}}
+    >>> pcs.select(params, pcs.kernels)  # the default: pcs.select(params)
+    {'embed': {'embedding': False}, 'query': {'bias': False, 'kernel': True}}
+  """
+  name = leaf_name(path).lower()
+  return jnp.ndim(leaf) >= 2 and name not in EXCLUDED_NAMES and not _is_embedding(name)
+
+
+def kernels_and_embeddings(path: tuple, leaf: Any) -> bool:
+  """:func:`kernels` and the embedding tables: every leaf with ``ndim >= 2`` except those
+  named ``bias`` or ``scale``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, pcs
+    >>> params = {'embed': {'embedding': jnp.ones((50, 8))}, 'out': {'kernel': jnp.ones((8, 50))}}
+    >>> pcs.select(params, pcs.kernels_and_embeddings)
+    {'embed': {'embedding': True}, 'out': {'kernel': True}}
+    >>> tx = pcs.pilot(optax.adamw(1e-3), alpha=1e-4, where=pcs.kernels_and_embeddings)
+  """
+  return jnp.ndim(leaf) >= 2 and leaf_name(path).lower() not in EXCLUDED_NAMES
 
 
 def select(params: Any, where: Where = None, *, check_float: bool = True) -> Any:
@@ -25,8 +79,8 @@ def select(params: Any, where: Where = None, *, check_float: bool = True) -> Any
 
   Args:
     params: the parameter pytree.
-    where: ``None`` selects every leaf with ``ndim >= 2`` (kernels, not biases or
-      norm scales); a callable ``where(path, leaf) -> bool`` with ``path`` as in
+    where: ``None`` is :func:`kernels` (every leaf with ``ndim >= 2`` except
+      embeddings, biases and scales); a callable ``where(path, leaf) -> bool`` with ``path`` as in
       ``jax.tree_util.tree_map_with_path``; or a pytree of bools with exactly the
       structure of ``params``.
     check_float: raise if a selected leaf is not a real floating-point array.
@@ -40,7 +94,7 @@ def select(params: Any, where: Where = None, *, check_float: bool = True) -> Any
   """
   params = boundary.plain(params)
   if where is None:
-    where = _default_where
+    where = kernels
   if callable(where):
     mask = jax.tree_util.tree_map_with_path(lambda p, x: bool(where(p, x)), params)
   else:
@@ -93,7 +147,7 @@ def sparsity(params: Any, where: Where = None) -> jax.Array:
   """Fraction of exact zeros among the selected leaves of ``params``.
 
   ``sparsity = #{i : x_i == 0} / #{i}`` over all entries of the leaves chosen by
-  ``where`` (default: every leaf with ``ndim >= 2``).
+  ``where`` (default :func:`kernels`).
 
   Example:
     >>> import jax.numpy as jnp, pcs
@@ -121,3 +175,70 @@ def l1_norm(params: Any, mask: Any) -> jax.Array:
   chosen = [x for _, x in selected_leaves(params, mask)]
   return sum((jnp.sum(jnp.abs(x), dtype=jnp.float32) for x in chosen),
              jnp.zeros((), jnp.float32))
+
+
+class Selected(optax.MaskedNode):
+  """A selected leaf in a selection :func:`record`.
+
+  Like ``optax.MaskedNode``, of which it is a subclass, it holds no array, so code that
+  passes over MaskedNode holes (``tree_map_params`` with ``is_leaf=lambda n:
+  isinstance(n, optax.MaskedNode)``, ``jit``, orbax, ``nnx.Optimizer``) passes over it
+  too; only its type says that the leaf is selected.
+  """
+
+
+def record(mask: Any) -> Any:
+  """The selection ``mask`` (from :func:`select`) as a tree holding no array: ``Selected()``
+  at the selected leaves, ``optax.MaskedNode()`` at the others.
+
+  Its structure is static, so a state that keeps it works under ``jit``, restores with
+  orbax against ``jax.eval_shape(tx.init, params)`` and is a params-shaped tree for
+  ``optax.tree_utils.tree_map_params``.
+  """
+  return jax.tree.map(lambda s: Selected() if s else optax.MaskedNode(), mask)
+
+
+def recorded(selected: Any, params: Any) -> Any:
+  """The bool tree (structure of ``params``) of a :func:`record`; leaves that were holes when
+  the transform was initialised (``optax.masked`` passes those, a whole subtree as one
+  hole where its mask is a prefix tree) are not selected.
+
+  Raises:
+    ValueError: if ``params`` has another structure than the recorded one.
+  """
+  def expand(marker, subtree):
+    return jax.tree.map(lambda _: isinstance(marker, Selected), subtree)
+
+  try:
+    return jax.tree.map(expand, selected, params,
+                        is_leaf=lambda n: isinstance(n, optax.MaskedNode))
+  except ValueError:
+    raise ValueError(
+        'The pcs state recorded its selection for params of structure '
+        f'{jax.tree.structure(selected, is_leaf=lambda n: isinstance(n, optax.MaskedNode))}'
+        f', but params have {jax.tree.structure(params)}; pass `where`.') from None
+
+
+def describe(params: Any, limit: int = 12) -> str:
+  """The leaves of ``params`` as ``'path shape'``, the first ``limit`` of them."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  shown = ', '.join(f'{path_name(path) or "<root>"} {tuple(jnp.shape(x))}'
+                    for path, x in leaves[:limit])
+  return shown + (f' and {len(leaves) - limit} more' if len(leaves) > limit else '')
+
+
+def check_selects_some(params: Any, mask: Any, owner: str) -> None:
+  """Raises ValueError if ``params`` has leaves and ``mask`` selects none of them.
+
+  A tree without leaves passes: ``optax.masked`` and ``optax.multi_transform`` hand a
+  transform MaskedNode at every leaf it does not own, and
+  ``optax.tree_utils.tree_map_params`` initialises with a leafless placeholder.
+  """
+  params = boundary.plain(params)
+  leaves = jax.tree.leaves(params)
+  if leaves and not any(jax.tree.leaves(mask)):
+    raise ValueError(
+        f'{owner}: `where` selects none of the {len(leaves)} leaves of params: '
+        f'{describe(params)}. The default (pcs.kernels) takes every leaf with ndim >= 2 '
+        'except embeddings, biases and scales; check the predicate or tree passed as '
+        "`where` (e.g. `where=lambda path, leaf: path[-1].key == 'kernel'`).")

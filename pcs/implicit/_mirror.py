@@ -185,11 +185,14 @@ class MirrorState(NamedTuple):
       Dual(z))`` trees (the dual variables of the selected leaves and the other
       weights); the same size as the bare optimizer's.
     alpha_state: the current alpha (and the controller's bookkeeping).
+    selected: which leaves mirror acts on (a tree holding no array; see
+      :class:`pcs.ReparamState`).
   """
   count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   log_a: jax.Array
   inner_state: Any
   alpha_state: alpha_lib.AlphaState
+  selected: Any
 
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``alpha`` of the latest step and ``a`` = a_t = exp(log_a)."""
@@ -198,7 +201,7 @@ class MirrorState(NamedTuple):
 
   def latents(self, params: Any, where: selection.Where = None) -> Any:
     """The dual coordinates z = 1/2 arcsinh(x / a_t) at the leaves selected by
-    ``where`` (pass the transform's), holes elsewhere."""
+    ``where``, holes elsewhere."""
     mask = selection.select(params, where)
     return jax.tree.map(
         lambda x, s: mirror_map(x, self.log_a) if s else optax.MaskedNode(),
@@ -255,7 +258,7 @@ def mirror(
     inner: any optax optimizer; it steps z for selected leaves, x for the others.
     alpha: decay strength: float >= 0, optax schedule, or :func:`pcs.alpha_controller`.
     beta: the initial imbalance m0^2 - w0^2 = 2 a_0, > 0.
-    where: leaves to sparsify (default: ndim >= 2); see :func:`pcs.select`.
+    where: leaves to sparsify (default :func:`pcs.kernels`); see :func:`pcs.select`.
     learning_rate: eta_t, float or schedule; required unless alpha is 0.
 
   Returns:
@@ -271,6 +274,7 @@ def mirror(
 
   def init_fn(params):
     mask = selection.select(params, where)
+    selection.check_selects_some(params, mask, 'mirror')
     # log a_0 = log beta - log 2, in float64 for a Python beta: a float32 beta / 2 can
     # underflow to 0 (log -> -inf) while its logarithm is perfectly representable.
     if isinstance(beta, numbers.Real):
@@ -280,7 +284,7 @@ def mirror(
     _, inner_state = reparam.init_inner(inner, params, mask,
                                         lambda x: Dual(mirror_map(x, log_a)), Dual)
     return MirrorState(count=jnp.zeros((), jnp.int32), log_a=log_a, inner_state=inner_state,
-                       alpha_state=alpha_lib.init(alpha))
+                       alpha_state=alpha_lib.init(alpha), selected=selection.record(mask))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -302,6 +306,7 @@ def mirror(
     alpha_state = reparam.advance_alpha(alpha, state.alpha_state, alpha_t, extra_args,
                                         params, out, mask)
     return out, MirrorState(count=optax.safe_int32_increment(state.count), log_a=log_a,
-                            inner_state=inner_state, alpha_state=alpha_state)
+                            inner_state=inner_state, alpha_state=alpha_state,
+                            selected=state.selected)
 
   return boundary.transform(init_fn, update_fn)

@@ -194,7 +194,8 @@ def pilot(
       or :func:`pcs.alpha_controller` (Algorithm 1, fed by ``update(...,
       accuracy=batch_accuracy)``).
     beta: init imbalance m0^2 - w0^2 >= 0 (paper: 1; 0 is spred's balanced init).
-    where: leaves to sparsify; default every leaf with ndim >= 2. A pytree of
+    where: leaves to sparsify; default :func:`pcs.kernels` (every leaf with
+      ndim >= 2 except embeddings, biases and scales). A pytree of
       bools or a predicate ``(path, leaf) -> bool`` (see :func:`pcs.select`).
     decoupled: apply the decay outside ``inner``, ``(m, w) <- (m, w) + inner step
       - 2 lr_t alpha_t (m, w)``, as AdamW does; then ``learning_rate`` is needed.

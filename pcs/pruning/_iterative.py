@@ -81,7 +81,7 @@ def iterative_pruning(
   rewind_params = params if rewind_params is None else rewind_params
   if jax.tree.structure(rewind_params) != jax.tree.structure(params):  # type: ignore[operator]  # PyTreeDef's stubs lack ==
     raise ValueError('`rewind_params` must have the structure of params.')
-  selection.select(params, where)
+  selection.check_selects_some(params, selection.select(params, where), 'iterative_pruning')
 
   record = {'cycle': 0, 'start': params, 'rewind': rewind_params,
             'masks': pruning.all_kept(params),

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcs.core import _selection as selection
 from pcs.core import _boundary as boundary
+from pcs.core import _layout as layout_lib
+from pcs.core import _selection as selection
 import itertools
 
 SCOPES = ('global', 'layerwise', 'erk')
@@ -70,17 +71,30 @@ def erk_densities(shapes: Sequence[Tuple[int, ...]], sparsity) -> jax.Array:
   return jnp.where(dense, 1.0, jnp.minimum(1.0, c * scores))
 
 
+def erk_shape(name: str, shape: Tuple[int, ...], layouts: dict) -> Tuple[int, ...]:
+  """The shape ERK scores a kernel by: ``(*window, *batch, fan_in, fan_out)`` where its
+  layout is known (an attention kernel (in, heads, head_dim) counts as the matrix
+  (in, heads * head_dim)), else the shape itself (a conv kernel's is its own)."""
+  layout = layout_lib.layout_for(name, shape, layouts)
+  if layout is None:
+    return tuple(shape)
+  size = lambda axes: int(np.prod([shape[a] for a in axes]))
+  return (tuple(shape[a] for a in layout.window_axes + layout.batch_axes)
+          + (size(layout.in_axes), size(layout.out_axes)))
+
+
 def magnitude_masks(params: Any, sparsity, *, scope: str = 'global',
-                    where: selection.Where = None) -> Any:
+                    where: selection.Where = None, layouts: Optional[dict] = None) -> Any:
   """Masks that prune the smallest-magnitude selected weights (see :func:`prune`).
 
-  ``sparsity`` may be a traced scalar (as in :func:`pcs.gmp`); scope and where are
-  static.
+  ``sparsity`` may be a traced scalar (as in :func:`pcs.gmp`); scope, where and
+  layouts (used by ERK) are static.
   """
   check_sparsity(sparsity)
   check_scope(scope)
   mask_tree = selection.select(params, where)
-  leaves, treedef = jax.tree.flatten(params)
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves = [x for _, x in with_paths]
   chosen = [i for i, c in enumerate(jax.tree.leaves(mask_tree)) if c]
   masks = [jnp.ones(jnp.shape(x), bool) for x in leaves]
   if not chosen:
@@ -96,7 +110,10 @@ def magnitude_masks(params: Any, sparsity, *, scope: str = 'global',
     if scope == 'layerwise':
       fractions = [sparsity] * len(chosen)
     else:
-      densities = erk_densities([jnp.shape(leaves[i]) for i in chosen], sparsity)
+      resolved = layout_lib.resolve(layouts)
+      densities = erk_densities([erk_shape(selection.path_name(with_paths[i][0]),
+                                           jnp.shape(leaves[i]), resolved)
+                                 for i in chosen], sparsity)
       fractions = [1.0 - densities[j] for j in range(len(chosen))]
     pieces = [_keep_largest(m, jnp.round(f * m.size).astype(jnp.int32))
               for m, f in zip(magnitudes, fractions)]
@@ -105,30 +122,62 @@ def magnitude_masks(params: Any, sparsity, *, scope: str = 'global',
   return jax.tree.unflatten(treedef, masks)
 
 
-def n_m_masks(params: Any, n: int, m: int, *, where: selection.Where = None) -> Any:
-  """N:M masks: in every group of m consecutive weights along the input axis
-  (axis -2: the fan-in of Dense (in, out) and Conv (..., in, out) kernels), keep
-  the n largest magnitudes (ties: the earlier weight is pruned first).
+def _n_m_layout(name: str, shape: Tuple[int, ...], m: int, layouts: dict):
+  """The layout N:M groups ``name`` by; raises ValueError where it is not known or M does
+  not divide the fan-in."""
+  if len(shape) < 2:
+    raise ValueError(f'`n_m` groups the input axes of kernels (ndim >= 2); {name} has shape '
+                     f'{shape}. Exclude it with `where`.')
+  layout = layout_lib.layout_for(name, shape, layouts)
+  if layout is None:
+    raise ValueError(
+        f'`n_m`: the input axes of {name}, of shape {shape}, are not known from its shape '
+        f'or name: axis -2 (of size {shape[-2]}) is the input axis of a conv kernel '
+        '(*window, in, out) but the heads axis of an attention kernel (in, heads, '
+        'head_dim). Pass `layouts=pcs.kernel_layouts(model)` (linen: '
+        '`pcs.kernel_layouts(model, x)`), or for this leaf `layouts={'
+        f"'{name}': pcs.KernelLayout(in_axes=..., out_axes=..., window_axes=...)}}`.")
+  fan_in = int(np.prod([shape[a] for a in layout.in_axes]))
+  if fan_in % m:
+    raise ValueError(f'`n_m`: M = {m} must divide the fan-in (the in axes, flattened) of '
+                     f'every selected leaf; {name} has shape {shape}, in axes '
+                     f'{layout.in_axes}: {fan_in}.')
+  return layout
+
+
+def n_m_masks(params: Any, n: int, m: int, *, where: selection.Where = None,
+              layouts: Optional[dict] = None) -> Any:
+  """N:M masks: in every group of m consecutive weights along the input axes, keep the n
+  largest magnitudes (ties: the earlier weight is pruned first).
+
+  The input (contraction) axes of each kernel come from its layout
+  (:class:`pcs.KernelLayout`: ``layouts``, else the name, see
+  :func:`pcs.core._layout.named_layout`); several in axes are flattened in C order
+  into one fan-in axis, and groups run along it, separately for every output unit,
+  conv window offset and batch index. For Dense (in, out) and Conv (*window, in,
+  out) kernels that is axis -2; for an attention out kernel (heads, head_dim, out) it
+  is heads * head_dim.
 
   Reference: Mishra et al., "Accelerating Sparse Deep Neural Networks", 2021 (2:4).
   """
   if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
     raise ValueError(f'`n_m` must be two integers 0 < N <= M; got {(n, m)!r}.')
   mask_tree = selection.select(params, where)
+  resolved = layout_lib.resolve(layouts)
 
   def leaf_mask(path, x, chosen):
     if not chosen:
       return jnp.ones(jnp.shape(x), bool)
-    if jnp.ndim(x) < 2 or jnp.shape(x)[-2] % m:
-      raise ValueError(
-          f'`n_m`: M = {m} must divide the input axis (-2) of every selected leaf; '
-          f'{jax.tree_util.keystr(path)} has shape {jnp.shape(x)}.')
-    moved = jnp.moveaxis(jnp.abs(x).astype(jnp.float32), -2, -1)
-    groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
-    order = jnp.argsort(groups, axis=-1, stable=True)
-    ranks = jnp.argsort(order, axis=-1, stable=True)
+    shape = tuple(jnp.shape(x))
+    layout = _n_m_layout(selection.path_name(path), shape, m, resolved)
+    others = layout.window_axes + layout.batch_axes + layout.out_axes
+    order = others + layout.in_axes
+    moved = jnp.transpose(jnp.abs(x).astype(jnp.float32), order)
+    lead = moved.shape[:len(others)]
+    groups = moved.reshape(lead + (-1, m))
+    ranks = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1, stable=True)
     keep = (ranks >= m - n).reshape(moved.shape)
-    return jnp.moveaxis(keep, -1, -2)
+    return jnp.transpose(keep, np.argsort(order))
 
   return jax.tree_util.tree_map_with_path(leaf_mask, params, mask_tree)
 
@@ -157,8 +206,8 @@ def check_masks(params: Any, masks: Any) -> None:
 
 
 def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global',
-          n_m: Optional[Tuple[int, int]] = None,
-          where: selection.Where = None) -> Tuple[Any, Any]:
+          n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
+          layouts: Optional[dict] = None) -> Tuple[Any, Any]:
   """Zeroes the smallest-magnitude weights to an exact target sparsity.
 
   Example:
@@ -175,22 +224,37 @@ def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global
       selected weights (``global``), or per layer with the ERK distribution's
       per-layer densities (``erk``, Evci et al., 2020).
     scope: ``'global'``, ``'layerwise'`` or ``'erk'``.
-    n_m: ``(N, M)`` for N:M sparsity (keep N of every M along the input axis)
-      instead of ``sparsity``.
-    where: leaves to prune (default: every leaf with ndim >= 2).
+    n_m: ``(N, M)`` for N:M sparsity instead of ``sparsity``: keep the N largest of
+      every M consecutive weights along a kernel's input axes (:func:`n_m_masks`).
+      2-D kernels are (in, out); a kernel of ndim >= 3 needs its layout, from
+      ``layouts`` or from its name (a layer named like ``conv``, or an attention
+      ``query`` / ``key`` / ``value`` / ``out`` projection as Flax lays them out);
+      any other is refused, with its name, shape and how to pass its layout.
+    where: leaves to prune (default :func:`pcs.kernels`: every leaf with ndim >= 2
+      except embeddings, biases and scales).
+    layouts: ``{parameter path: pcs.KernelLayout}`` as :func:`pcs.kernel_layouts`
+      returns it (paths may also be strings ``'blocks/0/attn/query/kernel'``): the
+      input axes N:M groups along, and the matrix shape ERK scores.
 
   Returns:
     ``(pruned_params, masks)``; ``masks`` is a bool pytree (True = kept).
+
+  Raises:
+    ValueError: for a bad ``sparsity``, ``scope`` or ``n_m``, a ``where`` that selects
+      nothing (naming the leaves it saw), or an N:M kernel whose input axes are not
+      known or not divisible by M.
   """
   if (sparsity is None) == (n_m is None):
     raise ValueError('prune needs exactly one of `sparsity` and `n_m`.')
   given, params = params, boundary.plain(params)
+  selection.check_selects_some(params, selection.select(params, where, check_float=False),
+                               'prune')
   if n_m is not None:
     if not isinstance(n_m, (tuple, list)) or len(n_m) != 2:
       raise ValueError(f'`n_m` must be a pair (N, M); got {n_m!r}.')
-    masks = n_m_masks(params, *n_m, where=where)
+    masks = n_m_masks(params, *n_m, where=where, layouts=layouts)
   else:
-    masks = magnitude_masks(params, sparsity, scope=scope, where=where)
+    masks = magnitude_masks(params, sparsity, scope=scope, where=where, layouts=layouts)
   # An NNX State comes back as a State (for nnx.update), a pure tree as a pure tree.
   return boundary.restore(given, apply_masks(params, masks)), boundary.restore(given, masks)
 

@@ -22,11 +22,14 @@ class ScheduledPruningState(NamedTuple):
     target: the target sparsity of the latest step's schedule (float32).
     masks: bool tree like the params (True = kept).
     inner_state: the inner optimizer's state.
+    selected: which leaves are pruned (a tree holding no array; see
+      :class:`pcs.ReparamState`).
   """
   count: jax.Array  # type: ignore[assignment]  # optax's name, shadows tuple.count
   target: jax.Array
   masks: Any
   inner_state: optax.OptState
+  selected: Any
 
   def stats(self, params: Any, where: selection.Where = None) -> dict:
     """``target_sparsity`` (scheduled) and ``mask_sparsity`` over the selected leaves."""
@@ -48,9 +51,11 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
   inner = boundary.inner_optimizer(inner, name)
 
   def init_fn(params):
-    selection.select(params, where)
+    mask = selection.select(params, where)
+    selection.check_selects_some(params, mask, name)
     return ScheduledPruningState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
-                        pruning.all_kept(params), inner.init(params))
+                                 pruning.all_kept(params), inner.init(params),
+                                 selection.record(mask))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -67,7 +72,8 @@ def _scheduled_pruning(inner, sparsity_at: Callable, is_pruning_step: Callable, 
     out = jax.tree.map(lambda nx, x, m: jnp.where(m, nx, jnp.zeros_like(nx)) - x,
                        new_x, params, masks)
     return out, ScheduledPruningState(optax.safe_int32_increment(step), target, masks,
-                             masked.zero_pruned(inner, inner_state, masks))
+                                      masked.zero_pruned(inner, inner_state, masks),
+                                      state.selected)
 
   return boundary.transform(init_fn, update_fn)
 
@@ -118,7 +124,7 @@ def gmp(
       follows the same sparsity schedule; :func:`pcs.prune` and
       :func:`one_shot_pruning` default to global (one threshold over all layers), the
       usual choice for pruning once after training (Frankle & Carbin, 2019).
-    where: leaves to prune (default: ndim >= 2).
+    where: leaves to prune (default :func:`pcs.kernels`).
   """
   pruning.check_sparsity(final_sparsity)
   pruning.check_sparsity(initial_sparsity)
@@ -172,7 +178,7 @@ def one_shot_pruning(
     sparsity: target in [0, 1).
     step: the update at which to prune (>= 0).
     scope: ``'global'``, ``'layerwise'`` or ``'erk'``.
-    where: leaves to prune (default: ndim >= 2).
+    where: leaves to prune (default :func:`pcs.kernels`).
   """
   pruning.check_sparsity(sparsity)
   checks.check_integer('step', step, minimum=0)

@@ -5,7 +5,9 @@
 * kernels: C++ XLA FFI handlers for CPU (``csrc/sparse_kernels.cc``), registered when pcs
   is imported, with a pure-JAX reference where they are absent (``_kernels.py``);
 * layers: :func:`dense` and :func:`conv` (direct on the stride phases, or im2col);
-* export: :func:`export_layers`, each layer kept sparse only where measured faster;
+* export: :func:`export_layers`, each layer kept sparse only where measured faster
+  (timed against dense in alternation, ``_timing.py``); :meth:`Exported.bind` gives
+  the compiled call with the arrays bound on device;
 * adapters: :mod:`pcs.sparse.linen` (``pcs.export``, ``pcs.sparse_apply``) and
   :mod:`pcs.sparse.nnx` (``sparsify``; import it explicitly, it needs flax);
 * artifacts: :func:`save` / :func:`load`, a plain ``.npz`` that never unpickles.
@@ -17,4 +19,5 @@ from pcs.sparse._export import export as export_layers
 from pcs.sparse._formats import CSR, NM, csr, nm
 from pcs.sparse._kernels import kernels_available, matmul_t, reference_matmul_t
 from pcs.sparse._layers import conv, dense
+from pcs.sparse._timing import Comparison
 from pcs.sparse.linen import export, sparse_apply

@@ -72,6 +72,8 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
              'arrays': {name: add(getattr(layer, name)) for name in _ARRAYS[kind]}}
     if kind == 'n_m':
       entry['n_m'] = [layer.n, layer.m]
+    if layer.threads != formats.THREADS_POOL:
+      entry['threads'] = layer.threads
     layers.append(entry)
   choices = [{**c._asdict(), 'path': list(c.path), 'kernel_shape': list(c.kernel_shape)}
              for c in exported.choices]
@@ -94,8 +96,9 @@ def _nest(leaves) -> Dict:
 def load(file) -> Tuple[Dict, _export.Exported]:
   """Reads a file written by :func:`save`: ``(variables, exported)``.
 
-  ``variables`` is a nested dict of numpy arrays (for linen, pass it to
-  :func:`pcs.sparse_apply`; for NNX use :func:`pcs.sparse.nnx.load`).
+  Both are placed on the default device (``jax.Array``s), once: a jitted call takes them
+  as they are. ``variables`` is a nested dict (for linen, ``exported.bind(model,
+  variables)`` or :func:`pcs.sparse_apply`; for NNX use :func:`pcs.sparse.nnx.load`).
 
   Raises:
     ValueError: if the file is truncated, not a pcs export, of another version, or
@@ -134,11 +137,12 @@ def load(file) -> Tuple[Dict, _export.Exported]:
                                 for name in _ARRAYS[entry['format']]}
       shape = tuple(entry['kernel_shape'])
       layer: Any
+      threads = entry.get('threads', formats.THREADS_POOL)
       if entry['format'] == 'csr':
-        layer = formats.CSR(kernel_shape=shape, **arrays)
+        layer = formats.CSR(kernel_shape=shape, threads=threads, **arrays)
       else:
         layer = formats.NM(kernel_shape=shape, n=int(entry['n_m'][0]),
-                           m=int(entry['n_m'][1]), **arrays)
+                           m=int(entry['n_m'][1]), threads=threads, **arrays)
       formats.validate(layer, f'pcs.sparse.load: layer {"/".join(map(str, path))}')
       layers[path] = layer
     choices = tuple(_export.LayerChoice(**{**c, 'path': tuple(c['path']),
@@ -147,4 +151,4 @@ def load(file) -> Tuple[Dict, _export.Exported]:
   except (KeyError, TypeError) as error:
     raise ValueError(f'pcs.sparse.load: the manifest of {file!r} is malformed '
                      f'({type(error).__name__}: {error}); the file was altered.') from error
-  return variables, _export.Exported(layers, choices)
+  return jax.device_put((variables, _export.Exported(layers, choices)))

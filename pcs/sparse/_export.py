@@ -2,16 +2,20 @@
 sparse product is faster than the dense one for that shape, sparsity and batch.
 
 With ``format='auto'`` (the default) each layer's dense product and its sparse product
-are compiled and timed at the layer's input shape (the batch the user names; for a
-convolution its real spatial size), and the layer goes sparse only when the sparse
-product takes at most ``1 - margin`` of the dense time. So an exported model is never
-slower than dense by more than timing noise. :meth:`Exported.summary` says which layers
-went sparse and why.
+are compiled and timed in alternation at the layer's input shape (the batch the user
+names; for a convolution its real spatial size; ``pcs/sparse/_timing.py``), and the layer
+goes sparse only when the median paired speed-up exceeds ``1 / (1 - margin)``. Given the
+model, the whole model is then timed the way it will be called (:meth:`Exported.bind`)
+against dense, and layers go back to dense until it is faster. :meth:`Exported.summary`
+says which layers went sparse, what was measured and its spread.
+
+The compressed arrays are placed on the default device once, when they are made (here
+and in :func:`pcs.sparse.load`): a jitted call then takes them as they are, where numpy
+arrays would be copied into new device buffers on every call.
 """
 
 import dataclasses
 import functools
-import time
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
@@ -20,9 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcs.core import _boundary as boundary
+from pcs.core import _layout as layout_lib
 from pcs.core import _selection as selection
 from pcs.sparse import _formats as formats
 from pcs.sparse import _layers as layers
+from pcs.sparse import _timing as timing
 
 FORMATS = ('auto', 'csr', 'n_m')
 ACCEPTED = ('linen params (a dict such as variables["params"]), an nnx.State from '
@@ -48,17 +54,50 @@ class LayerChoice(NamedTuple):
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=['layers'],
-                   meta_fields=['choices', 'model_ms'])
+                   meta_fields=['choices', 'model'])
 @dataclasses.dataclass(frozen=True)
 class Exported(Mapping):
   """The layers that run sparsely, ``{module path: CSR or NM}``, and every layer's choice.
 
   A mapping (``exported[('Dense_0',)]``) and a pytree (it passes through ``jax.jit``).
-  ``model_ms``: the whole model's measured (dense, exported) time, when it was measured.
+  ``model``: the whole model timed against dense, when it was measured.
   """
   layers: Dict[Path, Any]
   choices: Tuple[LayerChoice, ...]
-  model_ms: Optional[Tuple[float, float]] = None
+  model: Optional[timing.Comparison] = None
+
+  @property
+  def model_ms(self) -> Optional[Tuple[float, float]]:
+    """The whole model's measured (dense, exported) median time in ms, if measured."""
+    return None if self.model is None else (self.model.dense_ms, self.model.sparse_ms)
+
+  def bind(self, model: Any, variables: Any = None, **call_kwargs) -> Callable:
+    """``x -> model(x)`` with these layers sparse: compiled, its arrays bound on device.
+
+    The fast way to call an exported model: each call is one dispatch of a compiled
+    function whose weights are already device arrays (compiled once per input shape).
+
+    Args:
+      model: a linen module (then ``variables`` is required: ``{'params': ..., ...}``)
+        or an ``nnx.Module`` (the pruned dense model, or its sparse copy from
+        :func:`pcs.sparse.nnx.sparsify`).
+      variables: the linen model's variables; None for NNX.
+      **call_kwargs: fixed keyword arguments of the model's call (``train=False``).
+
+    Returns:
+      ``f(*inputs)``; the model's variables are read, not updated (for inference).
+    """
+    if boundary.is_nnx_module(model):
+      if variables is not None:
+        raise ValueError('Exported.bind: an nnx.Module holds its own variables; pass '
+                         '`variables` only with a linen model.')
+      from pcs.sparse import nnx as sparse_nnx  # pylint: disable=g-import-not-at-top
+      return sparse_nnx.bind(sparse_nnx.sparsify(model, self), **call_kwargs)
+    if variables is None:
+      raise ValueError('Exported.bind: a linen model needs its `variables` '
+                       "({'params': ..., 'batch_stats': ...}).")
+    from pcs.sparse import linen  # pylint: disable=g-import-not-at-top
+    return linen.bind(model, variables, self, **call_kwargs)
 
   def __getitem__(self, path: Path):
     return self.layers[path]
@@ -76,10 +115,8 @@ class Exported(Mapping):
       name = '/'.join(str(p) for p in c.path)
       lines.append(f'{name:<28} {"x".join(map(str, c.kernel_shape)):<18} '
                    f'{100 * c.sparsity:7.1f}%  {c.format:<7} {c.reason}')
-    if self.model_ms is not None:
-      dense_ms, sparse_ms = self.model_ms
-      lines.append(f'whole model: {sparse_ms:.3f} ms exported vs {dense_ms:.3f} ms dense '
-                   f'({dense_ms / sparse_ms:.2f}x)')
+    if self.model is not None:
+      lines.append(f'whole model, as bound: {self.model.describe()}')
     return '\n'.join(lines)
 
 
@@ -100,18 +137,29 @@ def kernels_of(params: Any, where: selection.Where = None) -> Dict[Path, np.ndar
   return out
 
 
-def median_ms(fn, *args) -> float:
-  """Median wall time of ``fn(*args)`` (jitted, compiled first) in ms over >= 5 runs."""
-  compiled = jax.jit(fn).lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  times: list = []
-  spent = 0.0
-  while len(times) < 5 or (spent < 0.05 and len(times) < 200):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-    spent += times[-1]
-  return 1e3 * float(np.median(times))
+def as_matrix(kernel: np.ndarray, path: Path,
+              layouts: Optional[Dict[Path, layout_lib.KernelLayout]]):
+  """How ``kernel`` is exported: ``(matrix, None)`` for a kernel whose layer is one 2-D
+  product, ``(kernel, None)`` for a convolution, ``(None, why)`` for one it cannot take.
+
+  A ``LinearGeneral`` / ``DenseGeneral`` kernel (*in, *out), as the projections of
+  attention are (query (in, heads, head_dim), out (heads, head_dim, out)), is the matrix
+  of shape (prod(in), prod(out)) of its in axes then its out axes: its layer is that
+  product on the input with its contracted axes flattened. The layout comes from
+  ``layouts`` (``pcs.kernel_layouts``), else from the kernel's rank and name
+  (:func:`pcs.core._layout.named_layout`); a kernel of ndim >= 3 with neither is taken
+  for a convolution, as before layouts were known.
+  """
+  layout = (layouts or {}).get(path + ('kernel',))
+  if layout is None:
+    layout = layout_lib.named_layout(path + ('kernel',), kernel.ndim)
+  if layout is None or layout.window_axes or kernel.ndim == 2:
+    return kernel, None
+  if layout.batch_axes:
+    return None, 'a kernel with batch axes (one product per index) is not exported'
+  matrix = np.transpose(kernel, layout.in_axes + layout.out_axes)
+  fan_in = int(np.prod([kernel.shape[a] for a in layout.in_axes]))
+  return np.ascontiguousarray(matrix.reshape(fan_in, -1)), None
 
 
 def _dense_product(kernel, conv_options):
@@ -134,22 +182,30 @@ def _conv(x, layer, options):
   return layers.conv(x, layer, **options)
 
 
-def _measure(kernel: np.ndarray, layer, layer_input: LayerInput) -> Tuple[float, float]:
+def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
+             threshold: float) -> Tuple[Any, timing.Comparison]:
+  """``layer`` on the faster of the thread pool and the calling thread alone, and that
+  product timed against the dense one at ``layer_input``."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=layer_input.shape), jnp.float32)
   options = layer_input.conv_options or {}
-  dense_ms = median_ms(_dense_product(kernel, options), x, jnp.asarray(kernel))
-  if kernel.ndim == 2:
-    sparse_ms = median_ms(layers.dense, x, layer)
-  else:
-    sparse_ms = median_ms(functools.partial(_conv, options=options), x, layer)
-  return dense_ms, sparse_ms
+  product = layers.dense if kernel.ndim == 2 else functools.partial(_conv, options=options)
+  serial = dataclasses.replace(layer, threads=formats.THREADS_CALLER)
+  pool = dataclasses.replace(layer, threads=formats.THREADS_POOL)
+  threads = timing.compare(timing.compiled(product, x, serial),
+                           timing.compiled(product, x, pool))
+  if threads.speedup <= 1.0:
+    layer = serial
+  dense = timing.compiled(_dense_product(kernel, options), x, jnp.asarray(kernel))
+  return layer, timing.compare(dense, timing.compiled(product, x, layer), threshold=threshold)
 
 
 def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-builtin
            n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
            batch_size: int = 1, layer_inputs: Optional[Dict[Path, LayerInput]] = None,
            margin: float = 0.05,
-           time_model: Optional[Callable[[Dict[Path, Any]], float]] = None) -> Exported:
+           compare_model: Optional[Callable[[Dict[Path, Any]], timing.Comparison]] = None,
+           layouts: Optional[Dict[Path, layout_lib.KernelLayout]] = None,
+           unsupported: Optional[Dict[Path, str]] = None) -> Exported:
   """The pruned kernels of ``params`` in a compressed layout, where that is faster.
 
   Args:
@@ -163,16 +219,23 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
     batch_size: the batch to measure Dense layers at when ``layer_inputs`` lacks them.
     layer_inputs: ``{module path: LayerInput}`` as the adapters record them; needed to
       measure a Conv layer (its spatial size).
-    margin: a layer goes sparse only if its sparse time is below (1 - margin) x dense.
-    time_model: ``layers -> ms``, the whole model's time with ``layers`` sparse (the
-      adapters pass it when they have the model). A layer faster alone can make the
-      model slower (a custom call ends XLA's fusions around it), so the layers chosen
-      are checked together: while the model is not faster than dense, the weaker half
-      of them goes back to dense, down to none, so the model is never slower than dense
-      by more than timing noise.
+    margin: a layer (and the model) goes sparse only if its median paired speed-up over
+      dense exceeds 1 / (1 - margin).
+    compare_model: ``layers -> Comparison``, the whole model with ``layers`` sparse timed
+      against dense, called as :meth:`Exported.bind` calls it (the adapters pass it
+      when they have the model). A layer faster alone can make the model slower (a
+      custom call ends XLA's fusions around it), so the layers chosen are checked
+      together: while the model is not faster than dense, the weaker half of them goes
+      back to dense, down to none.
+    layouts: ``{parameter path: KernelLayout}`` (``pcs.kernel_layouts(model)``; the
+      adapters pass it): a kernel of a ``LinearGeneral`` layer is exported as the matrix
+      of its in axes by its out axes (:func:`as_matrix`).
+    unsupported: ``{module path: why}`` of layers the adapter cannot run sparse (an
+      ``Einsum``, a ``LinearGeneral`` with batch axes): they stay dense, and the summary
+      says why.
 
   Returns:
-    :class:`Exported`.
+    :class:`Exported`, its arrays on the default device.
 
   Raises:
     ValueError: for a tree with no exportable kernel (naming the accepted kinds), an
@@ -187,22 +250,33 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
     raise ValueError(f'`n_m` must be a pair (N, M); got {n_m!r}.')
   if not (isinstance(batch_size, int) and batch_size >= 1):
     raise ValueError(f'`batch_size` must be an integer >= 1; got {batch_size!r}.')
+  if not 0.0 <= margin < 1.0:
+    raise ValueError(f'`margin` must lie in [0, 1); got {margin!r}.')
   kernels = kernels_of(params, where)
   if not kernels:
     raise ValueError(f'pcs.export found no Dense/Conv kernel (a leaf named "kernel" with '
                      f'ndim >= 2) in the tree it was given; it accepts {ACCEPTED}.')
+  threshold = 1.0 / (1.0 - margin)
   exported, choices = {}, []
   for path, kernel in kernels.items():
     name = '/'.join(map(str, path))
     if kernel.dtype != np.float32:
       raise TypeError(f'pcs.export: the kernel of {name} is {kernel.dtype}; the sparse '
                       'kernels compute in float32.')
-    layer = (formats.nm(kernel, *n_m, name=name) if n_m is not None else formats.csr(kernel))
+    shape, sparsity = tuple(kernel.shape), 1.0 - np.count_nonzero(kernel) / kernel.size
+    matrix, why = as_matrix(kernel, path, layouts)
+    if unsupported and path in unsupported:
+      matrix, why = None, unsupported[path]
+    if matrix is None:
+      choices.append(LayerChoice(path, shape, sparsity, 'dense', None, None, why))
+      continue
+    layer = jax.device_put(formats.nm(matrix, *n_m, name=name) if n_m is not None
+                           else formats.csr(matrix))
     kind = 'n_m' if n_m is not None else 'csr'
-    sparsity = 1.0 - np.count_nonzero(kernel) / kernel.size
+    kernel = matrix
     if format != 'auto':
       exported[path] = layer
-      choices.append(LayerChoice(path, kernel.shape, sparsity, kind, None, None,
+      choices.append(LayerChoice(path, shape, sparsity, kind, None, None,
                                  f'format={format!r}'))
       continue
     layer_input = (layer_inputs or {}).get(path)
@@ -212,31 +286,31 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
                          'shape; pass the model and an example input (inputs=...), or '
                          "format='csr' to export without measuring.")
       layer_input = LayerInput((batch_size, kernel.shape[0]))
-    dense_ms, sparse_ms = _measure(kernel, layer, layer_input)
-    faster = sparse_ms < (1.0 - margin) * dense_ms
-    speed = f'{dense_ms / sparse_ms:.2f}x dense' if sparse_ms > 0 else ''
-    reason = (f'sparse {sparse_ms:.3f} ms vs dense {dense_ms:.3f} ms ({speed}) at input '
-              f'{"x".join(map(str, layer_input.shape))}')
+    layer, measured = _measure(kernel, layer, layer_input, threshold)
+    faster = measured.speedup > threshold
     if faster:
       exported[path] = layer
-    choices.append(LayerChoice(path, kernel.shape, sparsity, kind if faster else 'dense',
-                               dense_ms, sparse_ms, reason))
-  if format != 'auto' or time_model is None:
+    choices.append(LayerChoice(
+        path, shape, sparsity, kind if faster else 'dense', measured.dense_ms,
+        measured.sparse_ms,
+        f'{measured.describe()} at input {"x".join(map(str, layer_input.shape))}, on '
+        f'{"the calling thread" if layer.threads == formats.THREADS_CALLER else "the pool"}'))
+  if format != 'auto' or compare_model is None:
     return Exported(exported, tuple(choices))
-  return _checked_together(exported, choices, time_model, margin)
+  return _checked_together(exported, choices, compare_model, threshold)
 
 
-def _checked_together(exported, choices, time_model, margin) -> Exported:
+def _checked_together(exported, choices, compare_model, threshold) -> Exported:
   """Drops the weaker half of the sparse layers until the whole model beats dense."""
-  dense_ms = time_model({})
   gain = {c.path: c.dense_ms / c.sparse_ms for c in choices if c.path in exported}
-  while True:
-    model_ms = time_model(exported) if exported else dense_ms
-    if not exported or model_ms < (1.0 - margin) * dense_ms:
+  measured = None
+  while exported:
+    measured = compare_model(exported)
+    if measured.speedup > threshold:
       break
     weakest = sorted(exported, key=lambda p: gain[p])[:max(1, len(exported) // 2)]
     exported = {p: layer for p, layer in exported.items() if p not in weakest}
     choices = [c._replace(format='dense', reason=c.reason + '; but the whole model with it '
-                          f'was not faster than dense ({model_ms:.3f} vs {dense_ms:.3f} ms)')
+                          f'was not faster than dense ({measured.describe()})')
                if c.path in weakest else c for c in choices]
-  return Exported(exported, tuple(choices), (dense_ms, model_ms))
+  return Exported(exported, tuple(choices), measured)

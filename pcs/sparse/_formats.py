@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 UINT16_LIMIT = 1 << 16
+THREADS_POOL, THREADS_CALLER = 0, 1  # the compiled kernels' `threads` attribute
 Array = Union[jax.Array, np.ndarray]  # numpy when built or loaded, jax under a transform
 
 
@@ -30,7 +31,8 @@ def _matrix_t(kernel: np.ndarray) -> np.ndarray:
 
 
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=['values', 'indices', 'indptr'], meta_fields=['kernel_shape'])
+                   data_fields=['values', 'indices', 'indptr'],
+                   meta_fields=['kernel_shape', 'threads'])
 @dataclasses.dataclass(frozen=True)
 class CSR:
   """W^T in compressed sparse rows: row r's nonzeros are ``values[indptr[r]:indptr[r+1]]``
@@ -42,11 +44,15 @@ class CSR:
     indptr: (features + 1,) int32 row pointers.
     kernel_shape: the dense kernel's shape, ``(fan_in, features)`` or
       ``(*window, in, features)``.
+    threads: ``THREADS_POOL`` (0): the compiled product shares large products out over
+      XLA's thread pool; ``THREADS_CALLER`` (1): it runs on the calling thread alone
+      (``pcs.export`` picks by measuring).
   """
   values: Array
   indices: Array
   indptr: Array
   kernel_shape: Tuple[int, ...]
+  threads: int = 0
 
   @property
   def features(self) -> int:
@@ -74,7 +80,8 @@ class CSR:
 
 
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=['values', 'positions'], meta_fields=['kernel_shape', 'n', 'm'])
+                   data_fields=['values', 'positions'],
+                   meta_fields=['kernel_shape', 'n', 'm', 'threads'])
 @dataclasses.dataclass(frozen=True)
 class NM:
   """W^T in the N:M layout: row r, group g holds inputs g*M .. g*M + M - 1, of which the N
@@ -86,12 +93,14 @@ class NM:
     positions: (features, fan_in / M * N) uint8, each < M.
     kernel_shape: the dense kernel's shape.
     n, m: the pattern, N < M.
+    threads: as in :class:`CSR`.
   """
   values: Array
   positions: Array
   kernel_shape: Tuple[int, ...]
   n: int
   m: int
+  threads: int = 0
 
   @property
   def features(self) -> int:
@@ -169,6 +178,9 @@ def validate(layer, name: str) -> None:
   """
   def fail(what):
     raise ValueError(f'{name}: {what}.')
+  if layer.threads not in (THREADS_POOL, THREADS_CALLER):
+    fail(f'threads must be {THREADS_POOL} (the pool) or {THREADS_CALLER} (the calling '
+         f'thread), not {layer.threads!r}')
   if isinstance(layer, CSR):
     values, indices, indptr = (np.asarray(a) for a in (layer.values, layer.indices,
                                                       layer.indptr))

@@ -113,13 +113,14 @@ def _off_cpu(x_t, layer, bias, activation):
 
 def _compiled(x_t, layer, bias, activation):
   out = jax.ShapeDtypeStruct(x_t.shape[:-2] + (layer.features, x_t.shape[-1]), jnp.float32)
-  code = np.int64(ACTIVATIONS[activation])
+  options = dict(activation=np.int64(ACTIVATIONS[activation]),
+                 threads=np.int64(layer.threads))
   if isinstance(layer, formats.CSR):
     call = jax.ffi.ffi_call('pcs_csr_matmul', out, vmap_method='expand_dims')
-    return call(x_t, layer.values, layer.indices, layer.indptr, bias, activation=code)
+    return call(x_t, layer.values, layer.indices, layer.indptr, bias, **options)
   call = jax.ffi.ffi_call('pcs_nm_matmul', out, vmap_method='expand_dims')
   return call(x_t, layer.values, layer.positions, bias, n=np.int64(layer.n),
-              m=np.int64(layer.m), activation=code)
+              m=np.int64(layer.m), **options)
 
 
 def matmul_t(x_t: jax.Array, layer: Union[formats.CSR, formats.NM],
@@ -184,7 +185,8 @@ def conv_direct(phases: jax.Array, layer: Union[formats.CSR, formats.NM],
                                jnp.float32)
   geometry = dict(window_h=np.int64(window[0]), window_w=np.int64(window[1]),
                   stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-                  activation=np.int64(ACTIVATIONS[activation]))
+                  activation=np.int64(ACTIVATIONS[activation]),
+                  threads=np.int64(layer.threads))
   if isinstance(layer, formats.CSR):
     call = jax.ffi.ffi_call('pcs_csr_conv', shape, vmap_method='expand_dims')
     return call(phases, layer.values, layer.indices, layer.indptr, bias, **geometry)

@@ -37,23 +37,31 @@ MIN_DIRECT_POSITIONS = 8
 
 
 def _check_input(x: jax.Array, fan_in: int, what: str) -> None:
-  if x.dtype != jnp.float32:
-    raise TypeError(f'{what}: the input must be float32 (the sparse kernels compute in '
-                    f'float32); got {x.dtype}.')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f'{what}: the input must be a floating-point array (bfloat16, float16 '
+                    f'or float32; the kernels compute in float32); got {x.dtype}.')
   if x.ndim < 1 or x.shape[-1] != fan_in:
     raise ValueError(f'{what}: the input must end in {fan_in} features; got shape {x.shape}.')
 
 
+def _float32(bias: Optional[jax.Array]) -> Optional[jax.Array]:
+  return None if bias is None else bias.astype(jnp.float32)
+
+
 def dense(x: jax.Array, layer, bias: Optional[jax.Array] = None,
           activation: Optional[str] = None) -> jax.Array:
-  """y = act(x W + b) for a sparse (fan_in, features) kernel ``layer``; x: (..., fan_in)."""
+  """y = act(x W + b) for a sparse (fan_in, features) kernel ``layer``; x: (..., fan_in).
+
+  A bfloat16 or float16 ``x`` (as in a mixed-precision model) is computed in float32 and
+  the result returned in ``x``'s dtype, as the dense layer returns it.
+  """
   if len(layer.kernel_shape) != 2:
     raise ValueError(f'dense: the kernel must be 2-D (fan_in, features); got '
                      f'{layer.kernel_shape}.')
   _check_input(x, layer.fan_in, 'dense')
-  x2 = x.reshape(-1, layer.fan_in)
-  y_t = kernels.matmul_t(x2.T, layer, bias, activation)
-  return y_t.T.reshape(x.shape[:-1] + (layer.features,))
+  x2 = x.reshape(-1, layer.fan_in).astype(jnp.float32)
+  y_t = kernels.matmul_t(x2.T, layer, _float32(bias), activation)
+  return y_t.T.reshape(x.shape[:-1] + (layer.features,)).astype(x.dtype)
 
 
 def conv_pads(padding: Padding, spatial_in, window, strides):
@@ -125,12 +133,14 @@ def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
 
   1-D and 2-D with at least ``MIN_DIRECT_POSITIONS`` output positions per image: the
   direct sparse convolution (compiled kernels); else im2col, x^T = the stacked strided
-  slices of the padded input, y^T = act(W^T x^T + b).
+  slices of the padded input, y^T = act(W^T x^T + b). Computed in float32; returned in
+  ``x``'s dtype (bfloat16 and float16 inputs as the dense layer takes them).
   """
   window = tuple(layer.kernel_shape[:-2])
   channels = layer.kernel_shape[-2]
   spatial = len(window)
   _check_input(x, channels, 'conv')
+  dtype, x, bias = x.dtype, x.astype(jnp.float32), _float32(bias)
   unbatched = x.ndim == spatial + 1
   if unbatched:
     x = x[None]
@@ -146,4 +156,4 @@ def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
     y = _direct(x, layer, bias, window, strides, pads, activation)
   if y is None:
     y = _im2col(x, layer, bias, window, strides, pads, activation)
-  return y[0] if unbatched else y
+  return (y[0] if unbatched else y).astype(dtype)

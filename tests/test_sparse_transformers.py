@@ -1,0 +1,188 @@
+"""Attention models export, run sparse and decode: every projection of
+``nnx.MultiHeadAttention`` / linen ``MultiHeadDotProductAttention`` (LinearGeneral kernels of
+shape (in, heads, head_dim) and (heads, head_dim, out)) as a 2-D sparse product.
+
+The independent computation is the dense model's own forward pass and its cached decoding.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import pcs
+from pcs.sparse import nnx as sparse_nnx
+
+VOCAB, WIDTH, HEADS, LENGTH = 32, 32, 4, 8
+
+
+class Block(nnx.Module):
+  """Pre-norm attention and MLP, as a decoder block."""
+
+  def __init__(self, rngs, kv_heads=None):
+    self.norm1, self.norm2 = nnx.LayerNorm(WIDTH, rngs=rngs), nnx.LayerNorm(WIDTH, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(HEADS, WIDTH, decode=False, rngs=rngs)
+    self.up, self.down = nnx.Linear(WIDTH, 4 * WIDTH, rngs=rngs), nnx.Linear(4 * WIDTH, WIDTH,
+                                                                              rngs=rngs)
+
+  def __call__(self, x, decode=None):
+    x = x + self.attn(self.norm1(x), mask=None if decode else nnx.make_causal_mask(x[..., 0]),
+                      decode=decode)
+    return x + self.down(nnx.relu(self.up(self.norm2(x))))
+
+
+class Decoder(nnx.Module):
+  """A 2-block decoder-only language model with token and position embeddings."""
+
+  def __init__(self, rngs):
+    self.tokens = nnx.Embed(VOCAB, WIDTH, rngs=rngs)
+    self.positions = nnx.Embed(LENGTH, WIDTH, rngs=rngs)
+    self.blocks = nnx.List([Block(rngs) for _ in range(2)])
+    self.head = nnx.Linear(WIDTH, VOCAB, rngs=rngs)
+
+  def __call__(self, tokens, positions, decode=None):
+    x = self.tokens(tokens) + self.positions(positions)
+    for block in self.blocks:
+      x = block(x, decode=decode)
+    return self.head(x)
+
+
+class GroupedQueryAttention(nnx.Module):
+  """Grouped-query attention: 4 query heads share 2 key/value heads (LinearGeneral)."""
+
+  def __init__(self, rngs):
+    self.query = nnx.LinearGeneral(WIDTH, (4, 8), rngs=rngs)
+    self.key = nnx.LinearGeneral(WIDTH, (2, 8), rngs=rngs)
+    self.value = nnx.LinearGeneral(WIDTH, (2, 8), rngs=rngs)
+    self.out = nnx.LinearGeneral((4, 8), WIDTH, axis=(-2, -1), rngs=rngs)
+
+  def __call__(self, x):
+    q, k, v = self.query(x), self.key(x), self.value(x)
+    k, v = jnp.repeat(k, 2, axis=-2), jnp.repeat(v, 2, axis=-2)
+    return self.out(nnx.dot_product_attention(q, k, v))
+
+
+def _pruned(model, sparsity=0.9):
+  pruned, _ = pcs.prune(nnx.state(model, nnx.Param), sparsity, scope='layerwise',
+                        where=pcs.kernels)
+  nnx.update(model, pruned)
+  return model
+
+
+def _tokens(batch=2):
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (batch, LENGTH)))
+  return tokens, jnp.broadcast_to(jnp.arange(LENGTH), tokens.shape)
+
+
+def test_nnx_decoder_exports_every_projection_and_equals_dense():
+  model = _pruned(Decoder(nnx.Rngs(0)))
+  tokens, positions = _tokens()
+  expected = model(tokens, positions)
+  sparse = sparse_nnx.sparsify(model, format='csr')
+  kinds = [type(node).__name__ for _, node in nnx.iter_graph(sparse)]
+  # q, k, v, out in each of 2 blocks; up, down and the head.
+  assert kinds.count('SparseLinearGeneral') == 8 and kinds.count('SparseLinear') == 5
+  assert 'Embed' in kinds  # embeddings are not kernels: they stay
+  np.testing.assert_allclose(sparse(tokens, positions), expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(sparse_nnx.bind(sparse)(tokens, positions), expected, rtol=1e-4,
+                             atol=1e-4)
+  # The measured export runs the probe through the attention layers too.
+  measured = sparse_nnx.export(model, inputs=tokens, call_kwargs={'positions': positions})
+  assert len(measured.choices) == 13
+  np.testing.assert_allclose(sparse_nnx.sparsify(model, measured)(tokens, positions), expected,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_a_where_that_leaves_attention_out_keeps_it_dense_and_the_probe_follows_it():
+  model = _pruned(Decoder(nnx.Rngs(1)))
+  tokens, positions = _tokens()
+  only_mlp = lambda path, leaf: (path[-1].key == 'kernel' and leaf.ndim == 2)
+  exported = sparse_nnx.export(model, inputs=tokens, format='csr', where=only_mlp,
+                               call_kwargs={'positions': positions})
+  assert len(exported) == 5 and all(len(layer.kernel_shape) == 2 for layer in exported.values())
+  sparse = sparse_nnx.sparsify(model, exported)
+  assert not any(type(n).__name__ == 'SparseLinearGeneral' for _, n in nnx.iter_graph(sparse))
+  np.testing.assert_allclose(sparse(tokens, positions), model(tokens, positions), rtol=1e-4,
+                             atol=1e-4)
+
+
+def _greedy(model, prompt, steps):
+  """Greedy decoding with the attention cache, one token per call."""
+  for block in model.blocks:
+    block.attn.init_cache((1, LENGTH, WIDTH))
+  step = nnx.jit(lambda m, t, p: m(t, p, decode=True))
+  tokens, token = [], prompt
+  for i in range(steps):
+    logits = step(model, jnp.asarray([[token]]), jnp.asarray([[i]]))
+    token = int(jnp.argmax(logits[0, -1]))
+    tokens.append(token)
+  return tokens
+
+
+def test_cached_decoding_with_the_sparse_model_and_after_loading_it(tmp_path):
+  model = _pruned(Decoder(nnx.Rngs(2)))
+  exported = sparse_nnx.export(model, format='csr')
+  expected = _greedy(model, 3, LENGTH)
+  assert _greedy(sparse_nnx.sparsify(model, exported), 3, LENGTH) == expected
+  path = str(tmp_path / 'decoder.npz')
+  pcs.sparse.save(path, exported, nnx.state(model, nnx.Param))
+  loaded = sparse_nnx.load(path, Decoder(nnx.Rngs(9)))
+  assert _greedy(loaded, 3, LENGTH) == expected
+
+
+def test_grouped_query_attention_exports_and_equals_dense():
+  model = _pruned(GroupedQueryAttention(nnx.Rngs(3)))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, LENGTH, WIDTH)), jnp.float32)
+  sparse = sparse_nnx.sparsify(model, inputs=x, margin=0.0)
+  assert {c.path[0] for c in sparse_nnx.export(model, format='csr').choices} == {
+      'query', 'key', 'value', 'out'}
+  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-4, atol=1e-4)
+  exported = sparse_nnx.export(model, format='csr')
+  assert exported[('key',)].kernel_shape == (WIDTH, 16)  # (in, kv_heads x head_dim)
+  assert exported[('out',)].kernel_shape == (32, WIDTH)  # (heads x head_dim, out)
+  np.testing.assert_allclose(sparse_nnx.sparsify(model, exported)(x), model(x), rtol=1e-4,
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize('fmt', ['csr', 'auto'])
+def test_linen_attention_exports_and_equals_dense(fmt):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+      x = nn.Embed(VOCAB, WIDTH)(tokens)
+      x = x + nn.MultiHeadDotProductAttention(HEADS)(x, mask=nn.make_causal_mask(tokens))
+      return nn.Dense(VOCAB)(nn.relu(nn.Dense(4 * WIDTH)(x)))
+
+  model = Model()
+  tokens, _ = _tokens()
+  variables = model.init(jax.random.key(0), tokens)
+  pruned, _ = pcs.prune(variables['params'], 0.9, scope='layerwise')
+  exported = pcs.export(pruned, model=model, inputs=tokens, format=fmt, margin=0.0)
+  expected = model.apply({'params': pruned}, tokens)
+  if fmt == 'csr':
+    attention = {c.path[-1] for c in exported.choices if c.path[0].startswith('MultiHead')}
+    assert attention == {'query', 'key', 'value', 'out'} and len(exported) == 6
+    assert exported[('MultiHeadDotProductAttention_0', 'out')].kernel_shape == (WIDTH, WIDTH)
+  np.testing.assert_allclose(exported.bind(model, {'params': pruned})(tokens), expected,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_an_einsum_layer_stays_dense_and_the_summary_says_why():
+  class WithEinsum(nnx.Module):
+    def __init__(self, rngs):
+      self.mix = nnx.Einsum('btd,dnh->btnh', (WIDTH, 4, 8), (4, 8), rngs=rngs)
+      self.proj = nnx.Linear(WIDTH, WIDTH, rngs=rngs)
+
+    def __call__(self, x):
+      return self.mix(self.proj(x))
+
+  model = _pruned(WithEinsum(nnx.Rngs(4)))
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, LENGTH, WIDTH)), jnp.float32)
+  exported = sparse_nnx.export(model, format='csr')
+  assert set(exported) == {('proj',)}
+  assert 'Einsum layers run dense' in exported.summary()
+  np.testing.assert_allclose(sparse_nnx.sparsify(model, exported)(x), model(x), rtol=1e-4,
+                             atol=1e-4)
