@@ -12,6 +12,7 @@ import time
 from absl import app
 from absl import flags
 from benchmarks import machine
+from benchmarks.machine import replace_between
 from benchmarks import sparse_inference
 from benchmarks import sparse_recovery
 from benchmarks import step_overhead
@@ -122,16 +123,6 @@ def readme_block(step_rows) -> str:
                  f"{mirror['ratio']:.2f}x | {bare['state']:.2f}x, {pilot['state']:.2f}x, "
                  f"{mirror['state']:.2f}x |")
   return '\n'.join(lines)
-
-
-def replace_between(text: str, name: str, block: str) -> str:
-  """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` set to ``block``."""
-  begin, end = f'<!-- {name} -->', f'<!-- /{name} -->'
-  if begin not in text or end not in text:
-    raise ValueError(f'{begin} ... {end} markers not found')
-  head, rest = text.split(begin, 1)
-  _, tail = rest.split(end, 1)
-  return f'{head}{begin}\n{block}\n{end}{tail}'
 
 
 def main(argv):

@@ -398,7 +398,8 @@ def verdicts(layer, whole, conv=(), relu=()) -> list:
                     f'{speed:.2f}x dense, {peer} {best:.2f}x ({speed / best:.2f}x it)',
                     speed >= best))
     if r['shape'] == (LAYER, LAYER) and r['sparsity'] in (0.9, 0.95):
-      out.append(line(f"... {r['sparsity']:.0%}: within 1.5x of the memory-traffic bound",
+      out.append(line(f"one layer {r['shape'][0]} -> {r['shape'][1]}, {r['sparsity']:.0%}, "
+                      'batch 1: within 1.5x of the memory-traffic bound',
                       f"{r['pcs'] / r['bound']:.2f}x the bound", r['pcs'] <= 1.5 * r['bound']))
   for r in layer:
     if r['batch'] > 1 and r['sparsity'] != '2:4' and 'torch CSR' in r:
@@ -410,7 +411,8 @@ def verdicts(layer, whole, conv=(), relu=()) -> list:
   speed = mlp['dense'] / mlp['pcs']
   out.append(line('MLP 784-4096-4096-10, 95%, batch 1, called as README shows: >= 5x dense',
                   f'{speed:.2f}x', speed >= 5))
-  out.append(line('... and faster than scipy layer by layer', f"pcs {mlp['pcs']:.3f} ms, "
+  out.append(line('MLP 784-4096-4096-10, 95%, batch 1: faster than scipy layer by layer',
+                  f"pcs {mlp['pcs']:.3f} ms, "
                   f"scipy {mlp['scipy']:.3f} ms", mlp['pcs'] <= mlp['scipy']))
   resnet = _at(whole, model='ResNet-20', sparsity=0.95, batch=1)
   out.append(line('ResNet-20, 95%, batch 1: >= 1.5x dense',
@@ -479,11 +481,15 @@ def main(argv):
   print(markdown(*rows))
   print('\n| target | this run | verdict |\n|---|---|---|')
   print('\n'.join(verdicts(*rows)))
-  from benchmarks import __main__ as bench  # pylint: disable=g-import-not-at-top
-  with open(FLAGS.sparse_output) as f:
+  write_runs(FLAGS.sparse_record, FLAGS.sparse_output)
+
+
+def write_runs(record_path: str, output: str) -> None:
+  """Rewrites the ``<!-- sparse-runs -->`` block of ``output`` from every recorded run."""
+  with open(output) as f:
     text = f.read()
-  with open(FLAGS.sparse_output, 'w') as f:
-    f.write(bench.replace_between(text, 'sparse-runs', runs_markdown(FLAGS.sparse_record)))
+  with open(output, 'w') as f:
+    f.write(machine.replace_between(text, 'sparse-runs', runs_markdown(record_path)))
 
 
 if __name__ == '__main__':

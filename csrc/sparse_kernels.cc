@@ -679,7 +679,7 @@ ffi::Error NmMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }  // namespace
 }  // namespace pcs
 
-// The registration list: each symbol below is registered by pcs/sparse/_kernels.py.
+// The handlers, as XLA FFI symbols; PcsTargets below lists them for registration.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrMatmul, pcs::CsrMatmulImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -737,3 +737,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmConv, pcs::NmConvImpl,
                                   .Attr<int64_t>("stride_w")
                                   .Attr<int64_t>("activation")
                                   .Attr<int64_t>("threads"));
+
+// The registration list: every FFI target name with its handler, ending in {nullptr, nullptr}.
+// pcs/sparse/_kernels.py reads it through ctypes and registers each one for the CPU platform,
+// so the names live here only.
+extern "C" {
+struct PcsTarget {
+  const char* name;
+  void* handler;
+};
+
+const PcsTarget* PcsTargets() {
+  static const PcsTarget kTargets[] = {
+      {"pcs_csr_matmul", reinterpret_cast<void*>(&PcsCsrMatmul)},
+      {"pcs_nm_matmul", reinterpret_cast<void*>(&PcsNmMatmul)},
+      {"pcs_csr_conv", reinterpret_cast<void*>(&PcsCsrConv)},
+      {"pcs_nm_conv", reinterpret_cast<void*>(&PcsNmConv)},
+      {nullptr, nullptr},
+  };
+  return kTargets;
+}
+}  // extern "C"

@@ -24,7 +24,7 @@ are registered with XLA when ``pcs`` is imported, for the CPU platform only.
 import ctypes
 import importlib.util
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +32,23 @@ import numpy as np
 
 from pcs.sparse import _formats as formats
 
-# The registration list: target name -> handler symbol in the compiled library.
-TARGETS = {'pcs_csr_matmul': 'PcsCsrMatmul', 'pcs_nm_matmul': 'PcsNmMatmul',
-           'pcs_csr_conv': 'PcsCsrConv', 'pcs_nm_conv': 'PcsNmConv'}
 ACTIVATIONS = {None: 0, 'relu': 1}
 _LIBRARY_MODULE = 'pcs.sparse._sparse_kernels'
+
+
+class _Target(ctypes.Structure):
+  """One entry of the library's registration list (``PcsTargets`` in the C++ source)."""
+  _fields_ = [('name', ctypes.c_char_p), ('handler', ctypes.c_void_p)]
+
+
+def targets(library: ctypes.CDLL) -> Dict[str, int]:
+  """``{FFI target name: handler address}``, read from the library's own list."""
+  library.PcsTargets.restype = ctypes.POINTER(_Target)
+  listed, found = library.PcsTargets(), {}
+  while listed[len(found)].name is not None:
+    entry = listed[len(found)]
+    found[entry.name.decode()] = entry.handler
+  return found
 
 
 def _register() -> Optional[str]:
@@ -46,10 +58,8 @@ def _register() -> Optional[str]:
     return ('the compiled library pcs/sparse/_sparse_kernels was not built (reinstall pcs '
             'where a C++ compiler is present: pip install -e .)')
   try:
-    library = ctypes.CDLL(spec.origin)
-    for target, symbol in TARGETS.items():
-      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                  platform='cpu')
+    for name, handler in targets(ctypes.CDLL(spec.origin)).items():
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')
   except (OSError, AttributeError) as error:
     return f'the compiled library {spec.origin} could not be loaded: {error}'
   return None
