@@ -9,7 +9,7 @@ WORKDIR ?= runs
 
 .PHONY: install demo regression quality test check docs bench bench-sparse clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml constraints.txt csrc/sparse_kernels.cc
+$(STAMP): setup.cfg setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cc csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[experiments,test,docs]'

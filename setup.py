@@ -26,6 +26,9 @@ class BuildWithFFIHeaders(build_ext):
 
 setup(
     ext_modules=[Extension('pcs.sparse._sparse_kernels', ['csrc/sparse_kernels.cc'],
+                           depends=[os.path.join('csrc', name) for name in (
+                               'common.h', 'parallel.h', 'rows.h', 'tiles.h', 'product.h',
+                               'conv.h')],
                            language='c++', optional=True,
                            extra_compile_args=['-O3', '-std=c++17', '-Wno-attributes'])],
     cmdclass={'build_ext': BuildWithFFIHeaders},

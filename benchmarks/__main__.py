@@ -107,7 +107,7 @@ def why(update_rows, size: int) -> str:
   Around AdamW (weight decay reads the params) mirror also forms z = arcsinh(x / a) / 2 for the
   inner optimizer, with its transcendental functions.
 - Sparse products in `jax.experimental.sparse` lower to gathers and scatters on CPU, while
-  dense products and convolutions use oneDNN; pcs's own kernels (`csrc/sparse_kernels.cc`)
+  dense products and convolutions use oneDNN; pcs's own kernels (`csrc/`)
   replace them in `pcs.export`, and take convolutions directly, without im2col patches.
 """
 

@@ -6,8 +6,10 @@ odd sizes, int32 indices (fan-in > 65536), batch 1 to large, jit and vmap.
 """
 
 import ctypes
+import dataclasses
 import functools
 import importlib.util
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -211,32 +213,131 @@ def test_conv_with_int32_indices_and_under_vmap():
                              rtol=1e-5, atol=1e-4)
 
 
+def _targets_lowered_for(fn, platform, *args):
+  """The pcs FFI targets in ``fn``'s module lowered for ``platform`` (no device needed)."""
+  names = ('pcs_csr_matmul', 'pcs_nm_matmul', 'pcs_csr_conv', 'pcs_nm_conv')
+  checks = [jax.export.DisabledSafetyCheck.custom_call(name) for name in names]
+  text = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(
+      *args).mlir_module()
+  return {name for name in names if name in text}
+
+
+def test_the_call_is_chosen_for_the_platform_it_is_lowered_for():
+  rng = np.random.default_rng(7)
+  layer = sparse.csr(_pruned(rng, (3, 3, 2, 4), 0.5))
+  x = jnp.ones((1, 6, 6, 2))
+  assert _targets_lowered_for(sparse.conv, 'cpu', x, layer) == {'pcs_csr_conv'}
+  flat = sparse.nm(_n_m_pruned(rng, (32, 5), 2, 4), 2, 4)
+  assert _targets_lowered_for(sparse.dense, 'cpu', jnp.ones((2, 32)), flat) == {
+      'pcs_nm_matmul'}
+  for platform in ('cuda', 'tpu'):
+    assert not _targets_lowered_for(sparse.conv, platform, x, layer)
+    assert not _targets_lowered_for(sparse.dense, platform, jnp.ones((2, 32)), flat)
+
+
+def _elsewhere(monkeypatch):
+  """Runs what a GPU or TPU runs, on this CPU: no platform takes the compiled kernels."""
+  monkeypatch.setattr(sparse._kernels, 'COMPILED_PLATFORMS', ())  # pylint: disable=protected-access
+
+
+def _without_library(monkeypatch):
+  """Runs what a CPU without the compiled library runs: the pure-JAX reference."""
+  monkeypatch.setattr(sparse._kernels, '_UNAVAILABLE', 'not built (test)')  # pylint: disable=protected-access
+
+
 def test_off_cpu_the_products_route_to_bcsr_and_to_dense_and_say_so(monkeypatch):
   rng = np.random.default_rng(8)
   csr_kernel = _pruned(rng, (30, 7), 0.8)
   nm_kernel = _n_m_pruned(rng, (32, 5), 2, 4)
   x_t = rng.normal(size=(csr_kernel.shape[0], 6)).astype(np.float32)
   bias = rng.normal(size=7).astype(np.float32)
+  _elsewhere(monkeypatch)
   monkeypatch.setattr(sparse._kernels.jax, 'default_backend', lambda: 'gpu')  # pylint: disable=protected-access
   with pytest.warns(RuntimeWarning, match="CPU-only.*gpu.*jax's BCSR"):
     got = sparse.matmul_t(x_t, sparse.csr(csr_kernel), bias, 'relu')
   np.testing.assert_allclose(got, _dense(x_t.T, csr_kernel, bias, relu=True).T, rtol=1e-5,
                              atol=1e-4)
-  hlo = jax.jit(sparse.matmul_t).lower(x_t, sparse.csr(csr_kernel)).as_text()
-  assert 'pcs_csr_matmul' not in hlo
+  hlo = jax.jit(lambda x, w: sparse.matmul_t(x, w)).lower(x_t, sparse.csr(csr_kernel)).as_text()
+  assert 'pcs_csr_matmul' not in hlo and 'pcs_' not in hlo
   x_t = rng.normal(size=(32, 6)).astype(np.float32)
-  got = jax.jit(sparse.matmul_t)(x_t, sparse.nm(nm_kernel, 2, 4))
+  got = jax.jit(lambda x, w: sparse.matmul_t(x, w))(x_t, sparse.nm(nm_kernel, 2, 4))
   np.testing.assert_allclose(got, _dense(x_t.T, nm_kernel).T, rtol=1e-5, atol=1e-4)
-  conv_kernel = _pruned(rng, (3, 3, 2, 4), 0.5)  # no direct convolution off CPU: im2col
-  x = rng.normal(size=(1, 6, 6, 2)).astype(np.float32)
-  np.testing.assert_allclose(sparse.conv(x, sparse.csr(conv_kernel)),
-                             _xla_conv(x, conv_kernel, 1, 'SAME'), rtol=1e-5, atol=1e-4)
+  for strides in (1, 2):  # the direct convolution's stand-in reads columns from the phases
+    conv_kernel = _pruned(rng, (3, 3, 2, 4), 0.5)
+    x = rng.normal(size=(2, 9, 8, 2)).astype(np.float32)
+    conv = functools.partial(sparse.conv, strides=strides, activation='relu')
+    np.testing.assert_allclose(conv(x, sparse.csr(conv_kernel)),
+                               _xla_conv(x, conv_kernel, strides, 'SAME', relu=True),
+                               rtol=1e-5, atol=1e-4)
 
 
-def test_no_gradient_and_bad_inputs_are_refused():
+def _dense_grads(kind, x, kernel, bias, **options):
+  """d/d(x, kernel, bias) of sum(r * act(f(x, W) + b)) by jax on the dense kernel."""
+  def loss(x, kernel, bias):
+    if kind == 'dense':
+      y = x @ kernel
+    else:
+      spatial = kernel.ndim - 2
+      letters = 'DHW'[-spatial:]
+      y = jax.lax.conv_general_dilated(
+          x, kernel, (options['strides'],) * spatial, options['padding'],
+          dimension_numbers=('N' + letters + 'C', letters + 'IO', 'N' + letters + 'C'),
+          precision='highest')
+    y = jax.nn.relu(y + bias)
+    return jnp.sum(jnp.sin(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)) * y)
+  return loss, jax.grad(loss, argnums=(0, 1, 2))(x, kernel, bias)
+
+
+GRAD_CASES = [  # kind, kernel shape, input shape, layout, options
+    ('dense', (24, 7), (5, 24), 'csr', {}), ('dense', (32, 6), (3, 32), '2:4', {}),
+    ('conv', (3, 3, 4, 5), (2, 9, 7, 4), 'csr', {'strides': 2, 'padding': 'SAME'}),
+    ('conv', (3, 3, 4, 5), (1, 8, 8, 4), '2:4', {'strides': 1, 'padding': 'VALID'}),
+    ('conv', (2, 2, 2, 4, 3), (1, 3, 4, 3, 4), 'csr', {'strides': 1, 'padding': 'VALID'})]
+
+
+@pytest.mark.parametrize('path', ['compiled', 'reference', 'off_cpu'])
+@pytest.mark.parametrize('kind,kernel_shape,x_shape,layout,options', GRAD_CASES)
+def test_gradients_equal_the_dense_models_on_every_path(monkeypatch, path, kind, kernel_shape,
+                                                        x_shape, layout, options):
+  """jax.grad through the sparse layer (direct and im2col convolutions, ReLU fused) equals
+  jax's gradient of the dense layer in the input, the bias and the kernel's nonzeros."""
+  if path == 'reference':
+    _without_library(monkeypatch)
+  elif path == 'off_cpu':
+    _elsewhere(monkeypatch)
+  rng = np.random.default_rng(11)
+  kernel = (_pruned(rng, kernel_shape, 0.6) if layout == 'csr'
+            else _n_m_pruned(rng, kernel_shape, 2, 4))
+  layer = sparse.csr(kernel) if layout == 'csr' else sparse.nm(kernel, 2, 4)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=kernel_shape[-1]), jnp.float32)
+  loss, (dx, dkernel, dbias) = _dense_grads(kind, x, jnp.asarray(kernel), bias, **options)
+  product = getattr(sparse, kind)
+
+  def sparse_loss(x, layer, bias):
+    y = product(x, layer, bias, activation='relu', **options)
+    return jnp.sum(jnp.sin(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)) * y)
+  with warnings_ignored():
+    np.testing.assert_allclose(sparse_loss(x, layer, bias), loss(x, jnp.asarray(kernel), bias),
+                               rtol=1e-5)
+    got_x, got_layer, got_bias = jax.jit(jax.grad(sparse_loss, argnums=(0, 1, 2),
+                                                  allow_int=True))(
+        x, layer, bias)
+  np.testing.assert_allclose(got_x, dx, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got_bias, dbias, rtol=1e-4, atol=1e-4)
+  # The stored values' cotangent, scattered back, is the dense gradient where an entry is
+  # stored (N:M also stores the zeros of a group with fewer than N nonzeros).
+  stored = dataclasses.replace(layer, values=np.ones_like(layer.values)).todense() != 0
+  got = dataclasses.replace(layer, values=got_layer.values).todense()
+  np.testing.assert_allclose(got, np.where(stored, dkernel, 0.0), rtol=1e-4, atol=1e-4)
+
+
+def warnings_ignored():
+  return warnings.catch_warnings(action='ignore', category=RuntimeWarning)
+
+
+def test_bad_inputs_are_refused():
   layer = sparse.csr(np.eye(4, dtype=np.float32))
-  with pytest.raises(ValueError, match='cannot be differentiated'):
-    jax.grad(lambda x: sparse.dense(x, layer).sum())(jnp.ones((1, 4)))
   with pytest.raises(TypeError, match='must be a floating-point array'):
     sparse.dense(jnp.ones((1, 4), jnp.int32), layer)
   with pytest.raises(ValueError, match='must end in 4 features'):
@@ -245,6 +346,8 @@ def test_no_gradient_and_bad_inputs_are_refused():
     sparse.dense(jnp.ones((1, 4)), layer, jnp.ones(3))
   with pytest.raises(ValueError, match='`activation` must be one of'):
     sparse.dense(jnp.ones((1, 4)), layer, activation='gelu')
+  with pytest.raises(TypeError, match='must be a compressed kernel'):
+    sparse.matmul_t(jnp.ones((4, 1)), np.eye(4, dtype=np.float32))
 
 
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])

@@ -81,7 +81,10 @@ def test_sdist_and_wheel_are_built(dist):
     assert any(n.startswith('pcs/sparse/_sparse_kernels') and n.endswith('.so')
                for n in archive.namelist())
   with tarfile.open(glob.glob(os.path.join(dist, 'pcs-*.tar.gz'))[0]) as archive:
-    assert any(n.endswith('csrc/sparse_kernels.cc') for n in archive.getnames())
+    names = archive.getnames()
+  for source in ('sparse_kernels.cc', 'common.h', 'parallel.h', 'rows.h', 'tiles.h', 'product.h',
+                 'conv.h'):  # everything the build compiles
+    assert any(n.endswith('csrc/' + source) for n in names), source
 
 
 def test_the_ffi_headers_the_kernels_build_against_are_the_runtime_jaxlib():

@@ -1,0 +1,33 @@
+// What every part of the kernels shares: the activation and thread options, and the
+// attributes that inline the loops and compile them for the CPU at hand.
+
+#ifndef PCS_CSRC_COMMON_H_
+#define PCS_CSRC_COMMON_H_
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pcs {
+
+// Inlined into the loops that call it.
+#define PCS_INLINE inline __attribute__((always_inline))
+// The row loops are compiled twice, for AVX2 + FMA and for the baseline ISA; the loader
+// picks one for the CPU it runs on.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PCS_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define PCS_CLONES
+#endif
+
+enum Activation : int64_t { kIdentity = 0, kRelu = 1 };
+
+// Which threads a call may use: the pool's and the caller (kPool) or the caller alone.
+enum Threads : int64_t { kPool = 0, kCaller = 1 };
+
+inline float Activate(float v, int64_t activation) {
+  return activation == kRelu ? std::max(v, 0.0f) : v;
+}
+
+}  // namespace pcs
+
+#endif  // PCS_CSRC_COMMON_H_

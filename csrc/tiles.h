@@ -1,0 +1,138 @@
+// The SIMD tiles: one output row over a tile of contiguous columns (vectors of 8 floats,
+// GCC/Clang vector extensions), the matrix-vector rows for one column, and the packing of
+// x^T into panels of columns.
+
+#ifndef PCS_CSRC_TILES_H_
+#define PCS_CSRC_TILES_H_
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common.h"
+
+namespace pcs {
+
+// Eight floats, and the unaligned view used to load them (GCC/Clang vector extensions:
+// AVX registers in the x86-64-v3 clone, pairs of SSE registers in the baseline one).
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec8Unaligned __attribute__((vector_size(32), aligned(4)));
+
+PCS_INLINE Vec8 Load8(const float* p) { return *reinterpret_cast<const Vec8Unaligned*>(p); }
+
+// Multiply-adds w * x[0 .. 8V) into acc, V vectors.
+template <int V>
+PCS_INLINE void Axpy(Vec8* acc, float w, const float* x) {
+  const Vec8 broadcast = Vec8{} + w;
+  for (int v = 0; v < V; ++v) acc[v] += broadcast * Load8(x + 8 * v);
+}
+
+template <int V>
+PCS_INLINE void Store(const Vec8* even, const Vec8* odd, int64_t activation, float* y,
+                      int64_t valid) {
+  for (int v = 0; v < V; ++v) {
+    const Vec8 sum = even[v] + odd[v];
+    for (int j = 0; j < 8 && 8 * v + j < valid; ++j) y[8 * v + j] = Activate(sum[j], activation);
+  }
+}
+
+// One output row over `Width` contiguous columns (`stride` floats from one input's
+// columns to the next's), into y (the first `valid` columns are stored; the columns up
+// to `Width` must be readable). Two accumulator sets take alternate nonzeros, so
+// consecutive multiply-adds do not wait on each other.
+template <int Width, typename Rows>
+PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t stride,
+                        float bias, int64_t activation, float* y, int64_t valid) {
+  if constexpr (Width >= 8) {
+    constexpr int V = Width / 8;
+    Vec8 even[V], odd[V];
+    for (int v = 0; v < V; ++v) {
+      even[v] = Vec8{} + bias;
+      odd[v] = Vec8{};
+    }
+    rows.Visit(
+        r,
+        [&](float w0, int64_t i0, float w1, int64_t i1) {
+          Axpy<V>(even, w0, x + i0 * stride);
+          Axpy<V>(odd, w1, x + i1 * stride);
+        },
+        [&](float w, int64_t i) { Axpy<V>(even, w, x + i * stride); });
+    Store<V>(even, odd, activation, y, valid);
+  } else {
+    float acc[Width];
+    for (int j = 0; j < Width; ++j) acc[j] = bias;
+    auto add = [&](float w, int64_t i) {
+      const float* xi = x + i * stride;
+      for (int j = 0; j < Width; ++j) acc[j] += w * xi[j];
+    };
+    rows.Visit(
+        r,
+        [&](float w0, int64_t i0, float w1, int64_t i1) {
+          add(w0, i0);
+          add(w1, i1);
+        },
+        add);
+    for (int64_t j = 0; j < valid; ++j) y[j] = Activate(acc[j], activation);
+  }
+}
+
+// Columns per panel: x^T is read in panels of `Width` contiguous columns. With 2, 4 or 8
+// columns x^T is its own panel; otherwise each panel is copied out (the last one
+// zero-padded) into a compact block, as reading it in place, `cols` floats apart, would
+// map many inputs to the same cache sets.
+inline int64_t PanelWidth(int64_t cols) {
+  return cols <= 2 ? 2 : cols <= 4 ? 4 : cols <= 8 ? 8 : 16;
+}
+
+// Copies inputs [k0, k1) of x^T (fan_in, cols) into the panels [cols / width][fan_in][width]
+// (the last one zero-padded), 16 inputs at a time: 16 rows of x^T are read in sequence
+// while each panel receives a contiguous block.
+inline void Pack(const float* x, int64_t fan_in, int64_t cols, int64_t width, int64_t k0,
+          int64_t k1, float* panels) {
+  for (int64_t kb = k0; kb < k1; kb += 16) {
+    const int64_t kend = std::min(k1, kb + 16);
+    for (int64_t c0 = 0; c0 < cols; c0 += width) {
+      const int64_t valid = std::min(width, cols - c0);
+      float* panel = panels + (c0 / width) * fan_in * width;
+      for (int64_t k = kb; k < kend; ++k) {
+        const float* from = x + k * cols + c0;
+        float* to = panel + k * width;
+        for (int64_t j = 0; j < valid; ++j) to[j] = from[j];
+        for (int64_t j = valid; j < width; ++j) to[j] = 0.0f;
+      }
+    }
+  }
+}
+
+// Rows [r0, r1) of one panel of y^T = act(W^T x^T + b): x and y point at the panel's
+// first column, `x_stride` and `cols` floats per row.
+template <int Width, typename Rows>
+PCS_INLINE void PanelRows(const Rows& rows, const float* x, int64_t x_stride,
+                          const float* bias, int64_t cols, int64_t activation, int64_t r0,
+                          int64_t r1, float* y, int64_t valid) {
+  for (int64_t r = r0; r < r1; ++r) {
+    RowTile<Width>(rows, r, x, x_stride, bias[r], activation, y + r * cols, valid);
+  }
+}
+
+// The row loops, compiled for AVX2 + FMA and for the baseline ISA (picked at load time).
+template <typename Rows>
+PCS_CLONES void DotRows(const Rows& rows, const float* x, const float* bias,
+                        int64_t activation, int64_t r0, int64_t r1, float* y) {
+  for (int64_t r = r0; r < r1; ++r) y[r] = Activate(bias[r] + rows.Dot(r, x), activation);
+}
+
+template <typename Rows>
+PCS_CLONES void PanelUnit(const Rows& rows, const float* x, int64_t x_stride,
+                          const float* bias, int64_t cols, int64_t width, int64_t activation,
+                          int64_t r0, int64_t r1, float* y, int64_t valid) {
+  switch (width) {
+    case 2: PanelRows<2>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+    case 4: PanelRows<4>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+    case 8: PanelRows<8>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+    default: PanelRows<16>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+  }
+}
+
+}  // namespace pcs
+
+#endif  // PCS_CSRC_TILES_H_

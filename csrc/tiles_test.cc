@@ -1,0 +1,267 @@
+// Tests of the kernels' parts below the FFI handlers, in the style of XNNPACK's
+// microkernel testers: a tester names one configuration (the tile's width, the columns it
+// stores, the stride between inputs, the layout and its pattern, the activation), builds
+// random weights and inputs, runs the part and compares every output with a plain
+// double-precision loop over the dense matrix. tests/test_kernel_tiles.py compiles and
+// runs it; it prints one line per failure and exits 1 if any.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "conv.h"
+#include "product.h"
+#include "rows.h"
+#include "tiles.h"
+
+namespace pcs {
+namespace {
+
+int failures = 0;
+
+void Expect(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %s\n", what.c_str());
+  }
+}
+
+bool Close(double got, double want) { return std::abs(got - want) <= 1e-4 * (1.0 + std::abs(want)); }
+
+// A pool for the tests: Schedule starts a thread, joined when the pool goes.
+class ThreadsPool {
+ public:
+  explicit ThreadsPool(int64_t threads) : threads_(threads) {}
+  ~ThreadsPool() {
+    for (std::thread& t : running_) t.join();
+  }
+  int64_t num_threads() const { return threads_; }
+  template <typename Fn>
+  void Schedule(Fn&& fn) { running_.emplace_back(std::forward<Fn>(fn)); }
+
+ private:
+  int64_t threads_;
+  std::vector<std::thread> running_;
+};
+
+// A random W^T (features x fan_in) of the given layout: CSR keeps each weight with
+// probability `density`; N:M keeps at most N of every M inputs (fewer, at random, too).
+struct Weights {
+  int64_t features, fan_in, n = 0, m = 0;
+  std::vector<float> dense;  // W^T, row-major
+  std::vector<float> values;
+  std::vector<uint16_t> indices16;
+  std::vector<int32_t> indices32, indptr;
+  std::vector<uint8_t> positions;
+
+  Weights(int64_t features, int64_t fan_in, double density, int64_t n, int64_t m,
+          std::mt19937* rng)
+      : features(features), fan_in(fan_in), n(n), m(m), dense(features * fan_in, 0.0f) {
+    std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+    std::bernoulli_distribution keep(density);
+    indptr.push_back(0);
+    for (int64_t r = 0; r < features; ++r) {
+      if (m > 0) {
+        for (int64_t g = 0; g < fan_in / m; ++g) {
+          std::vector<int64_t> order(m);
+          for (int64_t j = 0; j < m; ++j) order[j] = j;
+          std::shuffle(order.begin(), order.end(), *rng);
+          std::sort(order.begin(), order.begin() + n);
+          for (int64_t j = 0; j < n; ++j) {
+            const float v = keep(*rng) ? value(*rng) : 0.0f;
+            dense[r * fan_in + g * m + order[j]] = v;
+            values.push_back(v);
+            positions.push_back(static_cast<uint8_t>(order[j]));
+          }
+        }
+      } else {
+        for (int64_t k = 0; k < fan_in; ++k) {
+          if (!keep(*rng)) continue;
+          const float v = value(*rng);
+          dense[r * fan_in + k] = v;
+          values.push_back(v);
+          indices16.push_back(static_cast<uint16_t>(k));
+          indices32.push_back(static_cast<int32_t>(k));
+        }
+        indptr.push_back(static_cast<int32_t>(values.size()));
+      }
+    }
+  }
+
+  // act(W^T x^T + b) for rows [0, features) and columns [0, cols) of x^T (fan_in, stride).
+  double Reference(int64_t r, const std::vector<float>& x, int64_t stride, int64_t col,
+                   const std::vector<float>& bias, int64_t activation) const {
+    double sum = bias[r];
+    for (int64_t k = 0; k < fan_in; ++k) sum += double(dense[r * fan_in + k]) * x[k * stride + col];
+    return activation == kRelu ? std::max(sum, 0.0) : sum;
+  }
+};
+
+std::vector<float> Random(int64_t size, std::mt19937* rng) {
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  std::vector<float> out(size);
+  for (float& v : out) v = value(*rng);
+  return out;
+}
+
+// One row tile: RowTile<Width> through PanelUnit over every row, `valid` columns stored,
+// inputs `stride` floats apart (at least Width: the tile reads Width columns).
+class RowTileTester {
+ public:
+  RowTileTester& width(int64_t v) { width_ = v; return *this; }
+  RowTileTester& valid(int64_t v) { valid_ = v; return *this; }
+  RowTileTester& stride(int64_t v) { stride_ = v; return *this; }
+  RowTileTester& n_m(int64_t n, int64_t m) { n_ = n; m_ = m; return *this; }
+  RowTileTester& narrow(bool v) { narrow_ = v; return *this; }
+  RowTileTester& activation(int64_t v) { activation_ = v; return *this; }
+
+  template <typename Rows>
+  void Check(const Rows& rows, const Weights& w, const std::string& name) const {
+    std::mt19937 rng(7);
+    const std::vector<float> x = Random(w.fan_in * stride_, &rng);
+    const std::vector<float> bias = Random(w.features, &rng);
+    std::vector<float> y(w.features * stride_, 123.0f);
+    PanelUnit(rows, x.data(), stride_, bias.data(), stride_, width_, activation_, 0, w.features,
+              y.data(), valid_);
+    for (int64_t r = 0; r < w.features; ++r) {
+      for (int64_t c = 0; c < stride_; ++c) {
+        const double want = c < valid_ ? w.Reference(r, x, stride_, c, bias, activation_) : 123.0;
+        Expect(Close(y[r * stride_ + c], want),
+               name + " width " + std::to_string(width_) + " valid " + std::to_string(valid_) +
+                   " row " + std::to_string(r) + " column " + std::to_string(c));
+      }
+    }
+  }
+
+  void Test() const {
+    std::mt19937 rng(width_ * 1000 + valid_ * 10 + n_);
+    const int64_t fan_in = m_ > 0 ? 8 * m_ : 37;
+    const Weights w(13, fan_in, 0.7, n_, m_, &rng);
+    if (m_ > 0) {
+      Check(NmRows{w.values.data(), w.positions.data(), fan_in / m_, n_, m_}, w,
+            "n_m " + std::to_string(n_) + ":" + std::to_string(m_));
+    } else if (narrow_) {
+      Check(CsrRows<uint16_t>{w.values.data(), w.indices16.data(), w.indptr.data()}, w, "csr16");
+    } else {
+      Check(CsrRows<int32_t>{w.values.data(), w.indices32.data(), w.indptr.data()}, w, "csr32");
+    }
+  }
+
+ private:
+  int64_t width_ = 8, valid_ = 8, stride_ = 16, n_ = 0, m_ = 0, activation_ = kIdentity;
+  bool narrow_ = true;
+};
+
+// The one-column rows (DotRows) and the whole product (Product, with packing and the
+// parallel loop on a real pool), at `cols` columns.
+void TestProduct(int64_t features, int64_t fan_in, int64_t cols, int64_t n, int64_t m,
+                 int64_t threads, int64_t activation) {
+  std::mt19937 rng(features + fan_in + cols);
+  const Weights w(features, fan_in, 0.5, n, m, &rng);
+  const std::vector<float> x = Random(fan_in * cols, &rng), bias = Random(features, &rng);
+  std::vector<float> y(features * cols, 0.0f);
+  ThreadsPool pool(3);
+  const std::string name = "product " + std::to_string(features) + "x" +
+                           std::to_string(fan_in) + " cols " + std::to_string(cols) +
+                           (m > 0 ? " n_m" : " csr") + " threads " + std::to_string(threads);
+  if (m > 0) {
+    NmRows rows{w.values.data(), w.positions.data(), fan_in / m, n, m};
+    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols,
+            static_cast<int64_t>(w.values.size()), activation, y.data());
+  } else {
+    CsrRows<uint16_t> rows{w.values.data(), w.indices16.data(), w.indptr.data()};
+    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols,
+            static_cast<int64_t>(w.values.size()), activation, y.data());
+  }
+  for (int64_t r = 0; r < features; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      Expect(Close(y[r * cols + c], w.Reference(r, x, cols, c, bias, activation)),
+             name + " row " + std::to_string(r) + " column " + std::to_string(c));
+    }
+  }
+}
+
+// The direct convolution: a (kh, kw, C, F) kernel with strides (sh, sw) on one image of
+// H x W, against the convolution summed in double over the dense kernel.
+void TestConvolution(int64_t kh, int64_t kw, int64_t channels, int64_t features, int64_t sh,
+                     int64_t sw, int64_t height, int64_t width, int64_t threads) {
+  std::mt19937 rng(kh * 100 + kw * 10 + sh + height);
+  const int64_t fan_in = kh * kw * channels;
+  const Weights w(features, fan_in, 0.4, 0, 0, &rng);  // rows: inputs (kh, kw, c)
+  const int64_t ho = (height - kh) / sh + 1, wo = (width - kw) / sw + 1;
+  const std::vector<float> image = Random(channels * height * width, &rng);  // (C, H, W)
+  const std::vector<float> bias = Random(features, &rng);
+  // The stride phases: z[(a, b, c), i, j] = x[c, sh i + a, sw j + b].
+  const int64_t pa = std::min(sh, kh), pb = std::min(sw, kw);
+  const int64_t hq = (height + sh - 1) / sh, wq = (width + sw - 1) / sw;
+  std::vector<float> z(pa * pb * channels * hq * wq, 0.0f);
+  for (int64_t a = 0; a < pa; ++a)
+    for (int64_t b = 0; b < pb; ++b)
+      for (int64_t c = 0; c < channels; ++c)
+        for (int64_t i = 0; i < hq; ++i)
+          for (int64_t j = 0; j < wq; ++j)
+            if (sh * i + a < height && sw * j + b < width)
+              z[(((a * pb + b) * channels + c) * hq + i) * wq + j] =
+                  image[(c * height + sh * i + a) * width + sw * j + b];
+  std::vector<int64_t> inputs(w.indices32.begin(), w.indices32.end());
+  std::vector<int64_t> starts(w.indptr.begin(), w.indptr.end());
+  const ConvShape shape{channels, pa * pb * channels, hq, wq, ho, wo, sh, sw, pb, features};
+  std::vector<float> y(features * ho * wo, 0.0f);
+  ThreadsPool pool(3);
+  Convolve(pool, threads, w.values.data(), inputs, starts, kw, z.data(), bias.data(), shape, 1,
+           kIdentity, y.data());
+  for (int64_t o = 0; o < features; ++o) {
+    for (int64_t i = 0; i < ho; ++i) {
+      for (int64_t j = 0; j < wo; ++j) {
+        double sum = bias[o];
+        for (int64_t a = 0; a < kh; ++a)
+          for (int64_t b = 0; b < kw; ++b)
+            for (int64_t c = 0; c < channels; ++c)
+              sum += double(w.dense[o * fan_in + (a * kw + b) * channels + c]) *
+                     image[(c * height + sh * i + a) * width + sw * j + b];
+        Expect(Close(y[(o * ho + i) * wo + j], sum),
+               "conv " + std::to_string(kh) + "x" + std::to_string(kw) + " stride " +
+                   std::to_string(sh) + "x" + std::to_string(sw) + " out " +
+                   std::to_string(o) + "," + std::to_string(i) + "," + std::to_string(j));
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pcs
+
+int main() {
+  using pcs::RowTileTester;
+  for (int64_t width : {2, 4, 8, 16}) {
+    for (int64_t valid = 1; valid <= width; ++valid) {
+      for (int64_t activation : {pcs::kIdentity, pcs::kRelu}) {
+        RowTileTester().width(width).valid(valid).activation(activation).Test();
+        RowTileTester().width(width).valid(valid).activation(activation).narrow(false).Test();
+        RowTileTester().width(width).valid(valid).stride(width).activation(activation).Test();
+        for (auto [n, m] : {std::pair<int64_t, int64_t>{2, 4}, {1, 4}, {3, 8}, {1, 2}}) {
+          RowTileTester().width(width).valid(valid).n_m(n, m).activation(activation).Test();
+        }
+      }
+    }
+  }
+  for (int64_t threads : {pcs::kPool, pcs::kCaller}) {
+    for (int64_t cols : {1, 2, 3, 8, 17, 40}) {
+      pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu);
+      pcs::TestProduct(70, 96, cols, 2, 4, threads, pcs::kIdentity);
+    }
+    pcs::TestProduct(4000, 300, 1, 0, 0, threads, pcs::kIdentity);  // past kMinParallelWork
+    pcs::TestProduct(300, 400, 64, 0, 0, threads, pcs::kIdentity);  // packed panels, parallel
+    pcs::TestConvolution(3, 3, 4, 5, 1, 1, 12, 45, threads);  // tiles of 32, 8 and the rest
+    pcs::TestConvolution(3, 3, 4, 5, 2, 2, 11, 20, threads);
+    pcs::TestConvolution(1, 3, 2, 3, 1, 2, 1, 40, threads);   // a 1-D convolution
+    pcs::TestConvolution(3, 3, 8, 40, 1, 1, 16, 16, threads);  // parallel over channels
+  }
+  std::printf("%d failures\n", pcs::failures);
+  return pcs::failures == 0 ? 0 : 1;
+}
