@@ -40,6 +40,7 @@ from absl import flags
 
 import pcs
 from benchmarks import machine
+from benchmarks import sparse_nnx
 from experiments import models
 
 flags.DEFINE_integer('inference_repeats', 20, 'Timed calls per variant.')
@@ -272,7 +273,7 @@ def model_rows(repeats, sparsities=None):
       pruned = {**variables, 'params': params}
       for batch in batches:
         x = jnp.asarray(np.random.default_rng(0).normal(size=(batch,) + shape), jnp.float32)
-        exported = pcs.export(params, model=model, inputs=x, apply_kwargs={'train': False})
+        exported = pcs.export(pruned, model=model, inputs=x, call_kwargs={'train': False})
         bound = exported.bind(model, pruned, train=False)
         np.testing.assert_allclose(bound(x), dense_fn(pruned, x), rtol=1e-3, atol=1e-3)
         calls = {'dense': functools.partial(_jax_call, dense_fn, pruned, x),
@@ -330,7 +331,7 @@ def _spread(row, key):
   return f" ±{50 * row['spread'][key]:.0f}%" if key in row.get('spread', {}) else ''
 
 
-def markdown(layer, whole, conv=(), relu=()) -> str:
+def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
   """The tables: speed-ups over dense (dense ms / variant ms; > 1 is faster), each with
   half its interquartile range (±, as a share of its median time)."""
   lines = ['One layer: speed-up over XLA\'s dense dot (torch CSR: over torch\'s dense matmul); '
@@ -367,6 +368,8 @@ def markdown(layer, whole, conv=(), relu=()) -> str:
     lines += ['', conv_markdown(conv)]
   if relu:
     lines += ['', relu_markdown(relu)]
+  if nnx_rows or decode:
+    lines += ['', sparse_nnx.markdown(nnx_rows, decode)]
   return '\n'.join(lines)
 
 
@@ -382,9 +385,9 @@ def _best_peer(row):
   return max(peers.items(), key=lambda item: item[1])
 
 
-def verdicts(layer, whole, conv=(), relu=()) -> list:
-  """The targets of issue 29, met or missed, as table rows, each against the peers of
-  this same run (``conv`` and ``relu`` set no target)."""
+def verdicts(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> list:
+  """The targets of issues 29 and 30, met or missed, as table rows, each against the peers
+  of this same run (``conv`` and ``relu`` set no target)."""
   del conv, relu
   def line(target, value, met):
     return f'| {target} | {value} | {"met" if met else "missed"} |'
@@ -422,21 +425,23 @@ def verdicts(layer, whole, conv=(), relu=()) -> list:
   out.append(line('every exported model as its user calls it: >= 0.95x dense',
                   f"slowest: {worst['model']} {worst['sparsity']:.0%} batch {worst['batch']}, "
                   f"{worst['dense'] / worst['pcs']:.2f}x", worst['dense'] / worst['pcs'] >= 0.95))
-  return out
+  return out + sparse_nnx.verdicts(nnx_rows, decode)
 
 
 def run(repeats: int, quick: bool = False):
-  """Every part: ``(layer rows, whole-model rows, conv rows, relu rows)``; ``quick``:
-  whole models at 95% only, no convolution or ReLU study."""
+  """Every part: ``(layer rows, whole-model rows, conv rows, relu rows, NNX model rows,
+  decoding rows)``; ``quick``: whole models at 95% only, no convolution or ReLU study."""
+  nnx_rows = (sparse_nnx.model_rows(_medians, repeats), sparse_nnx.decode_rows(_medians, repeats))
   if quick:
-    return layer_rows(repeats), model_rows(repeats, (0.95,)), [], []
-  return layer_rows(repeats), model_rows(repeats), conv_rows(repeats), relu_rows(repeats)
+    return layer_rows(repeats), model_rows(repeats, (0.95,)), [], [], *nnx_rows
+  return (layer_rows(repeats), model_rows(repeats), conv_rows(repeats), relu_rows(repeats),
+          *nnx_rows)
 
 
 def record(rows, path: str) -> dict:
   """Appends this run (its machine and rows) to the JSON-lines file ``path``."""
   entry = {'machine': machine.describe(), 'cpu': machine.cpu_model(),
-           'rows': dict(zip(('layer', 'whole', 'conv', 'relu'), rows))}
+           'rows': dict(zip(('layer', 'whole', 'conv', 'relu', 'nnx', 'decode'), rows))}
   with open(path, 'a') as f:
     f.write(json.dumps(entry) + '\n')
   return entry
@@ -446,7 +451,8 @@ def _rows(entry):
   """A recorded run's rows, with the layer shapes as tuples again."""
   rows = entry['rows']
   layer = [{**r, 'shape': tuple(r['shape'])} for r in rows['layer']]
-  return layer, rows['whole'], rows['conv'], rows['relu']
+  return (layer, rows['whole'], rows['conv'], rows['relu'], rows.get('nnx', []),
+          rows.get('decode', []))
 
 
 def runs_markdown(path: str) -> str:

@@ -127,7 +127,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'model', sorted(models.MODELS))
   _choice(config, 'method', tuple(optimizers.METHODS))
   _choice(config, 'schedule', optimizers.SCHEDULES)
-  _choice(config, 'imp.rewind', optimizers.IMP_REWINDS)
+  _choice(config, 'imp.rewind', pcs.pruning.REWINDS)
   _choice(config, 'lr_schedule', optimizers.LR_SCHEDULES)
   _choice(config, 'prune_scope', pcs.pruning.SCOPES)
   _choice(config, 'on_nonfinite', ON_NONFINITE)

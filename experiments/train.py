@@ -156,14 +156,15 @@ class Phase:
 
 
 def plan(config: ml_collections.ConfigDict) -> List[Phase]:
-  """The phases of a run. IMP cycle c of K prunes to ``1 - (1 - sparsity)^(c/K)``
-  (Frankle & Carbin, 2019); the last reaches ``sparsity``."""
+  """The phases of a run. IMP cycle c of K prunes to ``pcs.cycle_sparsity(c, K,
+  sparsity)`` = 1 - (1 - sparsity)^(c/K), as ``pcs.iterative_pruning`` does; the last
+  reaches ``sparsity``."""
   phases = [Phase('train', config.num_epochs, 0.0, 'method', 0)]
   if config.schedule == 'imp':
     cycles = config.imp.cycles
     phases += [Phase(f'cycle{c}', config.num_epochs,
-                     1 - (1 - config.sparsity) ** (c / cycles) if c < cycles else config.sparsity,
-                     'method', 1000 * c) for c in range(1, cycles + 1)]
+                     pcs.cycle_sparsity(c, cycles, config.sparsity), 'method', 1000 * c)
+               for c in range(1, cycles + 1)]
   if config.finetune_epochs:
     phases.append(Phase('finetune', config.finetune_epochs, config.sparsity, 'finetune',
                         10_000))

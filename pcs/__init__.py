@@ -19,8 +19,8 @@ from pcs.core import (AlphaController, AlphaState, Reparameterization, Reparamet
 from pcs.implicit import (Balanced, Factors, MirrorState, Scale, mirror, pilot, product_init,
                           spred)
 from pcs.pruning import (IterativePruningResult, KeepMaskedState, ScheduledPruningState,
-                         SparsitySummary, apply_masks, gmp, iterative_pruning, keep_masked,
-                         one_shot_pruning, prune, summary)
+                         SparsitySummary, apply_masks, cycle_sparsity, gmp, iterative_pruning,
+                         keep_masked, one_shot_pruning, prune, summary)
 from pcs import sparse
 from pcs.sparse import export, sparse_apply
 
@@ -49,6 +49,7 @@ __all__ = [
                            'alpha_controller',
                            'apply_masks',
                            'continuous_sparsification',
+                           'cycle_sparsity',
                            'export',
                            'find_state',
                            'find_states',

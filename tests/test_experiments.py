@@ -202,3 +202,23 @@ def test_a_sparse_target_is_met_only_where_it_holds_on_every_recorded_machine(tm
   assert ('| one layer 4096 -> 4096, 95%, batch 1: >= the best of scipy and torch CSR (goal '
           '1.5x it) | 2 / 2 | met on each |') in text
   assert text.index('### CPU B') < text.index('### CPU A')  # newest first
+
+
+def test_nnx_model_and_decoding_verdicts():
+  from benchmarks import sparse_nnx
+  rows = [{'model': 'NNX 2-D CNN (held out)', 'sparsity': 0.95, 'batch': 1, 'dense': 1.0,
+           'pcs': 0.5, 'dense nnx.jit': 2.0, 'pcs nnx.jit': 2.2, 'sparse_layers': 4, 'layers': 4},
+          {'model': 'NNX decoder d=768 (charlm)', 'sparsity': 0.9, 'batch': 8, 'dense': 3.0,
+           'pcs': 2.5, 'dense nnx.jit': 3.0, 'pcs nnx.jit': 2.0, 'sparse_layers': 13,
+           'layers': 13}]
+  decode = [{'model': 'decoder', 'sparsity': 0.9, 'batch': 1, 'dense': 30.0, 'pcs csr': 9.0,
+             'pcs': 12.0, 'agree': {'dense': 50, 'pcs csr': 50, 'pcs': 49}}]
+  text = '\n'.join(sparse_nnx.verdicts(rows, decode))
+  assert '| NNX 2-D CNN (held out), batch 1, under bind: >= 0.95x dense | 2.00x | met |' in text
+  assert 'CNN (held out), batch 1, under nnx.jit: >= 0.95x dense | 0.91x | missed |' in text
+  assert 'forward at batch 8: >= 1.5x dense | 1.20x | missed |' in text
+  assert 'every projection sparse: >= 3x dense | 3.33x | met |' in text
+  table = sparse_nnx.markdown(rows, decode)
+  assert '| NNX 2-D CNN (held out) | 95% | 1 | 1.000 | 2.00x | 2.000 | 0.91x | 4.40x | 4/4 |' in (
+      table)
+  assert '| decoder | 30.000 | 3.33x | 2.50x | csr 50, measured 49 |' in table

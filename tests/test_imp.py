@@ -101,3 +101,24 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
 def test_bad_input(kwargs, message):
   with pytest.raises(ValueError, match=message):
     pcs.iterative_pruning(lambda p, m, c: p, helpers.mlp_params(), **kwargs)
+
+
+def test_the_binary_and_the_library_prune_their_cycles_alike():
+  # One schedule: s_c = 1 - (1 - s)^(c/K), s exactly at the last cycle. By hand, K = 3 and
+  # s = 0.875 (a half kept per cycle): 0.5, 0.75, 0.875.
+  assert [pcs.cycle_sparsity(c, 3, 0.875) for c in range(4)] == pytest.approx(
+      [0.0, 0.5, 0.75, 0.875], abs=1e-12)
+  assert pcs.cycle_sparsity(25, 25, 0.98) == 0.98  # exact at the last cycle
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  config = helpers.small_config('unused', schedule='imp', sparsity=0.875,
+                                **{'imp.cycles': 3})
+  assert [p.sparsity for p in train.plan(config) if p.name.startswith('cycle')] == [
+      pcs.cycle_sparsity(c, 3, 0.875) for c in (1, 2, 3)]
+  params = {'w': jnp.arange(1.0, 17.0).reshape(4, 4)}
+  result = pcs.iterative_pruning(lambda p, m, c: p, params, num_cycles=3, keep_fraction=0.5)
+  assert [h['target_sparsity'] for h in result.history] == pytest.approx([0.0, 0.5, 0.75, 0.875])
+  assert [h['sparsity'] for h in result.history] == [0.0, 0.5, 0.75, 0.875]  # 16 weights
+  with pytest.raises(ValueError, match='`cycle` must lie in'):
+    pcs.cycle_sparsity(4, 3, 0.5)
+  with pytest.raises(ValueError, match='`final_sparsity` must lie in'):
+    pcs.cycle_sparsity(1, 3, 1.0)

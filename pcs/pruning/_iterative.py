@@ -19,6 +19,29 @@ from pcs.core import _selection as selection
 REWINDS = ('weights', 'learning_rate')
 
 
+def cycle_sparsity(cycle: int, num_cycles: int, final_sparsity: float) -> float:
+  """The sparsity IMP prunes to after cycle ``cycle`` of ``num_cycles``:
+
+      s_c = 1 - (1 - s)^(c / K),   s_K = s exactly,
+
+  a constant fraction (1 - s)^(1/K) of the remaining weights kept per cycle (Frankle &
+  Carbin, ICLR 2019; the paper's 25 cycles at 80% are K = 25, s = 1 - 0.8^25).
+
+  Example:
+    >>> import pcs
+    >>> [round(pcs.cycle_sparsity(c, 2, 0.75), 3) for c in range(3)]
+    [0.0, 0.5, 0.75]
+  """
+  checks.check_integer('num_cycles', num_cycles, minimum=1)
+  if not 0 <= cycle <= num_cycles:
+    raise ValueError(f'`cycle` must lie in [0, num_cycles={num_cycles}]; got {cycle!r}.')
+  if not 0.0 <= final_sparsity < 1.0:
+    raise ValueError(f'`final_sparsity` must lie in [0, 1); got {final_sparsity!r}.')
+  if cycle == num_cycles:
+    return float(final_sparsity)
+  return 1.0 - (1.0 - final_sparsity) ** (cycle / num_cycles)
+
+
 class IterativePruningResult(NamedTuple):
   """params: after the last retraining; masks: final (True = kept); history: per cycle."""
   params: Any
@@ -43,9 +66,11 @@ def iterative_pruning(
   Cycle c = 0..num_cycles calls ``train(start_params, masks, c) -> trained_params``
   (the caller trains with its own loop and optimizer, e.g. wrapped in
   ``pcs.keep_masked(tx, masks)``, any pcs method including ``pcs.pilot``). After cycles
-  0..num_cycles-1 the trained weights are pruned to sparsity ``1 - keep_fraction^(c+1)``
-  (a fraction ``1 - keep_fraction`` of the remaining weights, :func:`pcs.prune`), and
-  the next cycle starts from
+  0..num_cycles-1 the trained weights are pruned (:func:`pcs.prune`) to
+  :func:`cycle_sparsity` ``(c + 1, num_cycles, 1 - keep_fraction^num_cycles)``, i.e.
+  ``1 - keep_fraction^(c+1)``: a fraction ``1 - keep_fraction`` of the remaining weights
+  each cycle. The experiments' binary prunes its cycles with the same function. The next
+  cycle starts from
 
     * ``rewind='weights'`` (WR): ``rewind_params * masks``, the rewind point (default:
       the ``params`` passed in; pass an early iterate for late rewinding);
@@ -94,17 +119,18 @@ def iterative_pruning(
     if manager.latest_step() is not None:
       record = _restore(ocp, manager, record)
 
+  final = 1.0 - keep_fraction ** num_cycles
   for cycle in range(record['cycle'], num_cycles + 1):
     trained = train(record['start'], record['masks'], cycle)
     achieved = pruning.summary(trained, where).sparsity
-    target = 1.0 - keep_fraction ** cycle
+    target = cycle_sparsity(cycle, num_cycles, final) if num_cycles else 0.0
     record['history'].append({'cycle': cycle, 'target_sparsity': target, 'sparsity': achieved})
     if cycle == num_cycles:
       if manager is not None:
         manager.close()
       return IterativePruningResult(trained, record['masks'], record['history'])
-    pruned, masks = pruning.prune(trained, 1.0 - keep_fraction ** (cycle + 1), scope=scope,
-                                  where=where)
+    pruned, masks = pruning.prune(trained, cycle_sparsity(cycle + 1, num_cycles, final),
+                                  scope=scope, where=where)
     start = pruned if rewind == 'learning_rate' else pruning.apply_masks(record['rewind'], masks)
     record = {'cycle': cycle + 1, 'start': start, 'rewind': record['rewind'],
               'masks': masks, 'history': record['history']}
