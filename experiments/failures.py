@@ -11,6 +11,11 @@ A run of a cell (the same recipe, setting and sparsity over seeds) has failed if
   that have an accuracy.
 
 Accuracies are fractions in [0, 1].
+
+Apart from failing, a run can miss its **target sparsity**: it ends more than
+SPARSITY_TOLERANCE away from it (STR's learned thresholds can prune past a target, and
+one-shot pruning at the end cannot undo that). Its accuracy is then not the target's;
+the binary says so and the report marks the cell (:func:`off_target`).
 """
 
 from typing import Dict, Mapping, Optional
@@ -19,6 +24,7 @@ import numpy as np
 
 CHANCE_MARGIN = 0.02
 UNDER_MEDIAN = 0.10
+SPARSITY_TOLERANCE = 0.005
 DIVERGED, AT_CHANCE, UNDER = 'diverged', 'at chance', 'under the median'
 
 
@@ -41,3 +47,12 @@ def failed(values: Mapping[int, Optional[float]], num_classes: int) -> Dict[int,
     elif value < median - UNDER_MEDIAN:
       out[seed] = UNDER
   return out
+
+
+def off_target(target: float, achieved: float) -> Optional[str]:
+  """What to say when a run's ``achieved`` sparsity is more than SPARSITY_TOLERANCE from
+  its ``target``, else None."""
+  if abs(achieved - target) <= SPARSITY_TOLERANCE:
+    return None
+  return (f'achieved sparsity {achieved:.4f} for a target of {target:.4f} (more than '
+          f'{100 * SPARSITY_TOLERANCE:.1f}% off): its accuracy is not the target\'s')

@@ -69,6 +69,8 @@ def main(argv):
           f"{split} accuracy {results[split + '_accuracy']:.4f} at sparsity "
           f"{results['achieved_sparsity']:.4f} ({results['wall_time_s']:.0f}s). "
           f"Results: {FLAGS.workdir}/results.json")
+    if 'off_target' in results:
+      print(f"Warning: {results['off_target']}.", file=sys.stderr)
 
 
 if __name__ == '__main__':

@@ -38,6 +38,7 @@ from experiments import checkpointing
 from experiments import collapse
 from experiments import config_checks
 from experiments import datasets
+from experiments import failures
 from experiments import input_pipeline
 from experiments import models
 from experiments import optimizers
@@ -526,9 +527,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            if config.eval_train or train_metrics is None
            else {'accuracy': train_metrics['accuracy']})
   name = run.eval_name
+  achieved = pcs.summary(state.params).sparsity
+  missed = failures.off_target(float(config.sparsity), achieved)
   results = {
       **_identity(config), **({'collapsed': run.collapsed} if run.collapsed else {}),
-      'achieved_sparsity': pcs.summary(state.params).sparsity,
+      **({'off_target': missed} if missed else {}),
+      'achieved_sparsity': achieved,
       'eval_split': name, f'{name}_accuracy': accuracy,
       'train_accuracy': train['accuracy'],
       # After the first training phase, before any pruning (for IMP: the dense model).

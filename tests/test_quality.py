@@ -563,3 +563,21 @@ def test_with_five_seeds_a_failed_seed_disqualifies_the_best_mean_and_a_steadier
   # Every leader failed (lr 0.2's seed 4 at chance, 0.115 <= 1/10 + 0.02): the best worst
   # seed picks, lr 0.1's 0.84 (lr 0.2: 0.115; lr 0.4 diverged, -1).
   assert pick([0.99, 0.99, 0.93, 0.115, 1.0, 0.84]) == 0.1
+
+
+def test_a_cell_whose_runs_missed_the_target_sparsity_is_marked():
+  assert failures.off_target(0.9, 0.904) is None  # within 0.5%
+  assert 'achieved sparsity 0.9600 for a target of 0.9000' in failures.off_target(0.9, 0.96)
+  def row(seed, achieved, stage='final', recipe='str'):
+    return {'id': f'{recipe}{seed}', 'stage': stage, 'model': 'cnn1d', 'recipe': recipe,
+            'study': None, 'overrides': {'sparsity': 0.9, 'seed': seed},
+            'results': {'achieved_sparsity': achieved, 'test_accuracy': 0.8,
+                        'test_accuracy_before_finetune': 0.7}}
+  rows = [row(0, 0.9), row(1, 0.93), row(2, 0.96), row(0, 0.9, recipe='l1'),
+          row(3, 0.99, stage='tune')]  # tuning runs are not in the tables
+  off = quality_report.off_target(rows)
+  assert off == {('cnn1d', 'str', 0.9): 0.96}  # the farthest of the cell's runs
+  table = quality_report.accuracy_table(quality_report.groups(rows), 'cnn1d', ['str', 'l1'],
+                                        (0.9,), {}, off)
+  assert table[2].startswith('| str | 80.0 ± 0.0') and table[2].endswith('(at 96.0%) |')
+  assert '(at' not in table[3]
