@@ -12,7 +12,7 @@ import time
 from absl import app
 from absl import flags
 from benchmarks import machine
-from benchmarks.machine import replace_between
+from experiments.blocks import replace_between
 from benchmarks import sparse_inference
 from benchmarks import sparse_recovery
 from benchmarks import step_overhead

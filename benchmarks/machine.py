@@ -1,5 +1,4 @@
-"""Where a benchmark's figures go: the machine that measured them (CPU model, cores, jax's
-devices, versions), and the generated blocks of the Markdown files that hold them."""
+"""The machine a benchmark runs on, in one line: CPU model, cores, jax's devices, versions."""
 
 import os
 import platform
@@ -25,12 +24,3 @@ def describe() -> str:
           f'{platform.python_version()}, jax {jax.__version__}, optax {optax.__version__}; '
           f'{time.strftime("%Y-%m-%d")}')
 
-
-def replace_between(text: str, name: str, block: str) -> str:
-  """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` set to ``block``."""
-  begin, end = f'<!-- {name} -->', f'<!-- /{name} -->'
-  if begin not in text or end not in text:
-    raise ValueError(f'{begin} ... {end} markers not found')
-  head, rest = text.split(begin, 1)
-  _, tail = rest.split(end, 1)
-  return f'{head}{begin}\n{block}\n{end}{tail}'

@@ -42,6 +42,7 @@ import pcs
 from benchmarks import machine
 from benchmarks import sparse_nnx
 from experiments import models
+from experiments.blocks import replace_between
 
 flags.DEFINE_integer('inference_repeats', 20, 'Timed calls per variant.')
 flags.DEFINE_bool('quick', False, 'Whole models at 95% only and no convolution study '
@@ -495,7 +496,7 @@ def write_runs(record_path: str, output: str) -> None:
   with open(output) as f:
     text = f.read()
   with open(output, 'w') as f:
-    f.write(machine.replace_between(text, 'sparse-runs', runs_markdown(record_path)))
+    f.write(replace_between(text, 'sparse-runs', runs_markdown(record_path)))
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ import numpy as np
 
 from experiments import failures
 from experiments import quality_protocol as protocol
+from experiments import blocks
 
 PILOT_FAMILY = ('pilot', 'pilot+gmp', 'pilot+imp', 'mirror')
 REFERENCE = 'dense+gmp'
@@ -537,6 +538,27 @@ def write(rows: Iterable[dict], folder: str) -> str:
   text = protocol_text() + '\n\n' + notes + markdown(rows) + '\n'
   if robustness:
     text += '\n' + robustness + '\n'
-  with open(os.path.join(os.path.dirname(os.path.abspath(folder)), 'QUALITY.md'), 'w') as f:
+  root = os.path.dirname(os.path.abspath(folder))
+  with open(os.path.join(root, 'QUALITY.md'), 'w') as f:
     f.write(text)
+  readme = os.path.join(root, 'README.md')
+  if os.path.exists(readme):
+    with open(readme) as f:
+      before = f.read()
+    after = blocks.replace_between(before, 'quality', readme_block(rows))
+    if after != before:
+      with open(readme, 'w') as f:
+        f.write(after)
   return text
+
+
+def readme_block(rows: List[dict]) -> str:
+  """README's view of the record, generated with QUALITY.md so that README copies no
+  figure by hand: the PILoT recipe recommended on each model and the targets' verdicts."""
+  models = sorted({r['model'] for r in rows})
+  picks = ', '.join(f'{m}: `{recommended(rows, m) or "none yet"}`' for m in models)
+  return (f'Recommended PILoT recipe (validation-picked, no failed run): {picks}. The targets, '
+          'paired over seeds 0-4 after fine-tuning (from QUALITY.md, which holds every '
+          'figure, the failures per cell and the notes on what the figures do not show):\n\n'
+          + '\n'.join(verdicts(rows, groups(rows, True), models)))
+

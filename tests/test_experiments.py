@@ -12,7 +12,7 @@ import pytest
 import pcs
 
 from benchmarks import __main__ as bench_main
-from benchmarks import machine as bench_machine
+from experiments import blocks
 from benchmarks import step_overhead
 from benchmarks import update_cost
 from experiments import models
@@ -110,10 +110,10 @@ def test_pilot_written_out_is_pilot_and_the_wrapper_adds_no_traffic():
 
 def test_readme_block_replaces_only_between_its_markers():
   text = 'a\n<!-- bench -->\nold\n<!-- /bench -->\nb\n'
-  assert bench_machine.replace_between(text, 'bench', 'new') == (
+  assert blocks.replace_between(text, 'bench', 'new') == (
       'a\n<!-- bench -->\nnew\n<!-- /bench -->\nb\n')
   with pytest.raises(ValueError, match='markers not found'):
-    bench_machine.replace_between('no markers', 'bench', 'new')
+    blocks.replace_between('no markers', 'bench', 'new')
 
 
 def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):

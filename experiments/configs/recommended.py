@@ -11,11 +11,9 @@ decay 1e-3. For the MLP (``--config.model=mlp``) the tuning picked
 rest the same. The learning rate was tuned over {0.1, 0.2, 0.4}, and the 3 best settings
 confirmed on validation seeds 0-2; IMP alone picked 0.4 on both models.
 
-On seeds 0-4 this recipe collapsed on neither model at any sparsity (the IMP recipes'
-finals run at their tuned cycle warmup). On 20 seeds nobody tuned on (5-24, 98%) it has
-no collapse on either model, and medians 2.6 pp (CNN) and 4.0 pp (MLP) above IMP alone at
-IMP alone's own validation-picked setting, which on the CNN collapsed on 8 of the 20
-(QUALITY.md, "Robustness").
+How it does on seeds 0-4 and on 20 seeds nobody tuned on (5-24, 98%), against IMP alone
+at IMP alone's own validation-picked setting, and where that baseline fails: QUALITY.md
+("Targets", "Robustness" and the notes); README shows the targets' verdicts.
 
 The cycle warmup was tuned after the rest, on validation seeds 0-2: with one epoch, the
 CNN diverged two epochs into the third cycle on 1 of seeds 5-24 (at alpha 1e-4), because

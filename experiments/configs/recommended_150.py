@@ -3,10 +3,9 @@
 The quality benchmark's 150-epoch study (QUALITY.md, "the paper's training length") re-tunes
 each recipe at 150 epochs on a validation split. ``pilot`` + ``gmp`` picked constant alpha
 1e-4 (Jacobs & Burkholz, ICLR 2025, with delta = 1) inside GMP's cubic ramp (Zhu & Gupta,
-2018), lr 0.2 and weight decay 1e-3. At GMP's own 150 epochs it beats GMP, tuned the same
-way, at 99% on the 1-D CNN (seeds 0-4, paired; see QUALITY.md) and ties it at 98%. Proximal
-L1 at the same budget is ahead of both (``--config.method=l1``): use this config when the
-model is to be PILoT's.
+2018), lr 0.2 and weight decay 1e-3. How it compares with GMP tuned the same way at GMP's
+own 150 epochs, and with proximal L1 at that budget (``--config.method=l1``): QUALITY.md's
+150-epoch tables and notes. Use this config when the model is to be PILoT's.
 
   python -m experiments.sparsify --workdir=runs/pilotgmp150 \
       --config=experiments/configs/recommended_150.py

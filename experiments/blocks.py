@@ -1,0 +1,19 @@
+"""Generated blocks of the Markdown files: figures are written between ``<!-- name -->``
+and ``<!-- /name -->`` markers by the code that measures them (the quality report into
+README.md, the benchmarks into BENCHMARKS.md and README.md), so that no figure is copied
+by hand."""
+
+
+def replace_between(text: str, name: str, block: str) -> str:
+  """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` set to
+  ``block``.
+
+  Raises:
+    ValueError: if either marker is missing.
+  """
+  begin, end = f'<!-- {name} -->', f'<!-- /{name} -->'
+  if begin not in text or end not in text:
+    raise ValueError(f'{begin} ... {end} markers not found')
+  head, rest = text.split(begin, 1)
+  _, tail = rest.split(end, 1)
+  return f'{head}{begin}\n{block}\n{end}{tail}'
