@@ -19,7 +19,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cc
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.sweep --workdir=$(WORKDIR)/demo
+	$(PY) -m experiments.sweep --workdir=$(WORKDIR)/demo --readme=README.md
 
 regression: $(STAMP)
 	$(PY) -m experiments.regression --workdir=$(WORKDIR)/regression

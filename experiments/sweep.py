@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import blocks
 from experiments import config_checks
 from experiments import recipe_defaults
 from experiments import report
@@ -45,6 +46,8 @@ flags.DEFINE_list('methods', ['pilot', 'spred', 'str', 'l1', 'dense+gmp', 'pilot
 flags.DEFINE_list('sparsities', ['0.9', '0.98'], 'Target sparsities.')
 flags.DEFINE_list('seeds', ['0'], 'Seeds.')
 flags.DEFINE_bool('dense', True, 'Also train the dense reference (sparsity 0).')
+flags.DEFINE_string('readme', None, 'A Markdown file whose <!-- demo --> block gets the table '
+                    '(`make demo` passes README.md), so no figure of it is copied by hand.')
 flags.DEFINE_bool('picked', True, "Run each recipe at its validation-picked setting "
                   "(experiments.recipe_defaults); false: the config's values.")
 config_flags.DEFINE_config_file(
@@ -91,9 +94,19 @@ def main(argv):
     print(f"  {results['eval_split']} accuracy "
           f"{results[results['eval_split'] + '_accuracy']:.4f} at sparsity "
           f"{results['achieved_sparsity']:.4f} in {results['wall_time_s']:.0f}s")
-  print(report.report(FLAGS.workdir))
-  print(f'\n{len(todo)} runs in {time.time() - start:.0f}s; table: {FLAGS.workdir}/report.md, '
+  table = report.report(FLAGS.workdir)
+  seconds = time.time() - start
+  print(table)
+  print(f'\n{len(todo)} runs in {seconds:.0f}s; table: {FLAGS.workdir}/report.md, '
         f'plot: {FLAGS.workdir}/accuracy_vs_sparsity.png')
+  if FLAGS.readme:
+    with open(FLAGS.readme) as f:
+      text = f.read()
+    with open(FLAGS.readme, 'w') as f:
+      f.write(blocks.replace_between(text, 'demo', (
+          f'`make demo` on {os.cpu_count()} cores, {time.strftime("%Y-%m-%d")}: {len(todo)} '
+          f'runs in {seconds:.0f} s (finished runs of an earlier demo are reused).\n\n'
+          + table)))
 
 
 if __name__ == '__main__':

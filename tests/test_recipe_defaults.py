@@ -78,10 +78,13 @@ def test_the_sweep_runs_a_recipe_at_its_own_sparsity_with_its_picks_quietly(tmp_
   """Also on a fresh data folder: one line says mnist1d is generated, and none of tfds's
   download lines, progress bars or variant-folder warnings reach the terminal."""
   workdir = tmp_path / 'sweep'
+  readme = tmp_path / 'README.md'
+  readme.write_text('before\n<!-- demo -->\nold table\n<!-- /demo -->\nafter\n')
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.sweep', f'--workdir={workdir}', '--methods=l1@0.9',
        '--sparsities=0.95', '--dense=false', f'--config.data_dir={tmp_path / "tfds"}',
-       '--config.num_epochs=1', '--config.weight_decay=3e-3', '--config.eval_train=False'],
+       '--config.num_epochs=1', '--config.weight_decay=3e-3', '--config.eval_train=False',
+       f'--readme={readme}'],
       cwd=helpers.REPO, env={**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu'},
       capture_output=True, text=True, timeout=300, check=True)
   assert '[1/1] l1 at sparsity 0.9, seed 0' in result.stdout
@@ -92,6 +95,10 @@ def test_the_sweep_runs_a_recipe_at_its_own_sparsity_with_its_picks_quietly(tmp_
   assert (config['l1']['strength'], config['learning_rate']) == (picked['l1.strength'],
                                                                  picked['learning_rate'])
   assert config['weight_decay'] == 3e-3 and config['sparsity'] == 0.9
+  # The table is written into the file's demo block, and nothing else of it changes.
+  text = readme.read_text()
+  assert text.startswith('before\n<!-- demo -->\n`make demo` on ') and 'old table' not in text
+  assert '| l1 |' in text and text.endswith('<!-- /demo -->\nafter\n')
   assert 'Generating mnist1d in' in result.stdout
   for noise in ('Downloading and preparing', 'downloaded and prepared'):
     assert noise not in result.stdout
