@@ -132,14 +132,15 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   def whole_model(layers):
     asked.append(set(layers))
     return _stood_in(10.0, 10.0 - 3.0 * (('Dense_0',) in layers) + 5.0 * (('Dense_2',) in layers))
-  checked = pcs.sparse.export_layers(params, compare_model=whole_model)
+  checked = pcs.sparse._export.export_kernels(  # pylint: disable=protected-access
+      params, compare_model=whole_model)
   assert asked == [{('Dense_0',), ('Dense_2',)}, {('Dense_0',)}]  # the weaker half went first
   assert set(checked) == {('Dense_0',)} and checked.model_ms == (10.0, 7.0)
   assert 'whole model with it was not faster' in {c.path[0]: c for c in checked.choices}[
       'Dense_2'].reason
   assert 'whole model, as bound: sparse 7.000 ms vs dense 10.000 ms' in checked.summary()
-  never = pcs.sparse.export_layers(params,
-                                   compare_model=lambda layers: _stood_in(10.0, 10.0 + len(layers)))
+  never = pcs.sparse._export.export_kernels(  # pylint: disable=protected-access
+      params, compare_model=lambda layers: _stood_in(10.0, 10.0 + len(layers)))
   assert not never  # all back to dense
   assert all(c.format == 'dense' for c in never.choices)
 
@@ -150,7 +151,7 @@ def test_measured_export_of_models_with_convolutions():
   with pytest.raises(ValueError, match='needs its input shape'):
     pcs.export(variables['params'])
   exported = pcs.export(variables['params'], model=model, inputs=x,
-                        apply_kwargs={'train': False})
+                        call_kwargs={'train': False})
   assert len(exported.choices) == 4
   np.testing.assert_allclose(pcs.sparse_apply(model, variables, exported, x, train=False),
                              model.apply(variables, x, train=False), rtol=1e-4, atol=1e-4)
@@ -193,7 +194,7 @@ if kind == 'linen':
   variables, exported = pcs.sparse.load(path)
   out = pcs.sparse_apply(models.create_model('cnn1d', 10), variables, exported, x, train=False)
 else:
-  out = sparse_nnx.load(path, nnx_models.CNN1D(rngs=nnx.Rngs(7)))(x)
+  out = pcs.sparse.load(path, nnx_models.CNN1D(rngs=nnx.Rngs(7)))(x)
 np.save(x_path + '.out.npy', np.asarray(out))
 '''
 
@@ -245,7 +246,7 @@ def test_a_layout_reading_outside_its_kernel_is_invalid():
   bad = pcs.sparse.CSR(values=layer.values, indices=np.array([0, 1, 2, 9], np.uint16),
                        indptr=layer.indptr, kernel_shape=(4, 4))
   with pytest.raises(ValueError, match=r'column indices must lie in \[0, 4\)'):
-    pcs.sparse._formats.validate(bad, 'layer')  # pylint: disable=protected-access
+    bad.validate('layer')
 
 
 def test_the_kernels_are_built_by_the_package_build():

@@ -88,7 +88,7 @@ def test_nnx_decoder_exports_every_projection_and_equals_dense():
   np.testing.assert_allclose(sparse_nnx.bind(sparse)(tokens, positions), expected, rtol=1e-4,
                              atol=1e-4)
   # The measured export runs the probe through the attention layers too.
-  measured = sparse_nnx.export(model, inputs=tokens, call_kwargs={'positions': positions})
+  measured = pcs.export(model, inputs=tokens, call_kwargs={'positions': positions})
   assert len(measured.choices) == 13
   np.testing.assert_allclose(sparse_nnx.sparsify(model, measured)(tokens, positions), expected,
                              rtol=1e-4, atol=1e-4)
@@ -98,8 +98,8 @@ def test_a_where_that_leaves_attention_out_keeps_it_dense_and_the_probe_follows_
   model = _pruned(Decoder(nnx.Rngs(1)))
   tokens, positions = _tokens()
   only_mlp = lambda path, leaf: (path[-1].key == 'kernel' and leaf.ndim == 2)
-  exported = sparse_nnx.export(model, inputs=tokens, format='csr', where=only_mlp,
-                               call_kwargs={'positions': positions})
+  exported = pcs.export(model, inputs=tokens, format='csr', where=only_mlp,
+                        call_kwargs={'positions': positions})
   assert len(exported) == 5 and all(len(layer.kernel_shape) == 2 for layer in exported.values())
   sparse = sparse_nnx.sparsify(model, exported)
   assert not any(type(n).__name__ == 'SparseLinearGeneral' for _, n in nnx.iter_graph(sparse))
@@ -122,12 +122,12 @@ def _greedy(model, prompt, steps):
 
 def test_cached_decoding_with_the_sparse_model_and_after_loading_it(tmp_path):
   model = _pruned(Decoder(nnx.Rngs(2)))
-  exported = sparse_nnx.export(model, format='csr')
+  exported = pcs.export(model, format='csr')
   expected = _greedy(model, 3, LENGTH)
   assert _greedy(sparse_nnx.sparsify(model, exported), 3, LENGTH) == expected
   path = str(tmp_path / 'decoder.npz')
   pcs.sparse.save(path, exported, nnx.state(model, nnx.Param))
-  loaded = sparse_nnx.load(path, Decoder(nnx.Rngs(9)))
+  loaded = pcs.sparse.load(path, Decoder(nnx.Rngs(9)))
   assert _greedy(loaded, 3, LENGTH) == expected
 
 
@@ -135,10 +135,10 @@ def test_grouped_query_attention_exports_and_equals_dense():
   model = _pruned(GroupedQueryAttention(nnx.Rngs(3)))
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, LENGTH, WIDTH)), jnp.float32)
   sparse = sparse_nnx.sparsify(model, inputs=x, margin=0.0)
-  assert {c.path[0] for c in sparse_nnx.export(model, format='csr').choices} == {
+  assert {c.path[0] for c in pcs.export(model, format='csr').choices} == {
       'query', 'key', 'value', 'out'}
   np.testing.assert_allclose(sparse(x), model(x), rtol=1e-4, atol=1e-4)
-  exported = sparse_nnx.export(model, format='csr')
+  exported = pcs.export(model, format='csr')
   assert exported[('key',)].kernel_shape == (WIDTH, 16)  # (in, kv_heads x head_dim)
   assert exported[('out',)].kernel_shape == (32, WIDTH)  # (heads x head_dim, out)
   np.testing.assert_allclose(sparse_nnx.sparsify(model, exported)(x), model(x), rtol=1e-4,
@@ -181,7 +181,7 @@ def test_an_einsum_layer_stays_dense_and_the_summary_says_why():
 
   model = _pruned(WithEinsum(nnx.Rngs(4)))
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, LENGTH, WIDTH)), jnp.float32)
-  exported = sparse_nnx.export(model, format='csr')
+  exported = pcs.export(model, format='csr')
   assert set(exported) == {('proj',)}
   assert 'Einsum layers run dense' in exported.summary()
   np.testing.assert_allclose(sparse_nnx.sparsify(model, exported)(x), model(x), rtol=1e-4,

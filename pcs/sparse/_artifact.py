@@ -4,7 +4,12 @@ The file holds plain arrays only and a JSON manifest (stored as a uint8 array) w
 every array, its tree path, dtype, shape and SHA-256. :func:`load` reads it with
 ``numpy.load(allow_pickle=False)``, so a file cannot run code; it refuses a truncated
 file, an array whose bytes do not match their hash, and a layout whose indices would read
-outside its kernel (:func:`pcs.sparse._formats.validate`).
+outside its kernel (:meth:`pcs.sparse.Format.validate`).
+
+Each layer's entry names its format (a key of :data:`pcs.sparse._formats.FORMATS`), its
+``kernel_shape``, its ``meta`` (:meth:`pcs.sparse.Format.meta`: N and M, threads) and its
+arrays; an exported layer's epilogue (a folded batch norm and its bias, a fused ReLU)
+is stored with it. Files of version 1 (before the meta field and epilogues) still load.
 """
 
 import hashlib
@@ -20,8 +25,8 @@ from pcs.sparse import _export
 from pcs.sparse import _formats as formats
 
 MAGIC = 'pcs.sparse export'
-VERSION = 1
-_ARRAYS = {'csr': ('values', 'indices', 'indptr'), 'n_m': ('values', 'positions')}
+VERSION = 2
+READABLE = (1, 2)
 
 
 def _is_exported_kernel(path: Tuple, exported: _export.Exported) -> bool:
@@ -37,7 +42,7 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
 
   Args:
     file: where to write (``numpy.savez`` appends ``.npz`` to a path without it).
-    exported: from :func:`pcs.export` or :func:`pcs.sparse.nnx.export`.
+    exported: from :func:`pcs.export`.
     variables: the rest of the model: linen ``variables`` (``{'params': ...,
       'batch_stats': ...}``) or an NNX state such as ``nnx.state(model, nnx.Param,
       nnx.BatchStat)``. The dense kernels of exported layers are left out.
@@ -67,13 +72,15 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
       leaves.append({'path': list(names), **add(leaf)})
   layers = []
   for path, layer in exported.items():
-    kind = 'csr' if isinstance(layer, formats.CSR) else 'n_m'
-    entry = {'path': list(path), 'format': kind, 'kernel_shape': list(layer.kernel_shape),
-             'arrays': {name: add(getattr(layer, name)) for name in _ARRAYS[kind]}}
-    if kind == 'n_m':
-      entry['n_m'] = [layer.n, layer.m]
-    if layer.threads != formats.THREADS_POOL:
-      entry['threads'] = layer.threads
+    entry = {'path': list(path), 'format': layer.name, 'kernel_shape': list(layer.kernel_shape),
+             'meta': layer.meta(),
+             'arrays': {name: add(array) for name, array in zip(layer.arrays,
+                                                               layer.ffi_operands())}}
+    epilogue = exported.epilogues.get(path)
+    if epilogue is not None:
+      entry['epilogue'] = {'norm': None if epilogue.norm is None else list(epilogue.norm),
+                           'activation': epilogue.activation,
+                           'bias': None if epilogue.bias is None else add(epilogue.bias)}
     layers.append(entry)
   choices = [{**c._asdict(), 'path': list(c.path), 'kernel_shape': list(c.kernel_shape)}
              for c in exported.choices]
@@ -94,11 +101,12 @@ def _nest(leaves) -> Dict:
 
 
 def load(file) -> Tuple[Dict, _export.Exported]:
-  """Reads a file written by :func:`save`: ``(variables, exported)``.
+  """Reads a file written by :func:`save`: ``(variables, exported)`` (what
+  :func:`pcs.sparse.load` returns without an NNX model).
 
   Both are placed on the default device (``jax.Array``s), once: a jitted call takes them
-  as they are. ``variables`` is a nested dict (for linen, ``exported.bind(model,
-  variables)`` or :func:`pcs.sparse_apply`; for NNX use :func:`pcs.sparse.nnx.load`).
+  as they are. ``variables`` is a nested dict (``pcs.sparse.load`` gives it to an NNX
+  model).
 
   Raises:
     ValueError: if the file is truncated, not a pcs export, of another version, or
@@ -115,8 +123,9 @@ def load(file) -> Tuple[Dict, _export.Exported]:
   except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as error:
     raise ValueError(f'pcs.sparse.load: {file!r} has no readable manifest; it is not a pcs '
                      'export or it was altered.') from error
-  if manifest.get('magic') != MAGIC or manifest.get('version') != VERSION:
-    raise ValueError(f'pcs.sparse.load: {file!r} is not a pcs export of version {VERSION}.')
+  if manifest.get('magic') != MAGIC or manifest.get('version') not in READABLE:
+    raise ValueError(f'pcs.sparse.load: {file!r} is not a pcs export of version '
+                     f'{" or ".join(map(str, READABLE))}.')
 
   def read(entry) -> np.ndarray:
     array = contents.get(entry['array'])
@@ -130,25 +139,43 @@ def load(file) -> Tuple[Dict, _export.Exported]:
 
   try:
     variables = _nest((tuple(e['path']), read(e)) for e in manifest['variables'])
-    layers = {}
+    layers, epilogues = {}, {}
     for entry in manifest['layers']:
       path = tuple(entry['path'])
-      arrays: Dict[str, Any] = {name: read(entry['arrays'][name])
-                                for name in _ARRAYS[entry['format']]}
-      shape = tuple(entry['kernel_shape'])
-      layer: Any
-      threads = entry.get('threads', formats.THREADS_POOL)
-      if entry['format'] == 'csr':
-        layer = formats.CSR(kernel_shape=shape, threads=threads, **arrays)
-      else:
-        layer = formats.NM(kernel_shape=shape, n=int(entry['n_m'][0]),
-                           m=int(entry['n_m'][1]), threads=threads, **arrays)
-      formats.validate(layer, f'pcs.sparse.load: layer {"/".join(map(str, path))}')
+      name = f'pcs.sparse.load: layer {"/".join(map(str, path))}'
+      if entry['format'] not in formats.FORMATS:
+        raise ValueError(f'{name} has the format {entry["format"]!r}; this pcs reads '
+                         f'{list(formats.FORMATS)}.')
+      kind = formats.FORMATS[entry['format']]
+      layer = kind.from_arrays(entry['kernel_shape'],
+                               {a: read(entry['arrays'][a]) for a in kind.arrays},
+                               **(entry['meta'] if 'meta' in entry else _meta_v1(entry)))
+      layer.validate(name)
       layers[path] = layer
+      if 'epilogue' in entry:
+        epilogues[path] = _epilogue(entry['epilogue'], read, layer.features, name)
     choices = tuple(_export.LayerChoice(**{**c, 'path': tuple(c['path']),
                                            'kernel_shape': tuple(c['kernel_shape'])})
                     for c in manifest['choices'])
   except (KeyError, TypeError) as error:
     raise ValueError(f'pcs.sparse.load: the manifest of {file!r} is malformed '
                      f'({type(error).__name__}: {error}); the file was altered.') from error
-  return jax.device_put((variables, _export.Exported(layers, choices)))
+  return jax.device_put((variables, _export.Exported(layers, choices, epilogues=epilogues)))
+
+
+def _meta_v1(entry) -> Dict[str, int]:
+  """A version-1 entry's meta: ``n_m`` = [N, M] for N:M, ``threads`` when not the pool."""
+  meta = {'threads': entry.get('threads', formats.THREADS_POOL)}
+  if 'n_m' in entry:
+    meta.update(n=entry['n_m'][0], m=entry['n_m'][1])
+  return meta
+
+
+def _epilogue(entry, read, features: int, name: str) -> _export.Epilogue:
+  bias = None if entry['bias'] is None else read(entry['bias'])
+  if bias is not None and (bias.dtype != np.float32 or bias.shape != (features,)):
+    raise ValueError(f'{name}: its folded bias must be float32 of shape ({features},).')
+  if entry['activation'] not in (None, 'relu'):
+    raise ValueError(f'{name}: unknown fused activation {entry["activation"]!r}.')
+  return _export.Epilogue(bias=bias, activation=entry['activation'],
+                          norm=None if entry['norm'] is None else tuple(entry['norm']))

@@ -9,6 +9,11 @@ model, the whole model is then timed the way it will be called (:meth:`Exported.
 against dense, and layers go back to dense until it is faster. :meth:`Exported.summary`
 says which layers went sparse, what was measured and its spread.
 
+Epilogues (:class:`Epilogue`): the adapters can fold an inference batch norm into the
+layer before it (``pcs/sparse/_folding.py``) and fuse a ReLU the user names into the
+product's store; the exported layer then holds the folded kernel and bias. A residual
+add is not fused (it stays an XLA op after the product).
+
 The compressed arrays are placed on the default device once, when they are made (here
 and in :func:`pcs.sparse.load`): a jitted call then takes them as they are, where numpy
 arrays would be copied into new device buffers on every call.
@@ -17,7 +22,8 @@ arrays would be copied into new device buffers on every call.
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Tuple
+from typing import (Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +32,12 @@ import numpy as np
 from pcs.core import _boundary as boundary
 from pcs.core import _layout as layout_lib
 from pcs.core import _selection as selection
+from pcs.sparse import _folding as folding
 from pcs.sparse import _formats as formats
 from pcs.sparse import _layers as layers
 from pcs.sparse import _timing as timing
 
-FORMATS = ('auto', 'csr', 'n_m')
+FORMATS = ('auto',) + tuple(formats.FORMATS)
 ACCEPTED = ('linen params (a dict such as variables["params"]), an nnx.State from '
             'nnx.state(model, nnx.Param), or an nnx.Module')
 Path = Tuple[Any, ...]
@@ -53,7 +60,25 @@ class LayerChoice(NamedTuple):
   reason: str
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=['layers'],
+@functools.partial(jax.tree_util.register_dataclass, data_fields=['bias'],
+                   meta_fields=['norm', 'activation'])
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+  """What an exported layer computes after its product W^T x^T, besides its own bias.
+
+  Attributes:
+    bias: with a folded batch norm, the folded bias b' (float32, (features,)), which
+      replaces the layer's own; else None.
+    norm: the module path of the inference batch norm folded into the layer (it runs
+      as the identity on this layer's output), or None.
+    activation: ``'relu'`` fused into the product's store, or None.
+  """
+  bias: Optional[Any] = None
+  norm: Optional[Path] = None
+  activation: Optional[str] = None
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=['layers', 'epilogues'],
                    meta_fields=['choices', 'model'])
 @dataclasses.dataclass(frozen=True)
 class Exported(Mapping):
@@ -61,10 +86,22 @@ class Exported(Mapping):
 
   A mapping (``exported[('Dense_0',)]``) and a pytree (it passes through ``jax.jit``).
   ``model``: the whole model timed against dense, when it was measured.
+  ``epilogues``: ``{module path: Epilogue}`` of the exported layers with a folded batch
+  norm or a fused ReLU.
   """
   layers: Dict[Path, Any]
   choices: Tuple[LayerChoice, ...]
   model: Optional[timing.Comparison] = None
+  epilogues: Dict[Path, Epilogue] = dataclasses.field(default_factory=dict)
+
+  def epilogue(self, path: Path) -> Epilogue:
+    """The layer's :class:`Epilogue` (an empty one where nothing is folded or fused)."""
+    return self.epilogues.get(path, Epilogue())
+
+  @property
+  def folded_norms(self) -> Dict[Path, Path]:
+    """``{batch norm path: the layer folded with it}``."""
+    return {e.norm: path for path, e in self.epilogues.items() if e.norm is not None}
 
   @property
   def model_ms(self) -> Optional[Tuple[float, float]]:
@@ -115,6 +152,13 @@ class Exported(Mapping):
       name = '/'.join(str(p) for p in c.path)
       lines.append(f'{name:<28} {"x".join(map(str, c.kernel_shape)):<18} '
                    f'{100 * c.sparsity:7.1f}%  {c.format:<7} {c.reason}')
+    for path, e in self.epilogues.items():
+      name = '/'.join(str(p) for p in path)
+      if e.norm is not None:
+        lines.append(f'{name}: batch norm {"/".join(map(str, e.norm))} folded into it '
+                     '(kernel and bias); that norm runs as the identity')
+      if e.activation is not None:
+        lines.append(f'{name}: {e.activation} fused into the product')
     if self.model is not None:
       lines.append(f'whole model, as bound: {self.model.describe()}')
     return '\n'.join(lines)
@@ -199,14 +243,27 @@ def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
   return layer, timing.compare(dense, timing.compiled(product, x, layer), threshold=threshold)
 
 
-def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-builtin
-           n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
-           batch_size: int = 1, layer_inputs: Optional[Dict[Path, LayerInput]] = None,
-           margin: float = 0.05,
-           compare_model: Optional[Callable[[Dict[Path, Any]], timing.Comparison]] = None,
-           layouts: Optional[Dict[Path, layout_lib.KernelLayout]] = None,
-           unsupported: Optional[Dict[Path, str]] = None) -> Exported:
-  """The pruned kernels of ``params`` in a compressed layout, where that is faster.
+def _bias(params: Any, path: Path) -> Optional[np.ndarray]:
+  node = boundary.plain(params)
+  for key in path + ('bias',):
+    if not isinstance(node, Mapping) or key not in node:
+      return None
+    node = node[key]
+  return np.asarray(node)
+
+
+def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-builtin
+                   n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
+                   batch_size: int = 1,
+                   layer_inputs: Optional[Dict[Path, LayerInput]] = None,
+                   margin: float = 0.05,
+                   compare_model: Optional[Callable[['Exported'], timing.Comparison]] = None,
+                   layouts: Optional[Dict[Path, layout_lib.KernelLayout]] = None,
+                   unsupported: Optional[Dict[Path, str]] = None,
+                   norms: Optional[Dict[Path, folding.NormFold]] = None,
+                   fuse_relu: Sequence[Union[Path, str]] = ()) -> Exported:
+  """The pruned kernels of ``params`` in a compressed layout, where that is faster (what
+  ``pcs.export`` runs once the adapter has read the model).
 
   Args:
     params: linen params, or an NNX ``State`` (as :func:`pcs.core.plain` reads it).
@@ -221,9 +278,9 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
       measure a Conv layer (its spatial size).
     margin: a layer (and the model) goes sparse only if its median paired speed-up over
       dense exceeds 1 / (1 - margin).
-    compare_model: ``layers -> Comparison``, the whole model with ``layers`` sparse timed
-      against dense, called as :meth:`Exported.bind` calls it (the adapters pass it
-      when they have the model). A layer faster alone can make the model slower (a
+    compare_model: ``Exported -> Comparison``, the whole model with those layers sparse
+      timed against dense, called as :meth:`Exported.bind` calls it (the adapters pass
+      it when they have the model). A layer faster alone can make the model slower (a
       custom call ends XLA's fusions around it), so the layers chosen are checked
       together: while the model is not faster than dense, the weaker half of them goes
       back to dense, down to none.
@@ -233,6 +290,11 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
     unsupported: ``{module path: why}`` of layers the adapter cannot run sparse (an
       ``Einsum``, a ``LinearGeneral`` with batch axes): they stay dense, and the summary
       says why.
+    norms: ``{module path: NormFold}``: the inference batch norm after that layer, folded
+      into its kernel and bias where the layer is exported (``_folding.py``).
+    fuse_relu: module paths (tuples, or strings joined by ``/``) of layers whose output
+      always goes through a ReLU: their product applies it in its store. The model's own
+      ReLU then runs on a non-negative array and changes nothing.
 
   Returns:
     :class:`Exported`, its arrays on the default device.
@@ -256,8 +318,14 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
   if not kernels:
     raise ValueError(f'pcs.export found no Dense/Conv kernel (a leaf named "kernel" with '
                      f'ndim >= 2) in the tree it was given; it accepts {ACCEPTED}.')
+  names = {'/'.join(map(str, path)): path for path in kernels}
+  named = {p if isinstance(p, str) else '/'.join(map(str, p)) for p in fuse_relu}
+  if named - set(names):
+    raise ValueError(f'`fuse_relu` names {sorted(named - set(names))}, which are not layers '
+                     f'the export takes; those are {sorted(names)}.')
+  relu = {names[p] for p in named}
   threshold = 1.0 / (1.0 - margin)
-  exported, choices = {}, []
+  exported, choices, epilogues = {}, [], {}
   for path, kernel in kernels.items():
     name = '/'.join(map(str, path))
     if kernel.dtype != np.float32:
@@ -270,9 +338,15 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
     if matrix is None:
       choices.append(LayerChoice(path, shape, sparsity, 'dense', None, None, why))
       continue
-    layer = jax.device_put(formats.nm(matrix, *n_m, name=name) if n_m is not None
-                           else formats.csr(matrix))
-    kind = 'n_m' if n_m is not None else 'csr'
+    norm = (norms or {}).get(path)
+    folded_bias = None
+    if norm is not None:
+      matrix, folded_bias = folding.fold(matrix, _bias(params, path), norm)
+    if norm is not None or path in relu:
+      epilogues[path] = jax.device_put(Epilogue(
+          folded_bias, None if norm is None else norm.norm, 'relu' if path in relu else None))
+    layer = jax.device_put(formats.compress(matrix, n_m, name))
+    kind = layer.name
     kernel = matrix
     if format != 'auto':
       exported[path] = layer
@@ -296,16 +370,42 @@ def export(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-bu
         f'{measured.describe()} at input {"x".join(map(str, layer_input.shape))}, on '
         f'{"the calling thread" if layer.threads == formats.THREADS_CALLER else "the pool"}'))
   if format != 'auto' or compare_model is None:
-    return Exported(exported, tuple(choices))
-  return _checked_together(exported, choices, compare_model, threshold)
+    return _exported(exported, epilogues, choices)
+  return _checked_together(exported, epilogues, choices, compare_model, threshold)
 
 
-def _checked_together(exported, choices, compare_model, threshold) -> Exported:
+def check_against_dense(dense: Callable, sparse: Callable, inputs: Any) -> None:
+  """Checks the exported model ``sparse(inputs)`` against the model ``dense(inputs)``:
+  every output within 1e-3 of the largest output's magnitude (float32 sums in another
+  order differ by far less).
+
+  Raises:
+    ValueError: where they differ, as they do when a folded batch norm's layer output is
+      also read by something other than that batch norm (a structure the export cannot
+      see); export with ``fold_batch_norm=False`` then.
+  """
+  for want, got in zip(jax.tree.leaves(dense(inputs)), jax.tree.leaves(sparse(inputs))):
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+    error = float(np.max(np.abs(got - want), initial=0.0))
+    if not error <= 1e-3 * scale:
+      raise ValueError(f'pcs.export: the exported model differs from the model on `inputs` '
+                       f'(largest difference {error:.3g}, outputs up to {scale:.3g}). If a '
+                       'folded batch norm\'s layer output is also read elsewhere, export with '
+                       'fold_batch_norm=False.')
+
+
+def _exported(layers, epilogues, choices, model=None) -> Exported:
+  return Exported(layers, tuple(choices), model,
+                  {p: e for p, e in epilogues.items() if p in layers})
+
+
+def _checked_together(exported, epilogues, choices, compare_model, threshold) -> Exported:
   """Drops the weaker half of the sparse layers until the whole model beats dense."""
   gain = {c.path: c.dense_ms / c.sparse_ms for c in choices if c.path in exported}
   measured = None
   while exported:
-    measured = compare_model(exported)
+    measured = compare_model(_exported(exported, epilogues, choices))
     if measured.speedup > threshold:
       break
     weakest = sorted(exported, key=lambda p: gain[p])[:max(1, len(exported) // 2)]
@@ -313,4 +413,4 @@ def _checked_together(exported, choices, compare_model, threshold) -> Exported:
     choices = [c._replace(format='dense', reason=c.reason + '; but the whole model with it '
                           f'was not faster than dense ({measured.describe()})')
                if c.path in weakest else c for c in choices]
-  return Exported(exported, tuple(choices), measured)
+  return _exported(exported, epilogues, choices, measured)

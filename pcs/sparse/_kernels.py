@@ -18,13 +18,22 @@ are registered with XLA when ``pcs`` is imported, for the CPU platform only.
   ``vmap_method='expand_dims'`` and the kernel loops over the mapped instances, sharing
   weights that are not mapped. Under ``jit`` with sharded inputs XLA gathers the operands
   (the call runs replicated); to shard the batch, call it inside ``shard_map``.
-* No gradient is defined (``jax.grad`` raises): the kernels serve inference.
+* Platforms: the call is chosen for the platform it is compiled for
+  (``jax.lax.platform_dependent``), not from the default backend at trace time; the
+  warning above is given where the default backend already tells (a trace cannot know
+  where it will be compiled).
+* Gradients (reverse mode: ``jax.grad``, ``jax.vjp``): the same on every path, through a
+  ``jax.custom_vjp`` whose backward pass is the pure-JAX reference's (the transposed
+  product, a scatter-add), with respect to the input, the bias and the stored values
+  (the sparsity pattern is fixed: indices, row pointers and positions have no
+  cotangent). Forward mode (``jax.jvp``) is not defined.
 """
 
 import ctypes
+import functools
 import importlib.util
 import warnings
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +53,7 @@ class _Target(ctypes.Structure):
 def targets(library: ctypes.CDLL) -> Dict[str, int]:
   """``{FFI target name: handler address}``, read from the library's own list."""
   library.PcsTargets.restype = ctypes.POINTER(_Target)
-  listed, found = library.PcsTargets(), {}
+  listed, found = library.PcsTargets(), dict[str, int]()
   while listed[len(found)].name is not None:
     entry = listed[len(found)]
     found[entry.name.decode()] = entry.handler
@@ -74,107 +83,197 @@ def kernels_available() -> bool:
   return _UNAVAILABLE is None
 
 
+# The platforms the compiled kernels are registered for; every other one takes the
+# layout's own product there (:meth:`pcs.sparse.Format.off_cpu_t`).
+COMPILED_PLATFORMS = ('cpu',)
+
+
 def _say_once(reason: str, instead: str = 'the pure-JAX reference') -> None:
   if reason not in _warned:
     _warned.add(reason)
     warnings.warn(f'pcs.sparse: {reason}; running {instead} instead.', RuntimeWarning,
-                  stacklevel=3)
+                  stacklevel=4)
 
 
-def _nm_inputs(layer: formats.NM) -> jax.Array:
-  """(features, kept): the input each stored N:M value reads, group * M + position."""
-  groups = layer.fan_in // layer.m
-  starts = jnp.repeat(jnp.arange(groups, dtype=jnp.int32) * layer.m, layer.n)
-  return starts[None, :] + layer.positions.astype(jnp.int32)
+def _warn_if_falling_back() -> None:
+  """Says once which stand-in runs, where the default backend tells it."""
+  backend = jax.default_backend()
+  if backend not in COMPILED_PLATFORMS:
+    _say_once(f'the compiled kernels are CPU-only and the default backend is {backend}',
+              "jax's BCSR product (CSR) or the dense product (N:M)")
+  elif _UNAVAILABLE is not None:
+    _say_once(_UNAVAILABLE)
 
 
-def _reference(x_t, layer, bias, activation):
-  """y^T = act(W^T x^T + b) with jnp: gather the inputs of every nonzero, sum per row."""
-  if isinstance(layer, formats.CSR):
-    rows = jnp.searchsorted(layer.indptr, jnp.arange(layer.nnz, dtype=jnp.int32),
-                            side='right') - 1
-    terms = layer.values[:, None] * jnp.take(x_t, layer.indices.astype(jnp.int32), axis=0)
-    y_t = jax.ops.segment_sum(terms, rows, num_segments=layer.features,
-                              indices_are_sorted=True)
-  else:
-    columns = _nm_inputs(layer)
-    y_t = jnp.einsum('fk,fkc->fc', layer.values, jnp.take(x_t, columns, axis=0))
+def _epilogue(y_t, bias, activation):
+  """act(y^T + b), b broadcast over the columns."""
   y_t = y_t + bias[:, None]
   return jnp.maximum(y_t, 0.0) if activation == 'relu' else y_t
 
 
-def _off_cpu(x_t, layer, bias, activation):
-  """y^T = act(W^T x^T + b) with what GPUs and TPUs have: jax's BCSR product for CSR
-  (cuSPARSE on GPU), the dense product of the scattered W^T for N:M."""
-  from jax.experimental import sparse as jax_sparse  # pylint: disable=g-import-not-at-top
-  if isinstance(layer, formats.CSR):
-    matrix = jax_sparse.BCSR((layer.values, layer.indices.astype(jnp.int32), layer.indptr),
-                             shape=(layer.features, layer.fan_in))
-    y_t = matrix @ x_t
-  else:
-    columns = _nm_inputs(layer)
-    rows = jnp.broadcast_to(jnp.arange(layer.features)[:, None], columns.shape)
-    w_t = jnp.zeros((layer.features, layer.fan_in), jnp.float32).at[rows, columns].add(
-        layer.values)
-    y_t = w_t @ x_t
-  y_t = y_t + bias[:, None]
-  return jnp.maximum(y_t, 0.0) if activation == 'relu' else y_t
+def _by_platform(args, activation, compiled, fallback):
+  """``compiled(*args)`` where the kernels run (``fallback`` with the reference where the
+  library was not built), ``fallback`` with the layout's off-CPU product elsewhere;
+  chosen when the call is lowered for its platform."""
+  reference = functools.partial(fallback, product='reference_t', activation=activation)
+  on_cpu = (functools.partial(compiled, activation=activation) if _UNAVAILABLE is None
+            else reference)
+  return jax.lax.platform_dependent(
+      *args, default=functools.partial(fallback, product='off_cpu_t', activation=activation),
+      **{platform: on_cpu for platform in COMPILED_PLATFORMS})
 
 
-def _compiled(x_t, layer, bias, activation):
+def _matmul_with(x_t, layer, bias, *, product, activation):
+  """act(W^T x^T + b) with the layout's pure-JAX ``product`` (``'reference_t'`` or
+  ``'off_cpu_t'``)."""
+  return _epilogue(getattr(layer, product)(x_t), bias, activation)
+
+
+def _compiled_matmul(x_t, layer, bias, *, activation):
   out = jax.ShapeDtypeStruct(x_t.shape[:-2] + (layer.features, x_t.shape[-1]), jnp.float32)
-  options = dict(activation=np.int64(ACTIVATIONS[activation]),
-                 threads=np.int64(layer.threads))
-  if isinstance(layer, formats.CSR):
-    call = jax.ffi.ffi_call('pcs_csr_matmul', out, vmap_method='expand_dims')
-    return call(x_t, layer.values, layer.indices, layer.indptr, bias, **options)
-  call = jax.ffi.ffi_call('pcs_nm_matmul', out, vmap_method='expand_dims')
-  return call(x_t, layer.values, layer.positions, bias, n=np.int64(layer.n),
-              m=np.int64(layer.m), **options)
+  call = jax.ffi.ffi_call(layer.matmul_target, out, vmap_method='expand_dims')
+  return call(x_t, *layer.ffi_operands(), bias, activation=np.int64(ACTIVATIONS[activation]),
+              **layer.ffi_attributes())
 
 
-def matmul_t(x_t: jax.Array, layer: Union[formats.CSR, formats.NM],
-             bias: Optional[jax.Array] = None, activation: Optional[str] = None) -> jax.Array:
+def _reference_vjp(fn, args, y, activation, cotangent):
+  """The cotangents of ``args`` for y = act(fn(*args)): ReLU's mask from the output,
+  then the reference's own vjp (a linear map: only its transpose runs)."""
+  if activation == 'relu':
+    cotangent = jnp.where(y > 0, cotangent, 0.0)
+  return jax.vjp(fn, *args)[1](cotangent)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _matmul(x_t, layer, bias, activation):
+  return _by_platform((x_t, layer, bias), activation, _compiled_matmul, _matmul_with)
+
+
+def _matmul_fwd(x_t, layer, bias, activation):
+  y_t = _matmul(x_t, layer, bias, activation)
+  return y_t, (x_t, layer, bias, y_t)
+
+
+def _matmul_bwd(activation, residuals, cotangent):
+  *args, y_t = residuals
+  linear = functools.partial(_matmul_with, product='reference_t', activation=None)
+  return _reference_vjp(linear, args, y_t, activation, cotangent)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _zero_bias(layer) -> jax.Array:
+  return jnp.zeros((layer.features,), jnp.float32)
+
+
+def matmul_t(x_t: jax.Array, layer: formats.Format, bias: Optional[jax.Array] = None,
+             activation: Optional[str] = None) -> jax.Array:
   """y^T = act(W^T x^T + b) for a sparse ``layer``, W^T of shape (features, fan_in).
 
   Args:
     x_t: (fan_in, columns) float32: the inputs, one per column.
-    layer: a :class:`~pcs.sparse.CSR` or :class:`~pcs.sparse.NM` kernel.
+    layer: a compressed kernel (:class:`~pcs.sparse.CSR`, :class:`~pcs.sparse.NM`).
     bias: (features,) float32, or None for none.
     activation: None or ``'relu'``, fused into the product's store.
 
   Returns:
-    (features, columns) float32.
+    (features, columns) float32; differentiable in ``x_t``, ``bias`` and the stored
+    values (the reference's gradient, on every platform).
   """
   if activation not in ACTIVATIONS:
     raise ValueError(f'`activation` must be one of {list(ACTIVATIONS)}; got {activation!r}.')
-  if not isinstance(layer, (formats.CSR, formats.NM)):
-    raise TypeError(f'`layer` must be a pcs.sparse.CSR or NM kernel; got {type(layer).__name__}.')
+  if not isinstance(layer, formats.Format):
+    raise TypeError(f'`layer` must be a compressed kernel ({", ".join(formats.FORMATS)}: '
+                    f'pcs.sparse.CSR, NM); got {type(layer).__name__}.')
   if x_t.ndim != 2 or x_t.shape[0] != layer.fan_in:
     raise ValueError(f'`x_t` must have shape ({layer.fan_in}, columns) for a kernel of shape '
                      f'{layer.kernel_shape}; got {x_t.shape}.')
   if x_t.dtype != jnp.float32:
     raise TypeError(f'`x_t` must be float32 (the kernels compute in float32); got {x_t.dtype}.')
   if bias is None:
-    bias = jnp.zeros((layer.features,), jnp.float32)
+    bias = _zero_bias(layer)
   elif bias.shape != (layer.features,) or bias.dtype != jnp.float32:
     raise ValueError(f'`bias` must be float32 of shape ({layer.features},); got {bias.dtype} '
                      f'{bias.shape}.')
-  if jax.default_backend() != 'cpu':
-    _say_once(f'the compiled kernels are CPU-only and the default backend is '
-              f'{jax.default_backend()}', "jax's BCSR product (CSR) or the dense product (N:M)")
-    return _off_cpu(x_t, layer, bias, activation)
-  if _UNAVAILABLE is not None:
-    _say_once(_UNAVAILABLE)
-    return _reference(x_t, layer, bias, activation)
-  return _compiled(x_t, layer, bias, activation)
+  _warn_if_falling_back()
+  return _matmul(x_t, layer, bias, activation)
 
 
-def conv_direct(phases: jax.Array, layer: Union[formats.CSR, formats.NM],
-                bias: Optional[jax.Array], window: Tuple[int, int],
-                strides: Tuple[int, int], out: Tuple[int, int],
-                activation: Optional[str] = None) -> Optional[jax.Array]:
-  """The direct sparse convolution, or None where the compiled kernels are absent.
+def reference_matmul_t(x_t: jax.Array, layer: formats.Format,
+                       bias: Optional[jax.Array] = None,
+                       activation: Optional[str] = None) -> jax.Array:
+  """:func:`matmul_t` computed by the pure-JAX reference on any platform."""
+  bias = _zero_bias(layer) if bias is None else bias
+  return _matmul_with(x_t, layer, bias, product='reference_t', activation=activation)
+
+
+class ConvGeometry(NamedTuple):
+  """A 2-D direct convolution's window (kh, kw), strides (s_h, s_w) and output (Ho, Wo)."""
+  window: Tuple[int, int]
+  strides: Tuple[int, int]
+  out: Tuple[int, int]
+
+
+def phase_columns(phases: jax.Array, geometry: ConvGeometry) -> jax.Array:
+  """x^T of the convolution read from its stride phases: (kh * kw * C, N * Ho * Wo), rows
+  in the kernel's (window, channels) order, columns (n, i, j), with
+
+      x^T[(kh, kw, c), (n, i, j)] = z[n, (kh mod s_h, kw mod s_w, c),
+                                       i + kh div s_h, j + kw div s_w].
+  """
+  (kh, kw), (sh, sw), (ho, wo) = geometry
+  pa, pb = min(sh, kh), min(sw, kw)
+  n, _, hq, wq = phases.shape
+  z = phases.reshape(n, pa, pb, -1, hq, wq)
+  slices = [z[:, a % sh, b % sw, :, a // sh:a // sh + ho, b // sw:b // sw + wo]
+            for a in range(kh) for b in range(kw)]  # (N, C, Ho, Wo) each
+  return jnp.stack(slices).transpose(0, 2, 1, 3, 4).reshape(-1, n * ho * wo)
+
+
+def _conv_with(phases, layer, bias, *, geometry, product, activation):
+  """The direct convolution as one product over :func:`phase_columns`: (N, F, Ho, Wo)."""
+  y_t = _matmul_with(phase_columns(phases, geometry), layer, bias, product=product,
+                     activation=activation)
+  return y_t.reshape((layer.features, phases.shape[0]) + geometry.out).swapaxes(0, 1)
+
+
+def _compiled_conv(phases, layer, bias, *, geometry, activation):
+  (kh, kw), (sh, sw), out = geometry
+  shape = jax.ShapeDtypeStruct(phases.shape[:-3] + (layer.features,) + tuple(out),
+                               jnp.float32)
+  call = jax.ffi.ffi_call(layer.conv_target, shape, vmap_method='expand_dims')
+  return call(phases, *layer.ffi_operands(), bias, window_h=np.int64(kh),
+              window_w=np.int64(kw), stride_h=np.int64(sh), stride_w=np.int64(sw),
+              activation=np.int64(ACTIVATIONS[activation]), **layer.ffi_attributes())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv(phases, layer, bias, geometry, activation):
+  return _by_platform((phases, layer, bias), activation,
+                      functools.partial(_compiled_conv, geometry=geometry),
+                      functools.partial(_conv_with, geometry=geometry))
+
+
+def _conv_fwd(phases, layer, bias, geometry, activation):
+  y = _conv(phases, layer, bias, geometry, activation)
+  return y, (phases, layer, bias, y)
+
+
+def _conv_bwd(geometry, activation, residuals, cotangent):
+  *args, y = residuals
+  linear = functools.partial(_conv_with, geometry=geometry, product='reference_t',
+                             activation=None)
+  return _reference_vjp(linear, args, y, activation, cotangent)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_direct(phases: jax.Array, layer: formats.Format, bias: Optional[jax.Array],
+                window: Tuple[int, int], strides: Tuple[int, int], out: Tuple[int, int],
+                activation: Optional[str] = None) -> jax.Array:
+  """The direct sparse convolution
 
       y[n, o, i, j] = act(b[o] + sum_{(kh, kw, c): W != 0} W[kh, kw, c, o]
                                    x[n, c, s_h i + kh, s_w j + kw])
@@ -183,31 +282,14 @@ def conv_direct(phases: jax.Array, layer: Union[formats.CSR, formats.NM],
   kernel of ``window`` (kh, kw) x C inputs, giving (N, F, *out). ``phases`` is the padded
   input x split into the stride phases the window reads, z[n, (a, b, c), i, j] =
   x[n, c, s_h i + a, s_w j + b] for a < min(s_h, kh), b < min(s_w, kw), of shape
-  (N, phases x C, Hq, Wq): there the strided convolution is a stride-1 one. None (the
-  caller takes im2col and :func:`matmul_t`, with its fallback) off CPU or without the
-  compiled library.
+  (N, phases x C, Hq, Wq): there the strided convolution is a stride-1 one.
+
+  The compiled kernel computes it on CPU; elsewhere, and where the library was not
+  built, it is one product over the columns read from the phases
+  (:func:`phase_columns`), with :func:`matmul_t`'s stand-ins. Differentiable as
+  :func:`matmul_t`.
   """
-  if _UNAVAILABLE is not None or jax.default_backend() != 'cpu':
-    return None
-  if bias is None:
-    bias = jnp.zeros((layer.features,), jnp.float32)
-  shape = jax.ShapeDtypeStruct(phases.shape[:-3] + (layer.features,) + tuple(out),
-                               jnp.float32)
-  geometry = dict(window_h=np.int64(window[0]), window_w=np.int64(window[1]),
-                  stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-                  activation=np.int64(ACTIVATIONS[activation]),
-                  threads=np.int64(layer.threads))
-  if isinstance(layer, formats.CSR):
-    call = jax.ffi.ffi_call('pcs_csr_conv', shape, vmap_method='expand_dims')
-    return call(phases, layer.values, layer.indices, layer.indptr, bias, **geometry)
-  call = jax.ffi.ffi_call('pcs_nm_conv', shape, vmap_method='expand_dims')
-  return call(phases, layer.values, layer.positions, bias, n=np.int64(layer.n),
-              m=np.int64(layer.m), **geometry)
-
-
-def reference_matmul_t(x_t: jax.Array, layer: Union[formats.CSR, formats.NM],
-                       bias: Optional[jax.Array] = None,
-                       activation: Optional[str] = None) -> jax.Array:
-  """:func:`matmul_t` computed by the pure-JAX reference on any platform."""
-  bias = jnp.zeros((layer.features,), jnp.float32) if bias is None else bias
-  return _reference(x_t, layer, bias, activation)
+  bias = _zero_bias(layer) if bias is None else bias
+  _warn_if_falling_back()
+  geometry = ConvGeometry(tuple(window), tuple(strides), tuple(out))  # type: ignore[arg-type]
+  return _conv(phases, layer, bias, geometry, activation)

@@ -5,8 +5,10 @@
 ``conv``: a 1-D or 2-D convolution is taken directly on the padded input, split into its
 stride phases (Park et al., ICLR 2017): no patch matrix. Measured on ResNet-20's and
 the 1-D CNN's layers (BENCHMARKS.md), it beats im2col except where an image has few
-output positions, so the compiled kernels take it from ``MIN_DIRECT_POSITIONS`` up.
-Elsewhere (3-D, small outputs, or the pure-JAX fallback) ``conv`` is im2col with the
+output positions, so ``conv`` takes it from ``MIN_DIRECT_POSITIONS`` up (where the
+compiled kernels are absent, the direct convolution is one product over columns read
+from the phases, :func:`pcs.sparse._kernels.phase_columns`). Elsewhere (3-D, small
+outputs) ``conv`` is im2col with the
 output positions as the columns: the input is moved to (C, N, *spatial), padded, and
 for every window offset the strided slice is taken, which stacks into x^T of shape
 (prod(window) * C, N * prod(out)), rows in the kernel's own (window, channels) order;
@@ -79,6 +81,26 @@ def conv_pads(padding: Padding, spatial_in, window, strides):
   return pads
 
 
+def conv_options(module, name: str) -> dict:
+  """``{'strides', 'padding'}`` of a Flax convolution (linen ``nn.Conv`` or ``nnx.Conv``),
+  checked to be one :func:`conv` computes.
+
+  Raises:
+    ValueError: naming the layer ``name`` and the option, for groups, dilations, a mask
+      or a padding other than SAME, VALID or explicit pairs.
+  """
+  if module.feature_group_count != 1 or getattr(module, 'mask', None) is not None:
+    raise ValueError(f'{name}: sparse convolutions take feature_group_count=1 and no mask.')
+  for attr in ('input_dilation', 'kernel_dilation'):
+    value = getattr(module, attr)
+    if value not in (None, 1) and tuple(value) != (1,) * len(module.kernel_size):
+      raise ValueError(f'{name}: sparse convolutions take no {attr}.')
+  if isinstance(module.padding, str) and module.padding.upper() not in ('SAME', 'VALID'):
+    raise ValueError(f'{name}: sparse convolutions take SAME, VALID or explicit padding; '
+                     f'got {module.padding!r}.')
+  return {'strides': module.strides or 1, 'padding': module.padding}
+
+
 def _padded(x, pads, window, strides, channels_axis):
   """x (N, *spatial, C) with its channels moved to ``channels_axis`` and padded."""
   x_t = jnp.pad(jnp.moveaxis(x, -1, channels_axis), [(0, 0), (0, 0)] + pads)
@@ -90,7 +112,7 @@ def _padded(x, pads, window, strides, channels_axis):
 
 
 def _direct(x, layer, bias, window, strides, pads, activation):
-  """The direct product for a 1-D or 2-D convolution; None where it cannot run.
+  """The direct product for a 1-D or 2-D convolution.
 
   The padded input (N, C, Hp, Wp) goes to the kernel split into the stride phases the
   window reads, z[n, (a, b, c), i, j] = x[n, c, s_h i + a, s_w j + b] for a < min(s_h,
@@ -107,8 +129,6 @@ def _direct(x, layer, bias, window, strides, pads, activation):
   z = z.reshape(n, c, hq, sh, wq, sw)[:, :, :, :min(sh, window[0]), :, :min(sw, window[1])]
   z = z.transpose(0, 3, 5, 1, 2, 4).reshape(n, -1, hq, wq)
   y = kernels.conv_direct(z, layer, bias, window, strides, out, activation)
-  if y is None:
-    return None
   y = jnp.moveaxis(y, 1, -1)  # (N, Ho, Wo, F)
   return y[:, 0] if one_d else y
 
@@ -132,7 +152,7 @@ def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
   of shape ``(*window, in, features)``; x: ``(N, *spatial, in)`` or ``(*spatial, in)``.
 
   1-D and 2-D with at least ``MIN_DIRECT_POSITIONS`` output positions per image: the
-  direct sparse convolution (compiled kernels); else im2col, x^T = the stacked strided
+  direct sparse convolution; else im2col, x^T = the stacked strided
   slices of the padded input, y^T = act(W^T x^T + b). Computed in float32; returned in
   ``x``'s dtype (bfloat16 and float16 inputs as the dense layer takes them).
   """
@@ -151,9 +171,6 @@ def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
   pads = [tuple(p) for p in conv_pads(padding, x.shape[1:-1], window, strides)]
   out = [(size + lo + hi - w) // s + 1
          for size, (lo, hi), w, s in zip(x.shape[1:-1], pads, window, strides)]
-  y = None
-  if spatial <= 2 and np.prod(out) >= MIN_DIRECT_POSITIONS:
-    y = _direct(x, layer, bias, window, strides, pads, activation)
-  if y is None:
-    y = _im2col(x, layer, bias, window, strides, pads, activation)
+  direct = spatial <= 2 and np.prod(out) >= MIN_DIRECT_POSITIONS
+  y = (_direct if direct else _im2col)(x, layer, bias, window, strides, pads, activation)
   return (y[0] if unbatched else y).astype(dtype)

@@ -1,15 +1,20 @@
 """The Flax linen adapter: export a pruned linen model and run it with its sparse layers.
 
-``pcs.export(params, model=model, inputs=x)`` records each ``nn.Dense`` / ``nn.Conv``
-input (``jax.eval_shape`` of ``model.init``, so nothing is computed) and measures the
-layers there; ``pcs.sparse_apply(model, variables, exported, x)`` runs the unchanged
-model with ``flax.linen.intercept_methods``, computing each exported layer with its
-sparse kernel (bias fused) and every other layer as usual; :func:`bind` compiles that
-with the arrays placed on device once. Needs flax (``pip install 'pcs[export]'``).
+``pcs.export(variables, model=model, inputs=x)`` reads the model once (:func:`probe`:
+``jax.eval_shape`` of ``model.init`` with ``flax.linen.intercept_methods``, so nothing
+is computed): each ``nn.Dense`` / ``nn.Conv`` / ``nn.DenseGeneral`` input, where the
+layers are measured, and each ``nn.BatchNorm`` in inference mode whose input is the very
+array a Dense or Conv returned, which is folded into it (``_folding.py``).
+``pcs.sparse_apply(model, variables, exported, x)`` runs the unchanged model with
+``flax.linen.intercept_methods``, computing each exported layer with its sparse kernel
+(bias fused) and running each folded batch norm as the identity on that layer's output;
+:func:`bind` compiles that with the arrays placed on device once. Needs flax
+(``pip install 'pcs[export]'``).
 """
 
 import functools
-from typing import Any, Callable, Dict, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -18,23 +23,13 @@ from pcs.core import _extras as extras
 from pcs.core import _layout as layout_lib
 from pcs.core import _selection as selection
 from pcs.sparse import _export
+from pcs.sparse import _folding as folding
 from pcs.sparse import _layers as layers
 from pcs.sparse import _timing as timing
 
 
-def _conv_options(module) -> Dict[str, Any]:
-  if module.feature_group_count != 1:
-    raise ValueError(f'{"/".join(module.path)}: sparse convolutions take '
-                     'feature_group_count=1 only.')
-  spatial = len(module.kernel_size)
-  for name in ('input_dilation', 'kernel_dilation'):
-    dilation = getattr(module, name)
-    if dilation not in (None, 1) and tuple(dilation) != (1,) * spatial:
-      raise ValueError(f'{"/".join(module.path)}: sparse convolutions take no {name}.')
-  if isinstance(module.padding, str) and module.padding.upper() not in ('SAME', 'VALID'):
-    raise ValueError(f'{"/".join(module.path)}: sparse convolutions take SAME, VALID or '
-                     f'explicit padding; got {module.padding!r}.')
-  return {'strides': module.strides or 1, 'padding': module.padding}
+def _name(path) -> str:
+  return '/'.join(map(str, path))
 
 
 def _general(module, x) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
@@ -54,7 +49,7 @@ def _layer_input(nn, module, x) -> Optional[_export.LayerInput]:
   contracted axes flattened into one; None for another layer, or a DenseGeneral that is
   not one product."""
   if isinstance(module, nn.Conv):
-    return _export.LayerInput(tuple(x.shape), _conv_options(module))
+    return _export.LayerInput(tuple(x.shape), layers.conv_options(module, _name(module.path)))
   if isinstance(module, nn.Dense):
     return _export.LayerInput(tuple(x.shape))
   general = _general(module, x) if isinstance(module, nn.DenseGeneral) else None
@@ -65,85 +60,134 @@ def _layer_input(nn, module, x) -> Optional[_export.LayerInput]:
   return None
 
 
-def layer_inputs(model: Any, inputs: Any, **apply_kwargs) -> Dict[Tuple, _export.LayerInput]:
-  """``{module path: LayerInput}`` of every Dense/Conv/DenseGeneral call of ``model`` on
-  ``inputs``."""
+class NormAfter(NamedTuple):
+  """An inference batch norm whose input is a layer's output: its path and attributes."""
+  path: Tuple
+  epsilon: float
+  use_scale: bool
+  use_bias: bool
+
+
+class Probe(NamedTuple):
+  """What one trace of the model finds: ``inputs``, ``{layer path: LayerInput}``;
+  ``norms``, ``{Dense/Conv path: NormAfter}`` of the batch norms that fold."""
+  inputs: Dict[Tuple, _export.LayerInput]
+  norms: Dict[Tuple, NormAfter]
+
+
+def probe(model: Any, inputs: Any, **call_kwargs) -> Probe:
+  """:class:`Probe` of ``model`` called on ``inputs`` (traced: nothing is computed).
+
+  A batch norm folds into the Dense or Conv before it when its input is the very array
+  (``is``) that layer returned, and it runs in inference mode on the last axis; a layer
+  whose output reaches two batch norms folds into neither.
+  """
   nn = extras.require('flax.linen', 'pcs.export(model=...)')
   seen: Dict[Tuple, _export.LayerInput] = {}
+  outputs: list = []  # (array, layer path) of every Dense/Conv call, kept alive for `is`
+  norms: Dict[Tuple, list] = {}
 
   def record(next_fun, args, kwargs, context):
-    if context.method_name == '__call__':
-      layer_input = _layer_input(nn, context.module, args[0])
-      if layer_input is not None:
-        seen[tuple(context.module.path)] = layer_input
-    return next_fun(*args, **kwargs)
+    module, path = context.module, tuple(context.module.path)
+    if context.method_name != '__call__':
+      return next_fun(*args, **kwargs)
+    if isinstance(module, nn.BatchNorm):
+      source = next((p for y, p in outputs if y is args[0]), None)
+      if source is not None and folding.in_inference(module, args[0], args, kwargs):
+        norms.setdefault(source, []).append(
+            NormAfter(path, module.epsilon, module.use_scale, module.use_bias))
+    layer_input = _layer_input(nn, module, args[0])
+    y = next_fun(*args, **kwargs)
+    if layer_input is not None:
+      seen[path] = layer_input
+      if isinstance(module, (nn.Dense, nn.Conv)):
+        outputs.append((y, path))
+    return y
 
   def init(x):
     with nn.intercept_methods(record):
-      return model.init(jax.random.key(0), x, **apply_kwargs)
+      return model.init(jax.random.key(0), x, **call_kwargs)
   jax.eval_shape(init, inputs)
-  return seen
+  return Probe(seen, {path: found[0] for path, found in norms.items() if len(found) == 1})
 
 
-def export(params: Any, *, model: Any = None, inputs: Any = None,
-           apply_kwargs: Optional[Dict[str, Any]] = None, format: str = 'auto',  # pylint: disable=redefined-builtin
-           n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
-           batch_size: int = 1, margin: float = 0.05) -> _export.Exported:
-  """The pruned kernels of a linen model (or an NNX state) in their fastest layout.
+def layer_inputs(model: Any, inputs: Any, **call_kwargs) -> Dict[Tuple, _export.LayerInput]:
+  """``{module path: LayerInput}`` of every Dense/Conv/DenseGeneral call of ``model`` on
+  ``inputs``."""
+  return probe(model, inputs, **call_kwargs).inputs
 
-  Every leaf named ``kernel`` (Dense/Conv) is stored in CSR (or N:M with ``n_m``); with
-  ``format='auto'`` a layer stays sparse only where its sparse product, timed at the
-  layer's input, beats the dense one (see :func:`pcs.sparse.export_layers`).
 
-  Args:
-    params: the model's params after :func:`pcs.prune` (or an NNX state).
-    model: the linen module; with ``inputs``, each layer is measured at its real input
-      (required for Conv layers under ``format='auto'``).
-    inputs: an example input of the batch size served (only its shape is used).
-    apply_kwargs: keyword arguments of the model's ``__call__`` (e.g. ``train=False``).
-    format, n_m, where, batch_size, margin: as in :func:`pcs.sparse.export_layers`.
+def _leaf(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
 
-  Returns:
-    :class:`pcs.sparse.Exported`; ``print(exported.summary())`` shows the choices.
 
-  Example:
-    >>> import jax.numpy as jnp, pcs
-    >>> exported = pcs.export({'Dense_0': {'kernel': jnp.array([[0.0, 1.0], [2.0, 0.0]])}},
-    ...                       format='csr')
-    >>> exported[('Dense_0',)].nnz
-    2
-  """
-  recorded, layouts = None, None
-  if model is not None or inputs is not None:
-    if model is None or inputs is None:
-      raise ValueError('pcs.export: `model` and `inputs` go together (the layers are '
-                       'measured at the inputs the model gives them).')
-    recorded = layer_inputs(model, inputs, **(apply_kwargs or {}))
-    layouts = layout_lib.kernel_layouts(model, inputs, **(apply_kwargs or {}))
-  compare_model = None
-  if model is not None:
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x,
-                                                    **(apply_kwargs or {})), inputs)
-    variables = {**jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), variables),
-                 'params': params}
+def _norm_folds(norms: Dict[Tuple, NormAfter], variables) -> Dict[Tuple, folding.NormFold]:
+  """The :class:`NormFold` of every batch norm found, from the model's variables."""
+  out = {}
+  for layer, norm in norms.items():
+    stats = _leaf(variables['batch_stats'], norm.path)
+    params = _leaf(variables['params'], norm.path)
+    out[layer] = folding.norm_fold(norm.path, stats['mean'], stats['var'], norm.epsilon,
+                                   params['scale'] if norm.use_scale else None,
+                                   params['bias'] if norm.use_bias else None)
+  return out
 
-    def compare_model(layers):
-      dense, sparse = (bind(model, variables, _export.Exported(chosen, ()),
-                            **(apply_kwargs or {})) for chosen in ({}, layers))
-      return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
-  return _export.export(params, format=format, n_m=n_m, where=where, batch_size=batch_size,
-                        layer_inputs=recorded, margin=margin, compare_model=compare_model,
-                        layouts=layouts)
 
+def _is_variables(tree, collections) -> bool:
+  """Whether ``tree`` is a model's variables (``{'params': ..., 'batch_stats': ...}``)
+  rather than its params, judged by the collections ``model.init`` makes."""
+  return (isinstance(tree, Mapping) and 'params' in tree and set(tree) <= set(collections))
+
+
+def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
+                 call_kwargs: Optional[Dict[str, Any]] = None, format: str = 'auto',  # pylint: disable=redefined-builtin
+                 n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
+                 batch_size: int = 1, margin: float = 0.05, fold_batch_norm: bool = True,
+                 fuse_relu: Sequence[Any] = ()) -> _export.Exported:
+  """:func:`pcs.export` of a linen model's ``tree`` (its params, or its variables), or of
+  a params tree without a model (an NNX state too)."""
+  call_kwargs = call_kwargs or {}
+  if (model is None) != (inputs is None):
+    raise ValueError('pcs.export: `model` and `inputs` go together (the layers are '
+                     'measured at the inputs the model gives them).')
+  if model is None:
+    return _export.export_kernels(tree, format=format, n_m=n_m, where=where,
+                                  batch_size=batch_size, margin=margin, fuse_relu=fuse_relu)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **call_kwargs), inputs)
+  given = dict(tree) if _is_variables(tree, shapes) else {'params': tree}
+  variables = {**jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes), **given}
+  found = probe(model, inputs, **call_kwargs)
+  norms = (_norm_folds(found.norms, variables)
+           if fold_batch_norm and 'batch_stats' in given else {})
+
+  def calls(candidate):
+    return (bind(model, variables, chosen, **call_kwargs)
+            for chosen in (_export.Exported({}, ()), candidate))
+
+  def compare_model(candidate):
+    dense, sparse = calls(candidate)
+    _export.check_against_dense(dense, sparse, inputs)
+    return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
+  exported = _export.export_kernels(
+      given['params'], format=format, n_m=n_m, where=where, batch_size=batch_size,
+      layer_inputs=found.inputs, margin=margin, compare_model=compare_model,
+      layouts=layout_lib.kernel_layouts(model, inputs, **call_kwargs), norms=norms,
+      fuse_relu=fuse_relu)
+  if format != 'auto' and exported.epilogues:
+    dense, sparse = calls(exported)
+    _export.check_against_dense(dense, sparse, inputs)
+  return exported
 
 
 def bind(model: Any, variables: Any, exported: _export.Exported,
-         **apply_kwargs) -> Callable:
-  """``x -> model.apply(variables, x, **apply_kwargs)`` with ``exported``'s layers sparse.
+         **call_kwargs) -> Callable:
+  """``x -> model.apply(variables, x, **call_kwargs)`` with ``exported``'s layers sparse.
 
   The variables and the compressed arrays are placed on the default device once and
   bound to one jitted :func:`sparse_apply`, so a call is one dispatch (compiled once per
-  input shape). Same as ``exported.bind(model, variables, **apply_kwargs)``.
+  input shape). Same as ``exported.bind(model, variables, **call_kwargs)``.
 
   Example:
     >>> import jax.numpy as jnp, flax.linen as nn, pcs
@@ -152,20 +196,38 @@ def bind(model: Any, variables: Any, exported: _export.Exported,
     >>> run(jnp.ones((1, 2)))
     Array([[2., 1.]], dtype=float32)
   """
-  run = jax.jit(lambda v, e, *args: sparse_apply(model, v, e, *args, **apply_kwargs))
+  run = jax.jit(lambda v, e, *args: sparse_apply(model, v, e, *args, **call_kwargs))
   return functools.partial(run, jax.device_put(variables), jax.device_put(exported))
+
+
+def _expected_shape(nn, module, x, name):
+  """The kernel shape the model's layer takes on ``x`` (a DenseGeneral's as its 2-D
+  product) and, for a DenseGeneral, its ``(contracted, features)`` dims."""
+  if isinstance(module, nn.Dense):
+    return (x.shape[-1], module.features), None
+  if isinstance(module, nn.Conv):
+    return tuple(module.kernel_size) + (x.shape[-1], module.features), None
+  general = _general(module, x)
+  if general is None:
+    raise ValueError(f'pcs.sparse_apply: the exported layer {name} is a DenseGeneral with '
+                     'batch dims or contracted axes that are not its input\'s last; it '
+                     'cannot run sparse (export it with a `where` that leaves it out).')
+  return (int(np.prod(general[0])), int(np.prod(general[1]))), general
 
 
 def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, **kwargs):
   """``model.apply(variables, *args, **kwargs)`` with the exported layers computed sparsely.
 
   Every ``nn.Dense`` or ``nn.Conv`` whose module path is in ``exported`` uses its sparse
-  kernel (with its bias fused into the product); all other layers run as usual.
-  Jittable: ``exported`` is a pytree.
+  kernel (with its bias, or the folded bias of a batch norm, and a fused ReLU in the
+  product); a folded ``nn.BatchNorm`` returns that layer's output as it is; all other
+  layers run as usual. Jittable: ``exported`` is a pytree. For inference: a folded
+  batch norm must run with its running statistics.
 
   Raises:
-    ValueError: if an exported kernel's shape differs from the layer's, or an exported
-      layer is not a Dense/Conv call of ``model`` (a mismatched model/export pair).
+    ValueError: if an exported kernel's shape differs from the layer's, an exported
+      layer is not a Dense/Conv call of ``model`` (a mismatched model/export pair), or a
+      folded batch norm is called in training mode.
 
   Example:
     >>> import jax.numpy as jnp, flax.linen as nn, pcs
@@ -181,55 +243,54 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
   nn = extras.require('flax.linen', 'pcs.sparse_apply')
   if not isinstance(exported, _export.Exported):
     raise TypeError(f'`exported` must come from pcs.export; got {type(exported).__name__}.')
-  params = variables['params']
-  used = set()
+  params, folded_norms = variables['params'], exported.folded_norms
+  used: set = set()
+  folded_outputs: list = []
 
   def interceptor(next_fun, call_args, call_kwargs, context):
-    module = context.module
-    path = tuple(module.path)
-    if (context.method_name != '__call__' or path not in exported
-        or not isinstance(module, (nn.Dense, nn.Conv, nn.DenseGeneral))):
+    module, path = context.module, tuple(context.module.path)
+    if context.method_name != '__call__':
       return next_fun(*call_args, **call_kwargs)
-    layer, x = exported[path], call_args[0]
-    name = '/'.join(path)
-    general = _general(module, x) if isinstance(module, nn.DenseGeneral) else None
-    if isinstance(module, nn.Dense):
-      expected = (x.shape[-1], module.features)
-    elif isinstance(module, nn.Conv):
-      expected = tuple(module.kernel_size) + (x.shape[-1], module.features)
-    elif general is not None:
-      expected = (int(np.prod(general[0])), int(np.prod(general[1])))
-    else:
-      raise ValueError(f'pcs.sparse_apply: the exported layer {name} is a DenseGeneral '
-                       'with batch dims or contracted axes that are not its input\'s last; '
-                       'it cannot run sparse (export it with a `where` that leaves it out).')
+    if path in folded_norms and any(y is call_args[0] for y in folded_outputs):
+      if not folding.in_inference(module, call_args[0], call_args, call_kwargs):
+        raise ValueError(f'pcs.sparse_apply: the batch norm {_name(path)} is folded into '
+                         f'{_name(folded_norms[path])}; it runs in inference mode only.')
+      return call_args[0]
+    if path not in exported or not isinstance(module, (nn.Dense, nn.Conv, nn.DenseGeneral)):
+      return next_fun(*call_args, **call_kwargs)
+    layer, x, name = exported[path], call_args[0], _name(path)
+    expected, general = _expected_shape(nn, module, x, name)
     if tuple(layer.kernel_shape) != expected:
       raise ValueError(f'pcs.sparse_apply: the exported kernel of {name} has shape '
                        f'{layer.kernel_shape} but the model\'s layer takes {expected}; '
                        'the export belongs to another model.')
     used.add(path)
-    bias = None
-    if module.use_bias:
-      bias = params
-      for key in path + ('bias',):
-        bias = bias[key]
+    epilogue = exported.epilogue(path)
+    bias = epilogue.bias
+    if epilogue.norm is None and module.use_bias:
+      bias = _leaf(params, path + ('bias',))
     # The dense layer's output dtype: its `dtype`, else the inputs' and float32 kernel's.
     # (The kernels compute in float32 and return x's dtype.)
     x = x.astype(module.dtype or jax.numpy.promote_types(x.dtype, jax.numpy.float32))
     if isinstance(module, nn.Dense):
-      return layers.dense(x, layer, bias)
-    if isinstance(module, nn.Conv):
-      return layers.conv(x, layer, bias, **_conv_options(module))
-    lead = x.shape[:x.ndim - len(general[0])]
-    y = layers.dense(x.reshape(lead + (expected[0],)), layer,
-                     None if bias is None else bias.reshape(-1))
-    return y.reshape(lead + general[1])
+      y = layers.dense(x, layer, bias, epilogue.activation)
+    elif isinstance(module, nn.Conv):
+      y = layers.conv(x, layer, bias, activation=epilogue.activation,
+                      **layers.conv_options(module, name))
+    else:
+      lead = x.shape[:x.ndim - len(general[0])]
+      y = layers.dense(x.reshape(lead + (expected[0],)), layer,
+                       None if bias is None else bias.reshape(-1),
+                       epilogue.activation).reshape(lead + general[1])
+    if epilogue.norm is not None:
+      folded_outputs.append(y)
+    return y
 
   with nn.intercept_methods(interceptor):
     out = model.apply(variables, *args, **kwargs)
   missing = [p for p in exported if p not in used]
   if missing:
-    raise ValueError(f'pcs.sparse_apply: exported layers {["/".join(p) for p in missing]} '
+    raise ValueError(f'pcs.sparse_apply: exported layers {[_name(p) for p in missing]} '
                      'are not Dense/Conv/DenseGeneral layers this model calls; the export '
                      'belongs to another model.')
   return out

@@ -4,6 +4,11 @@ runs its exported ``nnx.Linear`` / ``nnx.Conv`` layers with the sparse kernels.
     sparse_model = pcs.sparse.nnx.sparsify(model, inputs=x)   # measured per layer
     logits = nnx.jit(lambda m, x: m(x))(sparse_model, x)
 
+Given ``inputs``, an ``nnx.BatchNorm`` in inference mode (``model.eval()``) whose input
+is the very array a Linear or Conv returned is folded into that layer
+(``_folding.py``): the sparse copy holds the folded kernel and bias, and a
+:class:`FoldedNorm` (the identity) in the batch norm's place.
+
 The returned model is a copy: each exported layer is replaced by a :class:`SparseLinear`
 or :class:`SparseConv` holding the compressed kernel (as :class:`SparseWeight`
 variables, not ``nnx.Param``: they are not trained) and the layer's bias. It works under
@@ -14,7 +19,7 @@ this module needs flax (``pip install 'pcs[export]'``).
 
 import contextvars
 import functools
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -23,49 +28,55 @@ from flax import nnx
 from pcs.core import _boundary as boundary
 from pcs.core import _layout as layout_lib
 from pcs.core import _selection as selection
-from pcs.sparse import _artifact
 from pcs.sparse import _export
+from pcs.sparse import _folding as folding
 from pcs.sparse import _formats as formats
 from pcs.sparse import _layers as layers
 from pcs.sparse import _timing as timing
 
-# The layer inputs seen while :func:`layer_inputs` traces the model (None otherwise).
-_recording: contextvars.ContextVar[Optional[Dict[Tuple, _export.LayerInput]]] = (
-    contextvars.ContextVar('pcs_sparse_nnx_recording', default=None))
+
+
+class Probe(NamedTuple):
+  """What one trace of the model finds: ``inputs``, ``{layer path: LayerInput}``;
+  ``norms``, ``{Linear/Conv path: batch norm path}`` of the batch norms that fold."""
+  inputs: Dict[Tuple, _export.LayerInput]
+  norms: Dict[Tuple, Tuple]
+
+
+class _Recording(NamedTuple):
+  inputs: Dict[Tuple, _export.LayerInput]
+  outputs: List[Tuple[Any, Tuple]]  # (array, layer path), kept alive for `is`
+  norms: Dict[Tuple, List[Tuple]]
+
+
+# What :func:`probe` records while it traces the model (None otherwise).
+_recording: contextvars.ContextVar[Optional[_Recording]] = contextvars.ContextVar(
+    'pcs_sparse_nnx_recording', default=None)
 
 
 class SparseWeight(nnx.Variable):
-  """An array of a compressed kernel (values, indices, row pointers or positions)."""
-
-
-def _arrays(layer) -> Dict[str, Any]:
-  if isinstance(layer, formats.CSR):
-    return {'values': layer.values, 'indices': layer.indices, 'indptr': layer.indptr}
-  return {'values': layer.values, 'positions': layer.positions}
+  """A compressed kernel (a :class:`pcs.sparse.CSR`, :class:`pcs.sparse.NM`, ...): one
+  variable whose value is the format's pytree (its arrays are the leaves)."""
 
 
 class _SparseLayer(nnx.Module):
   """A compressed kernel and its bias; subclasses say how the product is taken."""
 
-  def __init__(self, layer, bias: Optional[jax.Array], source_path: Tuple, dtype=None):
+  def __init__(self, layer, bias: Optional[jax.Array], source_path: Tuple, dtype=None,
+               activation: Optional[str] = None):
     self.kernel_shape = tuple(layer.kernel_shape)
     self.dtype = dtype  # the dense layer's computation dtype (None: promote x and float32)
-    self.format = 'csr' if isinstance(layer, formats.CSR) else 'n_m'
-    self.n_m = (layer.n, layer.m) if isinstance(layer, formats.NM) else None
-    self.threads = layer.threads
+    self.activation = activation  # fused into the product
     self.source_path = tuple(source_path)
-    self.weights = nnx.Dict({k: SparseWeight(jax.numpy.asarray(v))
-                             for k, v in _arrays(layer).items()})
+    # One variable holds the whole compressed kernel (its arrays are the pytree's leaves):
+    # nnx.jit walks one node per layer instead of one per array.
+    self.weights = SparseWeight(jax.device_put(layer))
     self.bias = None if bias is None else nnx.Param(bias)
 
   @property
-  def layer(self):
-    """The compressed kernel as a :class:`pcs.sparse.CSR` or :class:`pcs.sparse.NM`."""
-    arrays = {k: v.get_value() for k, v in self.weights.items()}
-    if self.format == 'csr':
-      return formats.CSR(kernel_shape=self.kernel_shape, threads=self.threads, **arrays)
-    return formats.NM(kernel_shape=self.kernel_shape, n=self.n_m[0], m=self.n_m[1],
-                      threads=self.threads, **arrays)
+  def layer(self) -> formats.Format:
+    """The compressed kernel (a :class:`pcs.sparse.CSR`, :class:`pcs.sparse.NM`, ...)."""
+    return self.weights.get_value()
 
   def _bias(self):
     return None if self.bias is None else self.bias.get_value()
@@ -75,10 +86,13 @@ class _SparseLayer(nnx.Module):
     and return their input's dtype)."""
     return x.astype(self.dtype or jax.numpy.promote_types(x.dtype, jax.numpy.float32))
 
-  def _record(self, x, options=None):
-    seen = _recording.get()
-    if seen is not None:
-      seen[self.source_path] = _export.LayerInput(tuple(x.shape), options)
+  def _record(self, x, y=None, options=None):
+    """Notes the input (and, for a Linear or Conv, the output) while :func:`probe` runs."""
+    recording = _recording.get()
+    if recording is not None:
+      recording.inputs[self.source_path] = _export.LayerInput(tuple(x.shape), options)
+      if y is not None:
+        recording.outputs.append((y, self.source_path))
 
 
 def _sharded(y: jax.Array, out_sharding) -> jax.Array:
@@ -91,8 +105,9 @@ class SparseLinear(_SparseLayer):
   """``nnx.Linear`` with a sparse kernel: y = x W + b."""
 
   def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
-    self._record(x)
-    return _sharded(layers.dense(self._input(x), self.layer, self._bias()), out_sharding)
+    y = layers.dense(self._input(x), self.layer, self._bias(), self.activation)
+    self._record(x, y)
+    return _sharded(y, out_sharding)
 
 
 class SparseLinearGeneral(_SparseLayer):
@@ -101,8 +116,10 @@ class SparseLinearGeneral(_SparseLayer):
   into one, y = x W + b with W the (prod(in), prod(out)) matrix of the kernel, and the
   output's features unflattened to ``out_features``."""
 
-  def __init__(self, layer, bias, source_path, dtype=None, *, in_features, out_features):
-    super().__init__(layer, None if bias is None else bias.reshape(-1), source_path, dtype)
+  def __init__(self, layer, bias, source_path, dtype=None, activation=None, *, in_features,
+               out_features):
+    super().__init__(layer, None if bias is None else bias.reshape(-1), source_path, dtype,
+                     activation)
     self.in_features = tuple(in_features)
     self.out_features = tuple(out_features)
 
@@ -110,22 +127,53 @@ class SparseLinearGeneral(_SparseLayer):
     lead = x.shape[:x.ndim - len(self.in_features)]
     x = x.reshape(lead + (int(np.prod(self.in_features)),))
     self._record(x)
-    y = layers.dense(self._input(x), self.layer, self._bias()).reshape(lead + self.out_features)
-    return _sharded(y, out_sharding)
+    y = layers.dense(self._input(x), self.layer, self._bias(), self.activation)
+    return _sharded(y.reshape(lead + self.out_features), out_sharding)
 
 
 class SparseConv(_SparseLayer):
   """``nnx.Conv`` with a sparse kernel (channels last, no groups or dilation)."""
 
-  def __init__(self, layer, bias, source_path, dtype=None, *, strides, padding):
-    super().__init__(layer, bias, source_path, dtype)
+  def __init__(self, layer, bias, source_path, dtype=None, activation=None, *, strides,
+               padding):
+    super().__init__(layer, bias, source_path, dtype, activation)
     self.strides = strides
     self.padding = padding
 
   def __call__(self, x: jax.Array) -> jax.Array:
     options = {'strides': self.strides, 'padding': self.padding}
-    self._record(x, options)
-    return layers.conv(self._input(x), self.layer, self._bias(), **options)
+    y = layers.conv(self._input(x), self.layer, self._bias(), activation=self.activation,
+                    **options)
+    self._record(x, y, options)
+    return y
+
+
+class FoldedNorm(nnx.Module):
+  """An ``nnx.BatchNorm`` folded into the layer before it (``source_path``): the identity."""
+
+  def __init__(self, source_path: Tuple, norm_path: Tuple):
+    self.source_path = tuple(source_path)
+    self.norm_path = tuple(norm_path)
+
+  def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+    del args, kwargs  # use_running_average, mask: the folded norm ran with its statistics
+    return x
+
+
+class _NormProbe(nnx.Module):
+  """An ``nnx.BatchNorm`` in the probe's copy: notes whether its input is a layer's
+  output and it runs in inference mode, then normalizes."""
+
+  def __init__(self, norm: nnx.BatchNorm, path: Tuple):
+    self.norm = norm
+    self.path = tuple(path)
+
+  def __call__(self, x, *args, **kwargs):
+    recording = _recording.get()
+    source = next((p for y, p in recording.outputs if y is x), None) if recording else None
+    if source is not None and folding.in_inference(self.norm, x, (x,) + args, kwargs):
+      recording.norms.setdefault(source, []).append(self.path)
+    return self.norm(x, *args, **kwargs)
 
 
 def _targets(model) -> Dict[Tuple, Any]:
@@ -156,38 +204,30 @@ def _general_features(module) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]
   return in_features, out_features
 
 
-def _sparse_module(path, module, layer):
+def _sparse_module(path, module, layer, epilogue: _export.Epilogue):
   name = '/'.join(map(str, path))
   expected = tuple(module.kernel.shape)
-  if isinstance(module, nnx.LinearGeneral) and _general_features(module) is not None:
-    in_features, out_features = _general_features(module)
-    expected = (int(np.prod(in_features)), int(np.prod(out_features)))
+  general = _general_features(module) if isinstance(module, nnx.LinearGeneral) else None
+  if general is not None:
+    expected = (int(np.prod(general[0])), int(np.prod(general[1])))
   if tuple(layer.kernel_shape) != expected:
     raise ValueError(f'pcs.sparse.nnx: the exported kernel of {name} has shape '
                      f'{layer.kernel_shape} but the model\'s layer has {expected}; the '
                      'export belongs to another model.')
   bias = module.bias.get_value() if module.use_bias else None
+  if epilogue.norm is not None:
+    bias = epilogue.bias
+  common = (layer, bias, path, module.dtype, epilogue.activation)
   if isinstance(module, nnx.Linear):
-    return SparseLinear(layer, bias, path, module.dtype)
+    return SparseLinear(*common)
   if isinstance(module, nnx.LinearGeneral):
     features = _general_features(module)
     if features is None:
       raise ValueError(f'{name}: an nnx.LinearGeneral with batch axes or contracted axes '
                        'other than its input\'s last cannot run sparse; export it with a '
                        '`where` that leaves it out.')
-    return SparseLinearGeneral(layer, bias, path, module.dtype, in_features=features[0],
-                               out_features=features[1])
-  if module.feature_group_count != 1 or module.mask is not None:
-    raise ValueError(f'{name}: sparse convolutions take feature_group_count=1 and no mask.')
-  for attr in ('input_dilation', 'kernel_dilation'):
-    value = getattr(module, attr)
-    if value not in (None, 1) and tuple(value) != (1,) * len(module.kernel_size):
-      raise ValueError(f'{name}: sparse convolutions take no {attr}.')
-  if isinstance(module.padding, str) and module.padding.upper() not in ('SAME', 'VALID'):
-    raise ValueError(f'{name}: sparse convolutions take SAME, VALID or explicit padding; '
-                     f'got {module.padding!r}.')
-  return SparseConv(layer, bias, path, module.dtype, strides=module.strides or 1,
-                    padding=module.padding)
+    return SparseLinearGeneral(*common, in_features=features[0], out_features=features[1])
+  return SparseConv(*common, **layers.conv_options(module, name))
 
 
 def _replace(model, path, new) -> None:
@@ -201,37 +241,55 @@ def _replace(model, path, new) -> None:
 
 
 def _swapped(model, exported: _export.Exported):
+  """A copy of ``model`` with the exported layers sparse and their folded norms the
+  identity."""
   model = nnx.clone(model)
   targets = _targets(model)
+  norms = {tuple(path): node for path, node in nnx.iter_graph(model)
+           if isinstance(node, nnx.BatchNorm)}
   for path, layer in exported.items():
     if path not in targets:
       raise ValueError(f'pcs.sparse.nnx: the exported layer {"/".join(map(str, path))} is '
                        'not an nnx.Linear, nnx.LinearGeneral or nnx.Conv of this model; the '
                        'export belongs to another model.')
-    new = _sparse_module(path, targets[path], layer)
+    new = _sparse_module(path, targets[path], layer, exported.epilogue(path))
     if not path:  # the model is itself the layer
       return new
     _replace(model, path, new)
+  for norm, path in exported.folded_norms.items():
+    if norm not in norms:
+      raise ValueError(f'pcs.sparse.nnx: the batch norm {"/".join(map(str, norm))} folded '
+                       'into the export is not an nnx.BatchNorm of this model; the export '
+                       'belongs to another model.')
+    _replace(model, norm, FoldedNorm(path, norm))
   return model
 
 
-def layer_inputs(model, inputs, where: selection.Where = None,
-                 **call_kwargs) -> Dict[Tuple, _export.LayerInput]:
-  """``{module path: LayerInput}`` of every Linear/LinearGeneral/Conv of ``model`` that
-  ``where`` selects, called on ``inputs`` (traced with ``jax.eval_shape``: nothing is
-  computed)."""
+def probe(model, inputs, where: selection.Where = None, **call_kwargs) -> Probe:
+  """:class:`Probe` of ``model`` called on ``inputs``: every Linear/LinearGeneral/Conv
+  that ``where`` selects, and the batch norms that fold into them (traced with
+  ``jax.eval_shape`` on a copy with those layers sparse: nothing is computed).
+
+  A batch norm folds into the Linear or Conv before it when its input is the very array
+  (``is``) that layer returned and it runs in inference mode (``model.eval()``) on the
+  last axis; a layer whose output reaches two batch norms folds into neither.
+  """
   state = nnx.state(model, nnx.Param)
-  probe = _swapped(model, _export.export(state, format='csr', where=where,
-                                         layouts=layout_lib.kernel_layouts(model),
-                                         unsupported=_unsupported(model)))
-  graphdef, variables = nnx.split(probe)
-  seen: Dict[Tuple, _export.LayerInput] = {}
-  token = _recording.set(seen)
+  copy = _swapped(model, _export.export_kernels(state, format='csr', where=where,
+                                                layouts=layout_lib.kernel_layouts(model),
+                                                unsupported=_unsupported(model)))
+  for path, node in list(nnx.iter_graph(copy)):
+    if isinstance(node, nnx.BatchNorm) and path:
+      _replace(copy, tuple(path), _NormProbe(node, tuple(path)))
+  graphdef, variables = nnx.split(copy)
+  recording = _Recording({}, [], {})
+  token = _recording.set(recording)
   try:
     jax.eval_shape(lambda v, x: nnx.merge(graphdef, v)(x, **call_kwargs), variables, inputs)
   finally:
     _recording.reset(token)
-  return seen
+  return Probe(recording.inputs, {path: found[0] for path, found in recording.norms.items()
+                                  if len(found) == 1})
 
 
 def bind(model, **call_kwargs) -> Callable:
@@ -256,27 +314,50 @@ def bind(model, **call_kwargs) -> Callable:
   return functools.partial(run, jax.device_put(state))
 
 
-def export(model, *, inputs: Any = None, call_kwargs: Optional[Dict[str, Any]] = None,
-           format: str = 'auto',  # pylint: disable=redefined-builtin
-           n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
-           batch_size: int = 1, margin: float = 0.05) -> _export.Exported:
-  """:func:`pcs.export` for an ``nnx.Module``: its Linear/Conv kernels in their fastest
+def export_module(model, *, inputs: Any = None,
+                  call_kwargs: Optional[Dict[str, Any]] = None,
+                  format: str = 'auto',  # pylint: disable=redefined-builtin
+                  n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
+                  batch_size: int = 1, margin: float = 0.05, fold_batch_norm: bool = True,
+                  fuse_relu: Sequence[Any] = ()) -> _export.Exported:
+  """:func:`pcs.export` of an ``nnx.Module``: its Linear/Conv kernels in their fastest
   layout, each measured at the input it gets from ``inputs`` (an example batch)."""
   if not boundary.is_nnx_module(model):
     raise TypeError(f'`model` must be an nnx.Module; got {type(model).__name__}.')
-  recorded, compare_model = None, None
+  def calls(candidate):
+    return (bind(_swapped(model, chosen), **(call_kwargs or {}))
+            for chosen in (_export.Exported({}, ()), candidate))
+
+  def compare(candidate):
+    dense, sparse = calls(candidate)
+    _export.check_against_dense(dense, sparse, inputs)
+    return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
+  found, compare_model = Probe({}, {}), None
   if inputs is not None:
-    recorded = layer_inputs(model, inputs, where, **(call_kwargs or {}))
+    found, compare_model = probe(model, inputs, where, **(call_kwargs or {})), compare
+  exported = _export.export_kernels(
+      nnx.state(model, nnx.Param), format=format, n_m=n_m, where=where,
+      batch_size=batch_size, layer_inputs=found.inputs or None, margin=margin,
+      compare_model=compare_model, layouts=layout_lib.kernel_layouts(model),
+      unsupported=_unsupported(model),
+      norms=_norm_folds(model, found.norms) if fold_batch_norm else None,
+      fuse_relu=fuse_relu)
+  if format != 'auto' and exported.epilogues and inputs is not None:
+    dense, sparse = calls(exported)
+    _export.check_against_dense(dense, sparse, inputs)
+  return exported
 
-    def compare_model(layers):
-      dense, sparse = (bind(_swapped(model, _export.Exported(chosen, ())),
-                            **(call_kwargs or {})) for chosen in ({}, layers))
-      return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
-  return _export.export(nnx.state(model, nnx.Param), format=format, n_m=n_m, where=where,
-                        batch_size=batch_size, layer_inputs=recorded, margin=margin,
-                        compare_model=compare_model, layouts=layout_lib.kernel_layouts(model),
-                        unsupported=_unsupported(model))
 
+def _norm_folds(model, norms: Dict[Tuple, Tuple]) -> Dict[Tuple, folding.NormFold]:
+  """The :class:`NormFold` of every batch norm found, from ``model``'s own."""
+  nodes = {tuple(path): node for path, node in nnx.iter_graph(model)}
+  value = lambda v: None if v is None else v.get_value()
+  out = {}
+  for layer, path in norms.items():
+    norm = nodes[path]
+    out[layer] = folding.norm_fold(path, value(norm.mean), value(norm.var), norm.epsilon,
+                                   value(norm.scale), value(norm.bias))
+  return out
 
 
 def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs):
@@ -284,8 +365,9 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
 
   Args:
     model: an ``nnx.Module`` (after ``nnx.update(model, pcs.prune(...)[0])``).
-    exported: from :func:`export` (or :func:`pcs.sparse.load`); if None, it is made with
-      ``export(model, **export_kwargs)`` (e.g. ``inputs=x`` to measure each layer).
+    exported: from :func:`pcs.export` (or :func:`pcs.sparse.load`); if None, it is made
+      with ``pcs.export(model, **export_kwargs)`` (e.g. ``inputs=x`` to measure each
+      layer and fold its batch norms).
 
   Returns:
     The sparse copy; ``model`` is unchanged.
@@ -304,7 +386,7 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
     ('SparseLinear', Array([[2., 1.]], dtype=float32))
   """
   if exported is None:
-    exported = export(model, **export_kwargs)
+    exported = export_module(model, **export_kwargs)
   elif export_kwargs:
     raise ValueError(f'pcs.sparse.nnx.sparsify: give either `exported` or export options, '
                      f'not both; got {sorted(export_kwargs)}.')
@@ -313,21 +395,18 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
   return _swapped(model, exported)
 
 
-def load(file, model):
-  """The sparse model saved by ``pcs.sparse.save(file, exported, nnx.state(...))``.
+def restore(model, variables, exported: _export.Exported):
+  """The sparse model of ``model``'s architecture with the saved ``variables`` and
+  ``exported`` layers (what :func:`pcs.sparse.load` returns given an ``nnx.Module``).
 
   Args:
-    file: the ``.npz`` written by :func:`pcs.sparse.save`.
     model: a newly built instance of the same architecture (e.g. ``Model(rngs=nnx.Rngs(0))``);
       its variables are overwritten with the saved ones.
-
-  Returns:
-    :func:`sparsify` of the restored model with the saved layers.
+    variables, exported: as :func:`pcs.sparse.load` reads them.
 
   Raises:
     ValueError: if a saved variable is missing from ``model`` or has another shape.
   """
-  variables, exported = _artifact.load(file)
   saved = {tuple(_export.key_name(k) for k in path): value
            for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]}
   found = {tuple(path): node for path, node in nnx.iter_graph(model)
@@ -335,7 +414,7 @@ def load(file, model):
   for path, value in saved.items():
     name = '/'.join(map(str, path))
     if path not in found or tuple(found[path].get_value().shape) != value.shape:
-      raise ValueError(f'pcs.sparse.nnx.load: the saved variable {name} {value.shape} has no '
+      raise ValueError(f'pcs.sparse.load: the saved variable {name} {value.shape} has no '
                        'counterpart of that shape in `model`; the file belongs to another '
                        'model.')
     found[path].set_value(jax.numpy.asarray(value))

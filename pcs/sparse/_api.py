@@ -1,0 +1,105 @@
+"""One ``export`` and one ``load`` for linen and NNX models: each reads what it is given and
+hands it to the adapter (:mod:`pcs.sparse.linen`, :mod:`pcs.sparse.nnx`)."""
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from pcs.core import _boundary as boundary
+from pcs.core import _selection as selection
+from pcs.sparse import _artifact
+from pcs.sparse import _export
+from pcs.sparse import linen
+
+
+def export(target: Any, *, model: Any = None, inputs: Any = None,
+           call_kwargs: Optional[Dict[str, Any]] = None,
+           format: str = 'auto',  # pylint: disable=redefined-builtin
+           n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
+           batch_size: int = 1, margin: float = 0.05, fold_batch_norm: bool = True,
+           fuse_relu: Sequence[Any] = ()) -> _export.Exported:
+  """The pruned Dense/Conv kernels of a model in their fastest layout.
+
+  Every leaf named ``kernel`` (Dense/Conv, and the 2-D product of a ``DenseGeneral`` /
+  ``LinearGeneral``) is stored in CSR (or N:M with ``n_m``). With ``format='auto'``,
+  given the model and ``inputs``, each layer's sparse product is timed against the dense
+  one at the input the model gives it, in alternation, and kept only where faster
+  (by more than ``margin``); then the whole model, called as :meth:`Exported.bind` calls
+  it, is timed against dense and layers go back to dense until it is faster.
+
+  Given the model and ``inputs``, an inference batch norm whose input is a Dense or Conv
+  layer's output is folded into that layer (with s = gamma / sqrt(var + eps), W' = W s
+  and b' = (b - mean) s + beta per output feature; ``fold_batch_norm=False`` keeps it),
+  and the batch norm then runs as the identity. A residual add is not fused.
+
+  Args:
+    target: an ``nnx.Module`` (the pruned model itself); or a linen model's variables
+      (``{'params': ..., 'batch_stats': ...}``: batch norms fold only when their
+      statistics are given) or params; or a params tree / ``nnx.State`` alone.
+    model: the linen module of ``target`` (None for NNX: the module is the target).
+    inputs: an example input of the batch size served (only its shape is used): each
+      layer is measured at its real input (required for Conv layers under
+      ``format='auto'``), and batch norms are found.
+    call_kwargs: keyword arguments of the model's call (e.g. ``{'train': False}``).
+    format: ``'auto'`` (measured, as above), or ``'csr'`` / ``'n_m'``: every selected
+      layer in that layout, without measuring.
+    n_m: ``(N, M)``, the pattern the kernels were pruned to
+      (``pcs.prune(params, n_m=(N, M))``); required with ``format='n_m'``.
+    where: which leaves to export (default: every leaf named ``kernel`` with ndim >= 2).
+    batch_size: the batch to measure Dense layers at without ``inputs``.
+    margin: a layer (and the model) goes sparse only if its median paired speed-up over
+      dense exceeds 1 / (1 - margin).
+    fold_batch_norm: fold inference batch norms into the layers before them.
+    fuse_relu: module paths (``('block', 'Conv_0')`` or ``'block/Conv_0'``) of layers
+      whose output (after a folded batch norm) always goes through a ReLU: the product
+      applies it in its store (the model's own ReLU is then a no-op on it; Flax applies
+      activations outside layers, so they are named, not detected).
+
+  Returns:
+    :class:`pcs.sparse.Exported`, its arrays on the default device;
+    ``print(exported.summary())`` shows the choices, what was measured and what was
+    folded.
+
+  Raises:
+    ValueError: for a tree with no exportable kernel, an unknown ``format``, a kernel
+      without the ``n_m`` pattern, ``model`` without ``inputs`` (or the reverse), a
+      ``model`` given with an ``nnx.Module``, or a ``fuse_relu`` path that is no layer.
+
+  Example:
+    >>> import jax.numpy as jnp, pcs
+    >>> exported = pcs.export({'Dense_0': {'kernel': jnp.array([[0.0, 1.0], [2.0, 0.0]])}},
+    ...                       format='csr')
+    >>> exported[('Dense_0',)].nnz
+    2
+  """
+  options: Dict[str, Any] = dict(call_kwargs=call_kwargs, format=format, n_m=n_m, where=where,
+                 batch_size=batch_size, margin=margin, fold_batch_norm=fold_batch_norm,
+                 fuse_relu=fuse_relu)
+  if boundary.is_nnx_module(target):
+    if model is not None:
+      raise ValueError('pcs.export: an nnx.Module is its own model; pass `model` only with '
+                       'linen variables or params.')
+    from pcs.sparse import nnx as sparse_nnx  # pylint: disable=g-import-not-at-top
+    return sparse_nnx.export_module(target, inputs=inputs, **options)
+  return linen.export_model(target, model=model, inputs=inputs, **options)
+
+
+def load(file, model: Any = None):
+  """Reads a file written by :func:`pcs.sparse.save`.
+
+  Args:
+    file: the ``.npz`` (a path or a binary file object).
+    model: None or a linen module: the result is ``(variables, exported)``, both placed
+      on the default device (``exported.bind(model, variables)`` runs it). An
+      ``nnx.Module`` (a newly built instance of the saved architecture, e.g.
+      ``Model(rngs=nnx.Rngs(0))``): the result is the sparse model, its variables
+      overwritten with the saved ones (as :func:`pcs.sparse.nnx.sparsify` makes it).
+
+  Raises:
+    ValueError: if the file is truncated, not a pcs export, of another version, or
+      altered (an array whose SHA-256 differs from the manifest's, or an invalid layout);
+      for an ``nnx.Module``, if a saved variable has no counterpart of its shape.
+  """
+  variables, exported = _artifact.load(file)
+  if boundary.is_nnx_module(model):
+    from pcs.sparse import nnx as sparse_nnx  # pylint: disable=g-import-not-at-top
+    return sparse_nnx.restore(model, variables, exported)
+  return variables, exported
