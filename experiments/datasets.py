@@ -153,18 +153,27 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.')
   data_dir = os.path.expanduser(data_dir)
   if name in GENERATED:
-    with _quiet_tfds():
-      result = tfds.builder(name, data_dir=data_dir)
-      prepared = result.is_prepared()
-    if not prepared:
-      print(f'Generating {name} in {data_dir} (once, locally; nothing is downloaded).',
-            flush=True)
-      with _quiet_tfds():
-        _prepare_once(result, data_dir, name)
-        result = tfds.builder(name, data_dir=data_dir)  # with the split sizes just recorded
+    result = generated_builder(name, data_dir)
   else:
     result = tfds.builder(name, data_dir=data_dir)
   if not result.is_prepared():
     raise ValueError(f'Dataset {name!r} is not prepared in {data_dir}. '
                      + _how_to_prepare(name, data_dir))
+  return result
+
+
+def generated_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The tfds builder of ``name``, a dataset generated locally (``GENERATED``, or one
+  registered elsewhere such as :mod:`experiments.charlm.input_pipeline`'s), generated in
+  ``data_dir`` on first use."""
+  data_dir = os.path.expanduser(data_dir)
+  with _quiet_tfds():
+    result = tfds.builder(name, data_dir=data_dir)
+    prepared = result.is_prepared()
+  if not prepared:
+    print(f'Generating {name} in {data_dir} (once, locally; nothing is downloaded).',
+          flush=True)
+    with _quiet_tfds():
+      _prepare_once(result, data_dir, name)
+      result = tfds.builder(name, data_dir=data_dir)  # with the split sizes just recorded
   return result

@@ -92,7 +92,6 @@ METHODS: Dict[str, Builder] = {
 }
 
 SCHEDULES = ('one_shot', 'gmp', 'imp')
-IMP_REWINDS = ('weights', 'learning_rate')
 
 
 def _gmp(config, tx, total, steps_per_epoch):
@@ -114,9 +113,30 @@ def _finish(config, tx):
   return optax.with_extra_args_support(tx)
 
 
+INNER_OPTIMIZERS = ('sgd', 'adamw')
+
+
+def inner_optimizer(config, learning_rate) -> optax.GradientTransformation:
+  """The optimizer a method wraps, by ``config.optimizer`` (absent: 'sgd').
+
+  'sgd': SGD with ``momentum`` on g + weight_decay x (coupled decay). 'adamw': Adam
+  (``adam.b1``, ``adam.b2``) with decoupled decay, x <- x - lr (adam(g) + weight_decay x)
+  (Loshchilov & Hutter, ICLR 2019), the transformer default. Both at
+  ``config.weight_decay``.
+  """
+  name = config.get('optimizer', 'sgd')
+  decay = config.weight_decay
+  if name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(decay),
+                       optax.sgd(learning_rate, momentum=config.momentum))
+  if name == 'adamw':
+    return optax.adamw(learning_rate, b1=config.adam.b1, b2=config.adam.b2, weight_decay=decay)
+  raise ValueError(f'`optimizer` must be one of {INNER_OPTIMIZERS}; got {name!r}.')
+
+
 def make_optimizer(config, steps_per_epoch: int, masks: Optional[Any] = None
                    ) -> optax.GradientTransformationExtraArgs:
-  """The inner SGD (momentum, weight decay) wrapped by the configured method.
+  """The inner optimizer (:func:`inner_optimizer`) wrapped by the configured method.
 
   Without ``masks``: the first training phase, under ``gmp`` wrapped in its schedule.
   With ``masks`` (an ``imp`` cycle): wrapped in ``pcs.keep_masked`` so pruned weights
@@ -134,8 +154,7 @@ def make_optimizer(config, steps_per_epoch: int, masks: Optional[Any] = None
   schedule = learning_rate_schedule(
       config, steps_per_epoch,
       config.imp.warmup_epochs if masks is not None else config.warmup_epochs)
-  inner = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                      optax.sgd(schedule, momentum=config.momentum))
+  inner = inner_optimizer(config, schedule)
   total = config.num_epochs * steps_per_epoch
   tx = METHODS[config.method](config, inner, schedule, total, steps_per_epoch)
   if masks is not None:
@@ -146,6 +165,10 @@ def make_optimizer(config, steps_per_epoch: int, masks: Optional[Any] = None
 
 
 def finetune_optimizer(config, masks: Any) -> optax.GradientTransformationExtraArgs:
-  """Fixed-mask fine-tuning: SGD at ``finetune_learning_rate`` in ``pcs.keep_masked``."""
-  return _finish(config, pcs.keep_masked(
-      optax.sgd(config.finetune_learning_rate, momentum=config.momentum), masks))
+  """Fixed-mask fine-tuning at ``finetune_learning_rate`` in ``pcs.keep_masked``: SGD with
+  momentum, or with ``config.optimizer='adamw'`` Adam (neither decays the weights)."""
+  if config.get('optimizer', 'sgd') == 'adamw':
+    inner = optax.adam(config.finetune_learning_rate, b1=config.adam.b1, b2=config.adam.b2)
+  else:
+    inner = optax.sgd(config.finetune_learning_rate, momentum=config.momentum)
+  return _finish(config, pcs.keep_masked(inner, masks))
