@@ -170,19 +170,48 @@ def test_linen_attention_exports_and_equals_dense(fmt):
                              rtol=1e-4, atol=1e-4)
 
 
-def test_an_einsum_layer_stays_dense_and_the_summary_says_why():
+def test_an_einsum_projection_runs_sparse_and_one_with_batch_axes_stays_dense():
   class WithEinsum(nnx.Module):
     def __init__(self, rngs):
-      self.mix = nnx.Einsum('btd,dnh->btnh', (WIDTH, 4, 8), (4, 8), rngs=rngs)
+      self.mix = nnx.Einsum('btd,dnh->btnh', (WIDTH, 4, 8), (4, 8), rngs=rngs)  # a projection
+      self.per_head = nnx.Einsum('btnh,nhk->btnk', (4, 8, 8), rngs=rngs)  # n: a batch axis
       self.proj = nnx.Linear(WIDTH, WIDTH, rngs=rngs)
 
     def __call__(self, x):
-      return self.mix(self.proj(x))
+      return self.per_head(self.mix(self.proj(x)))
 
   model = _pruned(WithEinsum(nnx.Rngs(4)))
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, LENGTH, WIDTH)), jnp.float32)
   exported = pcs.export(model, format='csr')
-  assert set(exported) == {('proj',)}
-  assert 'Einsum layers run dense' in exported.summary()
-  np.testing.assert_allclose(sparse_nnx.sparsify(model, exported)(x), model(x), rtol=1e-4,
+  assert set(exported) == {('proj',), ('mix',)}
+  assert exported[('mix',)].kernel_shape == (WIDTH, 32)  # (d, n x h)
+  assert 'nnx.Einsum that is not one product' in exported.summary()
+  sparse = sparse_nnx.sparsify(model, exported)
+  assert type(sparse.mix).__name__ == 'SparseLinearGeneral'
+  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-4, atol=1e-4)
+  # N:M groups along the Einsum's contracted axis, and the N:M export runs it.
+  projections = lambda path, leaf: path[0].key in ('mix', 'proj') and path[-1].key == 'kernel'
+  pruned, _ = pcs.prune(nnx.state(model, nnx.Param), n_m=(2, 4), where=projections,
+                        layouts=pcs.kernel_layouts(model))
+  nnx.update(model, pruned)
+  n_m = pcs.export(model, format='n_m', n_m=(2, 4), where=projections)
+  assert {type(layer).__name__ for layer in n_m.values()} == {'NM'}
+  np.testing.assert_allclose(sparse_nnx.sparsify(model, n_m)(x), model(x), rtol=1e-4,
                              atol=1e-4)
+
+
+def test_a_linen_einsum_stays_dense_given_the_model_and_the_summary_says_why():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Einsum((WIDTH, 4, 8), 'btd,dnh->btnh')(nn.Dense(WIDTH)(x))
+
+  model = Model()
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, LENGTH, WIDTH)), jnp.float32)
+  params, _ = pcs.prune(model.init(jax.random.key(0), x)['params'], 0.9, scope='layerwise')
+  exported = pcs.export(params, model=model, inputs=x, format='csr')
+  assert set(exported) == {('Dense_0',)} and 'Einsum layers run dense' in exported.summary()
+  np.testing.assert_allclose(exported.bind(model, {'params': params})(x),
+                             model.apply({'params': params}, x), rtol=1e-5, atol=1e-5)

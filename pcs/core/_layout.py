@@ -206,7 +206,8 @@ def _linen_layouts(model, inputs, init_kwargs) -> Dict[Path, KernelLayout]:
   found: Dict[Path, KernelLayout] = {}
 
   def record(next_fun, args, kwargs, context):
-    named = _linen_layout(nn, context.module, args, kwargs)
+    named = (_linen_layout(nn, context.module, args, kwargs)
+             if context.method_name == '__call__' else None)
     if named is not None:
       found[tuple(context.module.path) + (named[0],)] = named[1]
     return next_fun(*args, **kwargs)

@@ -70,9 +70,12 @@ class NormAfter(NamedTuple):
 
 class Probe(NamedTuple):
   """What one trace of the model finds: ``inputs``, ``{layer path: LayerInput}``;
-  ``norms``, ``{Dense/Conv path: NormAfter}`` of the batch norms that fold."""
+  ``norms``, ``{Dense/Conv path: NormAfter}`` of the batch norms that fold;
+  ``unsupported``, ``{layer path: why}`` of the layers with a kernel that run dense (an
+  ``nn.Einsum``, a DenseGeneral that is not one product)."""
   inputs: Dict[Tuple, _export.LayerInput]
   norms: Dict[Tuple, NormAfter]
+  unsupported: Dict[Tuple, str]
 
 
 def probe(model: Any, inputs: Any, **call_kwargs) -> Probe:
@@ -86,6 +89,7 @@ def probe(model: Any, inputs: Any, **call_kwargs) -> Probe:
   seen: Dict[Tuple, _export.LayerInput] = {}
   outputs: list = []  # (array, layer path) of every Dense/Conv call, kept alive for `is`
   norms: Dict[Tuple, list] = {}
+  unsupported: Dict[Tuple, str] = {}
 
   def record(next_fun, args, kwargs, context):
     module, path = context.module, tuple(context.module.path)
@@ -98,6 +102,9 @@ def probe(model: Any, inputs: Any, **call_kwargs) -> Probe:
             NormAfter(path, module.epsilon, module.use_scale, module.use_bias))
     layer_input = _layer_input(nn, module, args[0])
     y = next_fun(*args, **kwargs)
+    if layer_input is None and module.has_variable('params', 'kernel'):
+      unsupported[path] = (f'{type(module).__name__} layers run dense (pcs runs Dense, Conv '
+                           'and DenseGeneral layers that are one product sparse)')
     if layer_input is not None:
       seen[path] = layer_input
       if isinstance(module, (nn.Dense, nn.Conv)):
@@ -108,7 +115,8 @@ def probe(model: Any, inputs: Any, **call_kwargs) -> Probe:
     with nn.intercept_methods(record):
       return model.init(jax.random.key(0), x, **call_kwargs)
   jax.eval_shape(init, inputs)
-  return Probe(seen, {path: found[0] for path, found in norms.items() if len(found) == 1})
+  return Probe(seen, {path: found[0] for path, found in norms.items() if len(found) == 1},
+               unsupported)
 
 
 def layer_inputs(model: Any, inputs: Any, **call_kwargs) -> Dict[Tuple, _export.LayerInput]:
@@ -174,7 +182,7 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
       given['params'], format=format, n_m=n_m, where=where, batch_size=batch_size,
       layer_inputs=found.inputs, margin=margin, compare_model=compare_model,
       layouts=layout_lib.kernel_layouts(model, inputs, **call_kwargs), norms=norms,
-      fuse_relu=fuse_relu)
+      fuse_relu=fuse_relu, unsupported=found.unsupported)
   if format != 'auto' and exported.epilogues:
     dense, sparse = calls(exported)
     _export.check_against_dense(dense, sparse, inputs)

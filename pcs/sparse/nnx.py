@@ -111,10 +111,11 @@ class SparseLinear(_SparseLayer):
 
 
 class SparseLinearGeneral(_SparseLayer):
-  """``nnx.LinearGeneral`` with a sparse kernel, as the projections of
-  ``nnx.MultiHeadAttention`` are: the contracted axes (the input's last ones) flattened
-  into one, y = x W + b with W the (prod(in), prod(out)) matrix of the kernel, and the
-  output's features unflattened to ``out_features``."""
+  """``nnx.LinearGeneral`` (as the projections of ``nnx.MultiHeadAttention`` are) or an
+  ``nnx.Einsum`` of the same form (``'btd,dnh->btnh'``) with a sparse kernel: the
+  contracted axes (the input's last ones) flattened into one, y = x W + b with W the
+  (prod(in), prod(out)) matrix of the kernel, and the output's features unflattened to
+  ``out_features``."""
 
   def __init__(self, layer, bias, source_path, dtype=None, activation=None, *, in_features,
                out_features):
@@ -178,25 +179,46 @@ class _NormProbe(nnx.Module):
 
 def _targets(model) -> Dict[Tuple, Any]:
   return {tuple(path): node for path, node in nnx.iter_graph(model)
-          if isinstance(node, (nnx.Linear, nnx.LinearGeneral, nnx.Conv))}
+          if isinstance(node, (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv))}
 
 
 def _unsupported(model) -> Dict[Tuple, str]:
   """``{module path: why}`` of the layers with a kernel that cannot run sparse."""
   out = {}
   for path, node in nnx.iter_graph(model):
-    if isinstance(node, nnx.LinearGeneral) and _general_features(node) is None:
-      out[tuple(path)] = ('an nnx.LinearGeneral with batch axes, or contracted axes other '
-                          'than its input\'s last, runs dense')
+    if isinstance(node, (nnx.LinearGeneral, nnx.Einsum)) and _general_features(node) is None:
+      out[tuple(path)] = (f'an nnx.{type(node).__name__} that is not one product over its '
+                          "input's last axes (batch axes, or axes in another order) runs dense")
     elif (isinstance(getattr(node, 'kernel', None), nnx.Param)
-          and not isinstance(node, (nnx.Linear, nnx.LinearGeneral, nnx.Conv))):
+          and not isinstance(node, (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv))):
       out[tuple(path)] = f'{type(node).__name__} layers run dense (no sparse version)'
   return out
 
 
+def _einsum_features(module) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
+  """``(in dims, out dims)`` of an ``nnx.Einsum`` ``'<lead><in>,<in><out>-><lead><out>'``
+  (e.g. ``'btd,dnh->btnh'``: the kernel's leading indices contracted with the input's last
+  ones, in order, and its other indices the output's last ones, in order, with a bias,
+  if any, over those), else None."""
+  operands, output = module.einsum_str.replace(' ', '').split('->')
+  inputs, kernel = operands.split(',')
+  contracted = [i for i in kernel if i not in output]
+  count = len(contracted)
+  if (not count or list(kernel[:count]) != contracted or not inputs.endswith(kernel[:count])
+      or not output.endswith(kernel[count:])
+      or inputs[:len(inputs) - count] != output[:len(output) - len(kernel) + count]):
+    return None
+  shape = tuple(module.kernel.shape)
+  if module.bias is not None and tuple(module.bias.shape) != shape[count:]:
+    return None
+  return shape[:count], shape[count:]
+
+
 def _general_features(module) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
-  """``(in_features, out_features)`` of an ``nnx.LinearGeneral`` that is one product over
-  its input's last axes (no batch axes), else None."""
+  """``(in_features, out_features)`` of an ``nnx.LinearGeneral`` or ``nnx.Einsum`` that is
+  one product over its input's last axes (no batch axes), else None."""
+  if isinstance(module, nnx.Einsum):
+    return _einsum_features(module)
   axis = tuple(module.axis) if isinstance(module.axis, (tuple, list)) else (module.axis,)
   in_features, out_features = tuple(module.in_features), tuple(module.out_features)
   if module.batch_axis or axis != tuple(range(-len(in_features), 0)):
@@ -207,26 +229,26 @@ def _general_features(module) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]
 def _sparse_module(path, module, layer, epilogue: _export.Epilogue):
   name = '/'.join(map(str, path))
   expected = tuple(module.kernel.shape)
-  general = _general_features(module) if isinstance(module, nnx.LinearGeneral) else None
+  general = (_general_features(module) if isinstance(module, (nnx.LinearGeneral, nnx.Einsum))
+             else None)
   if general is not None:
     expected = (int(np.prod(general[0])), int(np.prod(general[1])))
   if tuple(layer.kernel_shape) != expected:
     raise ValueError(f'pcs.sparse.nnx: the exported kernel of {name} has shape '
                      f'{layer.kernel_shape} but the model\'s layer has {expected}; the '
                      'export belongs to another model.')
-  bias = module.bias.get_value() if module.use_bias else None
+  bias = module.bias.get_value() if getattr(module, 'bias', None) is not None else None
   if epilogue.norm is not None:
     bias = epilogue.bias
   common = (layer, bias, path, module.dtype, epilogue.activation)
   if isinstance(module, nnx.Linear):
     return SparseLinear(*common)
-  if isinstance(module, nnx.LinearGeneral):
-    features = _general_features(module)
-    if features is None:
-      raise ValueError(f'{name}: an nnx.LinearGeneral with batch axes or contracted axes '
-                       'other than its input\'s last cannot run sparse; export it with a '
+  if isinstance(module, (nnx.LinearGeneral, nnx.Einsum)):
+    if general is None:
+      raise ValueError(f'{name}: an nnx.{type(module).__name__} with batch axes or contracted '
+                       'axes other than its input\'s last cannot run sparse; export it with a '
                        '`where` that leaves it out.')
-    return SparseLinearGeneral(*common, in_features=features[0], out_features=features[1])
+    return SparseLinearGeneral(*common, in_features=general[0], out_features=general[1])
   return SparseConv(*common, **layers.conv_options(module, name))
 
 
