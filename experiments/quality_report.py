@@ -18,6 +18,7 @@ import numpy as np
 
 from experiments import failures
 from experiments import quality_protocol as protocol
+from experiments.charlm import study_table
 from experiments import blocks
 
 PILOT_FAMILY = ('pilot', 'pilot+gmp', 'pilot+imp', 'mirror')
@@ -538,6 +539,13 @@ def write(rows: Iterable[dict], folder: str) -> str:
   text = protocol_text() + '\n\n' + notes + markdown(rows) + '\n'
   if robustness:
     text += '\n' + robustness + '\n'
+  charlm = study_table.load(folder)
+  if charlm:
+    text += ('\n## A transformer: sparsifying a trained character LM\n\n'
+             '`python -m experiments.charlm.sparsify_trained` (issue 30), one record per seed '
+             f'in `quality/{study_table.RECORD}`. One model size, a fixed retraining budget and '
+             'untuned settings: it shows how the four ways rank here, not which is best '
+             'after tuning.\n\n' + study_table.markdown(charlm) + '\n')
   root = os.path.dirname(os.path.abspath(folder))
   with open(os.path.join(root, 'QUALITY.md'), 'w') as f:
     f.write(text)

@@ -272,3 +272,18 @@ def test_the_quality_runner_tunes_then_runs_five_seeds_of_the_pick():
       (s, seed) for s in quality.SPARSITIES for seed in quality.SEEDS}
   other = next(quality.plan(recorded, quality.STAGES, ['pilot+gmp'], 'another base'))
   assert other['id'] not in recorded  # runs of another base config are not mixed in
+
+
+def test_the_quality_table_of_the_sparsify_trained_study():
+  from experiments.charlm import study_table  # pylint: disable=g-import-not-at-top
+  def record(seed, gmp, pilot):
+    runs = [{'method': m, 'sparsity': 0.9, 'bits_per_byte': v}
+            for m, v in (('magnitude', 7.0), ('wanda', 6.0), ('gmp', gmp), ('pilot+gmp', pilot))]
+    return {'seed': seed, 'eval_split': 'validation', 'dense': {'bits_per_byte': 2.0},
+            'epochs': 3, 'learning_rate': 1e-3, 'pilot_alpha': 1e-3, 'calibration_windows': 8,
+            'runs': runs}
+  text = study_table.markdown([record(0, 4.0, 3.0), record(1, 5.0, 5.5)])
+  assert 'over seeds 0, 1; dense model: 2.000 ± 0.000' in text
+  assert '| gmp | 4.500 ± 0.707 |' in text  # sd of (4, 5): sqrt(0.5)
+  assert '| pilot+gmp | 4.250 ± 1.768 |' in text  # sd of (3, 5.5): 2.5 / sqrt(2)
+  assert '| pilot+gmp − gmp, paired | -0.250 (worse on 1 of 2) |' in text  # -1 and +0.5
