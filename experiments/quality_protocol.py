@@ -29,7 +29,7 @@ NUM_CLASSES = 10  # mnist1d's: chance accuracy, for experiments.failures
 CONFIRM_TOP = 3
 CONFIRM_ROUNDS = (((1, 2), 'mean'), ((1, 2, 3, 4), 'median'))
 CONFIRM_SEEDS = CONFIRM_ROUNDS[-1][0]
-STAGES = ('tune', 'final', 'study', 'robustness', 'long')
+STAGES = ('tune', 'final', 'study', 'robustness', 'long', 'defaults')
 TUNING_SPARSITY = 0.98
 SPARSITIES = (0.9, 0.95, 0.98, 0.99)
 SEEDS = (0, 1, 2, 3, 4)
@@ -123,6 +123,14 @@ SPARSIFY_EPOCHS = 5
 ROBUSTNESS_RECIPES = ('pilot+imp', 'dense+imp')
 ROBUSTNESS_SEEDS = tuple(range(5, 25))
 ROBUSTNESS_SPARSITY = 0.98
+# The 'defaults' stage (issue 32): what a user gets from the binary on seeds nobody ran.
+# Each recipe at the setting the binary runs it with (its pick, ``recipe_pick``; no
+# fine-tuning, as the binary's default config), at 90% and 98%, on DEFAULTS_SEEDS: no run
+# may fail (experiments/failures.py).
+DEFAULTS_RECIPES = ('dense', 'dense+gmp', 'dense+imp', 'pilot', 'pilot+gmp', 'pilot+imp', 'l1',
+                    'str', 'spred', 'cs')
+DEFAULTS_SEEDS = tuple(range(101, 111))
+DEFAULTS_SPARSITIES = (0.9, 0.98)
 CYCLE_WARMUPS = (1, 3, 5)
 CYCLE_WARMUP_SEEDS = (0, 1, 2)
 
@@ -442,6 +450,8 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
     yield from _robustness_rows(recorded, models)
   if 'long' in stages:
     yield from _long_rows(recorded, models)
+  if 'defaults' in stages:
+    yield from defaults_rows(recorded, models)
   yield from _recipe_rows(recorded, models, stages,
                           [r for r in RECIPES if r in SIDE_BASELINES])
 
@@ -460,6 +470,20 @@ def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dic
         yield start
         for sparsity in (0.95, 0.98):
           yield sparsify_row(model, recipe, setting, sparsity, start, workdir)
+
+
+def defaults_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
+  """Each of DEFAULTS_RECIPES at its pick (once its tuning has finished), at
+  DEFAULTS_SPARSITIES on DEFAULTS_SEEDS, without fine-tuning: the binary's defaults."""
+  for model in models:
+    for recipe in DEFAULTS_RECIPES:
+      pick = recipe_pick(recorded, model, recipe)
+      if pick is None:
+        continue
+      for sparsity in DEFAULTS_SPARSITIES:
+        for seed in DEFAULTS_SEEDS:
+          yield row('defaults', model, recipe, {**pick, 'sparsity': sparsity, 'seed': seed},
+                    f'{recipe} as the binary runs it')
 
 
 def robustness_name(recipe: str, setting: dict) -> str:

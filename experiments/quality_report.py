@@ -432,6 +432,33 @@ def protocol_text() -> str:
       'reused at the others; 5 seeds resolve differences of about 1 pp at best.'])
 
 
+def defaults_markdown(rows: List[dict]) -> str:
+  """The binary's defaults on seeds nobody ran (the 'defaults' stage): per model, recipe and
+  sparsity, the seeds run, the median, the worst seed and the failed runs (:func:`failed`);
+  a recipe passes where no run failed."""
+  runs = [r for r in rows if r['stage'] == 'defaults']
+  if not runs:
+    return ''
+  found, stopped = groups(runs, True), diverged(runs)
+  seeds = protocol.DEFAULTS_SEEDS
+  lines = ["## The binary's defaults on seeds nobody ran", '',
+           f'Each recipe as `python -m experiments.sparsify` runs it (its validation pick, no '
+           f'fine-tuning), seeds {seeds[0]}-{seeds[-1]}, test accuracy %. A run failed if it '
+           'diverged or collapsed, is at chance, or is more than '
+           f'{100 * failures.UNDER_MEDIAN:.0f} pp under its cell\'s median.', '',
+           '| model | recipe | sparsity | seeds | median | worst seed | failed | verdict |',
+           '|---|---|---:|---:|---:|---:|---:|---|']
+  for model, name, sparsity in sorted(set(found) | set(stopped)):
+    values, gone = found.get((model, name, sparsity), {}), stopped.get((model, name, sparsity), [])
+    median, worst, seed, count = spread(values, gone)
+    done = len(values) + len(gone)
+    verdict = ('fails' if count else 'trains on every seed' if done == len(seeds)
+               else 'pending')
+    lines.append(f'| {model} | {name} | {sparsity:.0%} | {done}/{len(seeds)} | {median} | '
+                 f'{worst} (s{seed}) | {count} | {verdict} |')
+  return '\n'.join(lines)
+
+
 def robustness_markdown(rows: List[dict]) -> str:
   """The recommended recipe and its equal-epoch baseline on seeds nobody tuned on: per
   model and setting (the picked one, then any cycle warmup tuned after it), each recipe's
@@ -526,8 +553,8 @@ def write(rows: Iterable[dict], folder: str) -> str:
   # The robustness runs (seeds 5-24 of the recommended recipe and its baseline) are not
   # mixed into the seeds 0-4 tables; they get a section of their own.
   rows = list(rows)
-  robustness = robustness_markdown(rows)
-  rows = [r for r in rows if r['stage'] != 'robustness']
+  robustness, defaults = robustness_markdown(rows), defaults_markdown(rows)
+  rows = [r for r in rows if r['stage'] not in ('robustness', 'defaults')]
   os.makedirs(folder, exist_ok=True)
   found = groups(rows, True)
   models = sorted({r['model'] for r in rows})
@@ -539,6 +566,8 @@ def write(rows: Iterable[dict], folder: str) -> str:
   text = protocol_text() + '\n\n' + notes + markdown(rows) + '\n'
   if robustness:
     text += '\n' + robustness + '\n'
+  if defaults:
+    text += '\n' + defaults + '\n'
   charlm = study_table.load(folder)
   if charlm:
     text += ('\n## A transformer: sparsifying a trained character LM\n\n'

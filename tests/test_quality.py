@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from experiments import failures
 from experiments import quality_protocol as protocol
 from experiments import quality_report
 from experiments.configs import default
+from tests import helpers
 
 
 def _validation(model, recipe, accuracies, learning_rates=None):
@@ -581,3 +583,30 @@ def test_a_cell_whose_runs_missed_the_target_sparsity_is_marked():
                                         (0.9,), {}, off)
   assert table[2].startswith('| str | 80.0 ± 0.0') and table[2].endswith('(at 96.0%) |')
   assert '(at' not in table[3]
+
+
+def test_the_defaults_stage_runs_each_recipe_as_the_binary_does_and_reports_failures():
+  recorded = protocol.Record(os.path.join(helpers.REPO, 'quality')).rows
+  rows = list(protocol.defaults_rows(recorded, ['cnn1d']))
+  assert len(rows) == len(protocol.DEFAULTS_RECIPES) * 2 * 10
+  gmp = [r for r in rows if r['recipe'] == 'dense+gmp']
+  pick = protocol.recipe_pick(recorded, 'cnn1d', 'dense+gmp')
+  assert all(r['overrides'] == {**pick, 'model': 'cnn1d', 'eval_train': False,
+                                'sparsity': r['overrides']['sparsity'],
+                                'seed': r['overrides']['seed']} for r in gmp)
+  assert {r['overrides']['seed'] for r in gmp} == set(range(101, 111))
+
+  def run(seed, accuracy):
+    results = ({'collapsed': 'train epoch 7: at chance'} if accuracy is None else
+               {'test_accuracy': accuracy, 'achieved_sparsity': 0.9})
+    return {'id': f'x{seed}', 'stage': 'defaults', 'model': 'cnn1d', 'recipe': 'dense+gmp',
+            'study': 'dense+gmp as the binary runs it',
+            'overrides': {'sparsity': 0.9, 'seed': seed}, 'results': results}
+  # By hand: the finished runs are 90, 91, 92, 90, 91, 92, 90, 91 and 10 (%), median 91;
+  # seed 109 is at chance and seed 110 collapsed: 2 failed, and the verdict says so.
+  table = quality_report.defaults_markdown(
+      [run(101 + i, 0.9 + 0.01 * (i % 3)) for i in range(8)] + [run(109, 0.1), run(110, None)])
+  assert ('| cnn1d | dense+gmp as the binary runs it | 90% | 10/10 | 91.0 | diverged (s110) | 2 '
+          '| fails |') in table
+  ok = quality_report.defaults_markdown([run(101 + i, 0.9) for i in range(10)])
+  assert '| 10/10 | 90.0 | 90.0 (s101) | 0 | trains on every seed |' in ok
