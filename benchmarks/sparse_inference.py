@@ -132,6 +132,9 @@ def layer_rows(repeats):
                  'pcs pool': functools.partial(_jax_call, ours, xj, layer),
                  'pcs caller': functools.partial(_jax_call, ours, xj, caller),
                  'scipy': functools.partial(operator.matmul, csr_t, x.T)}
+        if sparsity != '2:4':  # bfloat16 values (Exported.astype), on the pool
+          calls['pcs bf16 values'] = functools.partial(_jax_call, ours, xj,
+                                                       layer.with_values(jnp.bfloat16))
         if batch < 64:  # jax's BCSR takes seconds per call at large batches
           calls['jax BCSR'] = functools.partial(_jax_call, bcsr_fn, xj, bcsr)
         if torch is not None:
@@ -339,10 +342,12 @@ def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
            'pcs on device arrays, the faster of the thread pool and the calling thread (which, '
            'in "threads"); at batch 1 the bandwidth the dense product reaches and the '
            'memory-traffic bound of the CSR product (the bytes it must read over that '
-           'bandwidth).', '',
-           '| layer | sparsity | batch | dense (ms) | pcs | threads | scipy CSR | torch CSR | '
-           'jax BCSR | dense GB/s | bound (ms) / pcs (ms) | pcs kernel (KiB) |',
-           '|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|']
+           'bandwidth); "bf16 values": pcs with its values stored in bfloat16 '
+           '(`exported.astype(jnp.bfloat16)`, 4 bytes a nonzero instead of 6).', '',
+           '| layer | sparsity | batch | dense (ms) | pcs | threads | pcs, bf16 values | '
+           'scipy CSR | torch CSR | jax BCSR | dense GB/s | bound (ms) / pcs (ms) | '
+           'pcs kernel (KiB) |',
+           '|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|']
   for r in layer:
     torch = (f"{r['torch dense'] / r['torch CSR']:.2f}x{_spread(r, 'torch CSR')}"
              if 'torch CSR' in r else '-')
@@ -351,7 +356,8 @@ def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
     label = r['sparsity'] if isinstance(r['sparsity'], str) else f"{r['sparsity']:.0%}"
     lines.append(f"| {r['shape'][0]} -> {r['shape'][1]} | {label} | {r['batch']} | "
                  f"{r['dense']:.3f} | {_ratio(r, 'pcs')}{_spread(r, 'pcs')} | {r['threads']} | "
-                 f"{_ratio(r, 'scipy')}{_spread(r, 'scipy')} | {torch} | "
+                 f"{_ratio(r, 'pcs bf16 values')} | {_ratio(r, 'scipy')}{_spread(r, 'scipy')} | "
+                 f"{torch} | "
                  f"{_ratio(r, 'jax BCSR')} | {gbs} | {bound} | {r['pcs_kb']:.0f} |")
   lines += ['', 'Whole models: speed-up over the dense jitted model. pcs: `pcs.export` with the '
             'per-layer measured choice at that batch, called as README shows, '

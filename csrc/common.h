@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 namespace pcs {
 
@@ -26,6 +27,19 @@ enum Threads : int64_t { kPool = 0, kCaller = 1 };
 
 inline float Activate(float v, int64_t activation) {
   return activation == kRelu ? std::max(v, 0.0f) : v;
+}
+
+// A bfloat16 value: the top 16 bits of a float32 (same exponent, 8 bits of mantissa).
+struct Bf16 {
+  uint16_t bits;
+};
+
+PCS_INLINE float ToFloat(float v) { return v; }
+PCS_INLINE float ToFloat(Bf16 v) {
+  const uint32_t widened = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &widened, sizeof(f));
+  return f;
 }
 
 }  // namespace pcs

@@ -13,11 +13,14 @@ namespace pcs {
 
 // Where the nonzeros of one output row are and which x^T row each one reads.
 // CSR: explicit column indices. `Visit(r, f)` calls f(value, input) for each nonzero.
-template <typename Index>
+// The values are float32 or bfloat16 (`Bf16`, widened to float32 as they are read).
+template <typename Index, typename Value = float>
 struct CsrRows {
-  const float* values;
+  const Value* values;
   const Index* indices;
   const int32_t* indptr;
+
+  PCS_INLINE float W(int64_t k) const { return ToFloat(values[k]); }
 
   // Calls pair(w0, input0, w1, input1) for two nonzeros at a time, then one(w, input).
   template <typename Pair, typename One>
@@ -25,10 +28,10 @@ struct CsrRows {
     int64_t k = indptr[r];
     const int64_t end = indptr[r + 1];
     for (; k + 2 <= end; k += 2) {
-      pair(values[k], static_cast<int64_t>(indices[k]), values[k + 1],
+      pair(W(k), static_cast<int64_t>(indices[k]), W(k + 1),
            static_cast<int64_t>(indices[k + 1]));
     }
-    if (k < end) one(values[k], static_cast<int64_t>(indices[k]));
+    if (k < end) one(W(k), static_cast<int64_t>(indices[k]));
   }
 
   // One column: a gather-dot with four independent accumulators.
@@ -37,12 +40,12 @@ struct CsrRows {
     int64_t k = indptr[r];
     const int64_t end = indptr[r + 1];
     for (; k + 4 <= end; k += 4) {
-      a0 += values[k] * x[indices[k]];
-      a1 += values[k + 1] * x[indices[k + 1]];
-      a2 += values[k + 2] * x[indices[k + 2]];
-      a3 += values[k + 3] * x[indices[k + 3]];
+      a0 += W(k) * x[indices[k]];
+      a1 += W(k + 1) * x[indices[k + 1]];
+      a2 += W(k + 2) * x[indices[k + 2]];
+      a3 += W(k + 3) * x[indices[k + 3]];
     }
-    for (; k < end; ++k) a0 += values[k] * x[indices[k]];
+    for (; k < end; ++k) a0 += W(k) * x[indices[k]];
     return (a0 + a1) + (a2 + a3);
   }
 };

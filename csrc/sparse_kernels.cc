@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "conv.h"
@@ -78,6 +79,25 @@ ffi::Error CheckMapped(int64_t instances, std::initializer_list<Mapped> operands
   return ffi::Error::Success();
 }
 
+// The values' type: float32, or bfloat16 (half).
+ffi::Error ValueType(const ffi::AnyBuffer& values, bool* half) {
+  *half = values.element_type() == ffi::DataType::BF16;
+  if (!*half && values.element_type() != ffi::DataType::F32) {
+    return Mismatch("CSR values must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+// The values of instance i as float32 (bfloat16 widened into `widened`).
+const float* FloatValues(const ffi::AnyBuffer& values, bool half, const Mapped& mapped,
+                         int64_t i, std::vector<float>* widened) {
+  if (!half) return static_cast<const float*>(values.untyped_data()) + mapped.Offset(i);
+  const Bf16* from = static_cast<const Bf16*>(values.untyped_data()) + mapped.Offset(i);
+  widened->resize(mapped.size);
+  for (int64_t k = 0; k < mapped.size; ++k) (*widened)[k] = ToFloat(from[k]);
+  return widened->data();
+}
+
 // The column indices' type: uint16 (narrow) or int32.
 ffi::Error IndexType(const ffi::AnyBuffer& indices, bool* narrow) {
   *narrow = indices.element_type() == ffi::DataType::U16;
@@ -94,7 +114,7 @@ ffi::Error IndexType(const ffi::AnyBuffer& indices, bool* narrow) {
   } while (0)
 
 ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                         ffi::Buffer<ffi::F32> values, ffi::AnyBuffer indices,
+                         ffi::AnyBuffer values, ffi::AnyBuffer indices,
                          ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::F32> bias,
                          ffi::ResultBuffer<ffi::F32> y, int64_t activation,
                          int64_t threads) {
@@ -111,22 +131,28 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const Mapped out(yd, 2), xm(xd, 2), vm(values.dimensions(), 1), im(indices.dimensions(), 1);
   const Mapped pm(indptr.dimensions(), 1), bm(bias.dimensions(), 1);
   PCS_RETURN_IF_ERROR(CheckMapped(out.count, {xm, vm, im, pm, bm}));
-  bool narrow;
+  bool narrow, half;
   PCS_RETURN_IF_ERROR(IndexType(indices, &narrow));
+  PCS_RETURN_IF_ERROR(ValueType(values, &half));
   PCS_RETURN_IF_ERROR(CheckOptions(activation, threads));
   for (int64_t i = 0; i < out.count; ++i) {
     const float* xi = x.typed_data() + xm.Offset(i);
-    const float* vi = values.typed_data() + vm.Offset(i);
     const int32_t* pi = indptr.typed_data() + pm.Offset(i);
     const float* bi = bias.typed_data() + bm.Offset(i);
     float* yi = y->typed_data() + out.Offset(i);
-    if (narrow) {
-      CsrRows<uint16_t> rows{vi, static_cast<const uint16_t*>(indices.untyped_data()) + im.Offset(i), pi};
+    // The four (value, index) types, each its own instance of the loops.
+    auto product = [&](const auto* value, const auto* index) {
+      CsrRows<std::remove_cv_t<std::remove_pointer_t<decltype(index)>>,
+              std::remove_cv_t<std::remove_pointer_t<decltype(value)>>>
+          rows{value + vm.Offset(i), index + im.Offset(i), pi};
       Product(pool, threads, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
-    } else {
-      CsrRows<int32_t> rows{vi, static_cast<const int32_t*>(indices.untyped_data()) + im.Offset(i), pi};
-      Product(pool, threads, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
-    }
+    };
+    const void* v = values.untyped_data();
+    const void* k = indices.untyped_data();
+    if (half && narrow) product(static_cast<const Bf16*>(v), static_cast<const uint16_t*>(k));
+    if (half && !narrow) product(static_cast<const Bf16*>(v), static_cast<const int32_t*>(k));
+    if (!half && narrow) product(static_cast<const float*>(v), static_cast<const uint16_t*>(k));
+    if (!half && !narrow) product(static_cast<const float*>(v), static_cast<const int32_t*>(k));
   }
   return ffi::Error::Success();
 }
@@ -158,7 +184,7 @@ ffi::Error ConvShapes(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions 
 }
 
 ffi::Error CsrConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                       ffi::Buffer<ffi::F32> values, ffi::AnyBuffer indices,
+                       ffi::AnyBuffer values, ffi::AnyBuffer indices,
                        ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::F32> bias,
                        ffi::ResultBuffer<ffi::F32> y, int64_t window_h, int64_t window_w,
                        int64_t stride_h, int64_t stride_w, int64_t activation,
@@ -177,9 +203,11 @@ ffi::Error CsrConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const Mapped out(yd, 4), xm(xd, 4), vm(values.dimensions(), 1), im(indices.dimensions(), 1);
   const Mapped pm(indptr.dimensions(), 1), bm(bias.dimensions(), 1);
   PCS_RETURN_IF_ERROR(CheckMapped(out.count, {xm, vm, im, pm, bm}));
-  bool narrow;
+  bool narrow, half;
   PCS_RETURN_IF_ERROR(IndexType(indices, &narrow));
+  PCS_RETURN_IF_ERROR(ValueType(values, &half));
   std::vector<int64_t> inputs(nnz), starts(s.features + 1);
+  std::vector<float> widened;
   for (int64_t i = 0; i < out.count; ++i) {
     const int32_t* pi = indptr.typed_data() + pm.Offset(i);
     for (int64_t k = 0; k < nnz; ++k) {
@@ -187,9 +215,9 @@ ffi::Error CsrConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                          : static_cast<const int32_t*>(indices.untyped_data())[im.Offset(i) + k];
     }
     std::copy(pi, pi + s.features + 1, starts.begin());
-    Convolve(pool, threads, values.typed_data() + vm.Offset(i), inputs, starts, window_w,
-             x.typed_data() + xm.Offset(i), bias.typed_data() + bm.Offset(i), s, images,
-             activation, y->typed_data() + out.Offset(i));
+    Convolve(pool, threads, FloatValues(values, half, vm, i, &widened), inputs, starts,
+             window_w, x.typed_data() + xm.Offset(i), bias.typed_data() + bm.Offset(i), s,
+             images, activation, y->typed_data() + out.Offset(i));
   }
   return ffi::Error::Success();
 }
@@ -275,7 +303,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrMatmul, pcs::CsrMatmulImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x^T (..., fan_in, columns)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // values (..., nnz)
+                                  .Arg<ffi::AnyBuffer>()         // values (..., nnz), f32 or bf16
                                   .Arg<ffi::AnyBuffer>()         // column indices, u16 or s32
                                   .Arg<ffi::Buffer<ffi::S32>>()  // row pointers (..., features+1)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias (..., features)
@@ -300,7 +328,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrConv, pcs::CsrConvImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // z (..., N, phases x C, Hq, Wq)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // values (..., nnz)
+                                  .Arg<ffi::AnyBuffer>()         // values (..., nnz), f32 or bf16
                                   .Arg<ffi::AnyBuffer>()         // column indices, u16 or s32
                                   .Arg<ffi::Buffer<ffi::S32>>()  // row pointers (..., features+1)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias (..., features)

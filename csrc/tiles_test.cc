@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <thread>
@@ -51,16 +52,25 @@ class ThreadsPool {
 
 // A random W^T (features x fan_in) of the given layout: CSR keeps each weight with
 // probability `density`; N:M keeps at most N of every M inputs (fewer, at random, too).
+// bfloat16 of v, rounded to nearest even, and the float32 it stands for.
+Bf16 ToBf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return Bf16{static_cast<uint16_t>(bits >> 16)};
+}
+
 struct Weights {
   int64_t features, fan_in, n = 0, m = 0;
   std::vector<float> dense;  // W^T, row-major
   std::vector<float> values;
+  std::vector<Bf16> half;  // the values in bfloat16, when asked for (dense holds them too)
   std::vector<uint16_t> indices16;
   std::vector<int32_t> indices32, indptr;
   std::vector<uint8_t> positions;
 
   Weights(int64_t features, int64_t fan_in, double density, int64_t n, int64_t m,
-          std::mt19937* rng)
+          std::mt19937* rng, bool bfloat16 = false)
       : features(features), fan_in(fan_in), n(n), m(m), dense(features * fan_in, 0.0f) {
     std::uniform_real_distribution<float> value(-1.0f, 1.0f);
     std::bernoulli_distribution keep(density);
@@ -82,7 +92,11 @@ struct Weights {
       } else {
         for (int64_t k = 0; k < fan_in; ++k) {
           if (!keep(*rng)) continue;
-          const float v = value(*rng);
+          float v = value(*rng);
+          if (bfloat16) {
+            half.push_back(ToBf16(v));
+            v = ToFloat(half.back());
+          }
           dense[r * fan_in + k] = v;
           values.push_back(v);
           indices16.push_back(static_cast<uint16_t>(k));
@@ -118,6 +132,7 @@ class RowTileTester {
   RowTileTester& stride(int64_t v) { stride_ = v; return *this; }
   RowTileTester& n_m(int64_t n, int64_t m) { n_ = n; m_ = m; return *this; }
   RowTileTester& narrow(bool v) { narrow_ = v; return *this; }
+  RowTileTester& bfloat16(bool v) { bfloat16_ = v; return *this; }
   RowTileTester& activation(int64_t v) { activation_ = v; return *this; }
 
   template <typename Rows>
@@ -141,8 +156,11 @@ class RowTileTester {
   void Test() const {
     std::mt19937 rng(width_ * 1000 + valid_ * 10 + n_);
     const int64_t fan_in = m_ > 0 ? 8 * m_ : 37;
-    const Weights w(13, fan_in, 0.7, n_, m_, &rng);
-    if (m_ > 0) {
+    const Weights w(13, fan_in, 0.7, n_, m_, &rng, bfloat16_);
+    if (bfloat16_) {
+      Check(CsrRows<uint16_t, Bf16>{w.half.data(), w.indices16.data(), w.indptr.data()}, w,
+            "csr16 bf16");
+    } else if (m_ > 0) {
       Check(NmRows{w.values.data(), w.positions.data(), fan_in / m_, n_, m_}, w,
             "n_m " + std::to_string(n_) + ":" + std::to_string(m_));
     } else if (narrow_) {
@@ -154,22 +172,27 @@ class RowTileTester {
 
  private:
   int64_t width_ = 8, valid_ = 8, stride_ = 16, n_ = 0, m_ = 0, activation_ = kIdentity;
-  bool narrow_ = true;
+  bool narrow_ = true, bfloat16_ = false;
 };
 
 // The one-column rows (DotRows) and the whole product (Product, with packing and the
 // parallel loop on a real pool), at `cols` columns.
 void TestProduct(int64_t features, int64_t fan_in, int64_t cols, int64_t n, int64_t m,
-                 int64_t threads, int64_t activation) {
+                 int64_t threads, int64_t activation, bool bfloat16 = false) {
   std::mt19937 rng(features + fan_in + cols);
-  const Weights w(features, fan_in, 0.5, n, m, &rng);
+  const Weights w(features, fan_in, 0.5, n, m, &rng, bfloat16);
   const std::vector<float> x = Random(fan_in * cols, &rng), bias = Random(features, &rng);
   std::vector<float> y(features * cols, 0.0f);
   ThreadsPool pool(3);
   const std::string name = "product " + std::to_string(features) + "x" +
                            std::to_string(fan_in) + " cols " + std::to_string(cols) +
-                           (m > 0 ? " n_m" : " csr") + " threads " + std::to_string(threads);
-  if (m > 0) {
+                           (m > 0 ? " n_m" : bfloat16 ? " csr bf16" : " csr") + " threads " +
+                           std::to_string(threads);
+  if (bfloat16) {
+    CsrRows<uint16_t, Bf16> rows{w.half.data(), w.indices16.data(), w.indptr.data()};
+    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols,
+            static_cast<int64_t>(w.values.size()), activation, y.data());
+  } else if (m > 0) {
     NmRows rows{w.values.data(), w.positions.data(), fan_in / m, n, m};
     Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols,
             static_cast<int64_t>(w.values.size()), activation, y.data());
@@ -244,6 +267,7 @@ int main() {
         RowTileTester().width(width).valid(valid).activation(activation).Test();
         RowTileTester().width(width).valid(valid).activation(activation).narrow(false).Test();
         RowTileTester().width(width).valid(valid).stride(width).activation(activation).Test();
+        RowTileTester().width(width).valid(valid).bfloat16(true).activation(activation).Test();
         for (auto [n, m] : {std::pair<int64_t, int64_t>{2, 4}, {1, 4}, {3, 8}, {1, 2}}) {
           RowTileTester().width(width).valid(valid).n_m(n, m).activation(activation).Test();
         }
@@ -254,6 +278,7 @@ int main() {
     for (int64_t cols : {1, 2, 3, 8, 17, 40}) {
       pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu);
       pcs::TestProduct(70, 96, cols, 2, 4, threads, pcs::kIdentity);
+      pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu, true);
     }
     pcs::TestProduct(4000, 300, 1, 0, 0, threads, pcs::kIdentity);  // past kMinParallelWork
     pcs::TestProduct(300, 400, 64, 0, 0, threads, pcs::kIdentity);  // packed panels, parallel

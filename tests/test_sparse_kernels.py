@@ -371,3 +371,31 @@ def test_half_precision_inputs_compute_in_float32_and_keep_their_dtype(dtype):
   np.testing.assert_allclose(np.asarray(out, np.float32),
                              _xla_conv(image.astype(jnp.float32), conv_kernel, 1, 'SAME'),
                              rtol=2 * float(jnp.finfo(dtype).eps), atol=1e-2)
+
+
+@pytest.mark.parametrize('batch', [1, 5, 40])
+def test_bfloat16_values_on_the_compiled_reference_and_off_cpu_paths(batch, monkeypatch):
+  rng = np.random.default_rng(9)
+  kernel = _pruned(rng, (70, 33), 0.8)
+  layer = sparse.csr(kernel).with_values(jnp.bfloat16)
+  rounded = np.asarray(kernel.astype(jnp.bfloat16), np.float64)  # the weights as stored
+  x = rng.normal(size=(batch, 70)).astype(np.float32)
+  bias = rng.normal(size=33).astype(np.float32)
+  expected = np.maximum(x.astype(np.float64) @ rounded + bias, 0.0)
+  compiled = jax.jit(functools.partial(sparse.dense, activation='relu'))(x, layer, bias)
+  np.testing.assert_allclose(compiled, expected, rtol=1e-5, atol=1e-5)
+  reference = sparse.reference_matmul_t(jnp.asarray(x.T), layer, jnp.asarray(bias), 'relu')
+  np.testing.assert_allclose(reference.T, expected, rtol=1e-5, atol=1e-5)
+  conv_kernel = _pruned(rng, (3, 3, 2, 4), 0.5)
+  image = rng.normal(size=(2, 9, 8, 2)).astype(np.float32)
+  half = sparse.csr(conv_kernel).with_values(jnp.bfloat16)
+  np.testing.assert_allclose(
+      sparse.conv(image, half),
+      _xla_conv(image, np.asarray(conv_kernel.astype(jnp.bfloat16), np.float32), 1, 'SAME'),
+      rtol=1e-5, atol=1e-4)
+  _elsewhere(monkeypatch)
+  monkeypatch.setattr(sparse._kernels.jax, 'default_backend', lambda: 'gpu')  # pylint: disable=protected-access
+  with warnings.catch_warnings():  # the fallback is said once per process
+    warnings.simplefilter('ignore', RuntimeWarning)
+    got = sparse.matmul_t(x.T, layer, bias, 'relu')
+  np.testing.assert_allclose(got.T, expected, rtol=1e-5, atol=1e-4)

@@ -279,3 +279,31 @@ def test_sparse_layers_in_a_bfloat16_model_return_what_the_dense_layers_return(d
   np.testing.assert_allclose(np.asarray(sparse(x), np.float64),
                              expected + np.asarray(net.bias.get_value()),
                              rtol=tolerance, atol=tolerance)
+
+
+def test_bfloat16_values_equal_the_product_of_the_rounded_weights_and_survive_the_file(
+    tmp_path):
+  model, variables = _linen('mlp', (784,), sparsity=0.9)
+  x = _inputs((784,))
+  exported = pcs.export(variables['params'], format='csr').astype(jnp.bfloat16)
+  for layer in exported.values():
+    assert layer.values.dtype == jnp.bfloat16 and layer.nbytes < 6 * layer.nnz
+  # The float64 forward pass of the kernels rounded to bfloat16, as numpy computes it.
+  rounded = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params'])
+  for path in exported:
+    rounded[path[0]]['kernel'] = np.asarray(
+        np.asarray(variables['params'][path[0]]['kernel']).astype(jnp.bfloat16), np.float64)
+  h = np.asarray(x, np.float64)
+  for i in range(3):
+    h = h @ rounded[f'Dense_{i}']['kernel'] + rounded[f'Dense_{i}']['bias']
+    h = np.maximum(h, 0.0) if i < 2 else h
+  np.testing.assert_allclose(exported.bind(model, variables, train=False)(x), h, rtol=1e-4,
+                             atol=1e-4)
+  path = str(tmp_path / 'half.npz')
+  pcs.sparse.save(path, exported, variables)
+  loaded_variables, loaded = pcs.sparse.load(path)
+  assert all(layer.values.dtype == jnp.bfloat16 for layer in loaded.values())
+  np.testing.assert_allclose(loaded.bind(model, loaded_variables, train=False)(x), h,
+                             rtol=1e-4, atol=1e-4)
+  nm = pcs.sparse.nm(np.eye(4, dtype=np.float32), 1, 2)
+  assert nm.with_values(jnp.bfloat16).values.dtype == np.float32  # N:M keeps float32

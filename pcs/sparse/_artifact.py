@@ -18,12 +18,14 @@ import zipfile
 from typing import Any, Dict, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pcs.core import _boundary as boundary
 from pcs.sparse import _export
 from pcs.sparse import _formats as formats
 
+BFLOAT16 = np.dtype(jnp.bfloat16)
 MAGIC = 'pcs.sparse export'
 VERSION = 2
 READABLE = (1, 2)
@@ -56,12 +58,15 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
 
   def add(array) -> Dict[str, Any]:
     array = np.asarray(array)
+    dtype = array.dtype.str
+    if array.dtype == BFLOAT16:  # numpy's format has no bfloat16: its bits, as uint16
+      array, dtype = array.view(np.uint16), 'bfloat16'
     if array.dtype.kind not in 'biuf':
       raise TypeError(f'pcs.sparse.save stores numeric arrays only; got {array.dtype}. For '
                       'NNX, save nnx.state(model, nnx.Param, nnx.BatchStat).')
     name = f'a{len(arrays)}'
     arrays[name] = np.ascontiguousarray(array)
-    return {'array': name, 'dtype': array.dtype.str, 'shape': list(array.shape),
+    return {'array': name, 'dtype': dtype, 'shape': list(array.shape),
             'sha256': hashlib.sha256(arrays[name].tobytes()).hexdigest()}
 
   leaves = []
@@ -129,13 +134,15 @@ def load(file) -> Tuple[Dict, _export.Exported]:
 
   def read(entry) -> np.ndarray:
     array = contents.get(entry['array'])
-    if (array is None or array.dtype.str != entry['dtype']
+    half = entry['dtype'] == 'bfloat16'
+    stored = np.dtype(np.uint16).str if half else entry['dtype']
+    if (array is None or array.dtype.str != stored
         or list(array.shape) != entry['shape']
         or hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
         != entry['sha256']):
       raise ValueError(f'pcs.sparse.load: array {entry["array"]} of {file!r} does not match '
                        'its manifest (dtype, shape or SHA-256); the file was altered.')
-    return array
+    return array.view(BFLOAT16) if half else array
 
   try:
     variables = _nest((tuple(e['path']), read(e)) for e in manifest['variables'])

@@ -145,6 +145,15 @@ class Exported(Mapping):
   def __len__(self) -> int:
     return len(self.layers)
 
+  def astype(self, dtype) -> 'Exported':
+    """This export with the values of its CSR layers stored as ``dtype`` (``jnp.bfloat16``:
+    2 bytes a value instead of 4, so a batch-1 product, bound by the bytes it reads, moves
+    6 -> 4 bytes a nonzero with uint16 indices; the kernels widen them to float32 as they
+    read them). The values round to 8 bits of mantissa (a relative error up to 2^-9);
+    N:M layers keep float32. ``make bench`` times both."""
+    return dataclasses.replace(
+        self, layers={path: layer.with_values(dtype) for path, layer in self.layers.items()})
+
   def summary(self) -> str:
     """A table: each layer, its shape and sparsity, the format kept and why."""
     lines = [f'{"layer":<28} {"kernel":<18} {"sparsity":>8}  {"kept as":<7} reason']

@@ -117,6 +117,13 @@ class Format:
     return cls(kernel_shape=tuple(int(d) for d in kernel_shape), **arrays,  # type: ignore[call-arg]
                **{k: int(v) for k, v in meta.items()})
 
+  def with_values(self, dtype) -> 'Format':
+    """This layout with its values stored as ``dtype`` where the format takes it (CSR:
+    float32 or bfloat16, 2 bytes a value instead of 4, rounded to 8 bits of mantissa);
+    unchanged where it does not (N:M keeps float32)."""
+    del dtype
+    return self
+
   def validate(self, name: str) -> None:
     """Checks that the arrays are a well-formed layout for ``kernel_shape`` (every index
     in range), so a kernel never reads outside its input.
@@ -164,7 +171,7 @@ class CSR(Format):
   at inputs ``indices[indptr[r]:indptr[r+1]]``.
 
   Attributes:
-    values: (nnz,) float32.
+    values: (nnz,) float32, or bfloat16 (:meth:`with_values`).
     indices: (nnz,) uint16 (fan_in <= 65536) or int32, the input of each nonzero.
     indptr: (features + 1,) int32 row pointers.
     kernel_shape, threads: as every :class:`Format`.
@@ -183,11 +190,16 @@ class CSR(Format):
   def nnz(self) -> int:
     return int(self.values.shape[-1])
 
+  def with_values(self, dtype) -> 'CSR':
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(jnp.bfloat16)):
+      raise ValueError(f'CSR values are float32 or bfloat16; got {np.dtype(dtype)}.')
+    return dataclasses.replace(self, values=self.values.astype(dtype))
+
   def todense(self) -> np.ndarray:
     indptr, indices = np.asarray(self.indptr), np.asarray(self.indices)
     rows = np.repeat(np.arange(self.features), np.diff(indptr))
     matrix_t = np.zeros((self.features, self.fan_in), np.float32)
-    matrix_t[rows, indices.astype(np.int64)] = np.asarray(self.values)
+    matrix_t[rows, indices.astype(np.int64)] = np.asarray(self.values, np.float32)
     return matrix_t.T.reshape(self.kernel_shape)
 
   def _rows(self) -> jax.Array:
@@ -198,25 +210,27 @@ class CSR(Format):
   def reference_t(self, x_t):
     """y^T[r] = sum_k values[k] x^T[indices[k]] over r's entries: a gather and a
     segment sum."""
-    terms = self.values[:, None] * jnp.take(x_t, self.indices.astype(jnp.int32), axis=0)
+    terms = self.values.astype(jnp.float32)[:, None] * jnp.take(
+        x_t, self.indices.astype(jnp.int32), axis=0)
     return jax.ops.segment_sum(terms, self._rows(), num_segments=self.features,
                                indices_are_sorted=True)
 
   def matrix_t(self):
     return jnp.zeros((self.features, self.fan_in), jnp.float32).at[
-        self._rows(), self.indices.astype(jnp.int32)].add(self.values)
+        self._rows(), self.indices.astype(jnp.int32)].add(self.values.astype(jnp.float32))
 
   def off_cpu_t(self, x_t):
     """jax's BCSR product (cuSPARSE on GPU)."""
     from jax.experimental import sparse as jax_sparse  # pylint: disable=g-import-not-at-top
-    matrix = jax_sparse.BCSR((self.values, self.indices.astype(jnp.int32), self.indptr),
+    matrix = jax_sparse.BCSR((self.values.astype(jnp.float32), self.indices.astype(jnp.int32),
+                              self.indptr),
                              shape=(self.features, self.fan_in))
     return matrix @ x_t
 
   def _problems(self):
     values, indices, indptr = (np.asarray(a) for a in self.ffi_operands())
-    if values.dtype != np.float32 or indptr.dtype != np.int32:
-      yield 'CSR values must be float32 and row pointers int32'
+    if values.dtype not in (np.float32, jnp.bfloat16) or indptr.dtype != np.int32:
+      yield 'CSR values must be float32 or bfloat16 and row pointers int32'
     if indices.dtype not in (np.uint16, np.int32):
       yield f'CSR column indices must be uint16 or int32, not {indices.dtype}'
     if values.shape != indices.shape or values.ndim != 1:
