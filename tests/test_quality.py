@@ -141,6 +141,11 @@ def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
   # Met at one sparsity, even where another has the larger mean within noise.
   mixed = {0.98: _p(3.3, 0.9, 0.0014, 5), 0.99: _p(11.9, 14.7, 0.14, 5)}
   assert quality_report._verdict(mixed, 2.0) == 'met'
+  # Parity (margin 0) needs the median too: a mean carried by a baseline seed that failed.
+  carried = quality_report.Paired(16.4, 38.2, 0.39, 5, -1.2, 0.81)
+  assert quality_report._verdict({0.95: carried}, 0.0) == (
+      'not shown: the mean +16.4 pp at 95% is carried by few seeds (median -1.2)')
+  assert quality_report._verdict({0.95: _p(0.5, 1.0, 0.3, 5)}, 0.0) == 'met'
 
 
 def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_are_paired(

@@ -215,3 +215,40 @@ def test_a_linen_einsum_stays_dense_given_the_model_and_the_summary_says_why():
   assert set(exported) == {('Dense_0',)} and 'Einsum layers run dense' in exported.summary()
   np.testing.assert_allclose(exported.bind(model, {'params': params})(x),
                              model.apply({'params': params}, x), rtol=1e-5, atol=1e-5)
+
+
+def test_convolutions_the_kernels_cannot_take_stay_dense_and_bind_takes_a_sparse_copy():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Separable(nnx.Module):  # depthwise (grouped) then pointwise
+    def __init__(self, rngs):
+      self.dw = nnx.Conv(4, 4, (3, 3), feature_group_count=4, rngs=rngs)
+      self.pw = nnx.Conv(4, 8, (1, 1), rngs=rngs)
+
+    def __call__(self, x):
+      return self.pw(nnx.relu(self.dw(x)))
+
+  model = _pruned(Separable(nnx.Rngs(5)), 0.5)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 9, 9, 4)), jnp.float32)
+  for exported in (pcs.export(model, format='csr'), pcs.export(model, inputs=x, margin=0.0)):
+    assert ('dw',) not in exported
+    assert 'feature_group_count=1' in {c.path: c for c in exported.choices}[('dw',)].reason
+  exported = pcs.export(model, format='csr')
+  sparse = sparse_nnx.sparsify(model, exported)
+  for run in (exported.bind(model), exported.bind(sparse)):  # the dense model or its copy
+    np.testing.assert_allclose(run(x), model(x), rtol=1e-4, atol=1e-4)
+
+  class Linen(nn.Module):  # a 1-D window given as an int, and a grouped convolution
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(4, 3)(nn.Conv(4, (3,), feature_group_count=2)(x))
+
+  linen_model = Linen()
+  signal = jnp.asarray(np.random.default_rng(5).normal(size=(2, 12, 4)), jnp.float32)
+  params, _ = pcs.prune(linen_model.init(jax.random.key(0), signal)['params'], 0.5,
+                        scope='layerwise')
+  linen_exported = pcs.export(params, model=linen_model, inputs=signal, format='csr')
+  assert set(linen_exported) == {('Conv_0',)}  # Conv_0, made first, is the outer one
+  np.testing.assert_allclose(linen_exported.bind(linen_model, {'params': params})(signal),
+                             linen_model.apply({'params': params}, signal), rtol=1e-4,
+                             atol=1e-4)

@@ -101,6 +101,11 @@ def einsum_layout(einsum_str: str) -> Optional[KernelLayout]:
   return KernelLayout(tuple(kinds['in']), tuple(kinds['out']), (), tuple(kinds['batch']))
 
 
+def _rank(kernel_size) -> int:
+  """The spatial rank of a Conv's window (Flax takes an int for a 1-D one)."""
+  return 1 if isinstance(kernel_size, int) else len(kernel_size)
+
+
 def _module_name(path: Path) -> str:
   """The name of the layer a leaf belongs to: the last key of its path that is neither
   the leaf name ``kernel`` nor a list index (``convs/0/kernel`` -> ``convs``)."""
@@ -169,7 +174,7 @@ def _nnx_layouts(model) -> Dict[Path, KernelLayout]:
     if isinstance(node, nnx.Embed):
       found[path + ('embedding',)] = dense_layout()
     elif isinstance(node, nnx.Conv):
-      found[path + ('kernel',)] = conv_layout(len(node.kernel_size) + 2)
+      found[path + ('kernel',)] = conv_layout(_rank(node.kernel_size) + 2)
     elif isinstance(node, nnx.Linear):
       found[path + ('kernel',)] = dense_layout()
     elif isinstance(node, nnx.LinearGeneral):
@@ -187,7 +192,7 @@ def _linen_layout(nn, module, args, kwargs) -> Optional[Tuple[str, KernelLayout]
   if isinstance(module, nn.Embed):
     return 'embedding', dense_layout()
   if isinstance(module, nn.Conv):
-    return 'kernel', conv_layout(len(module.kernel_size) + 2)
+    return 'kernel', conv_layout(_rank(module.kernel_size) + 2)
   if isinstance(module, nn.Dense):
     return 'kernel', dense_layout()
   if isinstance(module, nn.DenseGeneral):

@@ -129,7 +129,9 @@ class Exported(Mapping):
         raise ValueError('Exported.bind: an nnx.Module holds its own variables; pass '
                          '`variables` only with a linen model.')
       from pcs.sparse import nnx as sparse_nnx  # pylint: disable=g-import-not-at-top
-      return sparse_nnx.bind(sparse_nnx.sparsify(model, self), **call_kwargs)
+      if not sparse_nnx.is_sparse(model):
+        model = sparse_nnx.sparsify(model, self)
+      return sparse_nnx.bind(model, **call_kwargs)
     if variables is None:
       raise ValueError('Exported.bind: a linen model needs its `variables` '
                        "({'params': ..., 'batch_stats': ...}).")
@@ -422,4 +424,5 @@ def _checked_together(exported, epilogues, choices, compare_model, threshold) ->
     choices = [c._replace(format='dense', reason=c.reason + '; but the whole model with it '
                           f'was not faster than dense ({measured.describe()})')
                if c.path in weakest else c for c in choices]
-  return _exported(exported, epilogues, choices, measured)
+  # With every layer back to dense, no measured configuration is the one returned.
+  return _exported(exported, epilogues, choices, measured if exported else None)

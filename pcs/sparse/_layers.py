@@ -81,23 +81,32 @@ def conv_pads(padding: Padding, spatial_in, window, strides):
   return pads
 
 
+def conv_unsupported(module) -> Optional[str]:
+  """Why :func:`conv` cannot compute a Flax convolution (linen ``nn.Conv`` or
+  ``nnx.Conv``): groups, dilations, a mask, or a padding other than SAME, VALID or explicit
+  pairs; None when it can."""
+  if module.feature_group_count != 1 or getattr(module, 'mask', None) is not None:
+    return 'sparse convolutions take feature_group_count=1 and no mask'
+  spatial = 1 if isinstance(module.kernel_size, int) else len(module.kernel_size)
+  for attr in ('input_dilation', 'kernel_dilation'):
+    value = getattr(module, attr)
+    if value not in (None, 1) and tuple(value) != (1,) * spatial:
+      return f'sparse convolutions take no {attr}'
+  if isinstance(module.padding, str) and module.padding.upper() not in ('SAME', 'VALID'):
+    return f'sparse convolutions take SAME, VALID or explicit padding, not {module.padding!r}'
+  return None
+
+
 def conv_options(module, name: str) -> dict:
   """``{'strides', 'padding'}`` of a Flax convolution (linen ``nn.Conv`` or ``nnx.Conv``),
   checked to be one :func:`conv` computes.
 
   Raises:
-    ValueError: naming the layer ``name`` and the option, for groups, dilations, a mask
-      or a padding other than SAME, VALID or explicit pairs.
+    ValueError: naming the layer ``name`` and :func:`conv_unsupported`'s reason.
   """
-  if module.feature_group_count != 1 or getattr(module, 'mask', None) is not None:
-    raise ValueError(f'{name}: sparse convolutions take feature_group_count=1 and no mask.')
-  for attr in ('input_dilation', 'kernel_dilation'):
-    value = getattr(module, attr)
-    if value not in (None, 1) and tuple(value) != (1,) * len(module.kernel_size):
-      raise ValueError(f'{name}: sparse convolutions take no {attr}.')
-  if isinstance(module.padding, str) and module.padding.upper() not in ('SAME', 'VALID'):
-    raise ValueError(f'{name}: sparse convolutions take SAME, VALID or explicit padding; '
-                     f'got {module.padding!r}.')
+  why = conv_unsupported(module)
+  if why is not None:
+    raise ValueError(f'{name}: {why}.')
   return {'strides': module.strides or 1, 'padding': module.padding}
 
 

@@ -44,11 +44,19 @@ def _general(module, x) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
   return tuple(x.shape[x.ndim - len(axis):]), tuple(features)
 
 
+def _window(conv) -> Tuple[int, ...]:
+  """A Conv's window as a tuple (Flax takes an int for a 1-D one)."""
+  return ((conv.kernel_size,) if isinstance(conv.kernel_size, int)
+          else tuple(conv.kernel_size))
+
+
 def _layer_input(nn, module, x) -> Optional[_export.LayerInput]:
   """The input a Dense/Conv/DenseGeneral layer's product sees: a DenseGeneral's with its
   contracted axes flattened into one; None for another layer, or a DenseGeneral that is
   not one product."""
   if isinstance(module, nn.Conv):
+    if layers.conv_unsupported(module) is not None:  # it stays dense (probe: unsupported)
+      return None
     return _export.LayerInput(tuple(x.shape), layers.conv_options(module, _name(module.path)))
   if isinstance(module, nn.Dense):
     return _export.LayerInput(tuple(x.shape))
@@ -103,7 +111,9 @@ def probe(model: Any, inputs: Any, **call_kwargs) -> Probe:
     layer_input = _layer_input(nn, module, args[0])
     y = next_fun(*args, **kwargs)
     if layer_input is None and module.has_variable('params', 'kernel'):
-      unsupported[path] = (f'{type(module).__name__} layers run dense (pcs runs Dense, Conv '
+      why = layers.conv_unsupported(module) if isinstance(module, nn.Conv) else None
+      unsupported[path] = (f'{why}: it runs dense' if why else
+                           f'{type(module).__name__} layers run dense (pcs runs Dense, Conv '
                            'and DenseGeneral layers that are one product sparse)')
     if layer_input is not None:
       seen[path] = layer_input
@@ -214,7 +224,7 @@ def _expected_shape(nn, module, x, name):
   if isinstance(module, nn.Dense):
     return (x.shape[-1], module.features), None
   if isinstance(module, nn.Conv):
-    return tuple(module.kernel_size) + (x.shape[-1], module.features), None
+    return _window(module) + (x.shape[-1], module.features), None
   general = _general(module, x)
   if general is None:
     raise ValueError(f'pcs.sparse_apply: the exported layer {name} is a DenseGeneral with '

@@ -177,6 +177,11 @@ class _NormProbe(nnx.Module):
     return self.norm(x, *args, **kwargs)
 
 
+def is_sparse(model) -> bool:
+  """Whether ``model`` holds sparse layers (it is a copy :func:`sparsify` made)."""
+  return any(isinstance(node, _SparseLayer) for _, node in nnx.iter_graph(model))
+
+
 def _targets(model) -> Dict[Tuple, Any]:
   return {tuple(path): node for path, node in nnx.iter_graph(model)
           if isinstance(node, (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv))}
@@ -186,7 +191,9 @@ def _unsupported(model) -> Dict[Tuple, str]:
   """``{module path: why}`` of the layers with a kernel that cannot run sparse."""
   out = {}
   for path, node in nnx.iter_graph(model):
-    if isinstance(node, (nnx.LinearGeneral, nnx.Einsum)) and _general_features(node) is None:
+    if isinstance(node, nnx.Conv) and layers.conv_unsupported(node) is not None:
+      out[tuple(path)] = f'{layers.conv_unsupported(node)}: it runs dense'
+    elif isinstance(node, (nnx.LinearGeneral, nnx.Einsum)) and _general_features(node) is None:
       out[tuple(path)] = (f'an nnx.{type(node).__name__} that is not one product over its '
                           "input's last axes (batch axes, or axes in another order) runs dense")
     elif (isinstance(getattr(node, 'kernel', None), nnx.Param)
