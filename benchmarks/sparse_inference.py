@@ -28,8 +28,6 @@ import dataclasses
 import functools
 import json
 import operator
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +37,7 @@ from absl import app
 from absl import flags
 
 import pcs
+from benchmarks import interleaved
 from benchmarks import machine
 from benchmarks import sparse_nnx
 from experiments import models
@@ -74,27 +73,6 @@ def _torch():
   return torch
 
 
-def _jax_call(fn, *args):
-  return jax.block_until_ready(fn(*args))
-
-
-def _medians(calls, repeats):
-  """Interleaved timing of ``{name: thunk}``: medians in ms, and under ``'spread'`` each
-  one's interquartile range as a fraction of its median."""
-  for thunk in calls.values():
-    thunk()
-  times = {k: [] for k in calls}
-  for _ in range(repeats):
-    for key, thunk in calls.items():
-      start = time.perf_counter()
-      thunk()
-      times[key].append(time.perf_counter() - start)
-  out = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-  out['spread'] = {k: float(np.subtract(*np.quantile(v, [0.75, 0.25])) / np.median(v))
-                   for k, v in times.items()}
-  return out
-
-
 def _pruned_layer(rng, sparsity, fan_in=LAYER, features=LAYER):
   kernel = rng.normal(size=(fan_in, features)).astype(np.float32)
   if sparsity == '2:4':
@@ -128,15 +106,15 @@ def layer_rows(repeats):
         ours = jax.jit(sparse.dense)
         dense = jax.jit(lambda x, w: x @ w)
         bcsr_fn = jax.jit(lambda x, m: (m @ x.T).T)
-        calls = {'dense': functools.partial(_jax_call, dense, xj, dense_w),
-                 'pcs pool': functools.partial(_jax_call, ours, xj, layer),
-                 'pcs caller': functools.partial(_jax_call, ours, xj, caller),
+        calls = {'dense': functools.partial(interleaved.ready, dense, xj, dense_w),
+                 'pcs pool': functools.partial(interleaved.ready, ours, xj, layer),
+                 'pcs caller': functools.partial(interleaved.ready, ours, xj, caller),
                  'scipy': functools.partial(operator.matmul, csr_t, x.T)}
         if sparsity != '2:4':  # bfloat16 values (Exported.astype), on the pool
-          calls['pcs bf16 values'] = functools.partial(_jax_call, ours, xj,
+          calls['pcs bf16 values'] = functools.partial(interleaved.ready, ours, xj,
                                                        layer.with_values(jnp.bfloat16))
         if batch < 64:  # jax's BCSR takes seconds per call at large batches
-          calls['jax BCSR'] = functools.partial(_jax_call, bcsr_fn, xj, bcsr)
+          calls['jax BCSR'] = functools.partial(interleaved.ready, bcsr_fn, xj, bcsr)
         if torch is not None:
           tx = torch.from_numpy(x.T.copy())
           tdense = torch.from_numpy(kernel.T.copy())
@@ -144,7 +122,7 @@ def layer_rows(repeats):
           calls['torch dense'] = functools.partial(operator.matmul, tdense, tx)
         for variant in (layer, caller):
           np.testing.assert_allclose(ours(xj, variant), x @ kernel, rtol=1e-3, atol=1e-3)
-        ms = _medians(calls, repeats if batch < 64 else max(3, repeats // 4))
+        ms = interleaved.medians(calls, repeats if batch < 64 else max(3, repeats // 4))
         threads = min(('pcs pool', 'pcs caller'), key=ms.get)
         row = {'shape': (fan_in, features), 'sparsity': sparsity, 'batch': batch, **ms,
                'pcs': ms[threads], 'threads': threads.split()[1], 'pcs_kb': layer.nbytes / 1024}
@@ -208,14 +186,14 @@ def conv_rows(repeats):
         expected = dense(x, jnp.asarray(kernel))
         for fn in (im2col, direct):
           np.testing.assert_allclose(fn(x, layer), expected, rtol=1e-3, atol=1e-3)
-        calls = {'dense': functools.partial(_jax_call, dense, x, jnp.asarray(kernel)),
-                 'im2col': functools.partial(_jax_call, im2col, x, layer),
-                 'direct': functools.partial(_jax_call, direct, x, layer)}
+        calls = {'dense': functools.partial(interleaved.ready, dense, x, jnp.asarray(kernel)),
+                 'im2col': functools.partial(interleaved.ready, im2col, x, layer),
+                 'direct': functools.partial(interleaved.ready, direct, x, layer)}
         hlo = jax.jit(functools.partial(pcs.sparse.conv, **options)).lower(x, layer).as_text()
         rows.append({'model': name, 'kernel': kernel_shape, 'input': (batch,) + in_shape,
                      'strides': strides, 'sparsity': sparsity, 'batch': batch,
                      'taken': 'direct' if 'pcs_csr_conv' in hlo else 'im2col',
-                     **_medians(calls, repeats)})
+                     **interleaved.medians(calls, repeats)})
   return rows
 
 
@@ -228,9 +206,9 @@ def relu_rows(repeats):
   for batch in BATCHES:
     x = jnp.asarray(rng.normal(size=(batch, LAYER)), jnp.float32)
     np.testing.assert_allclose(fused(x, layer), after(x, layer), rtol=1e-5, atol=1e-5)
-    ms = _medians({'fused': functools.partial(_jax_call, fused, x, layer),
-                   'after': functools.partial(_jax_call, after, x, layer)},
-                  repeats if batch < 256 else max(3, repeats // 4))
+    ms = interleaved.medians({'fused': functools.partial(interleaved.ready, fused, x, layer),
+                              'after': functools.partial(interleaved.ready, after, x, layer)},
+                             repeats if batch < 256 else max(3, repeats // 4))
     rows.append({'batch': batch, **ms})
   return rows
 
@@ -280,15 +258,16 @@ def model_rows(repeats, sparsities=None):
         exported = pcs.export(pruned, model=model, inputs=x, call_kwargs={'train': False})
         bound = exported.bind(model, pruned, train=False)
         np.testing.assert_allclose(bound(x), dense_fn(pruned, x), rtol=1e-3, atol=1e-3)
-        calls = {'dense': functools.partial(_jax_call, dense_fn, pruned, x),
-                 'pcs': functools.partial(_jax_call, bound, x)}
+        calls = {'dense': functools.partial(interleaved.ready, dense_fn, pruned, x),
+                 'pcs': functools.partial(interleaved.ready, bound, x)}
         if name == MODELS[0][0] and batch == 1:
-          calls['pcs numpy args'] = functools.partial(_jax_call, sparse_fn, pruned,
+          calls['pcs numpy args'] = functools.partial(interleaved.ready, sparse_fn, pruned,
                                                       _on_host(exported), x)
-          calls['pcs device args'] = functools.partial(_jax_call, sparse_fn, pruned, exported, x)
+          calls['pcs device args'] = functools.partial(interleaved.ready, sparse_fn, pruned,
+                                                       exported, x)
         if name.startswith('MLP'):
           calls['scipy'] = functools.partial(_scipy_mlp(params), np.asarray(x).T.copy())
-        ms = _medians(calls, repeats if batch < 256 else max(3, repeats // 4))
+        ms = interleaved.medians(calls, repeats if batch < 256 else max(3, repeats // 4))
         rows.append({'model': name, 'sparsity': sparsity, 'batch': batch, **ms,
                      'sparse_layers': len(exported), 'layers': len(exported.choices)})
   return rows
@@ -438,7 +417,7 @@ def verdicts(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> list:
 def run(repeats: int, quick: bool = False):
   """Every part: ``(layer rows, whole-model rows, conv rows, relu rows, NNX model rows,
   decoding rows)``; ``quick``: whole models at 95% only, no convolution or ReLU study."""
-  nnx_rows = (sparse_nnx.model_rows(_medians, repeats), sparse_nnx.decode_rows(_medians, repeats))
+  nnx_rows = (sparse_nnx.model_rows(repeats), sparse_nnx.decode_rows(repeats))
   if quick:
     return layer_rows(repeats), model_rows(repeats, (0.95,)), [], [], *nnx_rows
   return (layer_rows(repeats), model_rows(repeats), conv_rows(repeats), relu_rows(repeats),

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 import pcs
+from benchmarks import interleaved
 from experiments.charlm import models as charlm
 from pcs.sparse import nnx as sparse_nnx
 
@@ -54,11 +55,7 @@ def _pruned(model, sparsity, scope):
   return model
 
 
-def _ready(call, *args):
-  return jax.block_until_ready(call(*args))
-
-
-def model_rows(medians, repeats):
+def model_rows(repeats):
   """Each held-out model, dense and sparse, under ``nnx.jit`` and through ``bind``."""
   rng = np.random.default_rng(0)
   cases = [('NNX 2-D CNN (held out)', lambda: _pruned(HeldOutCNN(nnx.Rngs(0)), 0.95, 'global'),
@@ -74,10 +71,12 @@ def model_rows(medians, repeats):
       call = nnx.jit(lambda m, x: m(x))
       dense_bound, sparse_bound = sparse_nnx.bind(model), sparse_nnx.bind(sparse)
       np.testing.assert_allclose(sparse_bound(x), dense_bound(x), rtol=1e-3, atol=1e-3)
-      ms = medians({'dense': functools.partial(_ready, dense_bound, x),
-                    'pcs': functools.partial(_ready, sparse_bound, x),
-                    'dense nnx.jit': functools.partial(_ready, call, model, x),
-                    'pcs nnx.jit': functools.partial(_ready, call, sparse, x)}, repeats)
+      ready = interleaved.ready
+      ms = interleaved.medians({'dense': functools.partial(ready, dense_bound, x),
+                                'pcs': functools.partial(ready, sparse_bound, x),
+                                'dense nnx.jit': functools.partial(ready, call, model, x),
+                                'pcs nnx.jit': functools.partial(ready, call, sparse, x)},
+                               repeats)
       layers = [n for _, n in nnx.iter_graph(sparse) if isinstance(
           n, (sparse_nnx.SparseLinear, sparse_nnx.SparseLinearGeneral, sparse_nnx.SparseConv))]
       rows.append({'model': name, 'sparsity': sparsity, 'batch': batch, **ms,
@@ -105,7 +104,7 @@ def _decode_loop(model):
   return functools.partial(run, jax.device_put(state))
 
 
-def decode_rows(medians, repeats):
+def decode_rows(repeats):
   """50 cached decoding steps at batch 1: dense, every projection in CSR, measured export."""
   model = _pruned(decoder(), 0.9, 'layerwise')
   x = jnp.zeros((1, 1), jnp.int32)
@@ -117,8 +116,8 @@ def decode_rows(medians, repeats):
   tokens = {name: np.asarray(call()) for name, call in calls.items()}
   # Greedy tokens agree while the logits' margins exceed float32 noise.
   agree = {name: int(np.sum(t == tokens['dense'])) for name, t in tokens.items()}
-  ms = medians({name: functools.partial(_ready, call) for name, call in calls.items()},
-               repeats)
+  ms = interleaved.medians({name: functools.partial(interleaved.ready, call)
+                            for name, call in calls.items()}, repeats)
   return [{'model': f'NNX decoder d=768, {DECODE_STEPS} cached steps', 'sparsity': 0.9,
            'batch': 1, **ms, 'agree': agree}]
 

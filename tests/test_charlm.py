@@ -22,6 +22,7 @@ from experiments.charlm import quality
 from experiments.charlm import sparsify_trained
 from experiments.charlm import train
 from experiments.charlm import wanda
+from experiments import quality_protocol as protocol
 from experiments.charlm.configs import default
 
 
@@ -33,13 +34,7 @@ def _tiny_config(data_dir, **overrides):
   config.eval_bytes, config.eval_batch_size, config.sample_bytes = 2000, 32, 4
   config.warmup_epochs = 0
   config.on_collapse = 'warn'  # a few steps leave next-byte accuracy near chance
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return protocol.apply(config, overrides)
 
 
 def _tiny_model(seed=0, **kwargs):

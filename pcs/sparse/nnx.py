@@ -191,8 +191,9 @@ def _unsupported(model) -> Dict[Tuple, str]:
   """``{module path: why}`` of the layers with a kernel that cannot run sparse."""
   out = {}
   for path, node in nnx.iter_graph(model):
-    if isinstance(node, nnx.Conv) and layers.conv_unsupported(node) is not None:
-      out[tuple(path)] = f'{layers.conv_unsupported(node)}: it runs dense'
+    why = layers.conv_unsupported(node) if isinstance(node, nnx.Conv) else None
+    if why is not None:
+      out[tuple(path)] = f'{why}: it runs dense'
     elif isinstance(node, (nnx.LinearGeneral, nnx.Einsum)) and _general_features(node) is None:
       out[tuple(path)] = (f'an nnx.{type(node).__name__} that is not one product over its '
                           "input's last axes (batch axes, or axes in another order) runs dense")
