@@ -19,10 +19,10 @@ $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt $(wildcard csrc/*.cc
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.sweep --workdir=$(WORKDIR)/demo --readme=README.md
+	$(PY) -m experiments.vision.sweep --workdir=$(WORKDIR)/demo --readme=README.md
 
 regression: $(STAMP)
-	$(PY) -m experiments.regression --workdir=$(WORKDIR)/regression
+	$(PY) -m experiments.regression.main --workdir=$(WORKDIR)/regression
 
 # The quality benchmark (hours on 2 cores; resumable: finished runs in quality/runs.jsonl are
 # skipped). One worker per core; QUALITY.md and quality/ are rewritten as results come.
@@ -30,7 +30,7 @@ WORKERS ?= 2
 quality: $(STAMP)
 	mkdir -p $(WORKDIR)
 	for w in $$(seq 0 $$(($(WORKERS) - 1))); do \
-	  $(PY) -m experiments.quality --workdir=$(WORKDIR)/quality --record=quality \
+	  $(PY) -m experiments.quality.main --workdir=$(WORKDIR)/quality --record=quality \
 	      --num_workers=$(WORKERS) --worker=$$w > $(WORKDIR)/quality_worker$$w.log 2>&1 & \
 	done; wait
 

@@ -12,7 +12,7 @@ import time
 from absl import app
 from absl import flags
 from benchmarks import machine
-from experiments.blocks import replace_between
+from experiments.common.blocks import replace_between
 from benchmarks import sparse_inference
 from benchmarks import sparse_recovery
 from benchmarks import step_overhead
@@ -163,7 +163,7 @@ between runs.
 
 {sparse_inference.__doc__.split(chr(10) + chr(10), 1)[1].rsplit(chr(10) + chr(10), 1)[0]}
 
-Outputs agree with the dense model (checked here and in tests/test_sparse_models.py).
+Outputs agree with the dense model (checked here and in tests/pcs/sparse/test_sparse_models.py).
 
 <!-- sparse-runs -->
 {sparse_inference.runs_markdown(FLAGS.sparse_record)}

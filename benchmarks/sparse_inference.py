@@ -40,8 +40,8 @@ import pcs
 from benchmarks import interleaved
 from benchmarks import machine
 from benchmarks import sparse_nnx
-from experiments import models
-from experiments.blocks import replace_between
+from experiments.common.blocks import replace_between
+from experiments.vision import models
 
 flags.DEFINE_integer('inference_repeats', 20, 'Timed calls per variant.')
 flags.DEFINE_bool('quick', False, 'Whole models at 95% only and no convolution study '

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 import pcs
-from experiments import models
+from experiments.vision import models
 
 flags.DEFINE_integer('repeats', 20, 'Timed steps per variant on the MLPs (after warm-up).')
 flags.DEFINE_integer('conv_repeats', 10, 'Timed steps per variant on ResNet-20.')

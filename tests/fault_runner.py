@@ -1,6 +1,9 @@
-"""Runs experiments.sparsify, optionally SIGKILLing itself while a checkpoint is being written.
+"""Runs experiments.vision.main, optionally SIGKILLing itself while a checkpoint is being written.
 
-  python tests/fault_runner.py KILL_AT_SAVE sparsify-flags...
+  python -m tests.fault_runner KILL_AT_SAVE binary-flags...   # from the repository root
+
+(As a module: run as a script, ``tests/`` would lead ``sys.path`` and its ``experiments``
+and ``pcs`` test folders would shadow the packages.)
 
 KILL_AT_SAVE = N > 0: at the N-th checkpoint save of this process, start the (asynchronous)
 orbax write and kill the process before it completes. 0: no injected kill.
@@ -28,4 +31,4 @@ def _save_then_die(self, *args, **kwargs):
 
 ocp.CheckpointManager.save = _save_then_die
 sys.argv[0] = 'sparsify'
-runpy.run_module('experiments.sparsify', run_name='__main__')
+runpy.run_module('experiments.vision.main', run_name='__main__')

@@ -102,13 +102,13 @@ def train(tx, steps=30, params=None, data=None, donate=False):
 def small_config(data_dir, **overrides):
   """The default experiment config shortened to 2 epochs; keys may be dotted
   (``**{'pilot.alpha': 1e-3}``)."""
-  from experiments import quality_protocol  # pylint: disable=g-import-not-at-top
-  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from experiments.common import config_checks  # pylint: disable=g-import-not-at-top
+  from experiments.vision.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.data_dir = data_dir
   config.num_epochs = 2
   config.eval_train = False
-  return quality_protocol.apply(config, overrides)
+  return config_checks.override(config, overrides)
 
 
 def metric_lines(workdir):
@@ -121,7 +121,8 @@ def crash_then_resume(config, workdir, monkeypatch, at_epoch):
   """Runs ``config`` in ``workdir`` until the data of epoch seed ``at_epoch`` is asked for
   (train phase: the epoch; IMP cycle c: 1000 c + epoch; fine-tuning: 10000 + epoch), as
   if killed there, then reruns it to the end; returns the rerun's results."""
-  from experiments import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from experiments.vision import input_pipeline  # pylint: disable=g-import-not-at-top
+  from experiments.vision import train
   real = input_pipeline.epoch_batches
   def crashing(*args, **kwargs):
     if kwargs.get('epoch') == at_epoch:

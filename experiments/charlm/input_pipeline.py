@@ -4,7 +4,7 @@
 (constraints.txt: optax 0.2.8, a pure-Python wheel, so the same bytes on every
 platform): its 77 modules without tests, in sorted path order, concatenated; 876,353
 bytes of code and docstrings. Nothing is downloaded: like ``mnist1d``
-(:mod:`experiments.datasets`) it is generated on first use. The text is checked
+(:mod:`experiments.common.datasets`) it is generated on first use. The text is checked
 against its SHA-256, so another optax refuses to build rather than give other data.
 
 Splits are contiguous: the first 80% of the bytes are ``train``, the next 10%
@@ -24,7 +24,7 @@ from typing import ClassVar, Iterator, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from experiments import datasets
+from experiments.common import datasets
 
 NAME = 'optax_source'
 SOURCE_VERSION = '0.2.8'

@@ -4,13 +4,13 @@ r"""Train and sparsify the character LM: one absl binary for every method and sc
       --config=experiments/charlm/configs/default.py --config.sparsity=0.9
 
 ``--config.method`` (dense, pilot, mirror, spred, str, cs, powerprop, l1) and
-``--config.schedule`` (one_shot, gmp, imp) as in ``experiments.sparsify``. Writes
+``--config.schedule`` (one_shot, gmp, imp) as in ``experiments.vision.main``. Writes
 ``<workdir>/results.json`` (validation loss, bits per byte and perplexity, before and
 after pruning), per-epoch ``metrics.jsonl`` and the final weights; see
 :mod:`experiments.charlm.train`.
 """
 
-from experiments import quiet  # first: it quiets TensorFlow before TensorFlow loads
+from experiments.common import quiet  # first: it quiets TensorFlow before TensorFlow loads
 
 import os
 import sys
@@ -19,9 +19,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import config_checks
-from experiments import train as vision_train
 from experiments.charlm import train
+from experiments.common import collapse
+from experiments.common import config_checks
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
 if __name__ == '__main__':  # before DEFINE_config_file, which applies the overrides at once
@@ -41,7 +41,7 @@ def main(argv):
   quiet.apply()
   try:
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, vision_train.NonFiniteError, vision_train.CollapseError) as error:
+  except (ValueError, collapse.NonFiniteError, collapse.CollapseError) as error:
     print(f'Error: {error}', file=sys.stderr)
     sys.exit(1)
   split = results['eval_split']

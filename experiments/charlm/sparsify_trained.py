@@ -20,7 +20,7 @@ sparsity)'s ``eval_split`` loss, bits per byte and perplexity. The retraining ru
 their own workdirs (``<workdir>/<method>-<s>``), so a rerun skips the finished ones.
 """
 
-from experiments import quiet  # first: it quiets TensorFlow before TensorFlow loads
+from experiments.common import quiet  # first: it quiets TensorFlow before TensorFlow loads
 
 import json
 import os

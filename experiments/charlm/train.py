@@ -1,12 +1,12 @@
 """Train the character LM with any pcs method under any mask schedule, in Flax NNX.
 
-The run's phases are the vision binary's (:func:`experiments.train.plan`): training with
+The run's phases are the vision binary's (:func:`experiments.common.phases.plan`): training with
 ``config.method`` (under ``gmp``, its cubic schedule inside it), for ``imp``
 ``imp.cycles`` cycles of prune -> rewind -> retrain with the masks fixed, exact
 layerwise magnitude pruning of the kernels to ``sparsity`` (``pcs.prune(...,
 where=pcs.kernels)``: every Linear / LinearGeneral kernel, attention projections
 included, not the embeddings, biases or norms), and optional fine-tuning with the masks
-fixed (``pcs.keep_masked``). The optimizer is :func:`experiments.optimizers.make_optimizer`
+fixed (``pcs.keep_masked``). The optimizer is :func:`experiments.common.optimizers.make_optimizer`
 in ``nnx.Optimizer(model, tx, wrt=nnx.Param)``, stepped by an ``nnx.jit`` train step as
 Flax's NNX examples write it.
 
@@ -14,7 +14,7 @@ The metric is the mean next-byte cross-entropy L (nats) on ``eval_split``, repor
 bits per byte L / ln 2 (bits per character: the text is ASCII but for 17 bytes) and
 perplexity exp(L). A non-finite loss stops the run (or is skipped, ``on_nonfinite``);
 a jumped loss or next-byte accuracy at chance after the warmup is a collapse
-(:mod:`experiments.collapse`, 256 classes).
+(:mod:`experiments.common.collapse`, 256 classes).
 
 Writes ``<workdir>/config.json``, ``metrics.jsonl`` (one line per epoch, with
 ``pcs.stats``), ``results.json`` and the final weights (orbax, ``checkpoints/final``:
@@ -36,53 +36,33 @@ import optax
 from flax import nnx
 
 import pcs
-from experiments import checkpointing
-from experiments import collapse
-from experiments import config_checks
-from experiments import optimizers
-from experiments import train as vision_train
 from experiments.charlm import input_pipeline
 from experiments.charlm import models
+from experiments.common import checkpointing
+from experiments.common import collapse
+from experiments.common import config_checks
+from experiments.common import optimizers
+from experiments.common import phases
 
 EVAL_SPLITS = ('validation', 'test')
 SAMPLE_PROMPT = b'def '
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the key and what is allowed, for the first bad value."""
-  _choice, _int, _real = config_checks._choice, config_checks._int, config_checks._real  # pylint: disable=protected-access
-  _choice(config, 'dataset', (input_pipeline.NAME,))
-  _choice(config, 'eval_split', EVAL_SPLITS)
-  _choice(config, 'method', tuple(optimizers.METHODS))
-  _choice(config, 'schedule', optimizers.SCHEDULES)
-  _choice(config, 'optimizer', optimizers.INNER_OPTIMIZERS)
-  _choice(config, 'imp.rewind', pcs.pruning.REWINDS)
-  _choice(config, 'lr_schedule', optimizers.LR_SCHEDULES)
-  _choice(config, 'prune_scope', pcs.pruning.SCOPES)
-  _choice(config, 'on_nonfinite', config_checks.ON_NONFINITE)
-  _choice(config, 'on_collapse', collapse.ON_COLLAPSE)
-  _choice(config, 'pilot.alpha_control', optimizers.ALPHA_CONTROLS)
-  _real(config, 'sparsity', 0.0, 1.0, open_high=True)
+  """Raises ValueError naming the key and what is allowed, for the first bad value: the
+  data, the model and the inner optimizer here, the training keys by
+  :func:`experiments.common.config_checks.validate_training`."""
+  config_checks.choice(config, 'dataset', (input_pipeline.NAME,))
+  config_checks.choice(config, 'eval_split', EVAL_SPLITS)
+  config_checks.choice(config, 'optimizer', optimizers.INNER_OPTIMIZERS)
   for key, minimum in (('context', 1), ('width', 1), ('depth', 1), ('num_heads', 1),
-                       ('mlp_width', 1), ('num_epochs', 1), ('steps_per_epoch', 0),
-                       ('batch_size', 1), ('eval_batch_size', 1), ('eval_bytes', 0),
-                       ('warmup_epochs', 0), ('finetune_epochs', 0), ('seed', 0),
-                       ('max_nonfinite_steps', 1), ('sample_bytes', 0), ('imp.cycles', 1),
-                       ('imp.rewind_epoch', 0), ('imp.warmup_epochs', 0)):
-    _int(config, key, minimum)
-  if config.width % config.num_heads:
-    raise ValueError(f'config.width ({config.width}) must be divisible by config.num_heads '
+                       ('mlp_width', 1), ('steps_per_epoch', 0), ('eval_bytes', 0),
+                       ('sample_bytes', 0)):
+    config_checks.integer(config, key, minimum)
+  config_checks.need(config.width % config.num_heads == 0,
+                     f'config.width ({config.width}) must be divisible by config.num_heads '
                      f'({config.num_heads}).')
-  for key in ('warmup_epochs', 'imp.warmup_epochs', 'imp.rewind_epoch'):
-    value = config_checks._lookup(config, key)  # pylint: disable=protected-access
-    if value > config.num_epochs:
-      raise ValueError(f'config.{key} ({value}) must be <= config.num_epochs '
-                       f'({config.num_epochs}).')
-  for key in ('learning_rate', 'finetune_learning_rate', 'weight_decay', 'clip_grad_norm'):
-    _real(config, key, 0.0)
-  _real(config, 'gmp.begin_fraction', 0.0, 1.0)
-  _real(config, 'gmp.end_fraction', config.gmp.begin_fraction, 1.0)
-  optimizers.make_optimizer(config, steps_per_epoch=1)  # the transforms name their own errors
+  config_checks.validate_training(config)
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, train_text: np.ndarray) -> int:
@@ -209,7 +189,7 @@ class _Run:
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
       sums = jax.device_get(sums)
       if sums['bad']:
-        raise vision_train.NonFiniteError(
+        raise collapse.NonFiniteError(
             f'Non-finite loss, gradients or parameters in {phase.name} epoch {epoch}. Lower '
             'the learning rate, lengthen the warmup or clip gradients '
             '(--config.clip_grad_norm=1.0), or rerun with --config.on_nonfinite=skip.')
@@ -233,7 +213,7 @@ class _Run:
       if why and self.collapsed is None:
         self.collapsed = f'{phase.name} epoch {epoch}: {why}'
         if config.on_collapse == 'stop':
-          raise vision_train.CollapseError(
+          raise collapse.CollapseError(
               f'The run collapsed in {self.collapsed} (--config.on_collapse=warn goes on.)')
         print(f'Warning: the run collapsed in {self.collapsed}', flush=True)
       if after_epoch is not None:
@@ -268,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with open(config_path, 'w') as f:
     json.dump(config.to_dict(), f, indent=1)
   model = model if model is not None else models.create_model(config, config.seed)
-  phases = vision_train.plan(config)
+  run_phases = phases.plan(config)
   split, evaluations, metrics = config.eval_split, {}, {}
   rewind = {}
   rewinding = config.schedule == 'imp' and config.imp.rewind == 'weights'
@@ -282,11 +262,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run = _Run(config, data, log)
     try:
       masks = None
-      for index, phase in enumerate(phases):
+      for index, phase in enumerate(run_phases):
         if index == 1:
           evaluations['before_first_prune'] = run.evaluate(model)['loss']
         if index:
-          if phase.sparsity == config.sparsity != phases[index - 1].sparsity:
+          if phase.sparsity == config.sparsity != run_phases[index - 1].sparsity:
             evaluations['before_final_prune'] = run.evaluate(model)['loss']
           masks = prune(model, phase.sparsity, config.prune_scope)
           if rewinding and phase.optimizer == 'method':
@@ -298,12 +278,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         metrics = run.run_phase(model, optimizer, phase,
                                 save_rewind_point if phase.name == 'train' else None) or metrics
-    except vision_train.CollapseError:
+    except collapse.CollapseError:
       _write(results_path, {**_identity(config), 'collapsed': run.collapsed,
                             'wall_time_s': time.time() - start_time,
                             'config': config.to_dict()})
       raise
-  if phases[-1].sparsity != config.sparsity:  # one-shot pruning at the end
+  if run_phases[-1].sparsity != config.sparsity:  # one-shot pruning at the end
     evaluations['before_final_prune'] = run.evaluate(model)['loss']
     evaluations.setdefault('before_first_prune', evaluations['before_final_prune'])
     prune(model, config.sparsity, config.prune_scope)

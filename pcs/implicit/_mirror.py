@@ -123,7 +123,7 @@ def mirror_step(x: jax.Array, dz: jax.Array, log_a, log_a_next) -> jax.Array:
     multiplicative update ``x exp(sign(x) u)``.
 
   It agrees with a long-double evaluation of the maps to 8 ulp (float32 and float64;
-  tests/test_mirror_step.py) for ``|x| / a_t`` up to 1e30,
+  tests/pcs/test_mirror_step.py) for ``|x| / a_t`` up to 1e30,
   a_t down to 1e-30 and ``|u|`` up to ``2 (maxexp - 2) ln 2`` (174 in float32, where
   e^|u| alone exceeds the dtype's range; larger steps are taken as that one);
   bfloat16 and float16 are computed in float32.

@@ -3,7 +3,7 @@
 About 2-3 minutes on 2 CPU cores (8 epochs of 100 steps of 32 x 64 bytes). Any key can
 be overridden on the command line, e.g. ``--config.method=dense --config.schedule=gmp
 --config.sparsity=0.95``; method hyperparameters live in their own sub-dicts
-(``--config.pilot.alpha=3e-4``), as in ``experiments/configs/default.py``.
+(``--config.pilot.alpha=3e-4``), as in ``experiments/vision/configs/default.py``.
 """
 
 import ml_collections
@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mlp_width = 512
   config.tie_embeddings = False
 
-  config.method = 'pilot'          # how weights are trained: experiments.optimizers.METHODS
+  config.method = 'pilot'          # how weights are trained: experiments.common.optimizers.METHODS
   config.schedule = 'one_shot'     # how masks are imposed: one_shot, gmp or imp
   config.sparsity = 0.9
   config.prune_scope = 'layerwise'  # per kernel: every projection keeps 1 - sparsity
@@ -46,10 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.on_nonfinite = 'stop'     # 'stop': halt naming the epoch; 'skip': drop such steps
   config.max_nonfinite_steps = 5
-  config.on_collapse = 'stop'      # experiments/collapse.py; 'warn' goes on
+  config.on_collapse = 'stop'      # experiments/common/collapse.py; 'warn' goes on
   config.sample_bytes = 64         # bytes generated with the cache at the end (0: none)
 
-  # Method hyperparameters (experiments/optimizers.py). delta = 1: constant alpha.
+  # Method hyperparameters (experiments/common/optimizers.py). delta = 1: constant alpha.
   config.pilot = ml_collections.ConfigDict(
       {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.0, 'l1_threshold': 0.0, 'alpha_until': 1.0,
        'decoupled': False, 'alpha_control': 'paper', 'negligible_mass': 0.01})

@@ -1,0 +1,488 @@
+"""QUALITY.md, its plot and its verdicts, from the quality benchmark's ``runs.jsonl``; the
+statistics behind every cell are in :mod:`experiments.quality.statistics`.
+"""
+
+import os
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+
+from experiments.common import blocks
+from experiments.common import config_checks
+from experiments.common import failures
+from experiments.quality import charlm_study
+from experiments.quality import protocol
+from experiments.quality import statistics
+
+PILOT_FAMILY = ('pilot', 'pilot+gmp', 'pilot+imp', 'mirror')
+REFERENCE = 'dense+gmp'
+# A recipe that trains longer than REFERENCE is also judged against the dense recipe
+# with its own schedule, which trains as long.
+SAME_BUDGET = {'imp': 'dense+imp'}
+# The paper's comparisons (Jacobs & Burkholz, ICLR 2025), each at equal training epochs.
+CLAIMS = (('pilot', 'str'), ('pilot', 'spred'), ('pilot+imp', 'dense+imp'))
+
+
+def training_epochs(recipe: str) -> int:
+  """Epochs ``recipe`` trains before fine-tuning: the phases of
+  :func:`experiments.common.phases.plan` that train with the method."""
+  from experiments.common import phases  # pylint: disable=g-import-not-at-top
+  from experiments.vision.configs import default  # pylint: disable=g-import-not-at-top
+  config = config_checks.override(default.get_config(), protocol.RECIPES[recipe][0])
+  return sum(phase.num_epochs for phase in phases.plan(config) if phase.optimizer == 'method')
+
+
+def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
+  """``mean ± sd / median / worst (seed) / failed`` of {seed: accuracy %} and the seeds
+  ``stopped`` (:func:`spread`)."""
+  if not values and not stopped:
+    return ''
+  median, worst, seed, count = statistics.spread(values, stopped)
+  return f"{statistics.cell(values.values()) or '-'} / {median} / {worst} (s{seed}) / {count}"
+
+
+def tuned_table(rows: List[dict], recipes, models) -> List[str]:
+  """Per model and recipe: the tuning runs done of those planned, the learning rates the
+  pick was made over (its :func:`~experiments.quality.protocol.tuning_round`), the pick's
+  validation accuracy on seed 0, how it did on the latest finished round of its
+  confirmation (:func:`~experiments.quality.protocol.picked_run`: the round's statistic,
+  the worst seed and the failed runs) and how far the next round is, and the pick with an
+  IMP recipe's tuned cycle warmup (:func:`~experiments.quality.protocol.recipe_pick`,
+  what the final runs use)."""
+  by_id = {row['id']: row for row in rows}
+  lines = ['| model | recipe | runs | learning rates tuned | validation accuracy (98%), '
+           'seed 0 | confirmation (validation, 98%) | picked setting |',
+           '|---|---|---:|---|---:|---|---|']
+  for model in models:
+    for recipe in recipes:
+      planned = protocol.tuning_rows(model, recipe)
+      done = sum(r['id'] in by_id for r in planned)
+      learning_rates = protocol.tuning_round(by_id, model, recipe)
+      if learning_rates is None:
+        if done:
+          lines.append(f'| {model} | {recipe} | {done}/{len(planned)} | | | | |')
+        continue
+      best, result = protocol.picked_run(by_id, model, recipe)
+      confirming = protocol.confirmation_rows(by_id, model, recipe)
+      done_now = sum(r['id'] in by_id for r in confirming)
+      mean = '' if result is None else (
+          f'{result.rule} {100 * result.value:.1f}, worst {100 * result.worst:.1f}, '
+          f'{result.failed} failed (seeds {result.seeds[0]}-{result.seeds[-1]})')
+      if done_now < len(confirming):
+        mean += f"{'; ' if mean else ''}seeds 0-{protocol.CONFIRM_SEEDS[-1]}: " \
+                f'{done_now}/{len(confirming)} runs'
+      shown = {k: v for k, v in protocol.recipe_pick(by_id, model, recipe).items()
+               if k not in ('model', 'eval_train', 'method', 'schedule')}
+      lines.append(f"| {model} | {recipe} | {done}/{len(planned)} | "
+                   f"{', '.join(map(str, learning_rates))} | "
+                   f"{100 * best['results'].get('validation_accuracy', float('nan')):.1f} | "
+                   f"{mean} | {', '.join(f'{k}={v}' for k, v in shown.items())} |")
+  return lines
+
+
+def accuracy_table(found, model: str, names, sparsities, stopped, off=None) -> List[str]:
+  """Per name and sparsity, :func:`accuracy_cell` of the finished runs and of the
+  ``stopped`` ({(model, name, sparsity): [seeds]}), so a row whose runs all diverged
+  still shows; a cell in ``off`` (:func:`off_target`) says the sparsity its runs reached."""
+  lines = ['| recipe | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities) + ' |',
+           '|---|' + '---:|' * len(sparsities)]
+  off = off or {}
+  for name in names:
+    cells = [accuracy_cell(found.get((model, name, s), {}), stopped.get((model, name, s), ()))
+             + (f' (at {100 * off[(model, name, s)]:.1f}%)' if (model, name, s) in off else '')
+             for s in sparsities]
+    if any(cells):
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def paired_table(found, model: str, pairs, sparsities) -> List[str]:
+  lines = ['| compared | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities)
+           + ' |', '|---|' + '---|' * len(sparsities)]
+  for name, base in pairs:
+    cells = [statistics.paired_cell(statistics.paired(found.get((model, name, s), {}),
+                                                      found.get((model, base, s), {})))
+             for s in sparsities]
+    if any(cells):
+      lines.append(f'| {name} − {base} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def recommended(rows: List[dict], model: str) -> Optional[str]:
+  """The PILoT recipe with the best tuning validation accuracy on ``model`` among those
+  whose tuning has finished (chosen on validation, never on test) and that failed
+  (:func:`failed`) on none of the seeds run (final runs, and robustness runs at the recipe's
+  :func:`~experiments.quality.protocol.recipe_pick`; after fine-tuning). While
+  a wider learning-rate round is under way, every recipe is judged over the grid of the
+  earliest round any of them stands at, so all get the same tuning budget."""
+  by_id = {row['id']: row for row in rows}
+  found, stopped = statistics.groups(rows, True), statistics.diverged(rows)
+  rounds = {}
+  for recipe in PILOT_FAMILY:
+    names = {recipe}  # its finals, and its robustness runs at the setting it is picked at
+    pick = protocol.recipe_pick(by_id, model, recipe)
+    if recipe in protocol.ROBUSTNESS_RECIPES and pick is not None:
+      names.add(protocol.robustness_name(recipe, pick))
+    cells = {key for key in set(found) | set(stopped) if key[0] == model and key[1] in names}
+    if any(statistics.failed(found.get(key, {}), stopped.get(key, ())) for key in cells):
+      continue
+    learning_rates = protocol.tuning_round(by_id, model, recipe)
+    if learning_rates is not None:
+      rounds[recipe] = learning_rates
+  if not rounds:
+    return None
+  common = min(rounds.values(), key=len)
+  best = {recipe: max(protocol.validation_accuracy(by_id[r['id']])
+                      for r in protocol.tuning_rows(model, recipe, common))
+          for recipe in rounds}
+  return max(best, key=best.get)
+
+
+SIGNIFICANCE = 0.05
+
+
+def _verdict(done: dict, margin: float) -> str:
+  """``met`` only if some sparsity's mean paired difference reaches ``margin`` and, for a
+  claimed gain (margin > 0), the paired t-test rejects "no difference" at 5%, and for a
+  claimed parity (margin 0) the median difference is not negative either (a mean carried by
+  one failed baseline seed is no parity); otherwise the reason."""
+  def holds(r):
+    return r.mean >= margin and (r.p < SIGNIFICANCE if margin > 0 else r.median >= 0)
+  if any(holds(r) for r in done.values()):
+    return 'met'
+  best = max(done, key=lambda s: done[s].mean)
+  mean, p = done[best].mean, done[best].p
+  if mean >= margin and margin <= 0:
+    return (f'not shown: the mean {mean:+.1f} pp at {best:.0%} is carried by few seeds (median '
+            f'{done[best].median:+.1f})')
+  if mean >= margin:
+    return f'not shown: {mean:+.1f} pp at {best:.0%} is within noise (p={p:.2g})'
+  noise = '' if p < SIGNIFICANCE else f' (p={p:.2g}, not significant)'
+  by = f'{margin - mean:.1f} pp' if margin - mean >= 0.05 else 'less than 0.1 pp'
+  return f'missed by {by}{noise}'
+
+
+def verdicts(rows: List[dict], found, models) -> List[str]:
+  """The issue's targets: the recommended PILoT recipe >= tuned GMP at 95%, and >= GMP
+  + 2 pp at 98% or 99% with a significant paired difference, over >= 5 seeds (after
+  fine-tuning)."""
+  lines = ['| model | recommended PILoT recipe | target | training epochs (recipe, reference) '
+           '| paired difference | verdict |', '|---|---|---|---|---|---|']
+  for model in models:
+    recipe = recommended(rows, model)
+    if recipe is None:
+      continue
+    schedule = protocol.RECIPES[recipe][0]['schedule']
+    for reference in (REFERENCE, *([SAME_BUDGET[schedule]] if schedule in SAME_BUDGET else [])):
+      epochs = f'{training_epochs(recipe)}, {training_epochs(reference)}'
+      for sparsities, margin in (((0.95,), 0.0), ((0.98, 0.99), 2.0)):
+        results = {s: statistics.paired(found.get((model, recipe, s), {}),
+                             found.get((model, reference, s), {})) for s in sparsities}
+        done = {s: r for s, r in results.items() if r is not None and r.n >= 5}
+        target = (f">= {reference} at {sparsities[0]:.0%}" if margin == 0 else
+                  f">= {reference} + {margin:g} pp at 98% or 99%")
+        shown = '; '.join(f'{s:.0%}: {statistics.paired_cell(r)}'
+                          for s, r in done.items()) or 'pending'
+        verdict = 'pending' if len(done) < len(sparsities) else _verdict(done, margin)
+        lines.append(f'| {model} | {recipe} | {target} | {epochs} | {shown} | {verdict} |')
+  return lines
+
+
+def plot(found, models, names, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+  for ax, model in zip(axes[0], models):
+    for name in names:
+      points = [(s, np.mean(list(v.values())), np.std(list(v.values()), ddof=1))
+                for s in protocol.SPARSITIES
+                if len(v := found.get((model, name, s), {})) >= 2]
+      if points:
+        s, mean, sd = (np.asarray(c) for c in zip(*points))
+        ax.errorbar(100 * s, mean, yerr=sd, marker='o', capsize=3, label=name)
+    ax.set(title=f'mnist1d {model}: test accuracy after 5 fine-tuning epochs',
+           xlabel='sparsity (%)', ylabel='test accuracy (%)')
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+CELL = ('mean ± sd / median / worst seed / failed runs (diverged, at chance, or more than '
+        f'{100 * failures.UNDER_MEDIAN:.0f} pp under the median of the cell: '
+        '`experiments/common/failures.py`); "(at x%)": a run of the cell ended more than '
+        f'{100 * failures.SPARSITY_TOLERANCE:.1f}% off the target sparsity, at x% (the '
+        'farthest), so its accuracy is not the target\'s')
+
+
+def markdown(rows: List[dict]) -> str:
+  """The whole of QUALITY.md's generated part."""
+  models = [m for m in ('cnn1d', 'mlp') if any(r['model'] == m for r in rows)]
+  recipes = list(protocol.RECIPES)
+  after, before = statistics.groups(rows, True), statistics.groups(rows, False)
+  failed, off = statistics.diverged(rows), statistics.off_target(rows)
+  finished = sum(not statistics.stopped_early(r) for r in rows)
+  out = [f'Runs recorded: {len(rows)} ({len(rows) - finished} diverged or collapsed). Generated by '
+         '`python -m experiments.quality.main` (`make quality`) from `quality/runs.jsonl`.', '',
+         '## Targets', '', *verdicts(rows, after, models), '',
+         '## Tuning (validation split, 98% sparsity)', '',
+         *tuned_table(rows, recipes, models), '']
+  for model in models:
+    out += [f'## {model}: test accuracy (%) over seeds 0-4', '',
+            f'Each cell: {CELL}.', '',
+            'After training and pruning to the target (one-shot methods: pruned at the end '
+            'with no recovery; gmp and imp: their last step):', '',
+            *accuracy_table(before, model, recipes, protocol.SPARSITIES, failed, off), '',
+            f'After {protocol.FINETUNE_EPOCHS} more epochs with the masks fixed:', '',
+            *accuracy_table(after, model, recipes, protocol.SPARSITIES, failed, off), '',
+            f'Paired difference to {REFERENCE} (pp, after fine-tuning; same seeds):', '',
+            *paired_table(after, model, [(r, REFERENCE) for r in recipes if r != REFERENCE],
+                          protocol.SPARSITIES), '']
+    out += ["The paper's comparisons, each at equal training epochs (pp, after "
+            'fine-tuning; same seeds):', '',
+            *paired_table(after, model, CLAIMS, protocol.SPARSITIES), '']
+    study_sparsities = sorted({s for _, _, ss, _ in protocol.STUDIES.values() for s in ss})
+    out += [f'### {model}: studies (after fine-tuning)', '',
+            *accuracy_table(after, model, list(protocol.STUDIES), study_sparsities, failed,
+                            off), '',
+            'Paired against what each study changes:', '',
+            *paired_table(after, model, [(name, base) for name, (_, _, _, base)
+                                         in protocol.STUDIES.items()], study_sparsities), '']
+    long = [protocol.long_name(r) for r in protocol.LONG_RECIPES]
+    if any(name == n for (m, name, _) in after for n in long if m == model):
+      out += [f"### {model}: the paper's training length ({protocol.LONG_EPOCHS} epochs)", '',
+              'Each recipe re-tuned at this length on the validation split (its own values; '
+              'the learning rate and weight decay of its 30-epoch pick over learning rates '
+              f"{{{', '.join(map(str, protocol.LONG_ROUND))}}}), test accuracy after "
+              'fine-tuning:', '',
+              *accuracy_table(after, model, long, protocol.SPARSITIES, failed, off), '',
+              f'Paired against {protocol.long_name(REFERENCE)}, and against the same recipe '
+              'at 30 epochs:', '',
+              *paired_table(after, model, [(n, protocol.long_name(REFERENCE)) for n in long
+                                           if n != protocol.long_name(REFERENCE)]
+                            + list(zip(long, protocol.LONG_RECIPES)), protocol.SPARSITIES), '']
+    sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
+    out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '
+            'epochs (+5 fine-tuning)', '',
+            *accuracy_table(after, model, ['dense start'] + sparsify, (0.0, 0.95, 0.98),
+                            failed, off), '',
+            'Paired against GMP sparsifying the same trained model:', '',
+            *paired_table(after, model, [(name, sparsify[0]) for name in sparsify[1:]],
+                          (0.95, 0.98)), '']
+  return '\n'.join(out)
+
+
+def protocol_text() -> str:
+  """The protocol, stated from the constants the runs were made with."""
+  grid = sorted({(g['learning_rate'], g['weight_decay']) for g in protocol.shared_grid()})
+  lrs = sorted({lr for lr, _ in grid})
+  wds = sorted({wd for _, wd in grid})
+  return '\n'.join([
+      '# Quality benchmark: mnist1d, every method x schedule tuned alike', '',
+      f'- **Tuning** on a validation split (the last {protocol.VALIDATION_FRACTION:.0%} of '
+      f'the training split; test is not read) at {protocol.TUNING_SPARSITY:.0%} sparsity, '
+      f'seed 0: learning rate {lrs} x weight decay {wds} x each recipe\'s own values '
+      '(listed in `experiments/quality/protocol.py`). The best validation accuracy picks '
+      'the setting. The learning rates were tuned in rounds, '
+      + ' then '.join('{' + ', '.join(map(str, r)) + '}' for r in protocol.LEARNING_RATE_ROUNDS)
+      + ', the second because the first left nearly every recipe at its top; a recipe '
+      'keeps its earlier pick until the wider round has finished for it, and the tuning '
+      'table says which round each pick is from. The tuning runs on seed 0; the '
+      f'{protocol.CONFIRM_TOP} best settings then run on more validation seeds, in rounds: '
+      + '; then '.join(f"seeds {', '.join(map(str, seeds))}, where the best {rule} over "
+                       f'seeds 0-{seeds[-1]} picks' for seeds, rule in protocol.CONFIRM_ROUNDS)
+      + ', among the settings with no failed run (diverged, at chance, or more than '
+      f'{100 * failures.UNDER_MEDIAN:.0f} pp under the setting\'s median; if each leader '
+      'failed somewhere, the best worst seed). In the first round a diverged run counted -1 '
+      'in the mean and failures were not looked at. A recipe keeps its previous round\'s '
+      'pick (before the first, its seed-0 pick) until the new round has finished for it.',
+      f'- **Final runs** train on the whole training split with the picked setting, at '
+      f'{", ".join(f"{s:.0%}" for s in protocol.SPARSITIES)} sparsity, seeds '
+      f'{protocol.SEEDS[0]}-{protocol.SEEDS[-1]}, then fine-tune '
+      f'{protocol.FINETUNE_EPOCHS} epochs with the masks fixed. Test accuracy is reported '
+      'as mean ± sample sd, median, worst seed and failed runs over seeds, and paired by '
+      'seed against tuned GMP '
+      '(`dense+gmp`) with a two-sided paired t-test.',
+      '- Every recipe trains 30 epochs with SGD (momentum 0.9), batch 128, a cosine '
+      'learning rate after one warmup epoch; `imp` trains 30 epochs dense and then 30 per '
+      f'cycle, {training_epochs("dense+imp")} epochs in all, so a PILoT recipe under '
+      '`imp` is also judged against `dense+imp`. Each `imp` cycle restarts the schedule '
+      'with its own warmup, tuned after the rest of the setting ("Robustness"); the final '
+      'runs use its pick.',
+      '- Recipes are `method` (one-shot magnitude pruning after training) or '
+      '`method+schedule` (`gmp`: the cubic schedule during training; `imp`: 3 cycles of '
+      'prune and retrain with weight or learning-rate rewinding).',
+      '- **What these figures do not show**: one small dataset (mnist1d: 4000 training '
+      'signals) and two small models; a coarse grid tuned on one seed at one sparsity and '
+      'reused at the others; 5 seeds resolve differences of about 1 pp at best.'])
+
+
+def defaults_markdown(rows: List[dict]) -> str:
+  """The binary's defaults on seeds nobody ran (the 'defaults' stage): per model, recipe and
+  sparsity, the seeds run, the median, the worst seed and the failed runs (:func:`failed`);
+  a recipe passes where no run failed."""
+  runs = [r for r in rows if r['stage'] == 'defaults']
+  if not runs:
+    return ''
+  found, stopped = statistics.groups(runs, True), statistics.diverged(runs)
+  seeds = protocol.DEFAULTS_SEEDS
+  lines = ["## The binary's defaults on seeds nobody ran", '',
+           'Each recipe as `python -m experiments.vision.main '
+           '--config=experiments/vision/configs/picked.py:<model>,<recipe>` runs it (its '
+           f'validation pick, no fine-tuning), seeds {seeds[0]}-{seeds[-1]}, test accuracy %. '
+           'A run failed if it diverged or collapsed, is at chance, or is more than '
+           f'{100 * failures.UNDER_MEDIAN:.0f} pp under its cell\'s median.', '',
+           '| model | recipe | sparsity | seeds | median | worst seed | failed | verdict |',
+           '|---|---|---:|---:|---:|---:|---:|---|']
+  for model, name, sparsity in sorted(set(found) | set(stopped)):
+    values, gone = found.get((model, name, sparsity), {}), stopped.get((model, name, sparsity), [])
+    median, worst, seed, count = statistics.spread(values, gone)
+    done = len(values) + len(gone)
+    verdict = ('fails' if count else 'trains on every seed' if done == len(seeds)
+               else 'pending')
+    lines.append(f'| {model} | {name} | {sparsity:.0%} | {done}/{len(seeds)} | {median} | '
+                 f'{worst} (s{seed}) | {count} | {verdict} |')
+  return '\n'.join(lines)
+
+
+def robustness_markdown(rows: List[dict]) -> str:
+  """The recommended recipe and its equal-epoch baseline on seeds nobody tuned on: per
+  model and setting (the picked one, then any cycle warmup tuned after it), each recipe's
+  median, worst seed, failed runs (:func:`failed`)
+  and diverged runs, and the paired difference to the baseline at its current setting
+  with a t-test and a Wilcoxon signed-rank test (Wilcoxon, 1945; exact for small
+  samples), which an outlier cannot swing as it swings a mean."""
+  runs = [r for r in rows if r['stage'] == 'robustness']
+  if not runs:
+    return ''
+  recorded = {r['id']: r for r in rows}
+  found, failed = statistics.groups(runs, True), statistics.diverged(runs)
+  recipe, baseline = protocol.ROBUSTNESS_RECIPES
+  sparsity = protocol.ROBUSTNESS_SPARSITY
+  lines = [f'## Robustness: {recipe} and {baseline} on seeds nobody tuned on', '',
+           f'Each recipe at its picked setting, {sparsity:.0%} sparsity, seeds '
+           f'{protocol.ROBUSTNESS_SEEDS[0]}-{protocol.ROBUSTNESS_SEEDS[-1]} (test accuracy % '
+           'after fine-tuning). A run failed if it diverged (stopped on a non-finite loss or '
+           f'a collapse), is at chance, or is more than {100 * failures.UNDER_MEDIAN:.0f} pp '
+           "under its recipe's median.", '',
+           '| model | recipe | seeds | median | worst seed | failed | diverged | paired '
+           'difference vs the baseline (t-test; Wilcoxon) |',
+           '|---|---|---:|---:|---:|---:|---:|---|']
+  for model in sorted({r['model'] for r in runs}):
+    names = sorted({r['study'] for r in runs if r['model'] == model},
+                   key=lambda n: (not n.startswith(recipe), n))
+    current = protocol.cycle_warmup_picked(recorded, model, baseline)
+    base = protocol.robustness_name(baseline, current) if current else ''
+    for name in names:
+      values = found.get((model, name, sparsity), {})
+      seeds = failed.get((model, name, sparsity), [])
+      if not values and not seeds:
+        continue
+      median, worst, seed, count = statistics.spread(values, seeds)
+      difference = ''
+      result = (statistics.paired(values, found.get((model, base, sparsity), {}))
+                if name != base else None)
+      if result is not None:
+        difference = (f'median {result.median:+.1f}, mean {result.mean:+.1f} ± '
+                      f'{result.sd:.1f} pp (p={result.p:.2g}; p={result.wilcoxon_p:.2g}), '
+                      f'n={result.n} vs {base}')
+      lines.append(f'| {model} | {name} | {len(values) + len(seeds)} | {median} | {worst} '
+                   f'(seed {seed}) | {count} | {len(seeds)} | {difference} |')
+  tuning = cycle_warmup_table(recorded)
+  if tuning:
+    lines += ['', '### The warmup of each IMP cycle (validation split, 98%)', '',
+              'Each IMP recipe at its picked setting, with `imp.warmup_epochs` (the linear '
+              'warmup of the learning rate that each cycle restarts) tuned on seeds '
+              f'{protocol.CYCLE_WARMUP_SEEDS[0]}-{protocol.CYCLE_WARMUP_SEEDS[-1]}; the best '
+              'mean validation accuracy picks (a diverged run counts -1):', '', *tuning]
+  return '\n'.join(lines)
+
+
+def cycle_warmup_table(recorded: Dict[str, dict]) -> List[str]:
+  """Validation accuracy % per seed and the mean, per IMP recipe and cycle warmup."""
+  lines = ['| model | recipe | cycle warmup (epochs) | validation accuracy by seed | mean | '
+           'picked |', '|---|---|---:|---|---:|---|']
+  for model in ('cnn1d', 'mlp'):
+    for recipe in protocol.ROBUSTNESS_RECIPES:
+      groups = protocol.cycle_warmup_groups(recorded, model, recipe)
+      if not any(r['id'] in recorded and recorded[r['id']]['study']
+                 for _, runs in groups for r in runs):
+        continue
+      pick = protocol.cycle_warmup_picked(recorded, model, recipe)
+      for epochs, runs in groups:
+        done = [recorded[r['id']] for r in runs if r['id'] in recorded]
+        shown = ', '.join('diverged' if 'diverged' in r['results'] else
+                          f"{100 * r['results']['validation_accuracy']:.1f}" for r in done)
+        mean = (f'{100 * np.mean([protocol.validation_accuracy(r) for r in done]):.1f}'
+                if len(done) == len(runs) else f'{len(done)}/{len(runs)} runs')
+        chosen = pick is not None and protocol.cycle_warmup(pick) == epochs
+        lines.append(f'| {model} | {recipe} | {epochs} | {shown} | {mean} | '
+                     f"{'yes' if chosen else ''} |")
+  return lines if len(lines) > 2 else []
+
+
+def current(rows: Iterable[dict]) -> List[dict]:
+  """The recorded ``rows`` that the protocol plans now. The runs of a superseded pick
+  (a recipe re-tuned over a wider grid picked another setting) stay in the record but
+  leave the tables, so no table mixes two settings of a recipe."""
+  rows = list(rows)
+  recorded = {r['id']: r for r in rows}
+  planned = {r['id'] for r in protocol.plan(recorded, protocol.MODELS, protocol.STAGES,
+                                            workdir='')}
+  return [r for r in rows if r['id'] in planned]
+
+
+def write(rows: Iterable[dict], folder: str) -> str:
+  """Writes ``QUALITY.md`` (next to ``folder``) and ``<folder>/accuracy_vs_sparsity.png``:
+  the protocol, ``<folder>/notes.md`` (the findings, written by hand) if present, and
+  the tables of ``rows`` (the benchmark passes the :func:`current` ones)."""
+  # The robustness runs (seeds 5-24 of the recommended recipe and its baseline) are not
+  # mixed into the seeds 0-4 tables; they get a section of their own.
+  rows = list(rows)
+  robustness, defaults = robustness_markdown(rows), defaults_markdown(rows)
+  rows = [r for r in rows if r['stage'] not in ('robustness', 'defaults')]
+  os.makedirs(folder, exist_ok=True)
+  found = statistics.groups(rows, True)
+  models = sorted({r['model'] for r in rows})
+  plot(found, models, list(protocol.RECIPES), os.path.join(folder, 'accuracy_vs_sparsity.png'))
+  notes = ''
+  if os.path.exists(os.path.join(folder, 'notes.md')):
+    with open(os.path.join(folder, 'notes.md')) as f:
+      notes = f.read().rstrip() + '\n\n'
+  text = protocol_text() + '\n\n' + notes + markdown(rows) + '\n'
+  if robustness:
+    text += '\n' + robustness + '\n'
+  if defaults:
+    text += '\n' + defaults + '\n'
+  charlm = charlm_study.load(folder)
+  if charlm:
+    text += ('\n## A transformer: sparsifying a trained character LM\n\n'
+             '`python -m experiments.charlm.sparsify_trained` (issue 30), one record per seed '
+             f'in `quality/{charlm_study.RECORD}`. One model size, a fixed retraining budget and '
+             'untuned settings: it shows how the four ways rank here, not which is best '
+             'after tuning.\n\n' + charlm_study.markdown(charlm) + '\n')
+  root = os.path.dirname(os.path.abspath(folder))
+  with open(os.path.join(root, 'QUALITY.md'), 'w') as f:
+    f.write(text)
+  readme = os.path.join(root, 'README.md')
+  if os.path.exists(readme):
+    with open(readme) as f:
+      before = f.read()
+    after = blocks.replace_between(before, 'quality', readme_block(rows))
+    if after != before:
+      with open(readme, 'w') as f:
+        f.write(after)
+  return text
+
+
+def readme_block(rows: List[dict]) -> str:
+  """README's view of the record, generated with QUALITY.md so that README copies no
+  figure by hand: the PILoT recipe recommended on each model and the targets' verdicts."""
+  models = sorted({r['model'] for r in rows})
+  picks = ', '.join(f'{m}: `{recommended(rows, m) or "none yet"}`' for m in models)
+  return (f'Recommended PILoT recipe (validation-picked, no failed run): {picks}. The targets, '
+          'paired over seeds 0-4 after fine-tuning (from QUALITY.md, which holds every '
+          'figure, the failures per cell and the notes on what the figures do not show):\n\n'
+          + '\n'.join(verdicts(rows, statistics.groups(rows, True), models)))
+

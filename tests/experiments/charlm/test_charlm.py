@@ -1,0 +1,284 @@
+"""The character LM of experiments/charlm: offline data, the NNX decoder and its cache,
+the binary end to end, Wanda and the sparsify-a-trained-model study, the quality runner.
+
+Independent computations: the source files read here, the full forward pass against
+cached decoding, hand-worked Wanda masks, counts of zeros.
+"""
+
+import hashlib
+import json
+import math
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import pcs
+from experiments.charlm import input_pipeline
+from experiments.charlm import models
+from experiments.charlm import sparsify_trained
+from experiments.charlm import train
+from experiments.charlm import wanda
+from experiments.charlm.configs import default
+from experiments.common import config_checks
+from experiments.quality import charlm as quality
+
+
+def _tiny_config(data_dir, **overrides):
+  config = default.get_config()
+  config.data_dir = data_dir
+  config.context, config.width, config.num_heads, config.mlp_width = 16, 16, 2, 32
+  config.num_epochs, config.steps_per_epoch, config.batch_size = 2, 3, 4
+  config.eval_bytes, config.eval_batch_size, config.sample_bytes = 2000, 32, 4
+  config.warmup_epochs = 0
+  config.on_collapse = 'warn'  # a few steps leave next-byte accuracy near chance
+  return config_checks.override(config, overrides)
+
+
+def _tiny_model(seed=0, **kwargs):
+  return models.CharLM(context=8, width=16, depth=2, num_heads=2, mlp_width=32,
+                       rngs=nnx.Rngs(seed), **kwargs)
+
+
+def _tokens(batch=3, length=8, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch, length)))
+
+
+# The data.
+
+def test_the_dataset_is_optax_source_in_contiguous_splits_built_offline(data_dir):
+  import optax as package  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(package.__file__).parent
+  files = sorted(p for p in root.rglob('*.py') if not p.name.endswith('_test.py'))
+  text = b''.join(p.read_bytes() for p in sorted(files, key=lambda p: p.relative_to(root)
+                                                        .as_posix()))
+  assert hashlib.sha256(text).hexdigest() == input_pipeline.SOURCE_SHA256
+  data = input_pipeline.load(data_dir)
+  again = input_pipeline.load(data_dir)  # read back from the prepared dataset
+  n = len(text)
+  assert [len(data[s]) for s in ('train', 'validation', 'test')] == [
+      round(0.8 * n), round(0.9 * n) - round(0.8 * n), n - round(0.9 * n)]
+  joined = b''.join(bytes(data[s]) for s in ('train', 'validation', 'test'))
+  assert joined == text
+  for split in data:
+    np.testing.assert_array_equal(data[split], again[split])
+
+
+def test_another_source_text_is_refused(monkeypatch):
+  monkeypatch.setattr(input_pipeline, 'SOURCE_SHA256', '0' * 64)
+  with pytest.raises(ValueError, match='install the pinned versions'):
+    input_pipeline.source_text()
+
+
+def test_training_targets_are_the_inputs_shifted_and_evaluation_scores_each_byte_once():
+  text = np.arange(100, dtype=np.uint8)
+  batches = list(input_pipeline.train_batches(text, context=8, batch_size=4, steps=2, seed=1,
+                                              epoch=3))
+  again = list(input_pipeline.train_batches(text, context=8, batch_size=4, steps=2, seed=1,
+                                            epoch=3))
+  assert len(batches) == 2
+  for batch, same in zip(batches, again):
+    np.testing.assert_array_equal(batch['input'], same['input'])
+    np.testing.assert_array_equal(batch['input'][:, 1:], batch['target'][:, :-1])
+    np.testing.assert_array_equal(batch['target'] - batch['input'], 1)
+  scored = []
+  for batch, mask in input_pipeline.eval_batches(text, context=8, batch_size=5):
+    assert batch['input'].shape == (5, 8)
+    scored += [t for row, m in zip(batch['target'], mask) if m for t in row]
+  assert scored == list(range(1, 97))  # (100 - 1) // 8 = 12 windows of 8 targets
+
+
+# The model.
+
+def test_cached_decoding_equals_the_full_forward_pass_at_every_position():
+  model, tokens = _tiny_model(), _tokens()
+  full = model(tokens)
+  decoding = nnx.clone(model)
+  decoding.init_cache(tokens.shape[0])
+  for i in range(tokens.shape[1]):
+    step = decoding(tokens[:, i:i + 1], jnp.full((tokens.shape[0], 1), i), decode=True)
+    np.testing.assert_allclose(step[:, 0], full[:, i], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_is_the_greedy_rollout_of_the_full_forward_pass():
+  model = _tiny_model(seed=1, tie_embeddings=True)
+  assert model.head is None
+  prompt, sequence = b'de', list(b'de')
+  for _ in range(5):
+    sequence.append(int(jnp.argmax(model(jnp.asarray([sequence]))[0, -1])))
+  assert models.generate(model, prompt, 5) == bytes(sequence[2:])
+  with pytest.raises(ValueError, match='fit the context'):
+    models.generate(model, prompt, 7)
+
+
+def test_layer_inputs_are_what_each_kernel_receives():
+  model, tokens = _tiny_model(seed=2), _tokens(seed=2)
+  inputs = model.layer_inputs(tokens)
+  assert set(inputs) == {p for p in pcs.kernel_layouts(model) if p[-1] == 'kernel'}
+  np.testing.assert_allclose(model.head(inputs[('head', 'kernel')]), model(tokens), rtol=1e-5,
+                             atol=1e-5)
+  block = model.blocks[1]
+  attention_input = inputs[('blocks', 1, 'attention', 'query', 'kernel')]
+  np.testing.assert_allclose(
+      block.attention.out(inputs[('blocks', 1, 'attention', 'out', 'kernel')]),
+      block.attention(attention_input, mask=nnx.make_causal_mask(tokens)), rtol=1e-5,
+      atol=1e-5)
+  np.testing.assert_allclose(block.down(inputs[('blocks', 1, 'down', 'kernel')]),
+                             block.down(nnx.relu(block.up(inputs[('blocks', 1, 'up',
+                                                                   'kernel')]))), rtol=1e-6)
+
+
+# Pruning.
+
+def test_wanda_on_a_hand_worked_3x2_kernel():
+  # Flax layout (in, out); input norms (1, 10, 0.1).
+  kernel = jnp.array([[4.0, 1.0], [1.0, 2.0], [3.0, 5.0]])
+  layout = pcs.KernelLayout(in_axes=(0,), out_axes=(1,), window_axes=(), batch_axes=())
+  x = jnp.array([[1.0, 10.0, 0.1]])
+  norms = wanda.input_norms({'k': x}, {'k': layout})['k']
+  np.testing.assert_allclose(norms, [1.0, 10.0, 0.1])
+  score = wanda.scores(kernel, norms, layout)  # output 0: 4, 10, 0.3; output 1: 1, 20, 0.5
+  np.testing.assert_allclose(score, [[4.0, 1.0], [10.0, 20.0], [0.3, 0.5]])
+  # One of three inputs pruned per output: input 2 for both (magnitude would prune input 1
+  # of output 0 and input 0 of output 1).
+  np.testing.assert_array_equal(wanda.mask(score, 1 / 3, layout),
+                                [[True, True], [True, True], [False, False]])
+  np.testing.assert_array_equal(wanda.mask(score, 2 / 3, layout),
+                                [[False, False], [True, True], [False, False]])
+  # Equal scores: the lower input index is kept.
+  np.testing.assert_array_equal(wanda.mask(jnp.ones((3, 1)), 2 / 3, pcs.KernelLayout(
+      (0,), (1,), (), ())), [[True], [False], [False]])
+
+
+def test_wanda_on_an_attention_out_kernel_prunes_each_outputs_fan_in_over_heads():
+  model = _tiny_model(seed=3)
+  inputs = model.layer_inputs(_tokens(seed=3))
+  path = ('blocks', 0, 'attention', 'out', 'kernel')
+  kernel = model.blocks[0].attention.out.kernel[...]  # (heads, head_dim, out)
+  masks = wanda.prune(model, inputs, 0.75)
+  # The same computed on the 2-D (heads * head_dim, out) matrix.
+  heads = inputs[path].reshape(-1, kernel.shape[0] * kernel.shape[1])
+  score = np.abs(kernel.reshape(-1, kernel.shape[2])) * np.linalg.norm(heads, axis=0)[:, None]
+  kept = np.argsort(-score, axis=0, kind='stable')[:score.shape[0] // 4]  # 16 inputs: keep 4
+  expected = np.zeros_like(score, bool)
+  np.put_along_axis(expected, kept, True, axis=0)
+  np.testing.assert_array_equal(np.asarray(masks[path]).reshape(score.shape), expected)
+  assert np.all(np.asarray(model.blocks[0].attention.out.kernel[...])[~np.asarray(masks[path])]
+                == 0)
+  for kernel_path, mask in masks.items():
+    assert float(1 - jnp.mean(mask)) == 0.75, kernel_path
+  with pytest.raises(ValueError, match='no calibration input'):
+    wanda.prune(model, {path: inputs[path]}, 0.5)
+
+
+def test_one_shot_magnitude_pruning_hits_the_exact_sparsity_of_every_kernel():
+  model = _tiny_model(seed=4)
+  embeddings = np.asarray(model.tokens.embedding[...])
+  train.prune(model, 0.7)
+  state = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  for path, variable in state:
+    value = np.asarray(variable[...])
+    if path[-1] == 'kernel':
+      assert np.sum(value == 0) == round(0.7 * value.size), path
+  np.testing.assert_array_equal(model.tokens.embedding[...], embeddings)
+  assert train.kernel_sparsity(model) == pytest.approx(0.7, abs=2e-3)
+
+
+# The binary, the study and the runner.
+
+def test_the_binary_trains_prunes_fine_tunes_and_samples(data_dir, tmp_path):
+  config = _tiny_config(data_dir, method='pilot', finetune_epochs=1)
+  results = train.train_and_evaluate(config, str(tmp_path / 'pilot'))
+  assert results['method'] == 'pilot'
+  assert results['achieved_sparsity'] == pytest.approx(0.9, abs=2e-3)
+  loss = results['validation_loss']
+  assert results['validation_bits_per_byte'] == pytest.approx(loss / math.log(2))
+  assert results['validation_perplexity'] == pytest.approx(math.exp(loss))
+  assert results['sample'].startswith('def ') and len(results['sample']) >= 5
+  lines = [json.loads(line) for line in (tmp_path / 'pilot' / 'metrics.jsonl').open()]
+  assert [(row['phase'], row['epoch']) for row in lines] == [
+      ('train', 1), ('train', 2), ('finetune', 1)]
+  assert lines[0]['alpha'] > 0  # pcs.stats of the pilot transform
+  assert lines[-1]['sparsity'] == pytest.approx(0.9, abs=2e-3)  # zeros stayed zero
+  # A finished workdir is not trained again; the weights read back are the final ones.
+  assert train.train_and_evaluate(config, str(tmp_path / 'pilot')) == results
+  model = train.load_model(config, str(tmp_path / 'pilot'))
+  assert train.kernel_sparsity(model) == results['achieved_sparsity']
+
+
+@pytest.mark.parametrize('method,schedule,overrides', [
+    ('dense', 'imp', {'imp.cycles': 2, 'imp.rewind': 'weights'}),
+    ('l1', 'gmp', {'optimizer': 'sgd', 'learning_rate': 0.05}),
+])
+def test_the_binary_runs_other_methods_and_schedules(data_dir, tmp_path, method, schedule,
+                                                     overrides):
+  config = _tiny_config(data_dir, method=method, schedule=schedule, sparsity=0.8,
+                        num_epochs=1, **overrides)
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['achieved_sparsity'] == pytest.approx(0.8, abs=2e-3)
+  assert math.isfinite(results['validation_loss'])
+
+
+def test_a_bad_config_names_the_key():
+  with pytest.raises(ValueError, match=r'config\.optimizer'):
+    train.validate(_tiny_config('unused', optimizer='adam'))
+  with pytest.raises(ValueError, match=r'divisible by config\.num_heads'):
+    train.validate(_tiny_config('unused', num_heads=3))
+
+
+def test_the_adamw_inner_decays_decoupled():
+  config = default.get_config()
+  tx = train.optimizers.inner_optimizer(config, 0.1)
+  params = {'w': jnp.array([2.0])}
+  updates, _ = tx.update({'w': jnp.array([0.0])}, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -0.1 * config.weight_decay * 2.0, rtol=1e-6)
+
+
+def test_sparsify_trained_compares_four_ways_from_one_dense_model(data_dir, tmp_path):
+  config = _tiny_config(data_dir, num_epochs=1)
+  record = sparsify_trained.study(config, str(tmp_path), sparsities=(0.5,), epochs=1,
+                                  calibration_windows=8)
+  assert [row['method'] for row in record['runs']] == list(sparsify_trained.METHODS)
+  for row in record['runs']:
+    assert row['achieved_sparsity'] == pytest.approx(0.5, abs=2e-3), row['method']
+    assert math.isfinite(row['loss'])
+  saved = json.loads((tmp_path / 'sparsify_trained.json').read_text())
+  assert saved['runs'] == record['runs'] and 'loss' in saved['dense']
+
+
+def test_the_quality_runner_tunes_then_runs_five_seeds_of_the_pick():
+  base = 'b'
+  recorded = {}
+  rows = list(quality.plan(recorded, quality.STAGES, ['pilot+gmp'], base))
+  assert {row['stage'] for row in rows} == {'tune'} and len(rows) == 6
+  for i, row in enumerate(rows):  # the fourth tuning run is the best; the first diverged
+    results = {'error': 'diverged'} if i == 0 else {'validation_loss': 2.0 - (i == 3)}
+    recorded[row['id']] = {**row, 'results': results}
+  finals = list(quality.plan(recorded, quality.STAGES, ['pilot+gmp'], base))
+  assert len(finals) == 15 and {row['stage'] for row in finals} == {'final'}
+  best = rows[3]['overrides']
+  for row in finals:
+    assert row['overrides']['learning_rate'] == best['learning_rate']
+    assert row['overrides']['pilot.alpha'] == best['pilot.alpha']
+    assert row['overrides']['eval_split'] == 'test'
+  assert {(r['overrides']['sparsity'], r['overrides']['seed']) for r in finals} == {
+      (s, seed) for s in quality.SPARSITIES for seed in quality.SEEDS}
+  other = next(quality.plan(recorded, quality.STAGES, ['pilot+gmp'], 'another base'))
+  assert other['id'] not in recorded  # runs of another base config are not mixed in
+
+
+def test_the_quality_table_of_the_sparsify_trained_study():
+  from experiments.quality import charlm_study as study_table  # pylint: disable=g-import-not-at-top
+  def record(seed, gmp, pilot):
+    runs = [{'method': m, 'sparsity': 0.9, 'bits_per_byte': v}
+            for m, v in (('magnitude', 7.0), ('wanda', 6.0), ('gmp', gmp), ('pilot+gmp', pilot))]
+    return {'seed': seed, 'eval_split': 'validation', 'dense': {'bits_per_byte': 2.0},
+            'epochs': 3, 'learning_rate': 1e-3, 'pilot_alpha': 1e-3, 'calibration_windows': 8,
+            'runs': runs}
+  text = study_table.markdown([record(0, 4.0, 3.0), record(1, 5.0, 5.5)])
+  assert 'over seeds 0, 1; dense model: 2.000 ± 0.000' in text
+  assert '| gmp | 4.500 ± 0.707 |' in text  # sd of (4, 5): sqrt(0.5)
+  assert '| pilot+gmp | 4.250 ± 1.768 |' in text  # sd of (3, 5.5): 2.5 / sqrt(2)
+  assert '| pilot+gmp − gmp, paired | -0.250 (worse on 1 of 2) |' in text  # -1 and +0.5

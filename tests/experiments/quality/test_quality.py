@@ -1,0 +1,619 @@
+"""The quality benchmark's protocol and report, on recorded runs made up by hand."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments.common import config_checks
+from experiments.common import failures
+from experiments.quality import protocol
+from experiments.quality import report as quality_report
+from experiments.quality import run_record
+from experiments.quality import statistics
+from experiments.vision.configs import default
+from tests import helpers
+
+
+def _validation(model, recipe, accuracies, learning_rates=None):
+  """Tuning rows of ``recipe`` with the given validation accuracy for each grid point of
+  ``learning_rates`` (the latest round if None), in grid order."""
+  rows = protocol.tuning_rows(model, recipe, learning_rates or protocol.LEARNING_RATE_ROUNDS[-1])
+  assert len(rows) == len(accuracies)
+  return {r['id']: {**r, 'results': {'validation_accuracy': a}} for r, a in zip(rows, accuracies)}
+
+
+def _tuning_record(model, recipe, best_index, best=0.9):
+  """Every tuning run of ``recipe`` finished, the ``best_index``-th the best."""
+  size = len(protocol.tuning_rows(model, recipe))
+  return _validation(model, recipe, [best if i == best_index else 0.5 for i in range(size)])
+
+
+def test_every_recipe_gets_the_same_shared_grid_and_tuning_never_reads_test():
+  for recipe, (base, own) in protocol.RECIPES.items():
+    rows = protocol.tuning_rows('cnn1d', recipe)
+    assert len(rows) == len(protocol.LEARNING_RATE_ROUNDS[-1]) * 4 * len(own)
+    assert 1 <= len(own) <= 4
+    for row in rows:
+      assert row['overrides']['validation_fraction'] > 0
+      assert row['overrides']['sparsity'] == protocol.TUNING_SPARSITY
+      assert {k: row['overrides'][k] for k in base} == base
+    assert len({row['id'] for row in rows}) == len(rows)  # distinct settings
+
+
+def test_the_picked_setting_is_the_best_validation_run_and_finals_use_test():
+  recorded = _tuning_record('mlp', 'pilot+gmp', best_index=5)
+  expected = protocol.tuning_rows('mlp', 'pilot+gmp')[5]['overrides']
+  setting = protocol.picked(recorded, 'mlp', 'pilot+gmp')
+  assert setting['learning_rate'] == expected['learning_rate']
+  assert setting['pilot.alpha'] == expected['pilot.alpha']
+  assert 'validation_fraction' not in setting and 'seed' not in setting
+  finals = protocol.final_rows('mlp', 'pilot+gmp', setting)
+  assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS) >= 20
+  assert all(r['overrides'].get('validation_fraction', 0.0) == 0.0 for r in finals)
+  del recorded[next(iter(recorded))]
+  assert protocol.picked(recorded, 'mlp', 'pilot+gmp') is None  # not before tuning is done
+
+
+def test_plan_unlocks_final_runs_once_tuning_is_done(tmp_path, monkeypatch):
+  monkeypatch.setattr(protocol, 'RECIPES', {k: protocol.RECIPES[k]
+                                            for k in ('dense+gmp', 'pilot+gmp')})
+  record = run_record.Record(str(tmp_path))
+  stages = ['tune', 'final']
+  assert {r['stage'] for r in protocol.plan(record.rows, ['cnn1d'], stages, 'w')} == {'tune'}
+  record.rows.update(_tuning_record('cnn1d', 'dense+gmp', 0))
+  planned = list(protocol.plan(record.rows, ['cnn1d'], stages, 'w'))
+  assert sum(r['stage'] == 'final' and r['recipe'] == 'dense+gmp' for r in planned) == 20
+  # The record is append-only JSON lines that a new Record reads back.
+  record.add({**planned[0], 'results': {'validation_accuracy': 0.7}})
+  assert run_record.Record(str(tmp_path)).rows[planned[0]['id']]['results'] == {
+      'validation_accuracy': 0.7}
+
+
+def test_paired_difference_and_t_test_by_hand():
+  a = {0: 90.0, 1: 91.0, 2: 89.0, 3: 92.0, 4: 90.5}
+  b = {0: 88.0, 1: 90.0, 2: 88.5, 3: 89.0, 4: 90.0, 7: 50.0}  # seed 7 has no pair
+  mean, sd, p, n, median, wilcoxon_p = statistics.paired(a, b)
+  diff = np.array([2.0, 1.0, 0.5, 3.0, 0.5])
+  assert median == 1.0
+  # Wilcoxon by hand: all 5 differences positive, so W- = 0, the most extreme of the
+  # 2^5 equally likely sign patterns: two-sided exact p = 2 / 32.
+  assert wilcoxon_p == pytest.approx(2 / 32)
+  assert (mean, n) == (pytest.approx(diff.mean()), 5)
+  assert sd == pytest.approx(math.sqrt(((diff - diff.mean()) ** 2).sum() / 4))
+  t = diff.mean() / (sd / math.sqrt(5))  # 4 degrees of freedom
+  # Student's t with 4 degrees of freedom in closed form: P(|T| < t) = s (3 - s^2) / 2,
+  # s = t / sqrt(t^2 + 4).
+  s = t / math.sqrt(t * t + 4)
+  assert p == pytest.approx(1 - s * (3 - s * s) / 2, rel=1e-9)
+  assert p == pytest.approx(0.0447, abs=1e-4)
+  assert statistics.paired({0: 1.0}, {0: 2.0}) is None
+
+
+def _final(model, recipe, sparsity, seed, accuracy, study=None):
+  return {'id': f'{model}{recipe}{sparsity}{seed}{study}', 'stage': 'study' if study else 'final',
+          'model': model, 'recipe': recipe, 'study': study,
+          'overrides': {'sparsity': sparsity, 'seed': seed},
+          'results': {'test_accuracy': accuracy / 100,
+                      'test_accuracy_before_finetune': accuracy / 100 - 0.1}}
+
+
+def test_report_tables_and_verdicts(tmp_path):
+  rows = list(_tuning_record('cnn1d', 'pilot+gmp', 0).values())
+  rows += list(_tuning_record('cnn1d', 'pilot', 1, best=0.85).values())  # pilot+gmp is better
+  # pilot+imp scores higher but has not finished tuning: it cannot be recommended yet.
+  rows += list(_tuning_record('cnn1d', 'pilot+imp', 0, best=0.95).values())[:3]
+  for seed in range(5):
+    for sparsity, gmp, pilot in ((0.95, 90.0, 90.5), (0.98, 85.0, 86.0), (0.99, 80.0, 83.0 +
+                                                                           0.1 * seed)):
+      rows.append(_final('cnn1d', 'dense+gmp', sparsity, seed, gmp + 0.2 * seed))
+      rows.append(_final('cnn1d', 'pilot+gmp', sparsity, seed, pilot + 0.2 * seed))
+  rows.append({**_final('cnn1d', 'pilot', 0.95, 0, 0.0), 'results': {'diverged': 'nan'}})
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  assert (tmp_path / 'QUALITY.md').read_text() == text
+  assert (tmp_path / 'quality' / 'accuracy_vs_sparsity.png').stat().st_size > 10_000
+  assert '(1 diverged or collapsed)' in text
+  assert '| cnn1d | pilot+gmp | >= dense+gmp at 95% |' in text
+  # 95%: +0.5 every seed (sd 0) -> met; 99%: +3.0 + 0.1 seed -> mean +3.2 >= 2, and
+  # significant (sd 0.16 over 5 seeds) -> met.
+  assert '95%: +0.5 ± 0.0 (p=0, n=5); median +0.5 (Wilcoxon p=0.062) | met |' in text
+  assert '99%: +3.2 ± 0.2' in text and text.count('| met |') == 2
+  # Mean ± sd / median / worst seed / failed: seed 0 is the worst of each linear series.
+  assert ('| pilot+gmp | 90.9 ± 0.3 / 90.9 / 90.5 (s0) / 0 | 86.4 ± 0.3 / 86.4 / 86.0 (s0) / 0 '
+          '| 83.6 ± 0.5 / 83.6 / 83.0 (s0) / 0 |') in text.replace('|  |', '|')
+
+
+def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
+  # Paired differences (mean, sd, p, n; median, Wilcoxon p): the verdict reads mean and p.
+  def _p(mean, sd, p, n):
+    return statistics.Paired(mean, sd, p, n, mean, 1.0)
+  assert quality_report._verdict({0.99: _p(2.9, 5.7, 0.31, 5)}, 2.0) == (
+      'not shown: +2.9 pp at 99% is within noise (p=0.31)')
+  assert quality_report._verdict({0.98: _p(2.5, 0.5, 0.001, 5)}, 2.0) == 'met'
+  assert quality_report._verdict({0.95: _p(-3.4, 2.1, 0.021, 5)}, 0.0) == 'missed by 3.4 pp'
+  assert quality_report._verdict({0.95: _p(-0.8, 1.8, 0.37, 5)}, 0.0) == (
+      'missed by 0.8 pp (p=0.37, not significant)')
+  assert quality_report._verdict({0.95: _p(-0.04, 1.0, 0.97, 5)}, 0.0) == (
+      'missed by less than 0.1 pp (p=0.97, not significant)')
+  two = {0.98: _p(-1.9, 2.1, 0.12, 5), 0.99: _p(1.0, 1.0, 0.1, 5)}
+  assert quality_report._verdict(two, 2.0) == (
+      'missed by 1.0 pp (p=0.1, not significant)')
+  # Met at one sparsity, even where another has the larger mean within noise.
+  mixed = {0.98: _p(3.3, 0.9, 0.0014, 5), 0.99: _p(11.9, 14.7, 0.14, 5)}
+  assert quality_report._verdict(mixed, 2.0) == 'met'
+  # Parity (margin 0) needs the median too: a mean carried by a baseline seed that failed.
+  carried = statistics.Paired(16.4, 38.2, 0.39, 5, -1.2, 0.81)
+  assert quality_report._verdict({0.95: carried}, 0.0) == (
+      'not shown: the mean +16.4 pp at 95% is carried by few seeds (median -1.2)')
+  assert quality_report._verdict({0.95: _p(0.5, 1.0, 0.3, 5)}, 0.0) == 'met'
+
+
+def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_are_paired(
+    tmp_path):
+  # pilot+imp is recommended (best validation); IMP trains 30 dense epochs and 3 cycles
+  # of 30, so it is judged against dense+gmp (30 epochs) and against dense+imp (120).
+  rows = list(_tuning_record('cnn1d', 'pilot+imp', 0, best=0.95).values())
+  for seed in range(5):
+    for sparsity in (0.95, 0.98, 0.99):
+      rows.append(_final('cnn1d', 'dense+gmp', sparsity, seed, 80.0 + seed))
+      rows.append(_final('cnn1d', 'dense+imp', sparsity, seed, 84.0 + seed))
+      rows.append(_final('cnn1d', 'pilot+imp', sparsity, seed, 85.0 + seed))
+      rows.append(_final('cnn1d', 'pilot', sparsity, seed, 70.0 + 2 * seed))
+      rows.append(_final('cnn1d', 'str', sparsity, seed, 71.0 + seed))
+    rows.append(_final('cnn1d', 'dense+gmp', 0.98, seed, 60.0 + seed,
+                       study='sparsify trained: dense+gmp'))
+    rows.append(_final('cnn1d', 'pilot+gmp', 0.98, seed, 63.0 + seed,
+                       study='sparsify trained: pilot+gmp'))
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  assert ('| sparsify trained: pilot+gmp − sparsify trained: dense+gmp |  | '
+          '+3.0 ± 0.0 (p=0, n=5); median +3.0 (Wilcoxon p=0.062) |') in text
+  assert '| cnn1d | pilot+imp | >= dense+gmp + 2 pp at 98% or 99% | 120, 30 |' in text
+  assert '| cnn1d | pilot+imp | >= dense+imp + 2 pp at 98% or 99% | 120, 120 |' in text
+  # +5 against GMP at every seed: met twice; +1 against dense+imp: met at 95%, missed
+  # by 1 pp at 98-99%.
+  assert text.count('| met |') == 3 and text.count('| missed by 1.0 pp |') == 1
+  # pilot - str: 70 + 2s - (71 + s) = s - 1 over seeds 0-4: mean +1.0, sd sqrt(2.5),
+  # t = sqrt(2); with 4 degrees of freedom (closed form above) p = 1 - s (3 - s^2) / 2,
+  # s = t / sqrt(t^2 + 4) = 1 / sqrt(3): p = 0.2302.
+  assert '| pilot − str | ' in text and '+1.0 ± 1.6 (p=0.23, n=5)' in text
+  assert '| pilot+imp − dense+imp | ' in text
+
+
+def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the_tables(
+    tmp_path):
+  assert not list(protocol.plan({}, ['cnn1d'], ['robustness'], 'w'))  # untuned
+  recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9] * 3] * 3)
+  recorded.update(_cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3] * 3))
+  planned = [r for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')
+             if r['stage'] == 'robustness']
+  assert len(planned) == 2 * len(protocol.ROBUSTNESS_SEEDS) and len(planned) >= 40
+  assert not set(protocol.ROBUSTNESS_SEEDS) & set(protocol.SEEDS)
+  for r in planned:
+    setting = protocol.picked(recorded, 'cnn1d', r['recipe'])
+    assert r['overrides'] == {**setting, 'model': 'cnn1d', 'eval_train': False,
+                              'imp.warmup_epochs': 1, 'sparsity': 0.98,
+                              'seed': r['overrides']['seed'],
+                              'finetune_epochs': protocol.FINETUNE_EPOCHS}
+  rows = list(recorded.values())
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  assert '## Robustness' not in text
+  # Seeds 5-9: pilot+imp 90, 91, 92, 93 and a collapse to 70; dense+imp 89 on each.
+  robust = []
+  for seed, mine in zip(range(5, 10), (90.0, 91.0, 92.0, 93.0, 70.0)):
+    for recipe, value in (('pilot+imp', mine), ('dense+imp', 89.0)):
+      overrides = {'model': 'cnn1d', 'sparsity': 0.98, 'seed': seed}
+      robust.append({'id': f'{recipe}{seed}', 'stage': 'robustness', 'model': 'cnn1d',
+                     'recipe': recipe, 'study': f'{recipe}, 1-epoch cycle warmup',
+                     'overrides': overrides,
+                     'results': {'test_accuracy': value / 100,
+                                 'test_accuracy_before_finetune': value / 100}})
+  with_robust = quality_report.write(rows + robust, str(tmp_path / 'quality'))
+  assert with_robust.startswith(text)  # the seed 0-4 tables are untouched
+  # Medians 91 and 89; seed 9 is 21 pp below its median: one collapse. Differences
+  # 1, 2, 3, 4, -19: median +2.0, mean -1.8. Wilcoxon by hand: ranks 1-4 positive, 5
+  # negative, W = 5; 10 of the 32 sign patterns have W+ <= 5, so p = 2 * 10 / 32.
+  assert ('| cnn1d | pilot+imp, 1-epoch cycle warmup | 5 | 91.0 | 70.0 (seed 9) | 1 | 0 | '
+          'median +2.0, mean -1.8 ± 9.7 pp (p=0.7; p=0.62), n=5 vs dense+imp, 1-epoch cycle '
+          'warmup |') in with_robust
+  assert ('| cnn1d | dense+imp, 1-epoch cycle warmup | 5 | 89.0 | 89.0 (seed 5) | 0 | 0 |  |'
+          in with_robust)
+
+
+def test_a_row_whose_runs_diverged_still_shows_in_the_accuracy_tables():
+  rows = [_final('cnn1d', 'pilot', 0.98, 0, 90.0), _final('cnn1d', 'pilot', 0.98, 1, 92.0)]
+  for seed in (0, 1):
+    rows.append({**_final('cnn1d', 'pilot', 0.98, seed, 0.0, 'sparsify trained: pilot'),
+                 'results': {'diverged': 'Non-finite loss at step 10'}})
+  rows.append({**_final('cnn1d', 'pilot', 0.98, 2, 0.0), 'id': 'gone',
+               'results': {'diverged': 'Non-finite loss at step 10'}})
+  text = quality_report.markdown(rows)
+  # 90% and 95% empty; at 98% seeds 0-1 give 91.0 ± 1.4, and seed 2 diverged: the worst
+  # seed and a failure.
+  assert '| pilot |  |  | 91.0 ± 1.4 / 91.0 / diverged (s2) / 1 |  |' in text
+  assert '| sparsify trained: pilot |  |  | - / - / diverged (s0) / 2 |' in text  # all diverged
+
+
+def test_a_failed_run_is_diverged_at_chance_or_more_than_10_pp_under_its_cells_median():
+  # Validation accuracies of one cell, by hand: the finished ones sorted are 0.115, 0.74,
+  # 0.76, 0.85, 0.90, 0.91, 0.92, median 0.85, so "under" is below 0.75: 0.74 fails and
+  # 0.76 does not. 0.115 is within 0.02 of chance (1/10); seed 2 has no accuracy.
+  values = {0: 0.90, 1: 0.91, 2: None, 3: 0.115, 4: 0.74, 5: 0.92, 6: 0.85, 7: 0.76}
+  assert failures.failed(values, 10) == {2: 'diverged', 3: 'at chance', 4: 'under the median'}
+  assert failures.at_chance(0.515, 2) and not failures.at_chance(0.53, 2)
+  assert failures.failed({0: 0.9, 1: 0.81, 2: 0.85}, 10) == {}  # 0.81 is 0.04 under
+  # The report's cells are in %: 67.5 is 23.5 pp under the median 91; 8.9 is at chance.
+  assert statistics.failed({0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}) == {
+      2: 'under the median'}
+  assert statistics.failed({0: 92.0, 1: 8.9, 2: 91.0}, [3]) == {1: 'at chance',
+                                                                    3: 'diverged'}
+  # Mean 86.7 ± 10.8, median 91, worst 67.5 on seed 2, one failure.
+  assert quality_report.accuracy_cell({0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}) == (
+      '86.7 ± 10.8 / 91.0 / 67.5 (s2) / 1')
+
+
+def test_a_recipe_that_collapsed_is_not_recommended():
+  rows = []
+  for recipe, accuracy in (('pilot', 0.80), ('pilot+imp', 0.90)):
+    for planned in protocol.tuning_rows('cnn1d', recipe):
+      rows.append({**planned, 'results': {'validation_accuracy': accuracy}})
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+  for seed, accuracy in enumerate((92.0, 91.0, 67.5, 90.0, 93.0)):
+    rows.append(_final('cnn1d', 'pilot+imp', 0.98, seed, accuracy))
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
+
+
+def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals():
+  recorded = _tuning_record('cnn1d', 'pilot', best_index=9)  # its 30-epoch pick
+  recorded.update(_tuning_record('mlp', 'pilot', best_index=0))
+  pick = protocol.picked(recorded, 'cnn1d', 'pilot')
+  planned = [r for r in protocol.plan(recorded, ['cnn1d', 'mlp'], ['long'], 'w')]
+  assert {r['model'] for r in planned} == {'cnn1d'}  # the paper's length on the CNN only
+  own = protocol.RECIPES['pilot'][1]
+  assert len(planned) == len(own)  # no finals before the long tuning is done
+  for r, extra in zip(planned, own):
+    o = r['overrides']
+    assert (r['stage'], r['study'], o['num_epochs']) == ('tune', 'pilot 150 epochs', 150)
+    assert o['validation_fraction'] > 0 and o['sparsity'] == protocol.TUNING_SPARSITY
+    assert (o['learning_rate'], o['weight_decay']) == (pick['learning_rate'],
+                                                       pick['weight_decay'])
+    assert {k: o[k] for k in extra} == extra
+  for i, r in enumerate(planned):  # the second of the own values validates best
+    recorded[r['id']] = {**r, 'results': {'validation_accuracy': 0.9 if i == 1 else 0.5}}
+  finals = [r for r in protocol.plan(recorded, ['cnn1d'], ['long'], 'w') if r['stage'] != 'tune']
+  assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS)
+  assert all(r['study'] == 'pilot 150 epochs' and r['overrides']['num_epochs'] == 150
+             and {k: r['overrides'][k] for k in own[1]} == own[1] for r in finals)
+  assert protocol.picked(recorded, 'cnn1d', 'pilot') == pick  # 30-epoch pick unchanged
+  # A later learning-rate round that moves the 30-epoch pick leaves the long stage alone:
+  # it takes its learning rate and weight decay from LONG_ROUND's picks.
+  assert protocol.LONG_ROUND == (0.1, 0.2)
+  first = {r['id'] for r in protocol.tuning_rows('cnn1d', 'pilot', protocol.LONG_ROUND)}
+  wider = [r for r in protocol.tuning_rows('cnn1d', 'pilot') if r['id'] not in first]
+  assert {r['overrides']['learning_rate'] for r in wider} == {0.4}
+  recorded.update({r['id']: {**r, 'results': {'validation_accuracy': 0.99}} for r in wider})
+  assert protocol.picked(recorded, 'cnn1d', 'pilot')['learning_rate'] == 0.4
+  assert [r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['long'], 'w')] == [
+      r['id'] for r in planned + finals]
+
+
+def _cycle_warmup_record(model, recipe, accuracies):
+  """The tuning of ``recipe`` (first grid setting best) and its cycle-warmup runs with
+  validation ``accuracies`` [warmup][seed] (None: diverged)."""
+  recorded = _tuning_record(model, recipe, 0)
+  planned = protocol.cycle_warmup_rows(recorded, model, recipe)
+  values = [a for per_warmup in accuracies for a in per_warmup]
+  for row, value in zip(planned, values):
+    if row['id'] not in recorded:
+      recorded[row['id']] = {**row, 'results': {'diverged': 'step 9'} if value is None
+                             else {'validation_accuracy': value}}
+  return recorded
+
+
+def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_against():
+  recorded = _tuning_record('cnn1d', 'pilot+imp', 0)
+  planned = protocol.cycle_warmup_rows(recorded, 'cnn1d', 'pilot+imp')
+  setting = protocol.picked(recorded, 'cnn1d', 'pilot+imp')
+  assert len(planned) == len(protocol.CYCLE_WARMUPS) * len(protocol.CYCLE_WARMUP_SEEDS) == 9
+  assert all(r['overrides']['validation_fraction'] > 0 for r in planned)
+  # One epoch is the config default: its seed-0 run is the tuning run itself.
+  assert planned[0]['id'] in recorded and sum(r['id'] in recorded for r in planned) == 1
+  assert [r['overrides'].get('imp.warmup_epochs', 1) for r in planned] == [1] * 3 + [3] * 3 + [
+      5] * 3
+  # Seed 0 alone would keep 1 epoch (0.9 against 0.89). Means over seeds 0-2:
+  # 1 epoch (0.9 + 0.9 - 1) / 3 = 0.267 (seed 2 diverged), 3 epochs 0.88, 5 epochs 0.87.
+  recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9, 0.9, None], [0.89, 0.88, 0.87],
+                                                        [0.87, 0.87, 0.87]])
+  assert protocol.cycle_warmup_picked(recorded, 'cnn1d', 'pilot+imp') == {
+      **setting, 'imp.warmup_epochs': 3}
+  assert protocol.recipe_pick(recorded, 'cnn1d', 'pilot+imp')['imp.warmup_epochs'] == 3
+  table = '\n'.join(quality_report.cycle_warmup_table(recorded))
+  assert '| cnn1d | pilot+imp | 1 | 90.0, 90.0, diverged | 26.7 |  |' in table
+  assert '| cnn1d | pilot+imp | 3 | 89.0, 88.0, 87.0 | 88.0 | yes |' in table
+  tuned = quality_report.tuned_table(list(recorded.values()), ['pilot+imp'], ['cnn1d'])
+  assert tuned[-1].endswith(', imp.warmup_epochs=3 |')
+  # The robustness seeds run at the pick and at the one epoch it replaces, with the key
+  # explicit: new runs on one machine, never those recorded without it elsewhere.
+  again = [r for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')
+           if r['stage'] == 'robustness']
+  assert [r['overrides']['seed'] for r in again] == [
+      s for s in protocol.ROBUSTNESS_SEEDS for _ in range(2)]
+  assert [(r['study'], r['overrides']['imp.warmup_epochs']) for r in again[:2]] == [
+      ('pilot+imp, 1-epoch cycle warmup', 1), ('pilot+imp, 3-epoch cycle warmup', 3)]
+  setting_alone = {**setting, 'sparsity': 0.98, 'seed': 5, 'finetune_epochs': 5}
+  assert protocol.row('robustness', 'cnn1d', 'pilot+imp', setting_alone)['id'] not in {
+      r['id'] for r in again}
+  # The finals run at the tuned warmup: the setting the benchmark recommends.
+  finals = [r for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w')
+            if r['recipe'] == 'pilot+imp']
+  assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS)
+  assert all(r['overrides']['imp.warmup_epochs'] == 3 for r in finals)
+  # Ties go to the shorter warmup; dense+imp runs at its pick alone. At the default, one
+  # epoch, the pick leaves the key out, so finals recorded before this tuning still count.
+  kept = _cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3, [0.8] * 3, [0.9] * 3])
+  assert protocol.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == protocol.picked(
+      kept, 'cnn1d', 'dense+imp')
+  assert {r['study'] for r in protocol.plan(kept, ['cnn1d'], ['robustness'], 'w')
+          if r['stage'] == 'robustness'} == {'dense+imp, 1-epoch cycle warmup'}
+  assert [r['overrides'] for r in protocol.plan(kept, ['cnn1d'], ['final'], 'w')] == [
+      r['overrides'] for r in protocol.final_rows(
+          'cnn1d', 'dense+imp', protocol.picked(kept, 'cnn1d', 'dense+imp'))]
+  # An unfinished tuning falls back to the 30-epoch pick.
+  del recorded[planned[-1]['id']]
+  assert protocol.recipe_pick(recorded, 'cnn1d', 'pilot+imp') == setting
+
+
+def test_a_diverged_run_is_a_collapse_and_bars_the_recommendation():
+  rows = []
+  for recipe, accuracy in (('pilot', 0.80), ('pilot+imp', 0.90)):
+    for planned in protocol.tuning_rows('cnn1d', recipe):
+      rows.append({**planned, 'results': {'validation_accuracy': accuracy}})
+  for seed, accuracy in enumerate((92.0, 91.0, 90.0, 93.0)):
+    rows.append(_final('cnn1d', 'pilot+imp', 0.98, seed, accuracy))
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+  rows.append({**_final('cnn1d', 'pilot+imp', 0.98, 4, 0.0), 'id': 'gone',
+               'results': {'diverged': 'Non-finite loss at step 2846'}})
+  assert statistics.diverged(rows) == {('cnn1d', 'pilot+imp', 0.98): [4]}
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
+  # Median of the four that finished 91.5; the divergence is the worst and a collapse.
+  assert quality_report.accuracy_cell({0: 92.0, 1: 91.0, 2: 90.0, 3: 93.0}, [4]) == (
+      '91.5 ± 1.3 / 91.5 / diverged (s4) / 1')
+
+
+def test_a_collapse_on_the_robustness_seeds_bars_the_recommendation_at_the_pick_only():
+  recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9] * 3, [0.95] * 3, [0.9] * 3])
+  for planned in protocol.tuning_rows('cnn1d', 'pilot'):
+    recorded[planned['id']] = {**planned, 'results': {'validation_accuracy': 0.5}}
+  rows = list(recorded.values())
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+
+  def robust(warmup, values):
+    return [{'id': f'{warmup}-{seed}', 'stage': 'robustness', 'model': 'cnn1d',
+             'recipe': 'pilot+imp', 'study': f'pilot+imp, {warmup}-epoch cycle warmup',
+             'overrides': {'sparsity': 0.98, 'seed': seed},
+             'results': {'test_accuracy': value / 100}} for seed, value in enumerate(values, 5)]
+
+  # 70 is 21 pp below the median, 91: a collapse. At one epoch, the warmup the tuned three
+  # epochs replace, it does not count against the recipe; at its pick it does.
+  collapse = (90.0, 91.0, 92.0, 93.0, 70.0)
+  assert quality_report.recommended(rows + robust(1, collapse), 'cnn1d') == 'pilot+imp'
+  assert quality_report.recommended(rows + robust(3, collapse), 'cnn1d') == 'pilot'
+  assert quality_report.recommended(rows + robust(3, collapse[:4]), 'cnn1d') == 'pilot+imp'
+
+
+def test_the_rerun_robustness_table_pairs_each_warmup_with_the_baselines_pick():
+  recorded = _cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3, [0.8] * 3, [0.8] * 3])
+  rows = list(recorded.values())
+  # Seeds 5-8. pilot+imp with one epoch: 90, 91, diverged, 92; with three: 91, 92, 93,
+  # 94; dense+imp (its pick, one epoch): 89 on each. Paired differences of the
+  # three-epoch runs: 2, 3, 4, 5 (mean 3.5, sd 1.29).
+  values = {'pilot+imp, 1-epoch cycle warmup': (90.0, 91.0, None, 92.0),
+            'pilot+imp, 3-epoch cycle warmup': (91.0, 92.0, 93.0, 94.0),
+            'dense+imp, 1-epoch cycle warmup': (89.0,) * 4}
+  for name, accuracies in values.items():
+    for seed, value in zip(range(5, 9), accuracies):
+      rows.append({'id': f'{name}{seed}', 'stage': 'robustness', 'model': 'cnn1d',
+                   'recipe': name.split(',')[0], 'study': name,
+                   'overrides': {'sparsity': 0.98, 'seed': seed},
+                   'results': {'diverged': 'step 9'} if value is None else
+                   {'test_accuracy': value / 100}})
+  text = quality_report.robustness_markdown(rows)
+  assert ('| cnn1d | pilot+imp, 1-epoch cycle warmup | 4 | 91.0 | diverged (seed 7) | 1 | 1 | '
+          'median +2.0, mean +2.0 ± 1.0 pp') in text
+  assert ('| cnn1d | pilot+imp, 3-epoch cycle warmup | 4 | 92.5 | 91.0 (seed 5) | 0 | 0 | '
+          'median +3.5, mean +3.5 ± 1.3 pp') in text
+  assert 'n=4 vs dense+imp, 1-epoch cycle warmup |' in text
+  assert '| cnn1d | dense+imp, 1-epoch cycle warmup | 4 | 89.0 | 89.0 (seed 5) | 0 | 0 |  |' in text
+
+
+def test_an_unfinished_run_left_by_an_older_config_restarts_and_a_matching_one_resumes(tmp_path):
+  config = default.get_config()
+  older = config.to_dict()
+  del older['imp']['warmup_epochs']  # a key that an older pcs did not write
+  for name, saved in (('stale', older), ('same', config.to_dict())):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'config.json').write_text(json.dumps(saved))
+    (tmp_path / name / 'metrics.jsonl').write_text('{}\n')
+  config_checks.drop_stale_workdir(config, str(tmp_path / 'stale'))
+  config_checks.drop_stale_workdir(config, str(tmp_path / 'same'))
+  assert not (tmp_path / 'stale').exists()
+  assert (tmp_path / 'same' / 'metrics.jsonl').exists()
+
+
+def test_a_wider_learning_rate_round_takes_over_only_once_it_has_finished():
+  # dense+gmp: 3 end fractions x 4 weight decays per learning rate. Round 1 ({0.1, 0.2})
+  # is best at lr 0.2, weight decay 1e-3, end fraction 0.7: grid index 12 + 2 * 3 + 1.
+  first = [0.5] * 24
+  first[19] = 0.8
+  recorded = _validation('cnn1d', 'dense+gmp', first, (0.1, 0.2))
+  assert protocol.tuning_round(recorded, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
+  lr02 = {'method': 'dense', 'schedule': 'gmp', 'learning_rate': 0.2, 'weight_decay': 1e-3,
+          'gmp.end_fraction': 0.7, 'model': 'cnn1d', 'eval_train': False}
+  assert protocol.picked(recorded, 'cnn1d', 'dense+gmp') == lr02
+  finals = {r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w')
+            if r['recipe'] == 'dense+gmp'}
+  assert len(finals) == 20
+  # Round 2 adds lr 0.4; while one of its runs is missing, round 1's pick holds.
+  worse = _validation('cnn1d', 'dense+gmp', first + [0.6] * 12)
+  assert len(worse) == 36 and set(recorded) < set(worse)
+  unfinished = {k: v for k, v in worse.items() if k != list(worse)[-1]}
+  assert protocol.tuning_round(unfinished, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
+  assert protocol.picked(unfinished, 'cnn1d', 'dense+gmp') == lr02
+  # Finished and no better at lr 0.4: the same pick, so the same final runs, none new.
+  assert protocol.tuning_round(worse, 'cnn1d', 'dense+gmp') == (0.1, 0.2, 0.4)
+  assert {r['id'] for r in protocol.plan(worse, ['cnn1d'], ['final'], 'w')
+          if r['recipe'] == 'dense+gmp'} == finals
+  # Better at lr 0.4, weight decay 1e-4, end fraction 0.5 (index 24): a new pick.
+  better = _validation('cnn1d', 'dense+gmp', first + [0.9] + [0.6] * 11)
+  assert protocol.picked(better, 'cnn1d', 'dense+gmp') == {
+      **lr02, 'learning_rate': 0.4, 'weight_decay': 1e-4, 'gmp.end_fraction': 0.5}
+  # The old pick's finals stay in the record but leave the report; tuning runs stay.
+  old = {r['id']: {**r, 'results': {'test_accuracy': 0.8}}
+         for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w') if r['stage'] == 'final'}
+  shown = {r['id'] for r in quality_report.current(list(better.values()) + list(old.values()))}
+  assert shown == set(better)
+  shown = {r['id'] for r in quality_report.current(list(worse.values()) + list(old.values()))}
+  assert shown == set(worse) | set(old)
+
+
+def test_the_recommendation_compares_recipes_over_the_same_round():
+  # pilot: 4 settings per grid point; best 0.80 over lr {0.1, 0.2} and 0.95 at lr 0.4.
+  pilot = _validation('cnn1d', 'pilot', [0.80] + [0.5] * 31 + [0.95] + [0.5] * 15)
+  # pilot+imp: 4 settings per grid point, round 1 only, best 0.90.
+  imp = _validation('cnn1d', 'pilot+imp', [0.90] + [0.5] * 31, (0.1, 0.2))
+  rows = list(pilot.values()) + list(imp.values())
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'  # 0.90 against 0.80
+  imp = _validation('cnn1d', 'pilot+imp', [0.90] + [0.5] * 47)
+  rows = list(pilot.values()) + list(imp.values())
+  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'  # 0.95 against 0.90
+
+
+def test_the_runner_rejects_an_unknown_recipe_by_name():
+  protocol.check_recipes(['pilot+imp', 'dense+imp'])
+  with pytest.raises(ValueError, match=r"--recipes: unknown \['pilot_imp'\]; allowed: "
+                     r'dense\+gmp, pilot\+gmp'):
+    protocol.check_recipes(['pilot+imp', 'pilot_imp'])
+
+
+def _record(recorded, planned, results):
+  for r, result in zip(planned, results):
+    recorded[r['id']] = {**r, 'results': result if isinstance(result, dict)
+                         else {'validation_accuracy': result}}
+
+
+def _first_confirmation_round():
+  """The first round of the confirmation by hand (its pick asserted); the record and the
+  planned confirmation runs."""
+  # dense: 4 weight decays per learning rate, 12 settings. On seed 0: index 8 (lr 0.4,
+  # wd 1e-4) 0.95, index 5 (lr 0.2, wd 3e-4) 0.93, index 2 (lr 0.1, wd 1e-3) 0.90.
+  seed0 = [0.5] * 12
+  seed0[8], seed0[5], seed0[2] = 0.95, 0.93, 0.90
+  recorded = _validation('cnn1d', 'dense', seed0)
+  grid = protocol.tuning_rows('cnn1d', 'dense')
+  assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # seed 0 alone
+  planned = protocol.confirmation_rows(recorded, 'cnn1d', 'dense')
+  assert protocol.CONFIRM_SEEDS == (1, 2, 3, 4)
+  assert [(r['overrides']['learning_rate'], r['overrides']['weight_decay'],
+           r['overrides']['seed']) for r in planned] == [
+               (lr, wd, seed) for lr, wd in ((0.4, 1e-4), (0.2, 3e-4), (0.1, 1e-3))
+               for seed in (1, 2, 3, 4)]
+  assert all(r['stage'] == 'tune' and r['overrides']['validation_fraction'] > 0
+             for r in planned)
+  assert [r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['tune'], 'w')
+          if r['recipe'] == 'dense'] == [r['id'] for r in grid + planned]
+  # The first round, seeds 1-2, picks by the mean. The leader diverges on seed 1 (-1) and
+  # trains on seed 2: mean (0.95 - 1 + 0.94) / 3 = 0.297. The second: (0.93 + 0.92 +
+  # 0.91) / 3 = 0.92; the third (0.90 + 0.95 + 0.95) / 3 = 0.933, the best.
+  first = [r for r in planned if r['overrides']['seed'] in (1, 2)]
+  results = [{'diverged': 'step 9'}, 0.94, 0.92, 0.91, 0.95, 0.95]
+  _record(recorded, first[:-1], results[:-1])
+  assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # unfinished
+  _record(recorded, first[-1:], results[-1:])
+  assert protocol.picked(recorded, 'cnn1d', 'dense') == {
+      'model': 'cnn1d', 'eval_train': False, 'method': 'dense', 'schedule': 'one_shot',
+      'learning_rate': 0.1, 'weight_decay': 1e-3}
+  assert protocol.picked_run(recorded, 'cnn1d', 'dense')[1] == protocol.Confirmation(
+      'mean', (0, 1, 2), pytest.approx(0.9333333), 0.90, 0)
+  assert protocol.mean_validation_accuracy(
+      [recorded[grid[2]['id']], recorded[first[4]['id']], recorded[first[5]['id']]]) == (
+          pytest.approx(0.9333333))
+  # Only seeds 3-4 are new runs for the second round.
+  assert [r for r in protocol.plan(recorded, ['cnn1d'], ['tune'], 'w')
+          if r['recipe'] == 'dense' and r['id'] not in recorded] == [
+              r for r in planned if r['overrides']['seed'] > 2]
+  return recorded, planned
+
+
+def test_the_leading_settings_are_confirmed_on_more_seeds_and_the_best_mean_picks():
+  _first_confirmation_round()
+
+
+def test_with_five_seeds_a_failed_seed_disqualifies_the_best_mean_and_a_steadier_setting_wins():
+  recorded, planned = _first_confirmation_round()
+  later = [r for r in planned if r['overrides']['seed'] in (3, 4)]  # lr 0.4, 0.2, 0.1
+
+  def pick(seeds_3_and_4):
+    _record(recorded, later, seeds_3_and_4)
+    return protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate']
+
+  # Seeds 0-4 of each leader by hand (seeds 0-2 as above):
+  #   lr 0.4: 0.95, diverged, 0.94, 0.99, 0.99   failed (diverged)
+  #   lr 0.2: 0.93, 0.92, 0.91, 0.93, 0.93       median 0.93, mean 0.924, worst 0.91
+  #   lr 0.1: 0.90, 0.95, 0.95, 1.00, 0.84       median 0.95, mean 0.928: the best mean and
+  #           median, but 0.84 is more than 0.10 under its median 0.95: a failed seed.
+  assert pick([0.99, 0.99, 0.93, 0.93, 1.0, 0.84]) == 0.2  # the steadier setting wins
+  assert protocol.picked_run(recorded, 'cnn1d', 'dense')[1] == protocol.Confirmation(
+      'median', (0, 1, 2, 3, 4), pytest.approx(0.93), pytest.approx(0.91), 0)
+  groups = protocol.confirmed(recorded, 'cnn1d', 'dense')
+  assert protocol.choose(groups, 'mean')[0]['overrides']['learning_rate'] == 0.1  # old rule
+  # lr 0.1 steady at 0.86 instead: no failure, the best median (0.95) picks it.
+  assert pick([0.99, 0.99, 0.93, 0.93, 1.0, 0.86]) == 0.1
+  # Every leader failed (lr 0.2's seed 4 at chance, 0.115 <= 1/10 + 0.02): the best worst
+  # seed picks, lr 0.1's 0.84 (lr 0.2: 0.115; lr 0.4 diverged, -1).
+  assert pick([0.99, 0.99, 0.93, 0.115, 1.0, 0.84]) == 0.1
+
+
+def test_a_cell_whose_runs_missed_the_target_sparsity_is_marked():
+  assert failures.off_target(0.9, 0.904) is None  # within 0.5%
+  assert 'achieved sparsity 0.9600 for a target of 0.9000' in failures.off_target(0.9, 0.96)
+  def row(seed, achieved, stage='final', recipe='str'):
+    return {'id': f'{recipe}{seed}', 'stage': stage, 'model': 'cnn1d', 'recipe': recipe,
+            'study': None, 'overrides': {'sparsity': 0.9, 'seed': seed},
+            'results': {'achieved_sparsity': achieved, 'test_accuracy': 0.8,
+                        'test_accuracy_before_finetune': 0.7}}
+  rows = [row(0, 0.9), row(1, 0.93), row(2, 0.96), row(0, 0.9, recipe='l1'),
+          row(3, 0.99, stage='tune')]  # tuning runs are not in the tables
+  off = statistics.off_target(rows)
+  assert off == {('cnn1d', 'str', 0.9): 0.96}  # the farthest of the cell's runs
+  table = quality_report.accuracy_table(statistics.groups(rows), 'cnn1d', ['str', 'l1'],
+                                        (0.9,), {}, off)
+  assert table[2].startswith('| str | 80.0 ± 0.0') and table[2].endswith('(at 96.0%) |')
+  assert '(at' not in table[3]
+
+
+def test_the_defaults_stage_runs_each_recipe_as_the_binary_does_and_reports_failures():
+  recorded = run_record.Record(os.path.join(helpers.REPO, 'quality')).rows
+  rows = list(protocol.defaults_rows(recorded, ['cnn1d']))
+  assert len(rows) == len(protocol.DEFAULTS_RECIPES) * 2 * 10
+  gmp = [r for r in rows if r['recipe'] == 'dense+gmp']
+  pick = protocol.recipe_pick(recorded, 'cnn1d', 'dense+gmp')
+  assert all(r['overrides'] == {**pick, 'model': 'cnn1d', 'eval_train': False,
+                                'sparsity': r['overrides']['sparsity'],
+                                'seed': r['overrides']['seed']} for r in gmp)
+  assert {r['overrides']['seed'] for r in gmp} == set(range(101, 111))
+
+  def run(seed, accuracy):
+    results = ({'collapsed': 'train epoch 7: at chance'} if accuracy is None else
+               {'test_accuracy': accuracy, 'achieved_sparsity': 0.9})
+    return {'id': f'x{seed}', 'stage': 'defaults', 'model': 'cnn1d', 'recipe': 'dense+gmp',
+            'study': 'dense+gmp as the binary runs it',
+            'overrides': {'sparsity': 0.9, 'seed': seed}, 'results': results}
+  # By hand: the finished runs are 90, 91, 92, 90, 91, 92, 90, 91 and 10 (%), median 91;
+  # seed 109 is at chance and seed 110 collapsed: 2 failed, and the verdict says so.
+  table = quality_report.defaults_markdown(
+      [run(101 + i, 0.9 + 0.01 * (i % 3)) for i in range(8)] + [run(109, 0.1), run(110, None)])
+  assert ('| cnn1d | dense+gmp as the binary runs it | 90% | 10/10 | 91.0 | diverged (s110) | 2 '
+          '| fails |') in table
+  ok = quality_report.defaults_markdown([run(101 + i, 0.9) for i in range(10)])
+  assert '| 10/10 | 90.0 | 90.0 (s101) | 0 | trains on every seed |' in ok
