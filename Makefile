@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.vision.sweep --workdir=$(WORKDIR)/demo --readme=README.md
 
 regression: $(STAMP)
-	$(PY) -m experiments.regression.main --workdir=$(WORKDIR)/regression
+	$(PY) -m experiments.regression.main --workdir=$(WORKDIR)/regression --readme=README.md
 
 # The quality benchmark (hours on 2 cores; resumable: finished runs in quality/runs.jsonl are
 # skipped). One worker per core; QUALITY.md and quality/ are rewritten as results come.
