@@ -5,7 +5,7 @@
   (``pcs/sparse/_formats.py``);
 * kernels: C++ XLA FFI handlers for CPU (``csrc/sparse_kernels.cc``), registered when pcs
   is imported, chosen per platform when a call is lowered, with pure-JAX stand-ins and
-  the reference's gradient on every path (``_kernels.py``);
+  the reference's gradient on every path (``_compiled.py``);
 * layers: :func:`dense` and :func:`conv` (direct on the stride phases, or im2col);
 * export: :func:`export` (``pcs.export``) takes a linen model's variables or an NNX
   module, keeps each layer sparse only where measured faster (timed against dense in
@@ -21,7 +21,7 @@ from pcs.sparse._api import export, load
 from pcs.sparse._artifact import save
 from pcs.sparse._export import Epilogue, Exported, LayerChoice, LayerInput
 from pcs.sparse._formats import CSR, FORMATS, NM, Format, csr, nm
-from pcs.sparse._kernels import kernels_available, matmul_t, reference_matmul_t
+from pcs.sparse._compiled import compiled_available, matmul_t, reference_matmul_t
 from pcs.sparse._layers import conv, dense
 from pcs.sparse._timing import Comparison
 from pcs.sparse.linen import sparse_apply

@@ -78,18 +78,19 @@ class Epilogue:
   activation: Optional[str] = None
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=['layers', 'epilogues'],
+@functools.partial(jax.tree_util.register_dataclass, data_fields=['weights', 'epilogues'],
                    meta_fields=['choices', 'model'])
 @dataclasses.dataclass(frozen=True)
 class Exported(Mapping):
-  """The layers that run sparsely, ``{module path: CSR or NM}``, and every layer's choice.
+  """The compressed weights, ``{module path: CSR or NM}`` of the layers that run sparsely,
+  and every layer's choice.
 
   A mapping (``exported[('Dense_0',)]``) and a pytree (it passes through ``jax.jit``).
   ``model``: the whole model timed against dense, when it was measured.
   ``epilogues``: ``{module path: Epilogue}`` of the exported layers with a folded batch
   norm or a fused ReLU.
   """
-  layers: Dict[Path, Any]
+  weights: Dict[Path, Any]
   choices: Tuple[LayerChoice, ...]
   model: Optional[timing.Comparison] = None
   epilogues: Dict[Path, Epilogue] = dataclasses.field(default_factory=dict)
@@ -139,13 +140,13 @@ class Exported(Mapping):
     return linen.bind(model, variables, self, **call_kwargs)
 
   def __getitem__(self, path: Path):
-    return self.layers[path]
+    return self.weights[path]
 
   def __iter__(self) -> Iterator[Path]:
-    return iter(self.layers)
+    return iter(self.weights)
 
   def __len__(self) -> int:
-    return len(self.layers)
+    return len(self.weights)
 
   def astype(self, dtype) -> 'Exported':
     """This export with the values of its CSR layers stored as ``dtype`` (``jnp.bfloat16``:
@@ -154,7 +155,7 @@ class Exported(Mapping):
     read them). The values round to 8 bits of mantissa (a relative error up to 2^-9);
     N:M layers keep float32. ``make bench`` times both."""
     return dataclasses.replace(
-        self, layers={path: layer.with_values(dtype) for path, layer in self.layers.items()})
+        self, weights={path: weight.with_values(dtype) for path, weight in self.weights.items()})
 
   def summary(self) -> str:
     """A table: each layer, its shape and sparsity, the format kept and why."""

@@ -7,7 +7,7 @@ stride phases (Park et al., ICLR 2017): no patch matrix. Measured on ResNet-20's
 the 1-D CNN's layers (BENCHMARKS.md), it beats im2col except where an image has few
 output positions, so ``conv`` takes it from ``MIN_DIRECT_POSITIONS`` up (where the
 compiled kernels are absent, the direct convolution is one product over columns read
-from the phases, :func:`pcs.sparse._kernels.phase_columns`). Elsewhere (3-D, small
+from the phases, :func:`pcs.sparse._compiled.phase_columns`). Elsewhere (3-D, small
 outputs) ``conv`` is im2col with the
 output positions as the columns: the input is moved to (C, N, *spatial), padded, and
 for every window offset the strided slice is taken, which stacks into x^T of shape
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcs.sparse import _kernels as kernels
+from pcs.sparse import _compiled as compiled
 
 Padding = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
 # Fewer output positions per image than this and im2col wins (BENCHMARKS.md: the 1-D
@@ -62,7 +62,7 @@ def dense(x: jax.Array, layer, bias: Optional[jax.Array] = None,
                      f'{layer.kernel_shape}.')
   _check_input(x, layer.fan_in, 'dense')
   x2 = x.reshape(-1, layer.fan_in).astype(jnp.float32)
-  y_t = kernels.matmul_t(x2.T, layer, _float32(bias), activation)
+  y_t = compiled.matmul_t(x2.T, layer, _float32(bias), activation)
   return y_t.T.reshape(x.shape[:-1] + (layer.features,)).astype(x.dtype)
 
 
@@ -137,7 +137,7 @@ def _direct(x, layer, bias, window, strides, pads, activation):
   z = jnp.pad(x_p, [(0, 0), (0, 0), (0, hq * sh - hp), (0, wq * sw - wp)])
   z = z.reshape(n, c, hq, sh, wq, sw)[:, :, :, :min(sh, window[0]), :, :min(sw, window[1])]
   z = z.transpose(0, 3, 5, 1, 2, 4).reshape(n, -1, hq, wq)
-  y = kernels.conv_direct(z, layer, bias, window, strides, out, activation)
+  y = compiled.conv_direct(z, layer, bias, window, strides, out, activation)
   y = jnp.moveaxis(y, 1, -1)  # (N, Ho, Wo, F)
   return y[:, 0] if one_d else y
 
@@ -150,7 +150,7 @@ def _im2col(x, layer, bias, window, strides, pads, activation):
     slices.append(x_t[(slice(None), slice(None)) + index])
   columns = x.shape[0] * int(np.prod(out))
   patches_t = jnp.stack(slices).reshape(-1, columns)  # (window..., C) x (N, *out)
-  y_t = kernels.matmul_t(patches_t, layer, bias, activation)
+  y_t = compiled.matmul_t(patches_t, layer, bias, activation)
   return jnp.moveaxis(y_t.reshape((layer.features, x.shape[0]) + out), 0, -1)
 
 

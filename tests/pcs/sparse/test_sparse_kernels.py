@@ -50,10 +50,10 @@ CASES = [  # fan_in, features, batch, sparsity
 
 
 def test_the_compiled_kernels_are_registered():
-  assert sparse.kernels_available(), sparse._kernels._UNAVAILABLE  # pylint: disable=protected-access
+  assert sparse.compiled_available(), sparse._compiled._UNAVAILABLE  # pylint: disable=protected-access
   # The library's own list names the four handlers, each at a distinct address.
   spec = importlib.util.find_spec('pcs.sparse._sparse_kernels')
-  listed = sparse._kernels.targets(ctypes.CDLL(spec.origin))  # pylint: disable=protected-access
+  listed = sparse._compiled.targets(ctypes.CDLL(spec.origin))  # pylint: disable=protected-access
   assert set(listed) == {'pcs_csr_matmul', 'pcs_nm_matmul', 'pcs_csr_conv', 'pcs_nm_conv'}
   assert len(set(listed.values())) == 4 and all(listed.values())
   layer = sparse.csr(np.eye(4, dtype=np.float32))
@@ -237,12 +237,12 @@ def test_the_call_is_chosen_for_the_platform_it_is_lowered_for():
 
 def _elsewhere(monkeypatch):
   """Runs what a GPU or TPU runs, on this CPU: no platform takes the compiled kernels."""
-  monkeypatch.setattr(sparse._kernels, 'COMPILED_PLATFORMS', ())  # pylint: disable=protected-access
+  monkeypatch.setattr(sparse._compiled, 'COMPILED_PLATFORMS', ())  # pylint: disable=protected-access
 
 
 def _without_library(monkeypatch):
   """Runs what a CPU without the compiled library runs: the pure-JAX reference."""
-  monkeypatch.setattr(sparse._kernels, '_UNAVAILABLE', 'not built (test)')  # pylint: disable=protected-access
+  monkeypatch.setattr(sparse._compiled, '_UNAVAILABLE', 'not built (test)')  # pylint: disable=protected-access
 
 
 def test_off_cpu_the_products_route_to_bcsr_and_to_dense_and_say_so(monkeypatch):
@@ -252,7 +252,7 @@ def test_off_cpu_the_products_route_to_bcsr_and_to_dense_and_say_so(monkeypatch)
   x_t = rng.normal(size=(csr_kernel.shape[0], 6)).astype(np.float32)
   bias = rng.normal(size=7).astype(np.float32)
   _elsewhere(monkeypatch)
-  monkeypatch.setattr(sparse._kernels.jax, 'default_backend', lambda: 'gpu')  # pylint: disable=protected-access
+  monkeypatch.setattr(sparse._compiled.jax, 'default_backend', lambda: 'gpu')  # pylint: disable=protected-access
   with pytest.warns(RuntimeWarning, match="CPU-only.*gpu.*jax's BCSR"):
     got = sparse.matmul_t(x_t, sparse.csr(csr_kernel), bias, 'relu')
   np.testing.assert_allclose(got, _dense(x_t.T, csr_kernel, bias, relu=True).T, rtol=1e-5,
@@ -394,7 +394,7 @@ def test_bfloat16_values_on_the_compiled_reference_and_off_cpu_paths(batch, monk
       _xla_conv(image, np.asarray(conv_kernel.astype(jnp.bfloat16), np.float32), 1, 'SAME'),
       rtol=1e-5, atol=1e-4)
   _elsewhere(monkeypatch)
-  monkeypatch.setattr(sparse._kernels.jax, 'default_backend', lambda: 'gpu')  # pylint: disable=protected-access
+  monkeypatch.setattr(sparse._compiled.jax, 'default_backend', lambda: 'gpu')  # pylint: disable=protected-access
   with warnings.catch_warnings():  # the fallback is said once per process
     warnings.simplefilter('ignore', RuntimeWarning)
     got = sparse.matmul_t(x.T, layer, bias, 'relu')

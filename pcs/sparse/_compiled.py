@@ -10,7 +10,7 @@ are registered with XLA when ``pcs`` is imported, for the CPU platform only.
 
 * Fallback, said once with a warning: on CPU when the library was not built (no compiler
   at install), :func:`matmul_t` runs the reference (a gather and a segment sum;
-  :func:`kernels_available` tells which path a CPU run takes). On GPU and TPU it routes to
+  :func:`compiled_available` tells which path a CPU run takes). On GPU and TPU it routes to
   what those have: jax's BCSR product for CSR (cuSPARSE on GPU) and, for N:M, the dense
   product with the zeros in place (XLA does not reach the sparse tensor cores), and
   ``pcs.export``'s measured choice keeps each layer dense unless that is faster.
@@ -78,7 +78,7 @@ _UNAVAILABLE = _register()
 _warned: set = set()
 
 
-def kernels_available() -> bool:
+def compiled_available() -> bool:
   """Whether the compiled CPU kernels are registered (else the reference runs)."""
   return _UNAVAILABLE is None
 
