@@ -358,7 +358,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmConv, pcs::NmConvImpl,
                                   .Attr<int64_t>("threads"));
 
 // The registration list: every FFI target name with its handler, ending in {nullptr, nullptr}.
-// pcs/sparse/_kernels.py reads it through ctypes and registers each one for the CPU platform,
+// pcs/sparse/_compiled.py reads it through ctypes and registers each one for the CPU platform,
 // so the names live here only.
 extern "C" {
 struct PcsTarget {

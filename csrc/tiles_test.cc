@@ -2,7 +2,7 @@
 // microkernel testers: a tester names one configuration (the tile's width, the columns it
 // stores, the stride between inputs, the layout and its pattern, the activation), builds
 // random weights and inputs, runs the part and compares every output with a plain
-// double-precision loop over the dense matrix. tests/test_kernel_tiles.py compiles and
+// double-precision loop over the dense matrix. tests/pcs/sparse/test_kernel_tiles.py compiles and
 // runs it; it prints one line per failure and exits 1 if any.
 
 #include <algorithm>

@@ -14,7 +14,7 @@ Every run is the binary's (:func:`experiments.charlm.train.train_and_evaluate`) 
 ``configs/default.py`` and the command line's ``--config.*`` overrides (e.g. a shorter
 smoke run) under it; their hash is part of each run's id, so runs of another base
 config are never mixed in. Each finished run is appended to ``<record>/runs.jsonl``
-(:class:`experiments.quality.record.Record`) and a rerun skips those found there.
+(:class:`experiments.quality.run_record.Record`) and a rerun skips those found there.
 """
 
 from experiments.common import quiet  # first: it quiets TensorFlow before TensorFlow loads

@@ -46,6 +46,7 @@ from experiments.common import config_checks
 from experiments.quality import protocol
 from experiments.quality import report as quality_report
 from experiments.quality import run_record
+from experiments.quality import stages
 from experiments.vision import train
 from experiments.vision.configs import default
 
@@ -56,7 +57,8 @@ flags.DEFINE_string('record', 'quality', 'Folder of runs.jsonl, the plot and the
 flags.DEFINE_list('models', list(protocol.MODELS), 'Models on mnist1d.')
 flags.DEFINE_list('stages', list(protocol.STAGES), 'Stages to run, in order of work.')
 flags.DEFINE_list('recipes', [], 'Only the runs of these recipes (names as in '
-                  'quality_protocol.RECIPES, the first word of a study row); all if empty.')
+                  'experiments.quality.protocol.RECIPES, the first word of a study row); all '
+                  'if empty.')
 flags.DEFINE_float('max_hours', 0.0, 'Stop starting runs after this long (0: no limit).')
 flags.DEFINE_integer('num_workers', 1, 'Processes sharing the work (one per core).')
 flags.DEFINE_integer('worker', 0, 'This process: 0 .. num_workers - 1.')
@@ -106,7 +108,7 @@ def execute(record: run_record.Record, workdir: str, row: dict) -> Optional[dict
 
 def todo(record: run_record.Record) -> list:
   """The planned runs that ``record`` lacks, of FLAGS.recipes if given, in order of work."""
-  return [r for r in protocol.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
+  return [r for r in stages.plan(record.rows, FLAGS.models, FLAGS.stages, FLAGS.workdir)
           if r['id'] not in record.rows and (not FLAGS.recipes or r['recipe'] in FLAGS.recipes)]
 
 

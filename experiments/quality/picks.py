@@ -13,6 +13,7 @@ from typing import Dict, Tuple
 from absl import app
 from absl import flags
 
+from experiments.quality import picking
 from experiments.quality import protocol
 from experiments.quality import run_record
 
@@ -30,7 +31,7 @@ def table(recorded: dict) -> Dict[Tuple[str, str], Dict[str, object]]:
   out = {}
   for model in sorted({r['model'] for r in recorded.values()}):
     for recipe in protocol.RECIPES:
-      setting = protocol.recipe_pick(recorded, model, recipe)
+      setting = picking.recipe_pick(recorded, model, recipe)
       if setting is not None:
         out[(model, recipe)] = {k: v for k, v in setting.items() if k not in NAMING_KEYS}
   return out

@@ -1,5 +1,5 @@
 """QUALITY.md, its plot and its verdicts, from the quality benchmark's ``runs.jsonl``; the
-statistics behind every cell are in :mod:`experiments.quality.statistics`.
+statistics behind every cell are in :mod:`experiments.quality.seed_statistics`.
 """
 
 import os
@@ -11,8 +11,10 @@ from experiments.common import blocks
 from experiments.common import config_checks
 from experiments.common import failures
 from experiments.quality import charlm_study
+from experiments.quality import picking
 from experiments.quality import protocol
-from experiments.quality import statistics
+from experiments.quality import seed_statistics
+from experiments.quality import stages
 
 PILOT_FAMILY = ('pilot', 'pilot+gmp', 'pilot+imp', 'mirror')
 REFERENCE = 'dense+gmp'
@@ -37,8 +39,8 @@ def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
   ``stopped`` (:func:`spread`)."""
   if not values and not stopped:
     return ''
-  median, worst, seed, count = statistics.spread(values, stopped)
-  return f"{statistics.cell(values.values()) or '-'} / {median} / {worst} (s{seed}) / {count}"
+  median, worst, seed, count = seed_statistics.spread(values, stopped)
+  return f"{seed_statistics.cell(values.values()) or '-'} / {median} / {worst} (s{seed}) / {count}"
 
 
 def tuned_table(rows: List[dict], recipes, models) -> List[str]:
@@ -57,13 +59,13 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
     for recipe in recipes:
       planned = protocol.tuning_rows(model, recipe)
       done = sum(r['id'] in by_id for r in planned)
-      learning_rates = protocol.tuning_round(by_id, model, recipe)
+      learning_rates = picking.tuning_round(by_id, model, recipe)
       if learning_rates is None:
         if done:
           lines.append(f'| {model} | {recipe} | {done}/{len(planned)} | | | | |')
         continue
-      best, result = protocol.picked_run(by_id, model, recipe)
-      confirming = protocol.confirmation_rows(by_id, model, recipe)
+      best, result = picking.picked_run(by_id, model, recipe)
+      confirming = picking.confirmation_rows(by_id, model, recipe)
       done_now = sum(r['id'] in by_id for r in confirming)
       mean = '' if result is None else (
           f'{result.rule} {100 * result.value:.1f}, worst {100 * result.worst:.1f}, '
@@ -71,7 +73,7 @@ def tuned_table(rows: List[dict], recipes, models) -> List[str]:
       if done_now < len(confirming):
         mean += f"{'; ' if mean else ''}seeds 0-{protocol.CONFIRM_SEEDS[-1]}: " \
                 f'{done_now}/{len(confirming)} runs'
-      shown = {k: v for k, v in protocol.recipe_pick(by_id, model, recipe).items()
+      shown = {k: v for k, v in picking.recipe_pick(by_id, model, recipe).items()
                if k not in ('model', 'eval_train', 'method', 'schedule')}
       lines.append(f"| {model} | {recipe} | {done}/{len(planned)} | "
                    f"{', '.join(map(str, learning_rates))} | "
@@ -100,7 +102,7 @@ def paired_table(found, model: str, pairs, sparsities) -> List[str]:
   lines = ['| compared | ' + ' | '.join(f'{s:.1%}'.replace('.0%', '%') for s in sparsities)
            + ' |', '|---|' + '---|' * len(sparsities)]
   for name, base in pairs:
-    cells = [statistics.paired_cell(statistics.paired(found.get((model, name, s), {}),
+    cells = [seed_statistics.paired_cell(seed_statistics.paired(found.get((model, name, s), {}),
                                                       found.get((model, base, s), {})))
              for s in sparsities]
     if any(cells):
@@ -116,23 +118,23 @@ def recommended(rows: List[dict], model: str) -> Optional[str]:
   a wider learning-rate round is under way, every recipe is judged over the grid of the
   earliest round any of them stands at, so all get the same tuning budget."""
   by_id = {row['id']: row for row in rows}
-  found, stopped = statistics.groups(rows, True), statistics.diverged(rows)
+  found, stopped = seed_statistics.groups(rows, True), seed_statistics.diverged(rows)
   rounds = {}
   for recipe in PILOT_FAMILY:
     names = {recipe}  # its finals, and its robustness runs at the setting it is picked at
-    pick = protocol.recipe_pick(by_id, model, recipe)
+    pick = picking.recipe_pick(by_id, model, recipe)
     if recipe in protocol.ROBUSTNESS_RECIPES and pick is not None:
-      names.add(protocol.robustness_name(recipe, pick))
+      names.add(stages.robustness_name(recipe, pick))
     cells = {key for key in set(found) | set(stopped) if key[0] == model and key[1] in names}
-    if any(statistics.failed(found.get(key, {}), stopped.get(key, ())) for key in cells):
+    if any(seed_statistics.failed(found.get(key, {}), stopped.get(key, ())) for key in cells):
       continue
-    learning_rates = protocol.tuning_round(by_id, model, recipe)
+    learning_rates = picking.tuning_round(by_id, model, recipe)
     if learning_rates is not None:
       rounds[recipe] = learning_rates
   if not rounds:
     return None
   common = min(rounds.values(), key=len)
-  best = {recipe: max(protocol.validation_accuracy(by_id[r['id']])
+  best = {recipe: max(picking.validation_accuracy(by_id[r['id']])
                       for r in protocol.tuning_rows(model, recipe, common))
           for recipe in rounds}
   return max(best, key=best.get)
@@ -176,12 +178,12 @@ def verdicts(rows: List[dict], found, models) -> List[str]:
     for reference in (REFERENCE, *([SAME_BUDGET[schedule]] if schedule in SAME_BUDGET else [])):
       epochs = f'{training_epochs(recipe)}, {training_epochs(reference)}'
       for sparsities, margin in (((0.95,), 0.0), ((0.98, 0.99), 2.0)):
-        results = {s: statistics.paired(found.get((model, recipe, s), {}),
+        results = {s: seed_statistics.paired(found.get((model, recipe, s), {}),
                              found.get((model, reference, s), {})) for s in sparsities}
         done = {s: r for s, r in results.items() if r is not None and r.n >= 5}
         target = (f">= {reference} at {sparsities[0]:.0%}" if margin == 0 else
                   f">= {reference} + {margin:g} pp at 98% or 99%")
-        shown = '; '.join(f'{s:.0%}: {statistics.paired_cell(r)}'
+        shown = '; '.join(f'{s:.0%}: {seed_statistics.paired_cell(r)}'
                           for s, r in done.items()) or 'pending'
         verdict = 'pending' if len(done) < len(sparsities) else _verdict(done, margin)
         lines.append(f'| {model} | {recipe} | {target} | {epochs} | {shown} | {verdict} |')
@@ -220,9 +222,9 @@ def markdown(rows: List[dict]) -> str:
   """The whole of QUALITY.md's generated part."""
   models = [m for m in ('cnn1d', 'mlp') if any(r['model'] == m for r in rows)]
   recipes = list(protocol.RECIPES)
-  after, before = statistics.groups(rows, True), statistics.groups(rows, False)
-  failed, off = statistics.diverged(rows), statistics.off_target(rows)
-  finished = sum(not statistics.stopped_early(r) for r in rows)
+  after, before = seed_statistics.groups(rows, True), seed_statistics.groups(rows, False)
+  failed, off = seed_statistics.diverged(rows), seed_statistics.off_target(rows)
+  finished = sum(not seed_statistics.stopped_early(r) for r in rows)
   out = [f'Runs recorded: {len(rows)} ({len(rows) - finished} diverged or collapsed). Generated by '
          '`python -m experiments.quality.main` (`make quality`) from `quality/runs.jsonl`.', '',
          '## Targets', '', *verdicts(rows, after, models), '',
@@ -319,15 +321,15 @@ def protocol_text() -> str:
 
 
 def defaults_markdown(rows: List[dict]) -> str:
-  """The binary's defaults on seeds nobody ran (the 'defaults' stage): per model, recipe and
+  """The picked configs on seeds nobody ran (the 'defaults' stage): per model, recipe and
   sparsity, the seeds run, the median, the worst seed and the failed runs (:func:`failed`);
   a recipe passes where no run failed."""
   runs = [r for r in rows if r['stage'] == 'defaults']
   if not runs:
     return ''
-  found, stopped = statistics.groups(runs, True), statistics.diverged(runs)
+  found, stopped = seed_statistics.groups(runs, True), seed_statistics.diverged(runs)
   seeds = protocol.DEFAULTS_SEEDS
-  lines = ["## The binary's defaults on seeds nobody ran", '',
+  lines = ['## The picked configs on seeds nobody ran', '',
            'Each recipe as `python -m experiments.vision.main '
            '--config=experiments/vision/configs/picked.py:<model>,<recipe>` runs it (its '
            f'validation pick, no fine-tuning), seeds {seeds[0]}-{seeds[-1]}, test accuracy %. '
@@ -337,7 +339,7 @@ def defaults_markdown(rows: List[dict]) -> str:
            '|---|---|---:|---:|---:|---:|---:|---|']
   for model, name, sparsity in sorted(set(found) | set(stopped)):
     values, gone = found.get((model, name, sparsity), {}), stopped.get((model, name, sparsity), [])
-    median, worst, seed, count = statistics.spread(values, gone)
+    median, worst, seed, count = seed_statistics.spread(values, gone)
     done = len(values) + len(gone)
     verdict = ('fails' if count else 'trains on every seed' if done == len(seeds)
                else 'pending')
@@ -357,7 +359,7 @@ def robustness_markdown(rows: List[dict]) -> str:
   if not runs:
     return ''
   recorded = {r['id']: r for r in rows}
-  found, failed = statistics.groups(runs, True), statistics.diverged(runs)
+  found, failed = seed_statistics.groups(runs, True), seed_statistics.diverged(runs)
   recipe, baseline = protocol.ROBUSTNESS_RECIPES
   sparsity = protocol.ROBUSTNESS_SPARSITY
   lines = [f'## Robustness: {recipe} and {baseline} on seeds nobody tuned on', '',
@@ -372,16 +374,16 @@ def robustness_markdown(rows: List[dict]) -> str:
   for model in sorted({r['model'] for r in runs}):
     names = sorted({r['study'] for r in runs if r['model'] == model},
                    key=lambda n: (not n.startswith(recipe), n))
-    current = protocol.cycle_warmup_picked(recorded, model, baseline)
-    base = protocol.robustness_name(baseline, current) if current else ''
+    current = picking.cycle_warmup_picked(recorded, model, baseline)
+    base = stages.robustness_name(baseline, current) if current else ''
     for name in names:
       values = found.get((model, name, sparsity), {})
       seeds = failed.get((model, name, sparsity), [])
       if not values and not seeds:
         continue
-      median, worst, seed, count = statistics.spread(values, seeds)
+      median, worst, seed, count = seed_statistics.spread(values, seeds)
       difference = ''
-      result = (statistics.paired(values, found.get((model, base, sparsity), {}))
+      result = (seed_statistics.paired(values, found.get((model, base, sparsity), {}))
                 if name != base else None)
       if result is not None:
         difference = (f'median {result.median:+.1f}, mean {result.mean:+.1f} ± '
@@ -405,18 +407,18 @@ def cycle_warmup_table(recorded: Dict[str, dict]) -> List[str]:
            'picked |', '|---|---|---:|---|---:|---|']
   for model in ('cnn1d', 'mlp'):
     for recipe in protocol.ROBUSTNESS_RECIPES:
-      groups = protocol.cycle_warmup_groups(recorded, model, recipe)
+      groups = picking.cycle_warmup_groups(recorded, model, recipe)
       if not any(r['id'] in recorded and recorded[r['id']]['study']
                  for _, runs in groups for r in runs):
         continue
-      pick = protocol.cycle_warmup_picked(recorded, model, recipe)
+      pick = picking.cycle_warmup_picked(recorded, model, recipe)
       for epochs, runs in groups:
         done = [recorded[r['id']] for r in runs if r['id'] in recorded]
         shown = ', '.join('diverged' if 'diverged' in r['results'] else
                           f"{100 * r['results']['validation_accuracy']:.1f}" for r in done)
-        mean = (f'{100 * np.mean([protocol.validation_accuracy(r) for r in done]):.1f}'
+        mean = (f'{100 * np.mean([picking.validation_accuracy(r) for r in done]):.1f}'
                 if len(done) == len(runs) else f'{len(done)}/{len(runs)} runs')
-        chosen = pick is not None and protocol.cycle_warmup(pick) == epochs
+        chosen = pick is not None and picking.cycle_warmup(pick) == epochs
         lines.append(f'| {model} | {recipe} | {epochs} | {shown} | {mean} | '
                      f"{'yes' if chosen else ''} |")
   return lines if len(lines) > 2 else []
@@ -428,7 +430,7 @@ def current(rows: Iterable[dict]) -> List[dict]:
   leave the tables, so no table mixes two settings of a recipe."""
   rows = list(rows)
   recorded = {r['id']: r for r in rows}
-  planned = {r['id'] for r in protocol.plan(recorded, protocol.MODELS, protocol.STAGES,
+  planned = {r['id'] for r in stages.plan(recorded, protocol.MODELS, protocol.STAGES,
                                             workdir='')}
   return [r for r in rows if r['id'] in planned]
 
@@ -443,7 +445,7 @@ def write(rows: Iterable[dict], folder: str) -> str:
   robustness, defaults = robustness_markdown(rows), defaults_markdown(rows)
   rows = [r for r in rows if r['stage'] not in ('robustness', 'defaults')]
   os.makedirs(folder, exist_ok=True)
-  found = statistics.groups(rows, True)
+  found = seed_statistics.groups(rows, True)
   models = sorted({r['model'] for r in rows})
   plot(found, models, list(protocol.RECIPES), os.path.join(folder, 'accuracy_vs_sparsity.png'))
   notes = ''
@@ -484,5 +486,5 @@ def readme_block(rows: List[dict]) -> str:
   return (f'Recommended PILoT recipe (validation-picked, no failed run): {picks}. The targets, '
           'paired over seeds 0-4 after fine-tuning (from QUALITY.md, which holds every '
           'figure, the failures per cell and the notes on what the figures do not show):\n\n'
-          + '\n'.join(verdicts(rows, statistics.groups(rows, True), models)))
+          + '\n'.join(verdicts(rows, seed_statistics.groups(rows, True), models)))
 

@@ -22,9 +22,11 @@ from experiments.common import quiet  # first: it quiets TensorFlow before Tenso
 
 import os
 import time
+from typing import Collection, Optional
 
 from absl import app
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 from experiments.common import blocks
@@ -68,6 +70,26 @@ def runs(methods, sparsities, seeds, dense):
   return out
 
 
+def with_picks(config: ml_collections.ConfigDict, overridden: Collection[str]) -> Optional[str]:
+  """Sets the picked values of ``config``'s recipe (:mod:`experiments.vision.configs.picked`)
+  on every key not in ``overridden`` (the keys the command line set); the line to print
+  saying what was used, or None when nothing was recorded for this dataset, model and
+  method."""
+  if config.dataset != picked.DATASET:
+    return None
+  found = picked.defaults_for(config.model, config.method, config.schedule)
+  if found is None:
+    return None
+  source, values = found
+  used = {k: v for k, v in values.items() if k not in overridden}
+  config_checks.override(config, used)
+  kept = sorted(set(values) - set(used))
+  settings = ' '.join(f'{k}={v}' for k, v in used.items()) or 'none'
+  line = (f'Picked values for {picked.recipe_name(config.method, config.schedule)} on '
+          f'{config.model} (validation-picked, QUALITY.md; {source}): {settings}')
+  return line + (f'; kept from the command line: {", ".join(kept)}' if kept else '')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -83,7 +105,7 @@ def main(argv):
     config = FLAGS.config.copy_and_resolve_references()
     config.method, _, schedule = method.partition('+')
     config.schedule = schedule or config.schedule
-    used = picked.apply(config, overridden) if FLAGS.picked else None
+    used = with_picks(config, overridden) if FLAGS.picked else None
     config.sparsity, config.seed = sparsity, seed
     print(f'[{i + 1}/{len(todo)}] {method} at sparsity {sparsity:g}, seed {seed}'
           + (f'\n  {used}' if used else ''))

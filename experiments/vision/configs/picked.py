@@ -17,7 +17,7 @@ experiments.quality.picks`` and checked against it by the tests, so it cannot dr
 the record.
 """
 
-from typing import Collection, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import ml_collections
 
@@ -113,23 +113,3 @@ def get_config(argument: str) -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model, config.method, config.schedule = model, method, schedule
   return config_checks.override(config, found[1])
-
-
-def apply(config: ml_collections.ConfigDict, overridden: Collection[str]) -> Optional[str]:
-  """For a sweep of recipes on one base config (``make demo``): sets the picked values
-  of ``config``'s recipe on every key not in ``overridden`` (the keys the command line
-  set); the line to print saying what was used, or None when nothing was recorded for
-  this dataset, model and method."""
-  if config.dataset != DATASET:
-    return None
-  found = defaults_for(config.model, config.method, config.schedule)
-  if found is None:
-    return None
-  source, values = found
-  used = {k: v for k, v in values.items() if k not in overridden}
-  config_checks.override(config, used)
-  kept = sorted(set(values) - set(used))
-  settings = ' '.join(f'{k}={v}' for k, v in used.items()) or 'none'
-  line = (f'Picked values for {recipe_name(config.method, config.schedule)} on '
-          f'{config.model} (validation-picked, QUALITY.md; {source}): {settings}')
-  return line + (f'; kept from the command line: {", ".join(kept)}' if kept else '')

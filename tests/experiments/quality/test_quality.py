@@ -9,10 +9,12 @@ import pytest
 
 from experiments.common import config_checks
 from experiments.common import failures
+from experiments.quality import picking
 from experiments.quality import protocol
 from experiments.quality import report as quality_report
 from experiments.quality import run_record
-from experiments.quality import statistics
+from experiments.quality import seed_statistics
+from experiments.quality import stages
 from experiments.vision.configs import default
 from tests import helpers
 
@@ -46,25 +48,25 @@ def test_every_recipe_gets_the_same_shared_grid_and_tuning_never_reads_test():
 def test_the_picked_setting_is_the_best_validation_run_and_finals_use_test():
   recorded = _tuning_record('mlp', 'pilot+gmp', best_index=5)
   expected = protocol.tuning_rows('mlp', 'pilot+gmp')[5]['overrides']
-  setting = protocol.picked(recorded, 'mlp', 'pilot+gmp')
+  setting = picking.picked(recorded, 'mlp', 'pilot+gmp')
   assert setting['learning_rate'] == expected['learning_rate']
   assert setting['pilot.alpha'] == expected['pilot.alpha']
   assert 'validation_fraction' not in setting and 'seed' not in setting
-  finals = protocol.final_rows('mlp', 'pilot+gmp', setting)
+  finals = stages.final_rows('mlp', 'pilot+gmp', setting)
   assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS) >= 20
   assert all(r['overrides'].get('validation_fraction', 0.0) == 0.0 for r in finals)
   del recorded[next(iter(recorded))]
-  assert protocol.picked(recorded, 'mlp', 'pilot+gmp') is None  # not before tuning is done
+  assert picking.picked(recorded, 'mlp', 'pilot+gmp') is None  # not before tuning is done
 
 
 def test_plan_unlocks_final_runs_once_tuning_is_done(tmp_path, monkeypatch):
   monkeypatch.setattr(protocol, 'RECIPES', {k: protocol.RECIPES[k]
                                             for k in ('dense+gmp', 'pilot+gmp')})
   record = run_record.Record(str(tmp_path))
-  stages = ['tune', 'final']
-  assert {r['stage'] for r in protocol.plan(record.rows, ['cnn1d'], stages, 'w')} == {'tune'}
+  wanted = ['tune', 'final']
+  assert {r['stage'] for r in stages.plan(record.rows, ['cnn1d'], wanted, 'w')} == {'tune'}
   record.rows.update(_tuning_record('cnn1d', 'dense+gmp', 0))
-  planned = list(protocol.plan(record.rows, ['cnn1d'], stages, 'w'))
+  planned = list(stages.plan(record.rows, ['cnn1d'], wanted, 'w'))
   assert sum(r['stage'] == 'final' and r['recipe'] == 'dense+gmp' for r in planned) == 20
   # The record is append-only JSON lines that a new Record reads back.
   record.add({**planned[0], 'results': {'validation_accuracy': 0.7}})
@@ -75,7 +77,7 @@ def test_plan_unlocks_final_runs_once_tuning_is_done(tmp_path, monkeypatch):
 def test_paired_difference_and_t_test_by_hand():
   a = {0: 90.0, 1: 91.0, 2: 89.0, 3: 92.0, 4: 90.5}
   b = {0: 88.0, 1: 90.0, 2: 88.5, 3: 89.0, 4: 90.0, 7: 50.0}  # seed 7 has no pair
-  mean, sd, p, n, median, wilcoxon_p = statistics.paired(a, b)
+  mean, sd, p, n, median, wilcoxon_p = seed_statistics.paired(a, b)
   diff = np.array([2.0, 1.0, 0.5, 3.0, 0.5])
   assert median == 1.0
   # Wilcoxon by hand: all 5 differences positive, so W- = 0, the most extreme of the
@@ -89,7 +91,7 @@ def test_paired_difference_and_t_test_by_hand():
   s = t / math.sqrt(t * t + 4)
   assert p == pytest.approx(1 - s * (3 - s * s) / 2, rel=1e-9)
   assert p == pytest.approx(0.0447, abs=1e-4)
-  assert statistics.paired({0: 1.0}, {0: 2.0}) is None
+  assert seed_statistics.paired({0: 1.0}, {0: 2.0}) is None
 
 
 def _final(model, recipe, sparsity, seed, accuracy, study=None):
@@ -128,7 +130,7 @@ def test_report_tables_and_verdicts(tmp_path):
 def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
   # Paired differences (mean, sd, p, n; median, Wilcoxon p): the verdict reads mean and p.
   def _p(mean, sd, p, n):
-    return statistics.Paired(mean, sd, p, n, mean, 1.0)
+    return seed_statistics.Paired(mean, sd, p, n, mean, 1.0)
   assert quality_report._verdict({0.99: _p(2.9, 5.7, 0.31, 5)}, 2.0) == (
       'not shown: +2.9 pp at 99% is within noise (p=0.31)')
   assert quality_report._verdict({0.98: _p(2.5, 0.5, 0.001, 5)}, 2.0) == 'met'
@@ -144,7 +146,7 @@ def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
   mixed = {0.98: _p(3.3, 0.9, 0.0014, 5), 0.99: _p(11.9, 14.7, 0.14, 5)}
   assert quality_report._verdict(mixed, 2.0) == 'met'
   # Parity (margin 0) needs the median too: a mean carried by a baseline seed that failed.
-  carried = statistics.Paired(16.4, 38.2, 0.39, 5, -1.2, 0.81)
+  carried = seed_statistics.Paired(16.4, 38.2, 0.39, 5, -1.2, 0.81)
   assert quality_report._verdict({0.95: carried}, 0.0) == (
       'not shown: the mean +16.4 pp at 95% is carried by few seeds (median -1.2)')
   assert quality_report._verdict({0.95: _p(0.5, 1.0, 0.3, 5)}, 0.0) == 'met'
@@ -183,15 +185,15 @@ def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_
 
 def test_robustness_runs_use_the_picked_setting_on_new_seeds_and_stay_out_of_the_tables(
     tmp_path):
-  assert not list(protocol.plan({}, ['cnn1d'], ['robustness'], 'w'))  # untuned
+  assert not list(stages.plan({}, ['cnn1d'], ['robustness'], 'w'))  # untuned
   recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9] * 3] * 3)
   recorded.update(_cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3] * 3))
-  planned = [r for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')
+  planned = [r for r in stages.plan(recorded, ['cnn1d'], ['robustness'], 'w')
              if r['stage'] == 'robustness']
   assert len(planned) == 2 * len(protocol.ROBUSTNESS_SEEDS) and len(planned) >= 40
   assert not set(protocol.ROBUSTNESS_SEEDS) & set(protocol.SEEDS)
   for r in planned:
-    setting = protocol.picked(recorded, 'cnn1d', r['recipe'])
+    setting = picking.picked(recorded, 'cnn1d', r['recipe'])
     assert r['overrides'] == {**setting, 'model': 'cnn1d', 'eval_train': False,
                               'imp.warmup_epochs': 1, 'sparsity': 0.98,
                               'seed': r['overrides']['seed'],
@@ -244,9 +246,9 @@ def test_a_failed_run_is_diverged_at_chance_or_more_than_10_pp_under_its_cells_m
   assert failures.at_chance(0.515, 2) and not failures.at_chance(0.53, 2)
   assert failures.failed({0: 0.9, 1: 0.81, 2: 0.85}, 10) == {}  # 0.81 is 0.04 under
   # The report's cells are in %: 67.5 is 23.5 pp under the median 91; 8.9 is at chance.
-  assert statistics.failed({0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}) == {
+  assert seed_statistics.failed({0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}) == {
       2: 'under the median'}
-  assert statistics.failed({0: 92.0, 1: 8.9, 2: 91.0}, [3]) == {1: 'at chance',
+  assert seed_statistics.failed({0: 92.0, 1: 8.9, 2: 91.0}, [3]) == {1: 'at chance',
                                                                     3: 'diverged'}
   # Mean 86.7 ± 10.8, median 91, worst 67.5 on seed 2, one failure.
   assert quality_report.accuracy_cell({0: 92.0, 1: 91.0, 2: 67.5, 3: 90.0, 4: 93.0}) == (
@@ -267,8 +269,8 @@ def test_a_recipe_that_collapsed_is_not_recommended():
 def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals():
   recorded = _tuning_record('cnn1d', 'pilot', best_index=9)  # its 30-epoch pick
   recorded.update(_tuning_record('mlp', 'pilot', best_index=0))
-  pick = protocol.picked(recorded, 'cnn1d', 'pilot')
-  planned = [r for r in protocol.plan(recorded, ['cnn1d', 'mlp'], ['long'], 'w')]
+  pick = picking.picked(recorded, 'cnn1d', 'pilot')
+  planned = [r for r in stages.plan(recorded, ['cnn1d', 'mlp'], ['long'], 'w')]
   assert {r['model'] for r in planned} == {'cnn1d'}  # the paper's length on the CNN only
   own = protocol.RECIPES['pilot'][1]
   assert len(planned) == len(own)  # no finals before the long tuning is done
@@ -281,11 +283,11 @@ def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals()
     assert {k: o[k] for k in extra} == extra
   for i, r in enumerate(planned):  # the second of the own values validates best
     recorded[r['id']] = {**r, 'results': {'validation_accuracy': 0.9 if i == 1 else 0.5}}
-  finals = [r for r in protocol.plan(recorded, ['cnn1d'], ['long'], 'w') if r['stage'] != 'tune']
+  finals = [r for r in stages.plan(recorded, ['cnn1d'], ['long'], 'w') if r['stage'] != 'tune']
   assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS)
   assert all(r['study'] == 'pilot 150 epochs' and r['overrides']['num_epochs'] == 150
              and {k: r['overrides'][k] for k in own[1]} == own[1] for r in finals)
-  assert protocol.picked(recorded, 'cnn1d', 'pilot') == pick  # 30-epoch pick unchanged
+  assert picking.picked(recorded, 'cnn1d', 'pilot') == pick  # 30-epoch pick unchanged
   # A later learning-rate round that moves the 30-epoch pick leaves the long stage alone:
   # it takes its learning rate and weight decay from LONG_ROUND's picks.
   assert protocol.LONG_ROUND == (0.1, 0.2)
@@ -293,8 +295,8 @@ def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals()
   wider = [r for r in protocol.tuning_rows('cnn1d', 'pilot') if r['id'] not in first]
   assert {r['overrides']['learning_rate'] for r in wider} == {0.4}
   recorded.update({r['id']: {**r, 'results': {'validation_accuracy': 0.99}} for r in wider})
-  assert protocol.picked(recorded, 'cnn1d', 'pilot')['learning_rate'] == 0.4
-  assert [r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['long'], 'w')] == [
+  assert picking.picked(recorded, 'cnn1d', 'pilot')['learning_rate'] == 0.4
+  assert [r['id'] for r in stages.plan(recorded, ['cnn1d'], ['long'], 'w')] == [
       r['id'] for r in planned + finals]
 
 
@@ -302,7 +304,7 @@ def _cycle_warmup_record(model, recipe, accuracies):
   """The tuning of ``recipe`` (first grid setting best) and its cycle-warmup runs with
   validation ``accuracies`` [warmup][seed] (None: diverged)."""
   recorded = _tuning_record(model, recipe, 0)
-  planned = protocol.cycle_warmup_rows(recorded, model, recipe)
+  planned = picking.cycle_warmup_rows(recorded, model, recipe)
   values = [a for per_warmup in accuracies for a in per_warmup]
   for row, value in zip(planned, values):
     if row['id'] not in recorded:
@@ -313,8 +315,8 @@ def _cycle_warmup_record(model, recipe, accuracies):
 
 def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_against():
   recorded = _tuning_record('cnn1d', 'pilot+imp', 0)
-  planned = protocol.cycle_warmup_rows(recorded, 'cnn1d', 'pilot+imp')
-  setting = protocol.picked(recorded, 'cnn1d', 'pilot+imp')
+  planned = picking.cycle_warmup_rows(recorded, 'cnn1d', 'pilot+imp')
+  setting = picking.picked(recorded, 'cnn1d', 'pilot+imp')
   assert len(planned) == len(protocol.CYCLE_WARMUPS) * len(protocol.CYCLE_WARMUP_SEEDS) == 9
   assert all(r['overrides']['validation_fraction'] > 0 for r in planned)
   # One epoch is the config default: its seed-0 run is the tuning run itself.
@@ -325,9 +327,9 @@ def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_a
   # 1 epoch (0.9 + 0.9 - 1) / 3 = 0.267 (seed 2 diverged), 3 epochs 0.88, 5 epochs 0.87.
   recorded = _cycle_warmup_record('cnn1d', 'pilot+imp', [[0.9, 0.9, None], [0.89, 0.88, 0.87],
                                                         [0.87, 0.87, 0.87]])
-  assert protocol.cycle_warmup_picked(recorded, 'cnn1d', 'pilot+imp') == {
+  assert picking.cycle_warmup_picked(recorded, 'cnn1d', 'pilot+imp') == {
       **setting, 'imp.warmup_epochs': 3}
-  assert protocol.recipe_pick(recorded, 'cnn1d', 'pilot+imp')['imp.warmup_epochs'] == 3
+  assert picking.recipe_pick(recorded, 'cnn1d', 'pilot+imp')['imp.warmup_epochs'] == 3
   table = '\n'.join(quality_report.cycle_warmup_table(recorded))
   assert '| cnn1d | pilot+imp | 1 | 90.0, 90.0, diverged | 26.7 |  |' in table
   assert '| cnn1d | pilot+imp | 3 | 89.0, 88.0, 87.0 | 88.0 | yes |' in table
@@ -335,7 +337,7 @@ def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_a
   assert tuned[-1].endswith(', imp.warmup_epochs=3 |')
   # The robustness seeds run at the pick and at the one epoch it replaces, with the key
   # explicit: new runs on one machine, never those recorded without it elsewhere.
-  again = [r for r in protocol.plan(recorded, ['cnn1d'], ['robustness'], 'w')
+  again = [r for r in stages.plan(recorded, ['cnn1d'], ['robustness'], 'w')
            if r['stage'] == 'robustness']
   assert [r['overrides']['seed'] for r in again] == [
       s for s in protocol.ROBUSTNESS_SEEDS for _ in range(2)]
@@ -345,23 +347,23 @@ def test_the_cycle_warmup_is_tuned_on_validation_seeds_and_a_divergence_counts_a
   assert protocol.row('robustness', 'cnn1d', 'pilot+imp', setting_alone)['id'] not in {
       r['id'] for r in again}
   # The finals run at the tuned warmup: the setting the benchmark recommends.
-  finals = [r for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w')
+  finals = [r for r in stages.plan(recorded, ['cnn1d'], ['final'], 'w')
             if r['recipe'] == 'pilot+imp']
   assert len(finals) == len(protocol.SPARSITIES) * len(protocol.SEEDS)
   assert all(r['overrides']['imp.warmup_epochs'] == 3 for r in finals)
   # Ties go to the shorter warmup; dense+imp runs at its pick alone. At the default, one
   # epoch, the pick leaves the key out, so finals recorded before this tuning still count.
   kept = _cycle_warmup_record('cnn1d', 'dense+imp', [[0.9] * 3, [0.8] * 3, [0.9] * 3])
-  assert protocol.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == protocol.picked(
+  assert picking.cycle_warmup_picked(kept, 'cnn1d', 'dense+imp') == picking.picked(
       kept, 'cnn1d', 'dense+imp')
-  assert {r['study'] for r in protocol.plan(kept, ['cnn1d'], ['robustness'], 'w')
+  assert {r['study'] for r in stages.plan(kept, ['cnn1d'], ['robustness'], 'w')
           if r['stage'] == 'robustness'} == {'dense+imp, 1-epoch cycle warmup'}
-  assert [r['overrides'] for r in protocol.plan(kept, ['cnn1d'], ['final'], 'w')] == [
-      r['overrides'] for r in protocol.final_rows(
-          'cnn1d', 'dense+imp', protocol.picked(kept, 'cnn1d', 'dense+imp'))]
+  assert [r['overrides'] for r in stages.plan(kept, ['cnn1d'], ['final'], 'w')] == [
+      r['overrides'] for r in stages.final_rows(
+          'cnn1d', 'dense+imp', picking.picked(kept, 'cnn1d', 'dense+imp'))]
   # An unfinished tuning falls back to the 30-epoch pick.
   del recorded[planned[-1]['id']]
-  assert protocol.recipe_pick(recorded, 'cnn1d', 'pilot+imp') == setting
+  assert picking.recipe_pick(recorded, 'cnn1d', 'pilot+imp') == setting
 
 
 def test_a_diverged_run_is_a_collapse_and_bars_the_recommendation():
@@ -374,7 +376,7 @@ def test_a_diverged_run_is_a_collapse_and_bars_the_recommendation():
   assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
   rows.append({**_final('cnn1d', 'pilot+imp', 0.98, 4, 0.0), 'id': 'gone',
                'results': {'diverged': 'Non-finite loss at step 2846'}})
-  assert statistics.diverged(rows) == {('cnn1d', 'pilot+imp', 0.98): [4]}
+  assert seed_statistics.diverged(rows) == {('cnn1d', 'pilot+imp', 0.98): [4]}
   assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
   # Median of the four that finished 91.5; the divergence is the worst and a collapse.
   assert quality_report.accuracy_cell({0: 92.0, 1: 91.0, 2: 90.0, 3: 93.0}, [4]) == (
@@ -447,30 +449,30 @@ def test_a_wider_learning_rate_round_takes_over_only_once_it_has_finished():
   first = [0.5] * 24
   first[19] = 0.8
   recorded = _validation('cnn1d', 'dense+gmp', first, (0.1, 0.2))
-  assert protocol.tuning_round(recorded, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
+  assert picking.tuning_round(recorded, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
   lr02 = {'method': 'dense', 'schedule': 'gmp', 'learning_rate': 0.2, 'weight_decay': 1e-3,
           'gmp.end_fraction': 0.7, 'model': 'cnn1d', 'eval_train': False}
-  assert protocol.picked(recorded, 'cnn1d', 'dense+gmp') == lr02
-  finals = {r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w')
+  assert picking.picked(recorded, 'cnn1d', 'dense+gmp') == lr02
+  finals = {r['id'] for r in stages.plan(recorded, ['cnn1d'], ['final'], 'w')
             if r['recipe'] == 'dense+gmp'}
   assert len(finals) == 20
   # Round 2 adds lr 0.4; while one of its runs is missing, round 1's pick holds.
   worse = _validation('cnn1d', 'dense+gmp', first + [0.6] * 12)
   assert len(worse) == 36 and set(recorded) < set(worse)
   unfinished = {k: v for k, v in worse.items() if k != list(worse)[-1]}
-  assert protocol.tuning_round(unfinished, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
-  assert protocol.picked(unfinished, 'cnn1d', 'dense+gmp') == lr02
+  assert picking.tuning_round(unfinished, 'cnn1d', 'dense+gmp') == (0.1, 0.2)
+  assert picking.picked(unfinished, 'cnn1d', 'dense+gmp') == lr02
   # Finished and no better at lr 0.4: the same pick, so the same final runs, none new.
-  assert protocol.tuning_round(worse, 'cnn1d', 'dense+gmp') == (0.1, 0.2, 0.4)
-  assert {r['id'] for r in protocol.plan(worse, ['cnn1d'], ['final'], 'w')
+  assert picking.tuning_round(worse, 'cnn1d', 'dense+gmp') == (0.1, 0.2, 0.4)
+  assert {r['id'] for r in stages.plan(worse, ['cnn1d'], ['final'], 'w')
           if r['recipe'] == 'dense+gmp'} == finals
   # Better at lr 0.4, weight decay 1e-4, end fraction 0.5 (index 24): a new pick.
   better = _validation('cnn1d', 'dense+gmp', first + [0.9] + [0.6] * 11)
-  assert protocol.picked(better, 'cnn1d', 'dense+gmp') == {
+  assert picking.picked(better, 'cnn1d', 'dense+gmp') == {
       **lr02, 'learning_rate': 0.4, 'weight_decay': 1e-4, 'gmp.end_fraction': 0.5}
   # The old pick's finals stay in the record but leave the report; tuning runs stay.
   old = {r['id']: {**r, 'results': {'test_accuracy': 0.8}}
-         for r in protocol.plan(recorded, ['cnn1d'], ['final'], 'w') if r['stage'] == 'final'}
+         for r in stages.plan(recorded, ['cnn1d'], ['final'], 'w') if r['stage'] == 'final'}
   shown = {r['id'] for r in quality_report.current(list(better.values()) + list(old.values()))}
   assert shown == set(better)
   shown = {r['id'] for r in quality_report.current(list(worse.values()) + list(old.values()))}
@@ -511,8 +513,8 @@ def _first_confirmation_round():
   seed0[8], seed0[5], seed0[2] = 0.95, 0.93, 0.90
   recorded = _validation('cnn1d', 'dense', seed0)
   grid = protocol.tuning_rows('cnn1d', 'dense')
-  assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # seed 0 alone
-  planned = protocol.confirmation_rows(recorded, 'cnn1d', 'dense')
+  assert picking.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # seed 0 alone
+  planned = picking.confirmation_rows(recorded, 'cnn1d', 'dense')
   assert protocol.CONFIRM_SEEDS == (1, 2, 3, 4)
   assert [(r['overrides']['learning_rate'], r['overrides']['weight_decay'],
            r['overrides']['seed']) for r in planned] == [
@@ -520,7 +522,7 @@ def _first_confirmation_round():
                for seed in (1, 2, 3, 4)]
   assert all(r['stage'] == 'tune' and r['overrides']['validation_fraction'] > 0
              for r in planned)
-  assert [r['id'] for r in protocol.plan(recorded, ['cnn1d'], ['tune'], 'w')
+  assert [r['id'] for r in stages.plan(recorded, ['cnn1d'], ['tune'], 'w')
           if r['recipe'] == 'dense'] == [r['id'] for r in grid + planned]
   # The first round, seeds 1-2, picks by the mean. The leader diverges on seed 1 (-1) and
   # trains on seed 2: mean (0.95 - 1 + 0.94) / 3 = 0.297. The second: (0.93 + 0.92 +
@@ -528,18 +530,18 @@ def _first_confirmation_round():
   first = [r for r in planned if r['overrides']['seed'] in (1, 2)]
   results = [{'diverged': 'step 9'}, 0.94, 0.92, 0.91, 0.95, 0.95]
   _record(recorded, first[:-1], results[:-1])
-  assert protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # unfinished
+  assert picking.picked(recorded, 'cnn1d', 'dense')['learning_rate'] == 0.4  # unfinished
   _record(recorded, first[-1:], results[-1:])
-  assert protocol.picked(recorded, 'cnn1d', 'dense') == {
+  assert picking.picked(recorded, 'cnn1d', 'dense') == {
       'model': 'cnn1d', 'eval_train': False, 'method': 'dense', 'schedule': 'one_shot',
       'learning_rate': 0.1, 'weight_decay': 1e-3}
-  assert protocol.picked_run(recorded, 'cnn1d', 'dense')[1] == protocol.Confirmation(
+  assert picking.picked_run(recorded, 'cnn1d', 'dense')[1] == picking.Confirmation(
       'mean', (0, 1, 2), pytest.approx(0.9333333), 0.90, 0)
-  assert protocol.mean_validation_accuracy(
+  assert picking.mean_validation_accuracy(
       [recorded[grid[2]['id']], recorded[first[4]['id']], recorded[first[5]['id']]]) == (
           pytest.approx(0.9333333))
   # Only seeds 3-4 are new runs for the second round.
-  assert [r for r in protocol.plan(recorded, ['cnn1d'], ['tune'], 'w')
+  assert [r for r in stages.plan(recorded, ['cnn1d'], ['tune'], 'w')
           if r['recipe'] == 'dense' and r['id'] not in recorded] == [
               r for r in planned if r['overrides']['seed'] > 2]
   return recorded, planned
@@ -555,7 +557,7 @@ def test_with_five_seeds_a_failed_seed_disqualifies_the_best_mean_and_a_steadier
 
   def pick(seeds_3_and_4):
     _record(recorded, later, seeds_3_and_4)
-    return protocol.picked(recorded, 'cnn1d', 'dense')['learning_rate']
+    return picking.picked(recorded, 'cnn1d', 'dense')['learning_rate']
 
   # Seeds 0-4 of each leader by hand (seeds 0-2 as above):
   #   lr 0.4: 0.95, diverged, 0.94, 0.99, 0.99   failed (diverged)
@@ -563,10 +565,10 @@ def test_with_five_seeds_a_failed_seed_disqualifies_the_best_mean_and_a_steadier
   #   lr 0.1: 0.90, 0.95, 0.95, 1.00, 0.84       median 0.95, mean 0.928: the best mean and
   #           median, but 0.84 is more than 0.10 under its median 0.95: a failed seed.
   assert pick([0.99, 0.99, 0.93, 0.93, 1.0, 0.84]) == 0.2  # the steadier setting wins
-  assert protocol.picked_run(recorded, 'cnn1d', 'dense')[1] == protocol.Confirmation(
+  assert picking.picked_run(recorded, 'cnn1d', 'dense')[1] == picking.Confirmation(
       'median', (0, 1, 2, 3, 4), pytest.approx(0.93), pytest.approx(0.91), 0)
-  groups = protocol.confirmed(recorded, 'cnn1d', 'dense')
-  assert protocol.choose(groups, 'mean')[0]['overrides']['learning_rate'] == 0.1  # old rule
+  groups = picking.confirmed(recorded, 'cnn1d', 'dense')
+  assert picking.choose(groups, 'mean')[0]['overrides']['learning_rate'] == 0.1  # old rule
   # lr 0.1 steady at 0.86 instead: no failure, the best median (0.95) picks it.
   assert pick([0.99, 0.99, 0.93, 0.93, 1.0, 0.86]) == 0.1
   # Every leader failed (lr 0.2's seed 4 at chance, 0.115 <= 1/10 + 0.02): the best worst
@@ -584,9 +586,9 @@ def test_a_cell_whose_runs_missed_the_target_sparsity_is_marked():
                         'test_accuracy_before_finetune': 0.7}}
   rows = [row(0, 0.9), row(1, 0.93), row(2, 0.96), row(0, 0.9, recipe='l1'),
           row(3, 0.99, stage='tune')]  # tuning runs are not in the tables
-  off = statistics.off_target(rows)
+  off = seed_statistics.off_target(rows)
   assert off == {('cnn1d', 'str', 0.9): 0.96}  # the farthest of the cell's runs
-  table = quality_report.accuracy_table(statistics.groups(rows), 'cnn1d', ['str', 'l1'],
+  table = quality_report.accuracy_table(seed_statistics.groups(rows), 'cnn1d', ['str', 'l1'],
                                         (0.9,), {}, off)
   assert table[2].startswith('| str | 80.0 ± 0.0') and table[2].endswith('(at 96.0%) |')
   assert '(at' not in table[3]
@@ -594,10 +596,10 @@ def test_a_cell_whose_runs_missed_the_target_sparsity_is_marked():
 
 def test_the_defaults_stage_runs_each_recipe_as_the_binary_does_and_reports_failures():
   recorded = run_record.Record(os.path.join(helpers.REPO, 'quality')).rows
-  rows = list(protocol.defaults_rows(recorded, ['cnn1d']))
+  rows = list(stages.defaults_rows(recorded, ['cnn1d']))
   assert len(rows) == len(protocol.DEFAULTS_RECIPES) * 2 * 10
   gmp = [r for r in rows if r['recipe'] == 'dense+gmp']
-  pick = protocol.recipe_pick(recorded, 'cnn1d', 'dense+gmp')
+  pick = picking.recipe_pick(recorded, 'cnn1d', 'dense+gmp')
   assert all(r['overrides'] == {**pick, 'model': 'cnn1d', 'eval_train': False,
                                 'sparsity': r['overrides']['sparsity'],
                                 'seed': r['overrides']['seed']} for r in gmp)

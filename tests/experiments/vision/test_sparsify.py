@@ -114,6 +114,7 @@ def test_the_recommended_config_is_what_validation_picked(model, told):
   # The quality benchmark's record picks the recipe's setting, and recommends it (best
   # validation accuracy among the PILoT recipes, no collapse); the config and its
   # docstring must say the same.
+  from experiments.quality import picking
   from experiments.quality import protocol as quality_protocol
   from experiments.quality import report as quality_report
   from experiments.quality import run_record
@@ -121,7 +122,7 @@ def test_the_recommended_config_is_what_validation_picked(model, told):
   rows = run_record.Record(os.path.join(helpers.REPO, 'quality')).rows
   assert quality_report.recommended(quality_report.current(rows.values()), model) == 'pilot+imp'
   config = recommended.get_config()
-  picked = quality_protocol.recipe_pick(rows, model, 'pilot+imp')
+  picked = picking.recipe_pick(rows, model, 'pilot+imp')
   del picked['eval_train']  # the benchmark skips evaluating on train; training is the same
   base = quality_protocol.RECIPES['pilot+imp'][0]
   # The default config with the pick, at the config's documented sparsity and fine-tuning.
@@ -134,17 +135,18 @@ def test_the_recommended_config_is_what_validation_picked(model, told):
 def test_the_150_epoch_recommended_config_is_what_validation_picked_at_that_length():
   # The 150-epoch study's record picks pilot+gmp's setting at that length, and pilot+gmp
   # beats dense+gmp there at 99% on every seed recorded; the config must say the same.
+  from experiments.quality import picking
   from experiments.quality import protocol as quality_protocol
   from experiments.quality import report as quality_report
   from experiments.quality import run_record
-  from experiments.quality import statistics
+  from experiments.quality import seed_statistics
   from experiments.vision.configs import recommended_150
   rows = run_record.Record(os.path.join(helpers.REPO, 'quality')).rows
-  picked = quality_protocol.long_picked(rows, 'cnn1d', 'pilot+gmp')
+  picked = picking.long_picked(rows, 'cnn1d', 'pilot+gmp')
   del picked['eval_train']
   expected = config_checks.override(recommended_150.get_config(), picked)
   assert recommended_150.get_config().to_dict() == expected.to_dict()
-  found = statistics.groups(quality_report.current(rows.values()))
+  found = seed_statistics.groups(quality_report.current(rows.values()))
   pilot, gmp = (found[('cnn1d', quality_protocol.long_name(r), 0.99)]
                 for r in ('pilot+gmp', 'dense+gmp'))
   assert len(pilot) >= 5 and all(pilot[s] > gmp[s] for s in pilot)
