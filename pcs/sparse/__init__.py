@@ -1,9 +1,12 @@
-"""Sparse inference: pruned Dense/Conv layers stored compressed and run by compiled kernels.
+"""Sparse inference: pruned Dense/Conv layers stored compressed and run by compiled products.
+
+Words: a *kernel* is the Flax weight; its compressed copy is a *compressed weight* (a
+:class:`Format`); the code that multiplies by it is *compiled* (C++ through XLA's FFI).
 
 * formats: :class:`Format`, with :class:`CSR` (uint16 column indices where fan-in
-  allows) and :class:`NM` (N:M, uint8 positions), built from a pruned kernel
-  (``pcs/sparse/_formats.py``);
-* kernels: C++ XLA FFI handlers for CPU (``csrc/sparse_kernels.cc``), registered when pcs
+  allows) and :class:`NM` (N:M, uint8 positions), compressed weights built from a pruned
+  kernel (``pcs/sparse/_formats.py``);
+* compiled: C++ XLA FFI handlers for CPU (``csrc/sparse_kernels.cc``), registered when pcs
   is imported, chosen per platform when a call is lowered, with pure-JAX stand-ins and
   the reference's gradient on every path (``_compiled.py``);
 * layers: :func:`dense` and :func:`conv` (direct on the stride phases, or im2col);

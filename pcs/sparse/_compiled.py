@@ -1,7 +1,7 @@
 """The compiled sparse products (C++ through XLA's FFI, ``csrc/sparse_kernels.cc``) and the
 pure-JAX reference that stands in where they are absent.
 
-Both compute, in the transposed layout of the kernels,
+Both compute, in the transposed layout of the weights,
 
     y^T = act(W^T x^T + b),   x^T: (fan_in, columns),   y^T: (features, columns),
 
@@ -15,7 +15,7 @@ are registered with XLA when ``pcs`` is imported, for the CPU platform only.
   product with the zeros in place (XLA does not reach the sparse tensor cores), and
   ``pcs.export``'s measured choice keeps each layer dense unless that is faster.
 * Transformations: the products work under ``jit``; under ``vmap`` the FFI call uses
-  ``vmap_method='expand_dims'`` and the kernel loops over the mapped instances, sharing
+  ``vmap_method='expand_dims'`` and the handler loops over the mapped instances, sharing
   weights that are not mapped. Under ``jit`` with sharded inputs XLA gathers the operands
   (the call runs replicated); to shard the batch, call it inside ``shard_map``.
 * Platforms: the call is chosen for the platform it is compiled for
@@ -79,11 +79,11 @@ _warned: set = set()
 
 
 def compiled_available() -> bool:
-  """Whether the compiled CPU kernels are registered (else the reference runs)."""
+  """Whether the compiled CPU products are registered (else the reference runs)."""
   return _UNAVAILABLE is None
 
 
-# The platforms the compiled kernels are registered for; every other one takes the
+# The platforms the compiled products are registered for; every other one takes the
 # layout's own product there (:meth:`pcs.sparse.Format.off_cpu_t`).
 COMPILED_PLATFORMS = ('cpu',)
 
@@ -99,7 +99,7 @@ def _warn_if_falling_back() -> None:
   """Says once which stand-in runs, where the default backend tells it."""
   backend = jax.default_backend()
   if backend not in COMPILED_PLATFORMS:
-    _say_once(f'the compiled kernels are CPU-only and the default backend is {backend}',
+    _say_once(f'the compiled products are CPU-only and the default backend is {backend}',
               "jax's BCSR product (CSR) or the dense product (N:M)")
   elif _UNAVAILABLE is not None:
     _say_once(_UNAVAILABLE)
@@ -112,7 +112,7 @@ def _epilogue(y_t, bias, activation):
 
 
 def _by_platform(args, activation, compiled, fallback):
-  """``compiled(*args)`` where the kernels run (``fallback`` with the reference where the
+  """``compiled(*args)`` where the compiled products run (``fallback`` with the reference where the
   library was not built), ``fallback`` with the layout's off-CPU product elsewhere;
   chosen when the call is lowered for its platform."""
   reference = functools.partial(fallback, product='reference_t', activation=activation)
@@ -123,17 +123,17 @@ def _by_platform(args, activation, compiled, fallback):
       **{platform: on_cpu for platform in COMPILED_PLATFORMS})
 
 
-def _matmul_with(x_t, layer, bias, *, product, activation):
+def _matmul_with(x_t, weight, bias, *, product, activation):
   """act(W^T x^T + b) with the layout's pure-JAX ``product`` (``'reference_t'`` or
   ``'off_cpu_t'``)."""
-  return _epilogue(getattr(layer, product)(x_t), bias, activation)
+  return _epilogue(getattr(weight, product)(x_t), bias, activation)
 
 
-def _compiled_matmul(x_t, layer, bias, *, activation):
-  out = jax.ShapeDtypeStruct(x_t.shape[:-2] + (layer.features, x_t.shape[-1]), jnp.float32)
-  call = jax.ffi.ffi_call(layer.matmul_target, out, vmap_method='expand_dims')
-  return call(x_t, *layer.ffi_operands(), bias, activation=np.int64(ACTIVATIONS[activation]),
-              **layer.ffi_attributes())
+def _compiled_matmul(x_t, weight, bias, *, activation):
+  out = jax.ShapeDtypeStruct(x_t.shape[:-2] + (weight.features, x_t.shape[-1]), jnp.float32)
+  call = jax.ffi.ffi_call(weight.matmul_target, out, vmap_method='expand_dims')
+  return call(x_t, *weight.ffi_operands(), bias, activation=np.int64(ACTIVATIONS[activation]),
+              **weight.ffi_attributes())
 
 
 def _reference_vjp(fn, args, y, activation, cotangent):
@@ -145,13 +145,13 @@ def _reference_vjp(fn, args, y, activation, cotangent):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _matmul(x_t, layer, bias, activation):
-  return _by_platform((x_t, layer, bias), activation, _compiled_matmul, _matmul_with)
+def _matmul(x_t, weight, bias, activation):
+  return _by_platform((x_t, weight, bias), activation, _compiled_matmul, _matmul_with)
 
 
-def _matmul_fwd(x_t, layer, bias, activation):
-  y_t = _matmul(x_t, layer, bias, activation)
-  return y_t, (x_t, layer, bias, y_t)
+def _matmul_fwd(x_t, weight, bias, activation):
+  y_t = _matmul(x_t, weight, bias, activation)
+  return y_t, (x_t, weight, bias, y_t)
 
 
 def _matmul_bwd(activation, residuals, cotangent):
@@ -163,17 +163,17 @@ def _matmul_bwd(activation, residuals, cotangent):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _zero_bias(layer) -> jax.Array:
-  return jnp.zeros((layer.features,), jnp.float32)
+def _zero_bias(weight) -> jax.Array:
+  return jnp.zeros((weight.features,), jnp.float32)
 
 
-def matmul_t(x_t: jax.Array, layer: formats.Format, bias: Optional[jax.Array] = None,
+def matmul_t(x_t: jax.Array, weight: formats.Format, bias: Optional[jax.Array] = None,
              activation: Optional[str] = None) -> jax.Array:
-  """y^T = act(W^T x^T + b) for a sparse ``layer``, W^T of shape (features, fan_in).
+  """y^T = act(W^T x^T + b) for a compressed ``weight``, W^T of shape (features, fan_in).
 
   Args:
     x_t: (fan_in, columns) float32: the inputs, one per column.
-    layer: a compressed kernel (:class:`~pcs.sparse.CSR`, :class:`~pcs.sparse.NM`).
+    weight: a compressed weight (:class:`~pcs.sparse.CSR`, :class:`~pcs.sparse.NM`).
     bias: (features,) float32, or None for none.
     activation: None or ``'relu'``, fused into the product's store.
 
@@ -183,29 +183,30 @@ def matmul_t(x_t: jax.Array, layer: formats.Format, bias: Optional[jax.Array] = 
   """
   if activation not in ACTIVATIONS:
     raise ValueError(f'`activation` must be one of {list(ACTIVATIONS)}; got {activation!r}.')
-  if not isinstance(layer, formats.Format):
-    raise TypeError(f'`layer` must be a compressed kernel ({", ".join(formats.FORMATS)}: '
-                    f'pcs.sparse.CSR, NM); got {type(layer).__name__}.')
-  if x_t.ndim != 2 or x_t.shape[0] != layer.fan_in:
-    raise ValueError(f'`x_t` must have shape ({layer.fan_in}, columns) for a kernel of shape '
-                     f'{layer.kernel_shape}; got {x_t.shape}.')
+  if not isinstance(weight, formats.Format):
+    raise TypeError(f'`weight` must be a compressed weight ({", ".join(formats.FORMATS)}: '
+                    f'pcs.sparse.CSR, NM); got {type(weight).__name__}.')
+  if x_t.ndim != 2 or x_t.shape[0] != weight.fan_in:
+    raise ValueError(f'`x_t` must have shape ({weight.fan_in}, columns) for a kernel of shape '
+                     f'{weight.kernel_shape}; got {x_t.shape}.')
   if x_t.dtype != jnp.float32:
-    raise TypeError(f'`x_t` must be float32 (the kernels compute in float32); got {x_t.dtype}.')
+    raise TypeError('`x_t` must be float32 (the compiled products compute in float32); got '
+                    f'{x_t.dtype}.')
   if bias is None:
-    bias = _zero_bias(layer)
-  elif bias.shape != (layer.features,) or bias.dtype != jnp.float32:
-    raise ValueError(f'`bias` must be float32 of shape ({layer.features},); got {bias.dtype} '
+    bias = _zero_bias(weight)
+  elif bias.shape != (weight.features,) or bias.dtype != jnp.float32:
+    raise ValueError(f'`bias` must be float32 of shape ({weight.features},); got {bias.dtype} '
                      f'{bias.shape}.')
   _warn_if_falling_back()
-  return _matmul(x_t, layer, bias, activation)
+  return _matmul(x_t, weight, bias, activation)
 
 
-def reference_matmul_t(x_t: jax.Array, layer: formats.Format,
+def reference_matmul_t(x_t: jax.Array, weight: formats.Format,
                        bias: Optional[jax.Array] = None,
                        activation: Optional[str] = None) -> jax.Array:
   """:func:`matmul_t` computed by the pure-JAX reference on any platform."""
-  bias = _zero_bias(layer) if bias is None else bias
-  return _matmul_with(x_t, layer, bias, product='reference_t', activation=activation)
+  bias = _zero_bias(weight) if bias is None else bias
+  return _matmul_with(x_t, weight, bias, product='reference_t', activation=activation)
 
 
 class ConvGeometry(NamedTuple):
@@ -231,33 +232,33 @@ def phase_columns(phases: jax.Array, geometry: ConvGeometry) -> jax.Array:
   return jnp.stack(slices).transpose(0, 2, 1, 3, 4).reshape(-1, n * ho * wo)
 
 
-def _conv_with(phases, layer, bias, *, geometry, product, activation):
+def _conv_with(phases, weight, bias, *, geometry, product, activation):
   """The direct convolution as one product over :func:`phase_columns`: (N, F, Ho, Wo)."""
-  y_t = _matmul_with(phase_columns(phases, geometry), layer, bias, product=product,
+  y_t = _matmul_with(phase_columns(phases, geometry), weight, bias, product=product,
                      activation=activation)
-  return y_t.reshape((layer.features, phases.shape[0]) + geometry.out).swapaxes(0, 1)
+  return y_t.reshape((weight.features, phases.shape[0]) + geometry.out).swapaxes(0, 1)
 
 
-def _compiled_conv(phases, layer, bias, *, geometry, activation):
+def _compiled_conv(phases, weight, bias, *, geometry, activation):
   (kh, kw), (sh, sw), out = geometry
-  shape = jax.ShapeDtypeStruct(phases.shape[:-3] + (layer.features,) + tuple(out),
+  shape = jax.ShapeDtypeStruct(phases.shape[:-3] + (weight.features,) + tuple(out),
                                jnp.float32)
-  call = jax.ffi.ffi_call(layer.conv_target, shape, vmap_method='expand_dims')
-  return call(phases, *layer.ffi_operands(), bias, window_h=np.int64(kh),
+  call = jax.ffi.ffi_call(weight.conv_target, shape, vmap_method='expand_dims')
+  return call(phases, *weight.ffi_operands(), bias, window_h=np.int64(kh),
               window_w=np.int64(kw), stride_h=np.int64(sh), stride_w=np.int64(sw),
-              activation=np.int64(ACTIVATIONS[activation]), **layer.ffi_attributes())
+              activation=np.int64(ACTIVATIONS[activation]), **weight.ffi_attributes())
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv(phases, layer, bias, geometry, activation):
-  return _by_platform((phases, layer, bias), activation,
+def _conv(phases, weight, bias, geometry, activation):
+  return _by_platform((phases, weight, bias), activation,
                       functools.partial(_compiled_conv, geometry=geometry),
                       functools.partial(_conv_with, geometry=geometry))
 
 
-def _conv_fwd(phases, layer, bias, geometry, activation):
-  y = _conv(phases, layer, bias, geometry, activation)
-  return y, (phases, layer, bias, y)
+def _conv_fwd(phases, weight, bias, geometry, activation):
+  y = _conv(phases, weight, bias, geometry, activation)
+  return y, (phases, weight, bias, y)
 
 
 def _conv_bwd(geometry, activation, residuals, cotangent):
@@ -270,7 +271,7 @@ def _conv_bwd(geometry, activation, residuals, cotangent):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_direct(phases: jax.Array, layer: formats.Format, bias: Optional[jax.Array],
+def conv_direct(phases: jax.Array, weight: formats.Format, bias: Optional[jax.Array],
                 window: Tuple[int, int], strides: Tuple[int, int], out: Tuple[int, int],
                 activation: Optional[str] = None) -> jax.Array:
   """The direct sparse convolution
@@ -289,7 +290,7 @@ def conv_direct(phases: jax.Array, layer: formats.Format, bias: Optional[jax.Arr
   (:func:`phase_columns`), with :func:`matmul_t`'s stand-ins. Differentiable as
   :func:`matmul_t`.
   """
-  bias = _zero_bias(layer) if bias is None else bias
+  bias = _zero_bias(weight) if bias is None else bias
   _warn_if_falling_back()
   geometry = ConvGeometry(tuple(window), tuple(strides), tuple(out))  # type: ignore[arg-type]
-  return _conv(phases, layer, bias, geometry, activation)
+  return _conv(phases, weight, bias, geometry, activation)

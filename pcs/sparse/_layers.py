@@ -1,4 +1,4 @@
-"""Dense and Conv layers computed with a sparse kernel: the products the adapters call.
+"""Dense and Conv layers computed with a compressed weight: the products the adapters call.
 
 ``dense``: y = act(x W + b) as (W^T x^T)^T.
 
@@ -6,7 +6,7 @@
 stride phases (Park et al., ICLR 2017): no patch matrix. Measured on ResNet-20's and
 the 1-D CNN's layers (BENCHMARKS.md), it beats im2col except where an image has few
 output positions, so ``conv`` takes it from ``MIN_DIRECT_POSITIONS`` up (where the
-compiled kernels are absent, the direct convolution is one product over columns read
+compiled products are absent, the direct convolution is one product over columns read
 from the phases, :func:`pcs.sparse._compiled.phase_columns`). Elsewhere (3-D, small
 outputs) ``conv`` is im2col with the
 output positions as the columns: the input is moved to (C, N, *spatial), padded, and
@@ -16,9 +16,9 @@ one sparse product gives y^T (features, N * prod(out)). (XLA's
 ``conv_general_dilated_patches`` computes patches as a convolution with a one-hot
 filter, which costs more than the dense convolution.)
 
-Activations: the kernels fuse the bias and, with ``activation='relu'``, the ReLU. The
-adapters fuse the bias; a Flax model applies its activation outside the layer, so there
-XLA applies it to the kernel's output (one elementwise pass over it; BENCHMARKS.md
+Activations: the compiled products fuse the bias and, with ``activation='relu'``, the ReLU.
+The adapters fuse the bias; a Flax model applies its activation outside the layer, so there
+XLA applies it to the product's output (one elementwise pass over it; BENCHMARKS.md
 measures the difference).
 """
 
@@ -41,7 +41,7 @@ MIN_DIRECT_POSITIONS = 8
 def _check_input(x: jax.Array, fan_in: int, what: str) -> None:
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f'{what}: the input must be a floating-point array (bfloat16, float16 '
-                    f'or float32; the kernels compute in float32); got {x.dtype}.')
+                    f'or float32; the compiled products compute in float32); got {x.dtype}.')
   if x.ndim < 1 or x.shape[-1] != fan_in:
     raise ValueError(f'{what}: the input must end in {fan_in} features; got shape {x.shape}.')
 
@@ -50,20 +50,20 @@ def _float32(bias: Optional[jax.Array]) -> Optional[jax.Array]:
   return None if bias is None else bias.astype(jnp.float32)
 
 
-def dense(x: jax.Array, layer, bias: Optional[jax.Array] = None,
+def dense(x: jax.Array, weight, bias: Optional[jax.Array] = None,
           activation: Optional[str] = None) -> jax.Array:
-  """y = act(x W + b) for a sparse (fan_in, features) kernel ``layer``; x: (..., fan_in).
+  """y = act(x W + b) for a compressed (fan_in, features) ``weight``; x: (..., fan_in).
 
   A bfloat16 or float16 ``x`` (as in a mixed-precision model) is computed in float32 and
   the result returned in ``x``'s dtype, as the dense layer returns it.
   """
-  if len(layer.kernel_shape) != 2:
+  if len(weight.kernel_shape) != 2:
     raise ValueError(f'dense: the kernel must be 2-D (fan_in, features); got '
-                     f'{layer.kernel_shape}.')
-  _check_input(x, layer.fan_in, 'dense')
-  x2 = x.reshape(-1, layer.fan_in).astype(jnp.float32)
-  y_t = compiled.matmul_t(x2.T, layer, _float32(bias), activation)
-  return y_t.T.reshape(x.shape[:-1] + (layer.features,)).astype(x.dtype)
+                     f'{weight.kernel_shape}.')
+  _check_input(x, weight.fan_in, 'dense')
+  x2 = x.reshape(-1, weight.fan_in).astype(jnp.float32)
+  y_t = compiled.matmul_t(x2.T, weight, _float32(bias), activation)
+  return y_t.T.reshape(x.shape[:-1] + (weight.features,)).astype(x.dtype)
 
 
 def conv_pads(padding: Padding, spatial_in, window, strides):
@@ -120,7 +120,7 @@ def _padded(x, pads, window, strides, channels_axis):
   return x_t, out
 
 
-def _direct(x, layer, bias, window, strides, pads, activation):
+def _direct(x, weight, bias, window, strides, pads, activation):
   """The direct product for a 1-D or 2-D convolution.
 
   The padded input (N, C, Hp, Wp) goes to the kernel split into the stride phases the
@@ -137,12 +137,12 @@ def _direct(x, layer, bias, window, strides, pads, activation):
   z = jnp.pad(x_p, [(0, 0), (0, 0), (0, hq * sh - hp), (0, wq * sw - wp)])
   z = z.reshape(n, c, hq, sh, wq, sw)[:, :, :, :min(sh, window[0]), :, :min(sw, window[1])]
   z = z.transpose(0, 3, 5, 1, 2, 4).reshape(n, -1, hq, wq)
-  y = compiled.conv_direct(z, layer, bias, window, strides, out, activation)
+  y = compiled.conv_direct(z, weight, bias, window, strides, out, activation)
   y = jnp.moveaxis(y, 1, -1)  # (N, Ho, Wo, F)
   return y[:, 0] if one_d else y
 
 
-def _im2col(x, layer, bias, window, strides, pads, activation):
+def _im2col(x, weight, bias, window, strides, pads, activation):
   x_t, out = _padded(x, pads, window, strides, 0)  # (C, N, *spatial)
   slices = []
   for offset in itertools.product(*(range(w) for w in window)):
@@ -150,14 +150,14 @@ def _im2col(x, layer, bias, window, strides, pads, activation):
     slices.append(x_t[(slice(None), slice(None)) + index])
   columns = x.shape[0] * int(np.prod(out))
   patches_t = jnp.stack(slices).reshape(-1, columns)  # (window..., C) x (N, *out)
-  y_t = compiled.matmul_t(patches_t, layer, bias, activation)
-  return jnp.moveaxis(y_t.reshape((layer.features, x.shape[0]) + out), 0, -1)
+  y_t = compiled.matmul_t(patches_t, weight, bias, activation)
+  return jnp.moveaxis(y_t.reshape((weight.features, x.shape[0]) + out), 0, -1)
 
 
-def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
+def conv(x: jax.Array, weight, bias: Optional[jax.Array] = None, *,
          strides: Union[int, Sequence[int]] = 1, padding: Padding = 'SAME',
          activation: Optional[str] = None) -> jax.Array:
-  """A channels-last convolution y = act(conv(x, W) + b) with the sparse kernel ``layer``
+  """A channels-last convolution y = act(conv(x, W) + b) with the compressed ``weight``
   of shape ``(*window, in, features)``; x: ``(N, *spatial, in)`` or ``(*spatial, in)``.
 
   1-D and 2-D with at least ``MIN_DIRECT_POSITIONS`` output positions per image: the
@@ -165,8 +165,8 @@ def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
   slices of the padded input, y^T = act(W^T x^T + b). Computed in float32; returned in
   ``x``'s dtype (bfloat16 and float16 inputs as the dense layer takes them).
   """
-  window = tuple(layer.kernel_shape[:-2])
-  channels = layer.kernel_shape[-2]
+  window = tuple(weight.kernel_shape[:-2])
+  channels = weight.kernel_shape[-2]
   spatial = len(window)
   _check_input(x, channels, 'conv')
   dtype, x, bias = x.dtype, x.astype(jnp.float32), _float32(bias)
@@ -181,5 +181,5 @@ def conv(x: jax.Array, layer, bias: Optional[jax.Array] = None, *,
   out = [(size + lo + hi - w) // s + 1
          for size, (lo, hi), w, s in zip(x.shape[1:-1], pads, window, strides)]
   direct = spatial <= 2 and np.prod(out) >= MIN_DIRECT_POSITIONS
-  y = (_direct if direct else _im2col)(x, layer, bias, window, strides, pads, activation)
+  y = (_direct if direct else _im2col)(x, weight, bias, window, strides, pads, activation)
   return (y[0] if unbatched else y).astype(dtype)

@@ -1,5 +1,5 @@
 """The Flax NNX adapter: one call turns a pruned ``nnx.Module`` into one whose ``__call__``
-runs its exported ``nnx.Linear`` / ``nnx.Conv`` layers with the sparse kernels.
+runs its exported ``nnx.Linear`` / ``nnx.Conv`` layers with their compressed weights.
 
     sparse_model = pcs.sparse.nnx.sparsify(model, inputs=x)   # measured per layer
     logits = nnx.jit(lambda m, x: m(x))(sparse_model, x)
@@ -10,7 +10,7 @@ is the very array a Linear or Conv returned is folded into that layer
 :class:`FoldedNorm` (the identity) in the batch norm's place.
 
 The returned model is a copy: each exported layer is replaced by a :class:`SparseLinear`
-or :class:`SparseConv` holding the compressed kernel (as :class:`SparseWeight`
+or :class:`SparseConv` holding the compressed weight (as :class:`SparseWeight`
 variables, not ``nnx.Param``: they are not trained) and the layer's bias. It works under
 ``nnx.jit`` and, through ``nnx.split`` / ``nnx.merge``, under ``jax.jit``; :func:`bind`
 gives the cheapest call, one jitted function with the model's state bound. Importing
@@ -55,12 +55,12 @@ _recording: contextvars.ContextVar[Optional[_Recording]] = contextvars.ContextVa
 
 
 class SparseWeight(nnx.Variable):
-  """A compressed kernel (a :class:`pcs.sparse.CSR`, :class:`pcs.sparse.NM`, ...): one
+  """A compressed weight (a :class:`pcs.sparse.CSR`, :class:`pcs.sparse.NM`, ...): one
   variable whose value is the format's pytree (its arrays are the leaves)."""
 
 
 class _SparseLayer(nnx.Module):
-  """A compressed kernel and its bias; subclasses say how the product is taken."""
+  """A compressed weight and its bias; subclasses say how the product is taken."""
 
   def __init__(self, layer, bias: Optional[jax.Array], source_path: Tuple, dtype=None,
                activation: Optional[str] = None):
@@ -68,21 +68,21 @@ class _SparseLayer(nnx.Module):
     self.dtype = dtype  # the dense layer's computation dtype (None: promote x and float32)
     self.activation = activation  # fused into the product
     self.source_path = tuple(source_path)
-    # One variable holds the whole compressed kernel (its arrays are the pytree's leaves):
+    # One variable holds the whole compressed weight (its arrays are the pytree's leaves):
     # nnx.jit walks one node per layer instead of one per array.
     self.weights = SparseWeight(jax.device_put(layer))
     self.bias = None if bias is None else nnx.Param(bias)
 
   @property
   def layer(self) -> formats.Format:
-    """The compressed kernel (a :class:`pcs.sparse.CSR`, :class:`pcs.sparse.NM`, ...)."""
+    """The compressed weight (a :class:`pcs.sparse.CSR`, :class:`pcs.sparse.NM`, ...)."""
     return self.weights.get_value()
 
   def _bias(self):
     return None if self.bias is None else self.bias.get_value()
 
   def _input(self, x):
-    """``x`` in the dtype the dense layer returns for it (the kernels compute in float32
+    """``x`` in the dtype the dense layer returns for it (the compiled products compute in float32
     and return their input's dtype)."""
     return x.astype(self.dtype or jax.numpy.promote_types(x.dtype, jax.numpy.float32))
 
@@ -102,7 +102,7 @@ def _sharded(y: jax.Array, out_sharding) -> jax.Array:
 
 
 class SparseLinear(_SparseLayer):
-  """``nnx.Linear`` with a sparse kernel: y = x W + b."""
+  """``nnx.Linear`` with a compressed weight: y = x W + b."""
 
   def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
     y = layers.dense(self._input(x), self.layer, self._bias(), self.activation)
@@ -112,7 +112,7 @@ class SparseLinear(_SparseLayer):
 
 class SparseLinearGeneral(_SparseLayer):
   """``nnx.LinearGeneral`` (as the projections of ``nnx.MultiHeadAttention`` are) or an
-  ``nnx.Einsum`` of the same form (``'btd,dnh->btnh'``) with a sparse kernel: the
+  ``nnx.Einsum`` of the same form (``'btd,dnh->btnh'``) with a compressed weight: the
   contracted axes (the input's last ones) flattened into one, y = x W + b with W the
   (prod(in), prod(out)) matrix of the kernel, and the output's features unflattened to
   ``out_features``."""
@@ -133,7 +133,7 @@ class SparseLinearGeneral(_SparseLayer):
 
 
 class SparseConv(_SparseLayer):
-  """``nnx.Conv`` with a sparse kernel (channels last, no groups or dilation)."""
+  """``nnx.Conv`` with a compressed weight (channels last, no groups or dilation)."""
 
   def __init__(self, layer, bias, source_path, dtype=None, activation=None, *, strides,
                padding):

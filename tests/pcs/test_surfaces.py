@@ -327,7 +327,7 @@ def test_pilot_keeps_only_m():
 def _python(code: str) -> subprocess.CompletedProcess:
   env = {**os.environ, 'PYTHONPATH': helpers.REPO}
   return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                        env=env, timeout=120, check=False)
+                        env=env, cwd=helpers.REPO, timeout=120, check=False)
 
 
 BLOCK = """

@@ -1,5 +1,7 @@
 """The offline tfds builders match their sources; unprepared datasets say how to prepare them."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import tensorflow_datasets as tfds
 from experiments.common import datasets
 from experiments.vision import input_pipeline
 from experiments.vision import models
+from tests import helpers
 
 
 def _all(builder, split):
@@ -146,8 +149,9 @@ def test_processes_started_together_generate_a_dataset_once(tmp_path):
   code = ('import sys; from experiments.common import datasets; '
           'b = datasets.builder("digits", sys.argv[1]); '
           'print(b.info.splits["train"].num_examples)')
-  workers = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  env = {**os.environ, 'PYTHONPATH': helpers.REPO}
+  workers = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], cwd=helpers.REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
   results = [w.communicate(timeout=300) for w in workers]
   assert [w.returncode for w in workers] == [0, 0, 0], [err[-2000:] for _, err in results]

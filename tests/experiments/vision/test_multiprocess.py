@@ -93,7 +93,7 @@ def _assert_same_run(workdir, reference):
   assert [row['epoch'] for row in lines] == list(range(1, EPOCHS + 1))
   for got, want in zip(lines, expected):
     for key in ('train_loss', 'test_loss', 'l1_norm', 'a'):
-      assert got[key] == pytest.approx(want[key], rel=5e-3), key  # as test_sparsify's 8 devices
+      assert got[key] == pytest.approx(want[key], rel=5e-3), key  # as test_main's 8 devices
     assert got['test_accuracy'] == pytest.approx(want['test_accuracy'], abs=5e-3)
   with open(os.path.join(workdir, 'results.json')) as f:
     got = json.load(f)

@@ -151,7 +151,7 @@ def _cnn_params():
                                                train=False)['params']
 
 
-# every method under one_shot: test_sparsify; pilot and dense under gmp and imp above.
+# every method under one_shot: test_main; pilot and dense under gmp and imp above.
 @pytest.mark.parametrize('method,schedule', [('str', 'gmp'), ('spred', 'imp'), ('l1', 'gmp')])
 def test_other_methods_run_under_the_schedules(method, schedule, data_dir, tmp_path):
   results = train.train_and_evaluate(

@@ -346,7 +346,7 @@ def test_bad_inputs_are_refused():
     sparse.dense(jnp.ones((1, 4)), layer, jnp.ones(3))
   with pytest.raises(ValueError, match='`activation` must be one of'):
     sparse.dense(jnp.ones((1, 4)), layer, activation='gelu')
-  with pytest.raises(TypeError, match='must be a compressed kernel'):
+  with pytest.raises(TypeError, match='must be a compressed weight'):
     sparse.matmul_t(jnp.ones((4, 1)), np.eye(4, dtype=np.float32))
 
 

@@ -1,4 +1,5 @@
-"""The sparsify binary end to end: outputs, every method, 8 devices = 1 device, resume."""
+"""The vision binary (experiments.vision.main) end to end: outputs, every method, 8 devices =
+1 device, resume."""
 
 import json
 import os
