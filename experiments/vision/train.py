@@ -22,14 +22,12 @@ import os
 import time
 from typing import Any, List, Optional, TextIO
 
-import flax
 from flax.metrics import tensorboard
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
-import optax
 import tensorflow as tf
 import tqdm
 
@@ -45,98 +43,7 @@ from experiments.common import sharding
 from experiments.vision import checks
 from experiments.vision import input_pipeline
 from experiments.vision import models
-
-NO_BAD_STEP = np.iinfo(np.int32).max
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-
-def _variables(params, batch_stats):
-  return {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-
-
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-@jax.jit
-def _accumulate(totals: dict, step: dict) -> dict:
-  """Running totals of per-step outputs, as one computation per step: sums, except the
-  earliest ``bad_step``."""
-  return {k: (jnp.minimum if k == 'bad_step' else jnp.add)(totals[k], v)
-          for k, v in step.items()}
-
-
-def _add_step(totals: Optional[dict], step: dict) -> dict:
-  """The running totals with one more step's outputs (:func:`_accumulate`), returned once
-  the totals before it are computed: dispatch stays at most one step ahead of the devices,
-  which still overlaps host and devices. Unbounded, XLA:CPU's multi-device client could
-  fill a device's queue of in-flight computations with ones that wait on a step not yet
-  launched there, while the other devices wait for that step in the gradients' all-reduce
-  (an abort after XLA's rendezvous timeout, on 8 CPU devices)."""
-  if totals is None:
-    return step
-  updated = _accumulate(totals, step)
-  jax.block_until_ready(totals)
-  return updated
-
-
-def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = False):
-  """The jitted train step: batch sharded on 'data', the state (donated) placed by
-  ``state_shardings`` (replicated, or FSDP: :mod:`experiments.common.sharding`).
-
-  It also reports ``bad_step``: its step number if the loss or gradients were
-  non-finite (with ``skip_nonfinite``: if the parameters became non-finite, since
-  such steps are skipped), else ``NO_BAD_STEP``; reduced with ``min``.
-  """
-  replicated = NamedSharding(mesh, P())
-  by_batch = NamedSharding(mesh, P('data'))
-
-  def train_step(state, batch):
-    def loss_fn(params):
-      logits, updates = model.apply(_variables(params, state.batch_stats), batch['input'],
-                                    train=True, mutable=['batch_stats'])
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-      return loss, (logits, updates)
-
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    deltas, opt_state = tx.update(grads, state.opt_state, state.params, accuracy=accuracy)
-    params = optax.apply_updates(state.params, deltas)
-    finite_inputs = jnp.isfinite(loss) & _all_finite(grads)
-    ok = _all_finite(params) if skip_nonfinite else finite_inputs
-    new_state = TrainState(step=state.step + 1, params=params,
-                           batch_stats=updates.get('batch_stats', state.batch_stats),
-                           opt_state=opt_state)
-    return new_state, {'loss': loss, 'accuracy': accuracy,
-                       'skipped': (~finite_inputs).astype(jnp.int32),
-                       'bad_step': jnp.where(ok, NO_BAD_STEP, state.step)}
-
-  return jax.jit(train_step, in_shardings=(state_shardings, by_batch),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
-
-
-def make_eval_step(model, mesh):
-  """The jitted eval step; it reads only params and batch statistics, so one
-  compilation serves every phase of a run whatever the optimizer. Its inputs keep
-  the shardings they have (the params may be FSDP-sharded)."""
-  replicated = NamedSharding(mesh, P())
-
-  def eval_step(params, batch_stats, batch, mask):
-    logits = model.apply(_variables(params, batch_stats), batch['input'], train=False)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    correct = jnp.argmax(logits, -1) == batch['label']
-    return {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
-            'count': jnp.sum(mask)}
-
-  return jax.jit(eval_step, out_shardings=replicated)
-
+from experiments.vision import steps
 
 def splits(config: ml_collections.ConfigDict, builder, spec) -> tuple:
   """(train split, evaluation split, its name). With ``validation_fraction`` f > 0 the
@@ -187,7 +94,7 @@ class Run:
         epoch=0, rows=input_pipeline.process_rows(self.by_batch, batch_size)):
       out = self.eval_step(state.params, state.batch_stats, _global(batch, self.by_batch),
                            _global(mask, self.by_batch))
-      sums = _add_step(sums, out)
+      sums = steps.add_step(sums, out)
     sums = jax.device_get(sums)
     return {'loss': float(sums['loss'] / sums['count']),
             'accuracy': float(sums['correct'] / sums['count'])}
@@ -197,18 +104,18 @@ class Run:
     """Process 0 alone writes results, metrics and TensorBoard events."""
     return jax.process_index() == 0
 
-  def shardings(self, tx, state: TrainState) -> TrainState:
+  def shardings(self, tx, state: steps.TrainState) -> steps.TrainState:
     """Where each part of ``state`` lives: parameters by ``config.param_sharding``, the
     optimizer state following them, the rest replicated."""
     specs = sharding.param_specs(state.params, self.mesh, self.config.param_sharding)
-    return TrainState(
+    return steps.TrainState(
         step=self.replicated,
         params=sharding.named(self.mesh, specs),
         batch_stats=jax.tree.map(lambda _: self.replicated, state.batch_stats),
         opt_state=sharding.named(self.mesh, sharding.state_specs(
             tx, state.opt_state, state.params, specs)))
 
-  def place(self, tx, state: TrainState) -> TrainState:
+  def place(self, tx, state: steps.TrainState) -> steps.TrainState:
     return jax.device_put(state, self.shardings(tx, state))
 
   def say(self, message: str) -> None:
@@ -264,7 +171,7 @@ def _detector(run: Run, phase: phases.Phase) -> collapse.Detector:
                            f'--config.{warmup_key} ({warmup}) or clip gradients ({clip}).')
 
 
-def run_phase(run: Run, phase: phases.Phase, state: TrainState, tx, first_epoch: int,
+def run_phase(run: Run, phase: phases.Phase, state: steps.TrainState, tx, first_epoch: int,
               extra_to_save: dict, after_epoch=None) -> tuple:
   """Epochs ``first_epoch..`` of one phase, checkpointing after each, then calling
   ``after_epoch(epoch, state)`` if given.
@@ -273,7 +180,7 @@ def run_phase(run: Run, phase: phases.Phase, state: TrainState, tx, first_epoch:
   """
   config = run.config
   train_metrics = None
-  train_step = make_train_step(run.model, tx, run.mesh, run.shardings(tx, state),
+  train_step = steps.make_train_step(run.model, tx, run.mesh, run.shardings(tx, state),
                                config.on_nonfinite == 'skip')
   checkpoints = checkpointing.manager(run.workdir, phase.name)
   bar = tqdm.tqdm(range(first_epoch, phase.num_epochs + 1),
@@ -282,17 +189,17 @@ def run_phase(run: Run, phase: phases.Phase, state: TrainState, tx, first_epoch:
                   disable=None if run.primary else True)  # None: off without a terminal
   detector = _detector(run, phase)
   for epoch in bar:
-    sums, steps = None, 0
+    sums, count = None, 0
     for batch, _ in input_pipeline.epoch_batches(
         run.builder, run.spec, run.train_split, config.batch_size, train=True,
         seed=config.seed, epoch=phase.seed_offset + epoch,
         rows=input_pipeline.process_rows(run.by_batch, config.batch_size)):
       state, metrics = train_step(state, _global(batch, run.by_batch))
-      sums = _add_step(sums, metrics)
-      steps += 1
+      sums = steps.add_step(sums, metrics)
+      count += 1
     sums = jax.device_get(sums)  # one host round trip per epoch
     bad_step = sums.pop('bad_step')
-    if bad_step != NO_BAD_STEP:
+    if bad_step != steps.NO_BAD_STEP:
       last = checkpoints.latest_step()
       checkpoints.close()
       where = (f'the last good checkpoint is {phase.name} epoch {last} in '
@@ -304,7 +211,7 @@ def run_phase(run: Run, phase: phases.Phase, state: TrainState, tx, first_epoch:
           'gradients (--config.clip_grad_norm=1.0), or rerun with '
           '--config.on_nonfinite=skip to skip such steps.')
     skipped = int(sums.pop('skipped'))
-    train_metrics = {k: float(v) / steps for k, v in sums.items()}
+    train_metrics = {k: float(v) / count for k, v in sums.items()}
     train_metrics['skipped_steps'] = skipped
     logs = _epoch_logs(state, train_metrics, run.evaluate(state, run.eval_split), run.eval_name,
                        epoch, phase.name)
@@ -347,7 +254,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   steps_per_epoch = input_pipeline.steps_per_epoch(builder, train_split, config.batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f'`batch_size` ({config.batch_size}) exceeds the training set.')
-  run = Run(config, workdir, spec, builder, model, mesh, make_eval_step(model, mesh),
+  run = Run(config, workdir, spec, builder, model, mesh, steps.make_eval_step(model, mesh),
             steps_per_epoch, train_split, eval_split, eval_name, phases.plan(config))
   tf.io.gfile.makedirs(workdir)
   if jax.process_index() == 0 and not os.path.exists(config_path):
@@ -356,7 +263,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   return run
 
 
-def _prune(state: TrainState, sparsity: float, scope: str) -> tuple:
+def _prune(state: steps.TrainState, sparsity: float, scope: str) -> tuple:
   """``pcs.prune`` on device, so sharded parameters of several hosts need no gather."""
   return jax.jit(lambda p: pcs.prune(p, sparsity, scope=scope))(state.params)
 
@@ -385,7 +292,7 @@ class _Evaluations:
       with open(self.path) as f:
         self.values = json.load(f)
 
-  def record(self, key: str, state: TrainState) -> float:
+  def record(self, key: str, state: steps.TrainState) -> float:
     """Evaluates ``state``, keeps its accuracy as ``key`` and returns it."""
     self.values[key] = self.run.evaluate(state, self.run.eval_split)['accuracy']
     if self.run.primary:
@@ -415,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def fresh_state(phase: phases.Phase, step, params, batch_stats, masks) -> tuple:
     tx = optimizer(phase, masks)
-    return tx, run.place(tx, TrainState(step, params, batch_stats, tx.init(params)))
+    return tx, run.place(tx, steps.TrainState(step, params, batch_stats, tx.init(params)))
 
   # The newest phase with a good checkpoint, if any.
   current, first_epoch, masks = 0, 1, all_kept

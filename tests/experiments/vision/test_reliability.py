@@ -11,6 +11,7 @@ import pytest
 from experiments.common import collapse
 from experiments.common import config_checks
 from experiments.vision import input_pipeline
+from experiments.vision import steps
 from experiments.vision import train
 from tests import helpers
 
@@ -168,11 +169,11 @@ def test_same_config_and_seed_give_bit_identical_runs(data_dir, tmp_path):
 def test_step_totals_sum_every_metric_and_keep_the_earliest_bad_step():
   totals = {'loss': np.float32(1.5), 'skipped': np.int32(0), 'bad_step': np.int32(7)}
   step = {'loss': np.float32(2.25), 'skipped': np.int32(1), 'bad_step': np.int32(3)}
-  out = train._accumulate(totals, step)  # pylint: disable=protected-access
+  out = steps.accumulate(totals, step)
   assert {k: v.item() for k, v in out.items()} == {'loss': 3.75, 'skipped': 1, 'bad_step': 3}
   later = {'loss': np.float32(0.25), 'skipped': np.int32(0),
-           'bad_step': np.int32(train.NO_BAD_STEP)}
-  assert train._accumulate(out, later)['bad_step'].item() == 3  # pylint: disable=protected-access
+           'bad_step': np.int32(steps.NO_BAD_STEP)}
+  assert steps.accumulate(out, later)['bad_step'].item() == 3
 
 
 def test_dispatch_waits_for_the_step_before():
@@ -187,7 +188,7 @@ def test_dispatch_waits_for_the_step_before():
   slow(x).block_until_ready()  # compiled outside the measurement
   previous = {'loss': slow(x)}
   assert not previous['loss'].is_ready(), 'too fast to tell waiting from not waiting'
-  totals = train._add_step(previous, {'loss': jnp.ones(())})  # pylint: disable=protected-access
+  totals = steps.add_step(previous, {'loss': jnp.ones(())})
   assert previous['loss'].is_ready()
   np.testing.assert_allclose(totals['loss'], np.asarray(previous['loss']) + 1.0, rtol=1e-6)
 
@@ -195,11 +196,11 @@ def test_dispatch_waits_for_the_step_before():
 def test_training_paces_every_step_on_the_totals_of_the_one_before(data_dir, tmp_path,
                                                                    monkeypatch):
   calls = []  # (totals before, step, totals after)
-  real = train._add_step  # pylint: disable=protected-access
+  real = steps.add_step
   def spy(totals, step):
     calls.append((totals, step, real(totals, step)))
     return calls[-1][2]
-  monkeypatch.setattr(train, '_add_step', spy)
+  monkeypatch.setattr(steps, 'add_step', spy)
   config = helpers.small_config(data_dir, num_epochs=1)
   train.train_and_evaluate(config, str(tmp_path))
   train_calls = [c for c in calls if 'bad_step' in c[1]]
