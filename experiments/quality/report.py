@@ -167,9 +167,11 @@ def _verdict(done: dict, margin: float) -> str:
 def verdicts(rows: List[dict], found, models) -> List[str]:
   """The issue's targets: the recommended PILoT recipe >= tuned GMP at 95%, and >= GMP
   + 2 pp at 98% or 99% with a significant paired difference, over >= 5 seeds (after
-  fine-tuning)."""
+  fine-tuning); where the reference failed on a seed, the verdict says so and gives the
+  difference on the seeds it trained on."""
   lines = ['| model | recommended PILoT recipe | target | training epochs (recipe, reference) '
            '| paired difference | verdict |', '|---|---|---|---|---|---|']
+  stopped = seed_statistics.diverged(rows)
   for model in models:
     recipe = recommended(rows, model)
     if recipe is None:
@@ -186,8 +188,30 @@ def verdicts(rows: List[dict], found, models) -> List[str]:
         shown = '; '.join(f'{s:.0%}: {seed_statistics.paired_cell(r)}'
                           for s, r in done.items()) or 'pending'
         verdict = 'pending' if len(done) < len(sparsities) else _verdict(done, margin)
+        if len(done) == len(sparsities):
+          verdict += _failed_reference(found, stopped, model, recipe, reference, sparsities)
         lines.append(f'| {model} | {recipe} | {target} | {epochs} | {shown} | {verdict} |')
   return lines
+
+
+def _failed_reference(found, stopped, model: str, recipe: str, reference: str,
+                      sparsities) -> str:
+  """Where the reference failed on some seeds (:func:`seed_statistics.failed`), what the
+  verdict stands on: those seeds, and the paired median over the seeds it trained on, so
+  that no gain is read off a baseline that collapsed ('' where it failed on none)."""
+  notes = []
+  for s in sparsities:
+    ours, theirs = found.get((model, recipe, s), {}), found.get((model, reference, s), {})
+    bad = seed_statistics.failed(theirs, stopped.get((model, reference, s), ()))
+    if not bad:
+      continue
+    rest = seed_statistics.paired({k: v for k, v in ours.items() if k not in bad},
+                                  {k: v for k, v in theirs.items() if k not in bad})
+    on_rest = ('' if rest is None else
+               f': on its other seeds the median difference is {rest.median:+.1f} (n={rest.n})')
+    seeds = ', '.join(f's{seed} ({why})' for seed, why in sorted(bad.items()))
+    notes.append(f'{reference} failed at {s:.0%} on {seeds}{on_rest}')
+  return ''.join(f'; {note}' for note in notes)
 
 
 def plot(found, models, names, path: str) -> None:

@@ -619,3 +619,24 @@ def test_the_defaults_stage_runs_each_recipe_as_the_binary_does_and_reports_fail
           '| fails |') in table
   ok = quality_report.defaults_markdown([run(101 + i, 0.9) for i in range(10)])
   assert '| 10/10 | 90.0 | 90.0 (s101) | 0 | trains on every seed |' in ok
+
+
+def test_a_verdict_against_a_reference_that_failed_says_so_and_what_holds_without_it(tmp_path):
+  # GMP at 95% collapses to chance on seed 2 (10%: at chance for 10 classes); PILoT inside
+  # GMP is 1 pp above it on every other seed. The mean difference (+17 pp) is carried by
+  # the collapse; the verdict names the seed and gives the median on the other four.
+  rows = list(_tuning_record('cnn1d', 'pilot+gmp', 0).values())
+  for seed in range(5):
+    gmp = {0.95: 10.0 if seed == 2 else 90.0, 0.98: 85.0, 0.99: 80.0}
+    for sparsity, value in gmp.items():
+      rows.append(_final('cnn1d', 'dense+gmp', sparsity, seed, value))
+      rows.append(_final('cnn1d', 'pilot+gmp', sparsity, seed,
+                         91.0 if sparsity == 0.95 else value + 3.0 + 0.1 * seed))
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  line = next(row for row in text.splitlines() if '| >= dense+gmp at 95% |' in row)
+  assert '95%: +17.0 ± 35.8' in line
+  assert line.endswith('| met; dense+gmp failed at 95% on s2 (at chance): on its other seeds '
+                       'the median difference is +1.0 (n=4) |')
+  # The 98%/99% target's reference trained on every seed: no note.
+  line = next(row for row in text.splitlines() if '| >= dense+gmp + 2 pp at 98% or 99% |' in row)
+  assert line.endswith('| met |')
