@@ -467,6 +467,7 @@ def write(rows: Iterable[dict], folder: str) -> str:
   # mixed into the seeds 0-4 tables; they get a section of their own.
   rows = list(rows)
   robustness, defaults = robustness_markdown(rows), defaults_markdown(rows)
+  defaults_rows = [r for r in rows if r['stage'] == 'defaults']
   rows = [r for r in rows if r['stage'] not in ('robustness', 'defaults')]
   os.makedirs(folder, exist_ok=True)
   found = seed_statistics.groups(rows, True)
@@ -495,20 +496,59 @@ def write(rows: Iterable[dict], folder: str) -> str:
   if os.path.exists(readme):
     with open(readme) as f:
       before = f.read()
-    after = blocks.replace_between(before, 'quality', readme_block(rows))
+    after = blocks.replace_between(before, 'quality', readme_block(rows, defaults_rows))
     if after != before:
       with open(readme, 'w') as f:
         f.write(after)
   return text
 
 
-def readme_block(rows: List[dict]) -> str:
+def defaults_line(rows: List[dict]) -> str:
+  """README's sentence on the 'defaults' stage (:func:`defaults_markdown`): per model, the
+  recipes whose picked config failed on a seed nobody ran, with how many runs, and how
+  many trained on every seed so far; '' before any such run."""
+  runs = [r for r in rows if r['stage'] == 'defaults']
+  if not runs:
+    return ''
+  found, stopped = seed_statistics.groups(runs, True), seed_statistics.diverged(runs)
+  seeds = protocol.DEFAULTS_SEEDS
+  parts = []
+  for model in sorted({m for m, _, _ in set(found) | set(stopped)}):
+    failing, clean, pending, waiting = [], [], [], []
+    for recipe in protocol.DEFAULTS_RECIPES:
+      cells = [(s, found.get((model, f'{recipe} as the binary runs it', s), {}),
+                stopped.get((model, f'{recipe} as the binary runs it', s), []))
+               for s in protocol.DEFAULTS_SPARSITIES]
+      bad = {s: len(seed_statistics.failed(values, gone)) for s, values, gone in cells}
+      done = sum(len(values) + len(gone) for _, values, gone in cells)
+      if any(bad.values()):
+        failing.append(recipe + ' (' + ', '.join(
+            f'{count} of {len(values) + len(gone)} at {s:.0%}'
+            for (s, values, gone), count in zip(cells, bad.values()) if count) + ')')
+      elif done == len(seeds) * len(cells):
+        clean.append(recipe)
+      else:
+        (pending if done else waiting).append(recipe)
+    parts.append(f'{model}: failed: {", ".join(failing) or "none"}; trained on every seed: '
+                 f'{", ".join(clean) or "none yet"}' +
+                 (f'; still running: {", ".join(pending)}' if pending else '') +
+                 (f'; not run yet: {", ".join(waiting)}' if waiting else ''))
+  return (f'Each recipe\'s picked config (`picked.py:<model>,<recipe>`) on seeds {seeds[0]}-'
+          f'{seeds[-1]}, which nobody tuned on, at '
+          f'{" and ".join(f"{s:.0%}" for s in protocol.DEFAULTS_SPARSITIES)}: '
+          + '. '.join(parts) + ' (QUALITY.md, "The picked configs on seeds nobody ran").')
+
+
+def readme_block(rows: List[dict], defaults: Optional[List[dict]] = None) -> str:
   """README's view of the record, generated with QUALITY.md so that README copies no
-  figure by hand: the PILoT recipe recommended on each model and the targets' verdicts."""
+  figure by hand: the PILoT recipe recommended on each model, the targets' verdicts, and
+  which picked configs failed on seeds nobody ran (``defaults``, the 'defaults' stage's
+  rows)."""
   models = sorted({r['model'] for r in rows})
   picks = ', '.join(f'{m}: `{recommended(rows, m) or "none yet"}`' for m in models)
+  line = defaults_line(defaults or [])
   return (f'Recommended PILoT recipe (validation-picked, no failed run): {picks}. The targets, '
           'paired over seeds 0-4 after fine-tuning (from QUALITY.md, which holds every '
           'figure, the failures per cell and the notes on what the figures do not show):\n\n'
-          + '\n'.join(verdicts(rows, seed_statistics.groups(rows, True), models)))
-
+          + '\n'.join(verdicts(rows, seed_statistics.groups(rows, True), models))
+          + (f'\n\n{line}' if line else ''))

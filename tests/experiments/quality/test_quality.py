@@ -640,3 +640,25 @@ def test_a_verdict_against_a_reference_that_failed_says_so_and_what_holds_withou
   # The 98%/99% target's reference trained on every seed: no note.
   line = next(row for row in text.splitlines() if '| >= dense+gmp + 2 pp at 98% or 99% |' in row)
   assert line.endswith('| met |')
+
+
+def test_readme_says_which_picked_configs_failed_on_seeds_nobody_ran():
+  def run(recipe, sparsity, seed, accuracy):
+    return {'id': f'{recipe}{sparsity}{seed}', 'stage': 'defaults', 'model': 'mlp',
+            'recipe': recipe, 'study': f'{recipe} as the binary runs it',
+            'overrides': {'sparsity': sparsity, 'seed': seed},
+            'results': {'test_accuracy': accuracy, 'achieved_sparsity': sparsity}}
+  seeds = protocol.DEFAULTS_SEEDS
+  rows = []
+  for seed in seeds:  # dense trains everywhere; str is at chance on seed 103 at 98% only
+    for sparsity in protocol.DEFAULTS_SPARSITIES:
+      rows.append(run('dense', sparsity, seed, 0.7))
+      rows.append(run('str', sparsity, seed, 0.1 if (seed, sparsity) == (103, 0.98) else 0.7))
+  rows.append(run('l1', 0.9, 101, 0.7))  # one run of l1 so far
+  line = quality_report.defaults_line(rows)
+  assert line.startswith('Each recipe\'s picked config (`picked.py:<model>,<recipe>`) on seeds '
+                         '101-110, which nobody tuned on, at 90% and 98%: ')
+  assert ('mlp: failed: str (1 of 10 at 98%); trained on every seed: dense; still running: '
+          'l1; not run yet: dense+gmp, dense+imp, pilot, pilot+gmp, pilot+imp, spred, cs '
+          '(QUALITY.md') in line
+  assert quality_report.defaults_line([]) == ''
