@@ -43,12 +43,17 @@ from experiments.regression.diagonal_network import train
 from pcs import theory
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Where to write regression.json and regression.png.')
-flags.DEFINE_string('readme', None, 'A Markdown file whose <!-- regression --> block gets the '
-                    'results (`make regression` passes README.md).')
-config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
-    'Experiment configuration.', lock_config=True)
+
+
+def _define_flags() -> None:
+  """The command line; defined by the entry point only, so that importing the module
+  (tests, other binaries) defines no flags."""
+  flags.DEFINE_string('workdir', None, 'Where to write regression.json and regression.png.')
+  flags.DEFINE_string('readme', None, 'A Markdown file whose <!-- regression --> block gets '
+                      'the results (`make regression` passes README.md).')
+  config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+      'Experiment configuration.', lock_config=True)
 
 
 def _l1_m(u: pcs.Factors, step):
@@ -248,4 +253,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -25,9 +25,12 @@ EPOCHS = 2
 TIMEOUT_S = 300
 
 # Gloo's connection report, '[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of
-# connected peer ranks is : 1', which sometimes reaches stderr split over lines.
-GLOO_REPORT = re.compile(r'(\[Gloo\])?\s*Rank\s+\d+\s+is\s+connected\s+to\s+\d+\s+peer\s+ranks\.'
-                         r'\s*Expected\s+number\s+of\s+connected\s+peer\s+ranks\s+is\s*:\s*\d+')
+# connected peer ranks is : 1', which sometimes reaches stderr split over lines, or with
+# another rank's report written into the middle of it ('[Gloo] Rank 3[Gloo] Rank 2 is
+# connected ...'): its two halves are matched apart.
+GLOO_REPORT = re.compile(r'\[Gloo\]\s*Rank\s+\d+|(Rank\s+\d+\s+)?is\s+connected\s+to\s+\d+\s+peer'
+                         r'\s+ranks\.\s*Expected\s+number\s+of\s+connected\s+peer\s+ranks\s+is\s*:'
+                         r'\s*\d+')
 
 
 def _free_port() -> int:

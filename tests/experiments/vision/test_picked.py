@@ -9,9 +9,12 @@ import sys
 
 import pytest
 
+from experiments.common import config_checks
 from experiments.vision.configs import default
 from experiments.vision.configs import picked
 from tests import helpers
+
+PICKED_FILE = os.path.join(helpers.REPO, 'experiments', 'vision', 'configs', 'picked.py')
 
 
 def test_a_named_recipe_is_the_default_config_with_its_picks():
@@ -43,28 +46,23 @@ def test_an_unrecorded_pair_takes_the_nearest_and_a_bad_name_is_refused():
     picked.get_config('cnn1d,pilott')
 
 
-def test_the_binary_runs_a_named_recipe_with_the_command_lines_values_on_top(tmp_path):
-  workdir = tmp_path / 'run'
-  subprocess.run(
-      [sys.executable, '-m', 'experiments.vision.main', f'--workdir={workdir}',
-       '--config=experiments/vision/configs/picked.py:mlp,pilot+gmp',
-       f'--config.data_dir={tmp_path / "tfds"}', '--config.num_epochs=1',
-       '--config.weight_decay=7e-3', '--config.eval_train=False'],
-      cwd=helpers.REPO, env={**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu'},
-      capture_output=True, text=True, timeout=300, check=True)
-  with open(workdir / 'results.json') as f:
-    config = json.load(f)['config']
-  values = picked.PICKED[('mlp', 'pilot+gmp')]
-  assert (config['model'], config['method'], config['schedule']) == ('mlp', 'pilot', 'gmp')
-  assert (config['pilot']['alpha'], config['learning_rate']) == (values['pilot.alpha'],
-                                                                 values['learning_rate'])
-  assert config['weight_decay'] == 7e-3 != values['weight_decay']  # the command line wins
-  bad = subprocess.run(
-      [sys.executable, '-m', 'experiments.vision.main', f'--workdir={tmp_path / "bad"}',
-       '--config=experiments/vision/configs/picked.py:cnn1d,pilott'],
-      cwd=helpers.REPO, env={**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu'},
-      capture_output=True, text=True, timeout=300, check=False)
-  assert bad.returncode == 2 and "nothing was picked for 'pilott'" in bad.stderr
+def test_the_command_line_names_a_recipe_and_the_early_check_reads_it():
+  # The binary checks `--config=picked.py:<model>,<recipe>` and its --config.* overrides
+  # before absl applies them (README's commands, run by tests/test_docs.py, start the
+  # binary with such a config and show the picks reaching the run).
+  config = config_checks.load_config_file(f'{PICKED_FILE}:mlp,pilot+gmp')
+  assert config.to_dict() == picked.get_config('mlp,pilot+gmp').to_dict()
+  assert config_checks.check_overrides(
+      ['binary', f'--config={PICKED_FILE}:mlp,pilot+gmp', '--config.weight_decay=7e-3'],
+      PICKED_FILE) is None
+  # A recipe nothing was picked for is refused before absl parses anything, with the reason.
+  message = config_checks.check_overrides(['binary', f'--config={PICKED_FILE}:cnn1d,pilott'],
+                                          PICKED_FILE)
+  assert message.startswith(f'--config={PICKED_FILE}:cnn1d,pilott: picked.py:cnn1d,<recipe>: '
+                            "nothing was picked for 'pilott' on cnn1d")
+  unknown = config_checks.check_overrides(
+      ['binary', f'--config={PICKED_FILE}:mlp,l1', '--config.l1.strenght=1'], PICKED_FILE)
+  assert "Unknown config key 'l1.strenght'" in unknown and "'l1.strength'" in unknown
 
 
 @pytest.mark.parametrize('recipe', ['pilot+gmp', 'pilot', 'dense+imp'])
