@@ -1,5 +1,6 @@
-"""QUALITY.md, its plot and its verdicts, from the quality benchmark's ``runs.jsonl``; the
-statistics behind every cell are in :mod:`experiments.quality.seed_statistics`.
+"""QUALITY.md, its plot and README's block, from the quality benchmark's ``runs.jsonl``: the
+statistics behind every cell are in :mod:`experiments.quality.seed_statistics`, the targets'
+verdicts in :mod:`experiments.quality.targets`.
 """
 
 import os
@@ -8,30 +9,16 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from experiments.common import blocks
-from experiments.common import config_checks
 from experiments.common import failures
 from experiments.quality import charlm_study
 from experiments.quality import picking
 from experiments.quality import protocol
 from experiments.quality import seed_statistics
 from experiments.quality import stages
+from experiments.quality import targets
 
-PILOT_FAMILY = ('pilot', 'pilot+gmp', 'pilot+imp', 'mirror')
-REFERENCE = 'dense+gmp'
-# A recipe that trains longer than REFERENCE is also judged against the dense recipe
-# with its own schedule, which trains as long.
-SAME_BUDGET = {'imp': 'dense+imp'}
 # The paper's comparisons (Jacobs & Burkholz, ICLR 2025), each at equal training epochs.
 CLAIMS = (('pilot', 'str'), ('pilot', 'spred'), ('pilot+imp', 'dense+imp'))
-
-
-def training_epochs(recipe: str) -> int:
-  """Epochs ``recipe`` trains before fine-tuning: the phases of
-  :func:`experiments.common.phases.plan` that train with the method."""
-  from experiments.common import phases  # pylint: disable=g-import-not-at-top
-  from experiments.vision.configs import default  # pylint: disable=g-import-not-at-top
-  config = config_checks.override(default.get_config(), protocol.RECIPES[recipe][0])
-  return sum(phase.num_epochs for phase in phases.plan(config) if phase.optimizer == 'method')
 
 
 def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
@@ -110,110 +97,6 @@ def paired_table(found, model: str, pairs, sparsities) -> List[str]:
   return lines
 
 
-def recommended(rows: List[dict], model: str) -> Optional[str]:
-  """The PILoT recipe with the best tuning validation accuracy on ``model`` among those
-  whose tuning has finished (chosen on validation, never on test) and that failed
-  (:func:`failed`) on none of the seeds run (final runs, and robustness runs at the recipe's
-  :func:`~experiments.quality.protocol.recipe_pick`; after fine-tuning). While
-  a wider learning-rate round is under way, every recipe is judged over the grid of the
-  earliest round any of them stands at, so all get the same tuning budget."""
-  by_id = {row['id']: row for row in rows}
-  found, stopped = seed_statistics.groups(rows, True), seed_statistics.diverged(rows)
-  rounds = {}
-  for recipe in PILOT_FAMILY:
-    names = {recipe}  # its finals, and its robustness runs at the setting it is picked at
-    pick = picking.recipe_pick(by_id, model, recipe)
-    if recipe in protocol.ROBUSTNESS_RECIPES and pick is not None:
-      names.add(stages.robustness_name(recipe, pick))
-    cells = {key for key in set(found) | set(stopped) if key[0] == model and key[1] in names}
-    if any(seed_statistics.failed(found.get(key, {}), stopped.get(key, ())) for key in cells):
-      continue
-    learning_rates = picking.tuning_round(by_id, model, recipe)
-    if learning_rates is not None:
-      rounds[recipe] = learning_rates
-  if not rounds:
-    return None
-  common = min(rounds.values(), key=len)
-  best = {recipe: max(picking.validation_accuracy(by_id[r['id']])
-                      for r in protocol.tuning_rows(model, recipe, common))
-          for recipe in rounds}
-  return max(best, key=best.get)
-
-
-SIGNIFICANCE = 0.05
-
-
-def _verdict(done: dict, margin: float) -> str:
-  """``met`` only if some sparsity's mean paired difference reaches ``margin`` and, for a
-  claimed gain (margin > 0), the paired t-test rejects "no difference" at 5%, and for a
-  claimed parity (margin 0) the median difference is not negative either (a mean carried by
-  one failed baseline seed is no parity); otherwise the reason."""
-  def holds(r):
-    return r.mean >= margin and (r.p < SIGNIFICANCE if margin > 0 else r.median >= 0)
-  if any(holds(r) for r in done.values()):
-    return 'met'
-  best = max(done, key=lambda s: done[s].mean)
-  mean, p = done[best].mean, done[best].p
-  if mean >= margin and margin <= 0:
-    return (f'not shown: the mean {mean:+.1f} pp at {best:.0%} is carried by few seeds (median '
-            f'{done[best].median:+.1f})')
-  if mean >= margin:
-    return f'not shown: {mean:+.1f} pp at {best:.0%} is within noise (p={p:.2g})'
-  noise = '' if p < SIGNIFICANCE else f' (p={p:.2g}, not significant)'
-  by = f'{margin - mean:.1f} pp' if margin - mean >= 0.05 else 'less than 0.1 pp'
-  return f'missed by {by}{noise}'
-
-
-def verdicts(rows: List[dict], found, models) -> List[str]:
-  """The issue's targets: the recommended PILoT recipe >= tuned GMP at 95%, and >= GMP
-  + 2 pp at 98% or 99% with a significant paired difference, over >= 5 seeds (after
-  fine-tuning); where the reference failed on a seed, the verdict says so and gives the
-  difference on the seeds it trained on."""
-  lines = ['| model | recommended PILoT recipe | target | training epochs (recipe, reference) '
-           '| paired difference | verdict |', '|---|---|---|---|---|---|']
-  stopped = seed_statistics.diverged(rows)
-  for model in models:
-    recipe = recommended(rows, model)
-    if recipe is None:
-      continue
-    schedule = protocol.RECIPES[recipe][0]['schedule']
-    for reference in (REFERENCE, *([SAME_BUDGET[schedule]] if schedule in SAME_BUDGET else [])):
-      epochs = f'{training_epochs(recipe)}, {training_epochs(reference)}'
-      for sparsities, margin in (((0.95,), 0.0), ((0.98, 0.99), 2.0)):
-        results = {s: seed_statistics.paired(found.get((model, recipe, s), {}),
-                             found.get((model, reference, s), {})) for s in sparsities}
-        done = {s: r for s, r in results.items() if r is not None and r.n >= 5}
-        target = (f">= {reference} at {sparsities[0]:.0%}" if margin == 0 else
-                  f">= {reference} + {margin:g} pp at 98% or 99%")
-        shown = '; '.join(f'{s:.0%}: {seed_statistics.paired_cell(r)}'
-                          for s, r in done.items()) or 'pending'
-        verdict = 'pending' if len(done) < len(sparsities) else _verdict(done, margin)
-        if len(done) == len(sparsities):
-          verdict += _failed_reference(found, stopped, model, recipe, reference, sparsities)
-        lines.append(f'| {model} | {recipe} | {target} | {epochs} | {shown} | {verdict} |')
-  return lines
-
-
-def _failed_reference(found, stopped, model: str, recipe: str, reference: str,
-                      sparsities) -> str:
-  """Where the reference failed on some seeds (:func:`seed_statistics.failed`), what the
-  verdict stands on: those seeds, and the paired median over the seeds it trained on, so
-  that no gain is read off a baseline that collapsed ('' where it failed on none)."""
-  notes = []
-  for s in sparsities:
-    ours, theirs = found.get((model, recipe, s), {}), found.get((model, reference, s), {})
-    bad = seed_statistics.failed(theirs, stopped.get((model, reference, s), ()))
-    if not bad:
-      continue
-    rest = seed_statistics.paired({k: v for k, v in ours.items() if k not in bad},
-                                  {k: v for k, v in theirs.items() if k not in bad})
-    on_rest = ('' if rest is None else
-               f': on its other seeds the median difference is {rest.median:+.1f} (n={rest.n})')
-    seeds = ', '.join(f's{seed} ({why})' for seed, why in sorted(bad.items()))
-    notes.append(f'{reference} failed at {s:.0%} on {seeds}{on_rest}')
-  return ''.join(f'; {note}' for note in notes)
-
-
 def plot(found, models, names, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -251,7 +134,7 @@ def markdown(rows: List[dict]) -> str:
   finished = sum(not seed_statistics.stopped_early(r) for r in rows)
   out = [f'Runs recorded: {len(rows)} ({len(rows) - finished} diverged or collapsed). Generated by '
          '`python -m experiments.quality.main` (`make quality`) from `quality/runs.jsonl`.', '',
-         '## Targets', '', *verdicts(rows, after, models), '',
+         '## Targets', '', *targets.verdicts(rows, after, models), '',
          '## Tuning (validation split, 98% sparsity)', '',
          *tuned_table(rows, recipes, models), '']
   for model in models:
@@ -262,9 +145,9 @@ def markdown(rows: List[dict]) -> str:
             *accuracy_table(before, model, recipes, protocol.SPARSITIES, failed, off), '',
             f'After {protocol.FINETUNE_EPOCHS} more epochs with the masks fixed:', '',
             *accuracy_table(after, model, recipes, protocol.SPARSITIES, failed, off), '',
-            f'Paired difference to {REFERENCE} (pp, after fine-tuning; same seeds):', '',
-            *paired_table(after, model, [(r, REFERENCE) for r in recipes if r != REFERENCE],
-                          protocol.SPARSITIES), '']
+            f'Paired difference to {targets.REFERENCE} (pp, after fine-tuning; same seeds):', '',
+            *paired_table(after, model, [(r, targets.REFERENCE) for r in recipes
+                                         if r != targets.REFERENCE], protocol.SPARSITIES), '']
     out += ["The paper's comparisons, each at equal training epochs (pp, after "
             'fine-tuning; same seeds):', '',
             *paired_table(after, model, CLAIMS, protocol.SPARSITIES), '']
@@ -283,10 +166,10 @@ def markdown(rows: List[dict]) -> str:
               f"{{{', '.join(map(str, protocol.LONG_ROUND))}}}), test accuracy after "
               'fine-tuning:', '',
               *accuracy_table(after, model, long, protocol.SPARSITIES, failed, off), '',
-              f'Paired against {protocol.long_name(REFERENCE)}, and against the same recipe '
-              'at 30 epochs:', '',
-              *paired_table(after, model, [(n, protocol.long_name(REFERENCE)) for n in long
-                                           if n != protocol.long_name(REFERENCE)]
+              f'Paired against {protocol.long_name(targets.REFERENCE)}, and against the same '
+              'recipe at 30 epochs:', '',
+              *paired_table(after, model, [(n, protocol.long_name(targets.REFERENCE)) for n in long
+                                           if n != protocol.long_name(targets.REFERENCE)]
                             + list(zip(long, protocol.LONG_RECIPES)), protocol.SPARSITIES), '']
     sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
     out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '
@@ -332,7 +215,7 @@ def protocol_text() -> str:
       '(`dense+gmp`) with a two-sided paired t-test.',
       '- Every recipe trains 30 epochs with SGD (momentum 0.9), batch 128, a cosine '
       'learning rate after one warmup epoch; `imp` trains 30 epochs dense and then 30 per '
-      f'cycle, {training_epochs("dense+imp")} epochs in all, so a PILoT recipe under '
+      f'cycle, {targets.training_epochs("dense+imp")} epochs in all, so a PILoT recipe under '
       '`imp` is also judged against `dense+imp`. Each `imp` cycle restarts the schedule '
       'with its own warmup, tuned after the rest of the setting ("Robustness"); the final '
       'runs use its pick.',
@@ -545,10 +428,10 @@ def readme_block(rows: List[dict], defaults: Optional[List[dict]] = None) -> str
   which picked configs failed on seeds nobody ran (``defaults``, the 'defaults' stage's
   rows)."""
   models = sorted({r['model'] for r in rows})
-  picks = ', '.join(f'{m}: `{recommended(rows, m) or "none yet"}`' for m in models)
+  picks = ', '.join(f'{m}: `{targets.recommended(rows, m) or "none yet"}`' for m in models)
   line = defaults_line(defaults or [])
   return (f'Recommended PILoT recipe (validation-picked, no failed run): {picks}. The targets, '
           'paired over seeds 0-4 after fine-tuning (from QUALITY.md, which holds every '
           'figure, the failures per cell and the notes on what the figures do not show):\n\n'
-          + '\n'.join(verdicts(rows, seed_statistics.groups(rows, True), models))
+          + '\n'.join(targets.verdicts(rows, seed_statistics.groups(rows, True), models))
           + (f'\n\n{line}' if line else ''))

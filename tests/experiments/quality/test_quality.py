@@ -12,6 +12,7 @@ from experiments.common import failures
 from experiments.quality import picking
 from experiments.quality import protocol
 from experiments.quality import report as quality_report
+from experiments.quality import targets
 from experiments.quality import run_record
 from experiments.quality import seed_statistics
 from experiments.quality import stages
@@ -131,25 +132,25 @@ def test_a_gain_within_noise_is_not_shown_and_a_loss_is_missed():
   # Paired differences (mean, sd, p, n; median, Wilcoxon p): the verdict reads mean and p.
   def _p(mean, sd, p, n):
     return seed_statistics.Paired(mean, sd, p, n, mean, 1.0)
-  assert quality_report._verdict({0.99: _p(2.9, 5.7, 0.31, 5)}, 2.0) == (
+  assert targets._verdict({0.99: _p(2.9, 5.7, 0.31, 5)}, 2.0) == (
       'not shown: +2.9 pp at 99% is within noise (p=0.31)')
-  assert quality_report._verdict({0.98: _p(2.5, 0.5, 0.001, 5)}, 2.0) == 'met'
-  assert quality_report._verdict({0.95: _p(-3.4, 2.1, 0.021, 5)}, 0.0) == 'missed by 3.4 pp'
-  assert quality_report._verdict({0.95: _p(-0.8, 1.8, 0.37, 5)}, 0.0) == (
+  assert targets._verdict({0.98: _p(2.5, 0.5, 0.001, 5)}, 2.0) == 'met'
+  assert targets._verdict({0.95: _p(-3.4, 2.1, 0.021, 5)}, 0.0) == 'missed by 3.4 pp'
+  assert targets._verdict({0.95: _p(-0.8, 1.8, 0.37, 5)}, 0.0) == (
       'missed by 0.8 pp (p=0.37, not significant)')
-  assert quality_report._verdict({0.95: _p(-0.04, 1.0, 0.97, 5)}, 0.0) == (
+  assert targets._verdict({0.95: _p(-0.04, 1.0, 0.97, 5)}, 0.0) == (
       'missed by less than 0.1 pp (p=0.97, not significant)')
   two = {0.98: _p(-1.9, 2.1, 0.12, 5), 0.99: _p(1.0, 1.0, 0.1, 5)}
-  assert quality_report._verdict(two, 2.0) == (
+  assert targets._verdict(two, 2.0) == (
       'missed by 1.0 pp (p=0.1, not significant)')
   # Met at one sparsity, even where another has the larger mean within noise.
   mixed = {0.98: _p(3.3, 0.9, 0.0014, 5), 0.99: _p(11.9, 14.7, 0.14, 5)}
-  assert quality_report._verdict(mixed, 2.0) == 'met'
+  assert targets._verdict(mixed, 2.0) == 'met'
   # Parity (margin 0) needs the median too: a mean carried by a baseline seed that failed.
   carried = seed_statistics.Paired(16.4, 38.2, 0.39, 5, -1.2, 0.81)
-  assert quality_report._verdict({0.95: carried}, 0.0) == (
+  assert targets._verdict({0.95: carried}, 0.0) == (
       'not shown: the mean +16.4 pp at 95% is carried by few seeds (median -1.2)')
-  assert quality_report._verdict({0.95: _p(0.5, 1.0, 0.3, 5)}, 0.0) == 'met'
+  assert targets._verdict({0.95: _p(0.5, 1.0, 0.3, 5)}, 0.0) == 'met'
 
 
 def test_a_longer_recipe_is_also_judged_at_its_own_budget_and_the_papers_claims_are_paired(
@@ -260,10 +261,10 @@ def test_a_recipe_that_collapsed_is_not_recommended():
   for recipe, accuracy in (('pilot', 0.80), ('pilot+imp', 0.90)):
     for planned in protocol.tuning_rows('cnn1d', recipe):
       rows.append({**planned, 'results': {'validation_accuracy': accuracy}})
-  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+  assert targets.recommended(rows, 'cnn1d') == 'pilot+imp'
   for seed, accuracy in enumerate((92.0, 91.0, 67.5, 90.0, 93.0)):
     rows.append(_final('cnn1d', 'pilot+imp', 0.98, seed, accuracy))
-  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
+  assert targets.recommended(rows, 'cnn1d') == 'pilot'
 
 
 def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals():
@@ -373,11 +374,11 @@ def test_a_diverged_run_is_a_collapse_and_bars_the_recommendation():
       rows.append({**planned, 'results': {'validation_accuracy': accuracy}})
   for seed, accuracy in enumerate((92.0, 91.0, 90.0, 93.0)):
     rows.append(_final('cnn1d', 'pilot+imp', 0.98, seed, accuracy))
-  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+  assert targets.recommended(rows, 'cnn1d') == 'pilot+imp'
   rows.append({**_final('cnn1d', 'pilot+imp', 0.98, 4, 0.0), 'id': 'gone',
                'results': {'diverged': 'Non-finite loss at step 2846'}})
   assert seed_statistics.diverged(rows) == {('cnn1d', 'pilot+imp', 0.98): [4]}
-  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'
+  assert targets.recommended(rows, 'cnn1d') == 'pilot'
   # Median of the four that finished 91.5; the divergence is the worst and a collapse.
   assert quality_report.accuracy_cell({0: 92.0, 1: 91.0, 2: 90.0, 3: 93.0}, [4]) == (
       '91.5 ± 1.3 / 91.5 / diverged (s4) / 1')
@@ -388,7 +389,7 @@ def test_a_collapse_on_the_robustness_seeds_bars_the_recommendation_at_the_pick_
   for planned in protocol.tuning_rows('cnn1d', 'pilot'):
     recorded[planned['id']] = {**planned, 'results': {'validation_accuracy': 0.5}}
   rows = list(recorded.values())
-  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'
+  assert targets.recommended(rows, 'cnn1d') == 'pilot+imp'
 
   def robust(warmup, values):
     return [{'id': f'{warmup}-{seed}', 'stage': 'robustness', 'model': 'cnn1d',
@@ -399,9 +400,9 @@ def test_a_collapse_on_the_robustness_seeds_bars_the_recommendation_at_the_pick_
   # 70 is 21 pp below the median, 91: a collapse. At one epoch, the warmup the tuned three
   # epochs replace, it does not count against the recipe; at its pick it does.
   collapse = (90.0, 91.0, 92.0, 93.0, 70.0)
-  assert quality_report.recommended(rows + robust(1, collapse), 'cnn1d') == 'pilot+imp'
-  assert quality_report.recommended(rows + robust(3, collapse), 'cnn1d') == 'pilot'
-  assert quality_report.recommended(rows + robust(3, collapse[:4]), 'cnn1d') == 'pilot+imp'
+  assert targets.recommended(rows + robust(1, collapse), 'cnn1d') == 'pilot+imp'
+  assert targets.recommended(rows + robust(3, collapse), 'cnn1d') == 'pilot'
+  assert targets.recommended(rows + robust(3, collapse[:4]), 'cnn1d') == 'pilot+imp'
 
 
 def test_the_rerun_robustness_table_pairs_each_warmup_with_the_baselines_pick():
@@ -485,10 +486,10 @@ def test_the_recommendation_compares_recipes_over_the_same_round():
   # pilot+imp: 4 settings per grid point, round 1 only, best 0.90.
   imp = _validation('cnn1d', 'pilot+imp', [0.90] + [0.5] * 31, (0.1, 0.2))
   rows = list(pilot.values()) + list(imp.values())
-  assert quality_report.recommended(rows, 'cnn1d') == 'pilot+imp'  # 0.90 against 0.80
+  assert targets.recommended(rows, 'cnn1d') == 'pilot+imp'  # 0.90 against 0.80
   imp = _validation('cnn1d', 'pilot+imp', [0.90] + [0.5] * 47)
   rows = list(pilot.values()) + list(imp.values())
-  assert quality_report.recommended(rows, 'cnn1d') == 'pilot'  # 0.95 against 0.90
+  assert targets.recommended(rows, 'cnn1d') == 'pilot'  # 0.95 against 0.90
 
 
 def test_the_runner_rejects_an_unknown_recipe_by_name():
@@ -635,8 +636,8 @@ def test_a_verdict_against_a_reference_that_failed_says_so_and_what_holds_withou
   text = quality_report.write(rows, str(tmp_path / 'quality'))
   line = next(row for row in text.splitlines() if '| >= dense+gmp at 95% |' in row)
   assert '95%: +17.0 ± 35.8' in line
-  assert line.endswith('| met; dense+gmp failed at 95% on s2 (at chance): on its other seeds '
-                       'the median difference is +1.0 (n=4) |')
+  assert line.endswith('| met against a failing reference; dense+gmp failed at 95% on s2 (at '
+                       'chance): on its other seeds the median difference is +1.0 (n=4) |')
   # The 98%/99% target's reference trained on every seed: no note.
   line = next(row for row in text.splitlines() if '| >= dense+gmp + 2 pp at 98% or 99% |' in row)
   assert line.endswith('| met |')

@@ -118,10 +118,11 @@ def test_the_recommended_config_is_what_validation_picked(model, told):
   from experiments.quality import picking
   from experiments.quality import protocol as quality_protocol
   from experiments.quality import report as quality_report
+  from experiments.quality import targets
   from experiments.quality import run_record
   from experiments.vision.configs import recommended
   rows = run_record.Record(os.path.join(helpers.REPO, 'quality')).rows
-  assert quality_report.recommended(quality_report.current(rows.values()), model) == 'pilot+imp'
+  assert targets.recommended(quality_report.current(rows.values()), model) == 'pilot+imp'
   config = recommended.get_config()
   picked = picking.recipe_pick(rows, model, 'pilot+imp')
   del picked['eval_train']  # the benchmark skips evaluating on train; training is the same
