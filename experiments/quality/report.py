@@ -255,6 +255,50 @@ def defaults_markdown(rows: List[dict]) -> str:
   return '\n'.join(lines)
 
 
+def clipping_markdown(rows: List[dict]) -> str:
+  """The 'clipping' stage: per model and recipe, its pick unclipped and clipped at
+  CLIP_NORM on the validation split and seeds nobody tuned on, with the median, the worst
+  seed and the failed runs of each (:func:`experiments.common.failures.failed`)."""
+  runs = [r for r in rows if r['stage'] == 'clipping']
+  if not runs:
+    return ''
+  seeds, norm = protocol.DEFAULTS_SEEDS, protocol.CLIP_NORM
+  lines = ['## Gradient clipping on seeds nobody ran', '',
+           f'Each recipe at its pick, without and with `--config.clip_grad_norm={norm:g}`, '
+           f'{protocol.CLIPPING_SPARSITY:.0%}, validation split, seeds {seeds[0]}-{seeds[-1]}, '
+           'no fine-tuning; validation accuracy %. If no clipped run fails, clipping becomes '
+           'the default.', '',
+           '| model | recipe | unclipped: seeds / median / worst / failed | '
+           f'clipped at {norm:g}: seeds / median / worst / failed | verdict |',
+           '|---|---|---|---|---|']
+  cells: dict = {}
+  for row in runs:
+    key = (row['model'], row['recipe'], row['overrides']['clip_grad_norm'])
+    cells.setdefault(key, {})[row['overrides']['seed']] = row['results'].get(
+        'validation_accuracy')
+
+  def summary(values):
+    if not values:
+      return '-', None
+    done = [v for v in values.values() if v is not None]
+    bad = failures.failed(values, protocol.NUM_CLASSES)
+    worst = min(values, key=lambda s: -1.0 if values[s] is None else values[s])
+    shown = 'diverged' if values[worst] is None else f'{100 * values[worst]:.1f}'
+    median = f'{100 * float(np.median(done)):.1f}' if done else '-'
+    return f'{len(values)}/{len(seeds)} / {median} / {shown} (s{worst}) / {len(bad)}', len(bad)
+
+  for model, recipe in sorted({(m, r) for m, r, _ in cells},
+                              key=lambda k: (k[0], protocol.DEFAULTS_RECIPES.index(k[1]))):
+    plain, plain_bad = summary(cells.get((model, recipe, 0.0), {}))
+    clipped, clipped_bad = summary(cells.get((model, recipe, norm), {}))
+    complete = all(len(cells.get((model, recipe, c), {})) == len(seeds) for c in (0.0, norm))
+    verdict = ('clipped fails too' if clipped_bad else
+               'pending' if not complete else
+               'no failure either way' if not plain_bad else 'clipping removes the failures')
+    lines.append(f'| {model} | {recipe} | {plain} | {clipped} | {verdict} |')
+  return '\n'.join(lines)
+
+
 def robustness_markdown(rows: List[dict]) -> str:
   """The recommended recipe and its equal-epoch baseline on seeds nobody tuned on: per
   model and setting (the picked one, then any cycle warmup tuned after it), each recipe's
@@ -351,7 +395,8 @@ def write(rows: Iterable[dict], folder: str) -> str:
   rows = list(rows)
   robustness, defaults = robustness_markdown(rows), defaults_markdown(rows)
   defaults_rows = [r for r in rows if r['stage'] == 'defaults']
-  rows = [r for r in rows if r['stage'] not in ('robustness', 'defaults')]
+  clipping = clipping_markdown(rows)
+  rows = [r for r in rows if r['stage'] not in ('robustness', 'defaults', 'clipping')]
   os.makedirs(folder, exist_ok=True)
   found = seed_statistics.groups(rows, True)
   models = sorted({r['model'] for r in rows})
@@ -365,6 +410,8 @@ def write(rows: Iterable[dict], folder: str) -> str:
     text += '\n' + robustness + '\n'
   if defaults:
     text += '\n' + defaults + '\n'
+  if clipping:
+    text += '\n' + clipping + '\n'
   charlm = charlm_study.load(folder)
   if charlm:
     text += ('\n## A transformer: sparsifying a trained character LM\n\n'
