@@ -101,7 +101,8 @@ def verdicts(rows: List[dict], found, models) -> List[str]:
       for sparsities, margin in (((0.95,), 0.0), ((0.98, 0.99), 2.0)):
         results = {s: seed_statistics.paired(found.get((model, recipe, s), {}),
                              found.get((model, reference, s), {})) for s in sparsities}
-        done = {s: r for s, r in results.items() if r is not None and r.n >= 5}
+        done = {s: r for s, r in results.items()
+                if r is not None and _complete(found, stopped, model, (recipe, reference), s)}
         target = (f">= {reference} at {sparsities[0]:.0%}" if margin == 0 else
                   f">= {reference} + {margin:g} pp at 98% or 99%")
         shown = '; '.join(f'{s:.0%}: {seed_statistics.paired_cell(r)}'
@@ -118,6 +119,18 @@ def verdicts(rows: List[dict], found, models) -> List[str]:
   return lines
 
 
+def _complete(found, stopped, model: str, names, sparsity: float, seeds: int = 5) -> bool:
+  """Whether every one of ``names`` has ``seeds`` runs recorded at ``sparsity`` on the same
+  seeds, finished or stopped (a diverged seed of the reference does not leave a target
+  pending; the verdict names it)."""
+  common = None
+  for name in names:
+    done = (set(found.get((model, name, sparsity), {}))
+            | set(stopped.get((model, name, sparsity), ())))
+    common = done if common is None else common & done
+  return len(common) >= seeds
+
+
 def _median_row(found, stopped, model: str, recipe: str, reference: str, epochs: str) -> str:
   """The target of issue 32: ``recipe`` beats ``reference`` at equal training epochs by
   MEDIAN_MARGIN pp by the median paired difference at MEDIAN_SPARSITY, against a
@@ -126,7 +139,7 @@ def _median_row(found, stopped, model: str, recipe: str, reference: str, epochs:
   result = seed_statistics.paired(found.get((model, recipe, s), {}),
                                   found.get((model, reference, s), {}))
   target = f'>= {reference} + {MEDIAN_MARGIN:g} pp by median at {s:.0%}'
-  if result is None or result.n < 5:
+  if result is None or not _complete(found, stopped, model, (recipe, reference), s):
     return f'| {model} | {recipe} | {target} | {epochs} | pending | pending |'
   short = MEDIAN_MARGIN - result.median
   verdict = 'met' if short <= 0 else (

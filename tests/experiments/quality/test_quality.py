@@ -700,3 +700,21 @@ def test_the_clipping_stage_compares_each_pick_with_and_without_clipping_on_vali
           '/ 0 | clipping removes the failures |') in table
   partial = quality_report.clipping_markdown(runs[:10] + runs[10:15])
   assert partial.rstrip().endswith('| pending |')
+
+
+def test_a_reference_that_diverged_on_a_seed_leaves_no_target_pending(tmp_path):
+  # IMP alone diverges on seed 4 at every sparsity: the targets are judged on seeds 0-3,
+  # and each verdict names the diverged seed.
+  rows = list(_tuning_record('cnn1d', 'pilot+imp', 0, best=0.95).values())
+  for seed in range(5):
+    for sparsity in (0.95, 0.98, 0.99):
+      rows.append(_final('cnn1d', 'dense+gmp', sparsity, seed, 80.0 + seed))
+      rows.append(_final('cnn1d', 'pilot+imp', sparsity, seed, 85.0 + seed))
+      imp = _final('cnn1d', 'dense+imp', sparsity, seed, 84.0 + seed)
+      rows.append({**imp, 'results': {'diverged': 'nan'}} if seed == 4 else imp)
+  text = quality_report.write(rows, str(tmp_path / 'quality'))
+  line = next(row for row in text.splitlines() if '>= dense+imp + 2 pp by median at 98%' in row)
+  assert '98%: +1.0 ± 0.0' in line and 'n=4' in line
+  assert line.endswith('| missed by 1.0 pp; dense+imp failed at 98% on s4 (diverged): on its '
+                       'other seeds the median difference is +1.0 (n=4) |')
+  assert '| >= dense+imp at 95% | 120, 120 | pending' not in text
