@@ -12,7 +12,7 @@ import time
 from absl import app
 from absl import flags
 from benchmarks import machine
-from experiments.common.blocks import replace_between
+from experiments.common.blocks import write_between
 from benchmarks import sparse_inference
 from benchmarks import sparse_recovery
 from benchmarks import step_overhead
@@ -180,12 +180,9 @@ Outputs agree with the dense model (checked here and in tests/pcs/sparse/test_sp
 {why(update_rows, FLAGS.size)}"""
   with open(FLAGS.output, 'w') as f:
     f.write(text)
-  with open(FLAGS.readme) as f:
-    readme = f.read()
-  block = (f'{machine_line}; from the `make bench` run that wrote BENCHMARKS.md.\n\n'
-           f'{readme_block(step_rows)}')
-  with open(FLAGS.readme, 'w') as f:
-    f.write(replace_between(readme, 'bench', block))
+  write_between(FLAGS.readme, 'bench',
+                f'{machine_line}; from the `make bench` run that wrote BENCHMARKS.md.\n\n'
+                f'{readme_block(step_rows)}')
   print(text)
 
 

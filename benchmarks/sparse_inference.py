@@ -40,7 +40,7 @@ import pcs
 from benchmarks import interleaved
 from benchmarks import machine
 from benchmarks import sparse_nnx
-from experiments.common.blocks import replace_between
+from experiments.common.blocks import write_between
 from experiments.vision import models
 
 flags.DEFINE_integer('inference_repeats', 20, 'Timed calls per variant.')
@@ -478,10 +478,7 @@ def main(argv):
 
 def write_runs(record_path: str, output: str) -> None:
   """Rewrites the ``<!-- sparse-runs -->`` block of ``output`` from every recorded run."""
-  with open(output) as f:
-    text = f.read()
-  with open(output, 'w') as f:
-    f.write(replace_between(text, 'sparse-runs', runs_markdown(record_path)))
+  write_between(output, 'sparse-runs', runs_markdown(record_path))
 
 
 if __name__ == '__main__':

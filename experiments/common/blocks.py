@@ -17,3 +17,14 @@ def replace_between(text: str, name: str, block: str) -> str:
   head, rest = text.split(begin, 1)
   _, tail = rest.split(end, 1)
   return f'{head}{begin}\n{block}\n{end}{tail}'
+
+
+def write_between(path: str, name: str, block: str) -> None:
+  """Sets the ``name`` block of the Markdown file ``path`` to ``block``
+  (:func:`replace_between`); the file is rewritten only if the block changed."""
+  with open(path) as f:
+    before = f.read()
+  after = replace_between(before, name, block)
+  if after != before:
+    with open(path, 'w') as f:
+      f.write(after)

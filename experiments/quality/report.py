@@ -424,12 +424,7 @@ def write(rows: Iterable[dict], folder: str) -> str:
     f.write(text)
   readme = os.path.join(root, 'README.md')
   if os.path.exists(readme):
-    with open(readme) as f:
-      before = f.read()
-    after = blocks.replace_between(before, 'quality', readme_block(rows, defaults_rows))
-    if after != before:
-      with open(readme, 'w') as f:
-        f.write(after)
+    blocks.write_between(readme, 'quality', readme_block(rows, defaults_rows))
   return text
 
 

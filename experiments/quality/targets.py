@@ -108,11 +108,9 @@ def verdicts(rows: List[dict], found, models) -> List[str]:
         shown = '; '.join(f'{s:.0%}: {seed_statistics.paired_cell(r)}'
                           for s, r in done.items()) or 'pending'
         verdict = 'pending' if len(done) < len(sparsities) else _verdict(done, margin)
-        failed = (_failed_reference(found, stopped, model, recipe, reference, sparsities)
-                  if len(done) == len(sparsities) else '')
-        if failed:  # a 'met' against a baseline that collapsed is no plain 'met'
-          verdict = (f'met against a failing reference{failed}' if verdict == 'met'
-                     else verdict + failed)
+        if len(done) == len(sparsities):
+          verdict = _noting(verdict, _failed_reference(found, stopped, model, recipe,
+                                                       reference, sparsities))
         lines.append(f'| {model} | {recipe} | {target} | {epochs} | {shown} | {verdict} |')
       if reference == SAME_BUDGET.get(schedule):
         lines.append(_median_row(found, stopped, model, recipe, reference, epochs))
@@ -144,12 +142,17 @@ def _median_row(found, stopped, model: str, recipe: str, reference: str, epochs:
   short = MEDIAN_MARGIN - result.median
   verdict = 'met' if short <= 0 else (
       f'missed by {short:.1f} pp' if short >= 0.05 else 'missed by less than 0.1 pp')
-  failed = _failed_reference(found, stopped, model, recipe, reference, (s,))
-  if failed:
-    verdict = (f'met against a failing reference{failed}' if verdict == 'met'
-               else verdict + failed)
+  verdict = _noting(verdict, _failed_reference(found, stopped, model, recipe, reference, (s,)))
   return (f'| {model} | {recipe} | {target} | {epochs} | {s:.0%}: '
           f'{seed_statistics.paired_cell(result)} | {verdict} |')
+
+
+def _noting(verdict: str, failed: str) -> str:
+  """``verdict`` with the note of :func:`_failed_reference` (if any): a 'met' against a
+  baseline that collapsed is no plain 'met'."""
+  if not failed:
+    return verdict
+  return f'met against a failing reference{failed}' if verdict == 'met' else verdict + failed
 
 
 def _failed_reference(found, stopped, model: str, recipe: str, reference: str,

@@ -246,10 +246,7 @@ def main(argv):
   print(f"Wrote {FLAGS.workdir}/regression.json and regression.png "
         f"in {results['wall_time_s']:.0f}s")
   if FLAGS.readme:
-    with open(FLAGS.readme) as f:
-      text = f.read()
-    with open(FLAGS.readme, 'w') as f:
-      f.write(blocks.replace_between(text, 'regression', markdown(results)))
+    blocks.write_between(FLAGS.readme, 'regression', markdown(results))
 
 
 if __name__ == '__main__':

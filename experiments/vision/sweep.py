@@ -123,13 +123,10 @@ def main(argv):
   print(f'\n{len(todo)} runs in {seconds:.0f}s; table: {FLAGS.workdir}/report.md, '
         f'plot: {FLAGS.workdir}/accuracy_vs_sparsity.png')
   if FLAGS.readme:
-    with open(FLAGS.readme) as f:
-      text = f.read()
-    with open(FLAGS.readme, 'w') as f:
-      f.write(blocks.replace_between(text, 'demo', (
-          f'`make demo` on {os.cpu_count()} cores, {time.strftime("%Y-%m-%d")}: {len(todo)} '
-          f'runs in {seconds:.0f} s (finished runs of an earlier demo are reused).\n\n'
-          + table)))
+    blocks.write_between(FLAGS.readme, 'demo', (
+        f'`make demo` on {os.cpu_count()} cores, {time.strftime("%Y-%m-%d")}: {len(todo)} '
+        f'runs in {seconds:.0f} s (finished runs of an earlier demo are reused).\n\n'
+        + table))
 
 
 if __name__ == '__main__':
