@@ -10,7 +10,10 @@ A run of a cell (the same recipe, setting and sparsity over seeds) has failed if
 - is **under the median**: more than UNDER_MEDIAN below the median of the cell's runs
   that have an accuracy.
 
-Accuracies are fractions in [0, 1].
+Accuracies are fractions in [0, 1]. A run scored by a loss (the character LM's bits per
+byte, lower is better) has failed if it diverged, or is **over the median**: more than
+LOSS_OVER_MEDIAN, relative, above the median of the cell's finished runs
+(:func:`failed_by_loss`).
 
 Apart from failing, a run can miss its **target sparsity**: it ends more than
 SPARSITY_TOLERANCE away from it (STR's learned thresholds can prune past a target, and
@@ -24,8 +27,10 @@ import numpy as np
 
 CHANCE_MARGIN = 0.02
 UNDER_MEDIAN = 0.10
+LOSS_OVER_MEDIAN = 0.10
 SPARSITY_TOLERANCE = 0.005
-DIVERGED, AT_CHANCE, UNDER = 'diverged', 'at chance', 'under the median'
+DIVERGED, AT_CHANCE, UNDER, OVER = ('diverged', 'at chance', 'under the median',
+                                   'over the median')
 
 
 def at_chance(accuracy: float, num_classes: int) -> bool:
@@ -47,6 +52,15 @@ def failed(values: Mapping[int, Optional[float]], num_classes: int) -> Dict[int,
     elif value < median - UNDER_MEDIAN:
       out[seed] = UNDER
   return out
+
+
+def failed_by_loss(values: Mapping[int, Optional[float]]) -> Dict[int, str]:
+  """``{seed: why}`` for the failed runs of one cell scored by a loss ``{seed: loss, or
+  None if it diverged}``: DIVERGED, or OVER when loss > (1 + LOSS_OVER_MEDIAN) * median."""
+  finished = [v for v in values.values() if v is not None]
+  median = float(np.median(finished)) if finished else 0.0
+  return {seed: DIVERGED if value is None else OVER for seed, value in values.items()
+          if value is None or value > (1 + LOSS_OVER_MEDIAN) * median}
 
 
 def off_target(target: float, achieved: float) -> Optional[str]:

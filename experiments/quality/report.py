@@ -10,9 +10,11 @@ import numpy as np
 
 from experiments.common import blocks
 from experiments.common import failures
+from experiments.quality import charlm_protocol
 from experiments.quality import charlm_study
 from experiments.quality import picking
 from experiments.quality import protocol
+from experiments.quality import run_record
 from experiments.quality import seed_statistics
 from experiments.quality import stages
 from experiments.quality import targets
@@ -412,6 +414,16 @@ def write(rows: Iterable[dict], folder: str) -> str:
     text += '\n' + defaults + '\n'
   if clipping:
     text += '\n' + clipping + '\n'
+  lm_protocol = charlm_protocol.markdown(
+      run_record.Record(os.path.join(folder, charlm_protocol.RECORD)).rows,
+      charlm_protocol.default_base())
+  if lm_protocol:
+    text += ('\n## A transformer: the quality protocol on the character LM\n\n'
+             '`python -m experiments.quality.charlm` (issue 30), one record per run in '
+             f'`quality/{charlm_protocol.RECORD}/runs.jsonl`. The byte-level NNX decoder of '
+             '`experiments/charlm` (`configs/default.py`: 8 epochs of 100 AdamW steps), '
+             'tuned on one validation seed, unlike the 5-seed pick of the vision recipes.'
+             '\n\n' + lm_protocol + '\n')
   charlm = charlm_study.load(folder)
   if charlm:
     text += ('\n## A transformer: sparsifying a trained character LM\n\n'

@@ -23,7 +23,7 @@ from experiments.charlm import train
 from experiments.charlm import wanda
 from experiments.charlm.configs import default
 from experiments.common import config_checks
-from experiments.quality import charlm as quality
+from experiments.quality import charlm_protocol as quality
 
 
 def _tiny_config(data_dir, **overrides):
@@ -282,3 +282,33 @@ def test_the_quality_table_of_the_sparsify_trained_study():
   assert '| gmp | 4.500 ± 0.707 |' in text  # sd of (4, 5): sqrt(0.5)
   assert '| pilot+gmp | 4.250 ± 1.768 |' in text  # sd of (3, 5.5): 2.5 / sqrt(2)
   assert '| pilot+gmp − gmp, paired | -0.250 (worse on 1 of 2) |' in text  # -1 and +0.5
+
+
+def test_the_quality_protocols_section_marks_the_pick_and_scores_each_cell_by_hand():
+  base = 'b'
+  recorded = {}
+  for i, row in enumerate(quality.tuning_rows('dense+gmp', base)):  # lr 1e-3: 0.5, 0.7 ...
+    bits = {0: 3.0, 1: 2.5, 2: 2.8, 3: 2.9}[i]  # the second (lr 1e-3, 0.7) is the best
+    recorded[row['id']] = {**row, 'results': {'validation_loss': bits * math.log(2),
+                                              'validation_bits_per_byte': bits}}
+  finals = list(quality.plan(recorded, ['final'], ['dense+gmp', 'pilot'], base))
+  assert {r['recipe'] for r in finals} == {'dense+gmp'}  # pilot is not tuned yet
+  bits = {0: 2.0, 1: 2.1, 2: 2.2, 3: 2.5, 4: None}  # seed 3 over the median, 4 diverged
+  for row in finals:
+    seed, sparsity = row['overrides']['seed'], row['overrides']['sparsity']
+    value = bits[seed] if sparsity == 0.9 else 2.0 + seed / 10
+    results = ({'error': 'diverged'} if value is None else
+               {'test_bits_per_byte': value, 'test_perplexity': 2 ** (value * 8)})
+    recorded[row['id']] = {**row, 'results': results}
+  other = {**finals[0], 'id': 'x', 'overrides': {**finals[0]['overrides'], 'base_config': 'c'}}
+  recorded['x'] = {**other, 'results': {'test_bits_per_byte': 9.0, 'test_perplexity': 1.0}}
+  text = quality.markdown(recorded, base)
+  assert '| dense+gmp | 0.001 | gmp.end_fraction 0.7 | **2.500** (picked) |' in text
+  assert '| dense+gmp | 0.003 | gmp.end_fraction 0.5 | 2.800 |' in text
+  # 90%: finished 2.0, 2.1, 2.2, 2.5: median 2.15, perplexity the median of 2^(8 b); the
+  # worst is the diverged seed 4; failed: seeds 3 and 4.
+  perplexity = float(np.median([2 ** 16, 2 ** 16.8, 2 ** 17.6, 2 ** 20]))
+  assert f'| dense+gmp | 2.150 ({perplexity:.2f}) / diverged (s4) / 2 |' in text
+  # 95%: 2.0 .. 2.4, none failed (2.4 is 9.1% over the median 2.2); worst seed 4.
+  assert f'2.200 ({2 ** 17.6:.2f}) / 2.400 (s4) / 0 |' in text
+  assert '| pilot |  |  |  |' in text and '9.000' not in text  # no run; another base left out
