@@ -18,6 +18,8 @@ kernel (attention projections, MLP, head) pruned layerwise to s:
 Writes ``<workdir>/sparsify_trained.json``: the dense model's and each (method,
 sparsity)'s ``eval_split`` loss, bits per byte and perplexity. The retraining runs keep
 their own workdirs (``<workdir>/<method>-<s>``), so a rerun skips the finished ones.
+``--record=quality/charlm/sparsify_trained.jsonl`` also puts the record, with its seed,
+in QUALITY.md's table (one line per seed; a rerun of a seed replaces its line).
 """
 
 from experiments.common import quiet  # first: it quiets TensorFlow before TensorFlow loads
@@ -56,6 +58,8 @@ def _define_flags() -> None:
   flags.DEFINE_float('pilot_alpha', 1e-3, 'PILoT alpha (constant) in pilot+gmp.')
   flags.DEFINE_integer('calibration_windows', 128, 'Training windows whose activations give '
                        "Wanda's input norms.")
+  flags.DEFINE_string('record', '', 'A JSON-lines file that keeps one record per seed (QUALITY.md '
+                      'reads quality/charlm/sparsify_trained.jsonl); empty: none.')
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -89,8 +93,9 @@ def calibration_tokens(train_text, context: int, windows: int) -> jnp.ndarray:
 
 def study(config: ml_collections.ConfigDict, workdir: str, *, dense_workdir: str = '',
           sparsities=(0.5, 0.7, 0.9), epochs: int = 3, learning_rate: float = 1e-3,
-          alpha: float = 1e-3, calibration_windows: int = 128) -> dict:
-  """Runs the study (see the module docstring); returns and writes its record."""
+          alpha: float = 1e-3, calibration_windows: int = 128, record_path: str = '') -> dict:
+  """Runs the study (see the module docstring); returns and writes its record, and puts it
+  in ``record_path`` (:func:`keep_record`) if given."""
   dense = dense_config(config)
   if not dense_workdir:
     dense_workdir = os.path.join(workdir, 'dense')
@@ -125,7 +130,24 @@ def study(config: ml_collections.ConfigDict, workdir: str, *, dense_workdir: str
             f"perplexity {row['perplexity']:.2f}", flush=True)
   with open(os.path.join(workdir, 'sparsify_trained.json'), 'w') as f:
     json.dump({**record, 'config': config.to_dict()}, f, indent=1)
+  if record_path:
+    keep_record(record_path, record, config)
   return record
+
+
+def keep_record(path: str, record: dict, config: ml_collections.ConfigDict) -> None:
+  """Puts ``record`` with its config and seed in the JSON-lines file ``path``, in place of
+  a line of the same seed (the dense run's folder, a path of this machine, is left out)."""
+  line = {**{k: v for k, v in record.items() if k != 'dense_workdir'},
+          'config': config.to_dict(), 'seed': config.seed}
+  kept = []
+  if os.path.exists(path):
+    with open(path) as f:
+      kept = [json.loads(text) for text in f if text.strip()]
+  kept = [row for row in kept if row.get('seed') != config.seed] + [line]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    f.writelines(json.dumps(row) + '\n' for row in sorted(kept, key=lambda row: row['seed']))
 
 
 def main(argv):
@@ -136,7 +158,7 @@ def main(argv):
   study(FLAGS.config, FLAGS.workdir, dense_workdir=FLAGS.dense_workdir,
         sparsities=[float(s) for s in FLAGS.sparsities], epochs=FLAGS.epochs,
         learning_rate=FLAGS.learning_rate, alpha=FLAGS.pilot_alpha,
-        calibration_windows=FLAGS.calibration_windows)
+        calibration_windows=FLAGS.calibration_windows, record_path=FLAGS.record)
 
 
 if __name__ == '__main__':

@@ -246,13 +246,26 @@ def test_sparsify_trained_compares_four_ways_from_one_dense_model(data_dir, tmp_
     assert math.isfinite(row['loss'])
   saved = json.loads((tmp_path / 'sparsify_trained.json').read_text())
   assert saved['runs'] == record['runs'] and 'loss' in saved['dense']
+  # The quality record keeps one line per seed: another seed's line stays, the same seed's
+  # line is replaced, and QUALITY.md's table reads it.
+  from experiments.quality import charlm_study  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'quality' / charlm_study.RECORD
+  path.parent.mkdir(parents=True)
+  path.write_text(json.dumps({'seed': 7, 'runs': []}) + '\n'
+                  + json.dumps({'seed': config.seed, 'runs': ['stale']}) + '\n')
+  sparsify_trained.keep_record(str(path), record, config)
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [line['seed'] for line in lines] == sorted([7, config.seed])
+  mine = next(line for line in lines if line['seed'] == config.seed)
+  assert mine['runs'] == record['runs'] and 'dense_workdir' not in mine
+  assert charlm_study.load(str(tmp_path / 'quality'))[lines.index(mine)]['runs'] == record['runs']
 
 
 def test_the_quality_runner_tunes_then_runs_five_seeds_of_the_pick():
   base = 'b'
   recorded = {}
   rows = list(quality.plan(recorded, quality.STAGES, ['pilot+gmp'], base))
-  assert {row['stage'] for row in rows} == {'tune'} and len(rows) == 6
+  assert {row['stage'] for row in rows} == {'tune'} and len(rows) == 12  # 3 lr x 4 alpha
   for i, row in enumerate(rows):  # the fourth tuning run is the best; the first diverged
     results = {'error': 'diverged'} if i == 0 else {'validation_loss': 2.0 - (i == 3)}
     recorded[row['id']] = {**row, 'results': results}
@@ -288,9 +301,9 @@ def test_the_quality_protocols_section_marks_the_pick_and_scores_each_cell_by_ha
   base = 'b'
   recorded = {}
   for i, row in enumerate(quality.tuning_rows('dense+gmp', base)):  # lr 1e-3: 0.5, 0.7 ...
-    bits = {0: 3.0, 1: 2.5, 2: 2.8, 3: 2.9}[i]  # the second (lr 1e-3, 0.7) is the best
-    recorded[row['id']] = {**row, 'results': {'validation_loss': bits * math.log(2),
-                                              'validation_bits_per_byte': bits}}
+    bits = [3.0, 2.5, 2.8, 2.9, None, 3.1][i]  # (lr 1e-3, 0.7) is the best; (1e-2, 0.5) diverged
+    recorded[row['id']] = {**row, 'results': {'error': 'diverged'} if bits is None else {
+        'validation_loss': bits * math.log(2), 'validation_bits_per_byte': bits}}
   finals = list(quality.plan(recorded, ['final'], ['dense+gmp', 'pilot'], base))
   assert {r['recipe'] for r in finals} == {'dense+gmp'}  # pilot is not tuned yet
   bits = {0: 2.0, 1: 2.1, 2: 2.2, 3: 2.5, 4: None}  # seed 3 over the median, 4 diverged
@@ -305,6 +318,7 @@ def test_the_quality_protocols_section_marks_the_pick_and_scores_each_cell_by_ha
   text = quality.markdown(recorded, base)
   assert '| dense+gmp | 0.001 | gmp.end_fraction 0.7 | **2.500** (picked) |' in text
   assert '| dense+gmp | 0.003 | gmp.end_fraction 0.5 | 2.800 |' in text
+  assert '| dense+gmp | 0.01 | gmp.end_fraction 0.5 | diverged |' in text
   # 90%: finished 2.0, 2.1, 2.2, 2.5: median 2.15, perplexity the median of 2^(8 b); the
   # worst is the diverged seed 4; failed: seeds 3 and 4.
   perplexity = float(np.median([2 ** 16, 2 ** 16.8, 2 ** 17.6, 2 ** 20]))

@@ -252,3 +252,58 @@ def test_convolutions_the_kernels_cannot_take_stay_dense_and_bind_takes_a_sparse
   np.testing.assert_allclose(linen_exported.bind(linen_model, {'params': params})(signal),
                              linen_model.apply({'params': params}, signal), rtol=1e-4,
                              atol=1e-4)
+
+
+def _groups_of_four_along_the_inputs(kernel, in_axes):
+  """Nonzeros per group of 4 consecutive inputs of a kernel: its input axes moved first and
+  flattened, as a 2-D (inputs, outputs) matrix, grouped down its columns (by hand)."""
+  kernel = np.asarray(kernel)
+  out_axes = [a for a in range(kernel.ndim) if a not in in_axes]
+  matrix = np.transpose(kernel, list(in_axes) + out_axes).reshape(
+      int(np.prod([kernel.shape[a] for a in in_axes])), -1)
+  return (matrix.reshape(-1, 4, matrix.shape[1]) != 0).sum(axis=1)
+
+
+def test_n_m_on_every_attention_projection_exports_and_equals_dense_in_nnx_and_linen():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  # NNX: q, k, v are (in, heads, head_dim), out is (heads, head_dim, out); 2:4 along inputs.
+  model = Decoder(nnx.Rngs(5))
+  pruned, _ = pcs.prune(nnx.state(model, nnx.Param), n_m=(2, 4),
+                        layouts=pcs.kernel_layouts(model))
+  nnx.update(model, pruned)
+  attention = model.blocks[0].attn
+  for kernel, in_axes in ((attention.query.kernel, (0,)), (attention.out.kernel, (0, 1))):
+    assert (_groups_of_four_along_the_inputs(kernel[...], in_axes) == 2).all()
+  tokens, positions = _tokens()
+  exported = pcs.export(model, format='n_m', n_m=(2, 4))
+  assert len(exported) == 13 and {type(w).__name__ for w in exported.values()} == {'NM'}
+  assert exported[('blocks', 0, 'attn', 'out')].kernel_shape == (WIDTH, WIDTH)
+  np.testing.assert_allclose(sparse_nnx.sparsify(model, exported)(tokens, positions),
+                             model(tokens, positions), rtol=1e-4, atol=1e-4)
+
+  # linen: MultiHeadDotProductAttention's DenseGeneral kernels, and grouped-query attention
+  # written with DenseGeneral (4 query heads share 2 key/value heads).
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = x + nn.MultiHeadDotProductAttention(HEADS)(x)
+      q = nn.DenseGeneral((4, 8), name='query')(x)
+      k = jnp.repeat(nn.DenseGeneral((2, 8), name='key')(x), 2, axis=-2)
+      v = jnp.repeat(nn.DenseGeneral((2, 8), name='value')(x), 2, axis=-2)
+      return nn.DenseGeneral(WIDTH, axis=(-2, -1), name='out')(
+          nn.dot_product_attention(q, k, v))
+
+  linen_model = Model()
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, LENGTH, WIDTH)), jnp.float32)
+  params = linen_model.init(jax.random.key(1), x)['params']
+  params, _ = pcs.prune(params, n_m=(2, 4), layouts=pcs.kernel_layouts(linen_model, x))
+  assert (_groups_of_four_along_the_inputs(params['out']['kernel'], (0, 1)) == 2).all()
+  assert (_groups_of_four_along_the_inputs(
+      params['MultiHeadDotProductAttention_0']['out']['kernel'], (0, 1)) == 2).all()
+  for options in ({'format': 'n_m', 'n_m': (2, 4)}, {'format': 'csr'}):
+    linen_exported = pcs.export(params, model=linen_model, inputs=x, **options)
+    assert len(linen_exported) == 8, linen_exported.summary()  # 4 + 4 projections
+    assert linen_exported[('key',)].kernel_shape == (WIDTH, 16)  # (in, kv_heads x head_dim)
+    np.testing.assert_allclose(linen_exported.bind(linen_model, {'params': params})(x),
+                               linen_model.apply({'params': params}, x), rtol=1e-4, atol=1e-4)
