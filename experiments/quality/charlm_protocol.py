@@ -2,8 +2,8 @@
 its recipes and grids, the runs each stage plans, the pick, and QUALITY.md's section.
 
 1. **Tune** each recipe at 95%, seed 0, on the validation split: learning rate {1e-3,
-   3e-3, 1e-2} x the recipe's own values. The lowest validation loss picks the setting (a run
-   that diverged or collapsed counts as +inf).
+   3e-3, 1e-2, 3e-2} x the recipe's own values. The lowest validation loss picks the
+   setting (a run that diverged or collapsed counts as +inf).
 2. **Final** runs with the picked setting at 90, 95 and 98%, seeds 0-4, on the test split
    (read only here).
 
@@ -26,7 +26,7 @@ STAGES = ('tune', 'final')
 TUNING_SPARSITY = 0.95
 SPARSITIES = (0.9, 0.95, 0.98)
 SEEDS = (0, 1, 2, 3, 4)
-LEARNING_RATES = (1e-3, 3e-3, 1e-2)
+LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 CONSTANT_ALPHA = {'pilot.delta': 1.0}
 # name -> (what defines the recipe, its own values to tune).
 RECIPES = {
