@@ -144,7 +144,7 @@ def keep_record(path: str, record: dict, config: ml_collections.ConfigDict) -> N
   if os.path.exists(path):
     with open(path) as f:
       kept = [json.loads(text) for text in f if text.strip()]
-  kept = [row for row in kept if row.get('seed') != config.seed] + [line]
+  kept = [row for row in kept if row['seed'] != config.seed] + [line]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     f.writelines(json.dumps(row) + '\n' for row in sorted(kept, key=lambda row: row['seed']))

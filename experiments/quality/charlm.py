@@ -10,7 +10,8 @@ Every run is the binary's (:func:`experiments.charlm.train.train_and_evaluate`) 
 smoke run) under it; their hash is part of each run's id, so runs of another base
 config are never mixed in. Each finished run is appended to ``<record>/runs.jsonl``
 (:class:`experiments.quality.run_record.Record`) and a rerun skips those found there.
-QUALITY.md's section is written by ``make quality-report`` from that record."""
+After each run the runner rewrites QUALITY.md, whose section on the protocol
+(:func:`experiments.quality.charlm_protocol.markdown`) is drawn from that record."""
 
 from experiments.common import quiet  # first: it quiets TensorFlow before TensorFlow loads
 

@@ -1,11 +1,11 @@
 """The quality protocol on the character LM (:mod:`experiments.quality.charlm` runs it):
 its recipes and grids, the runs each stage plans, the pick, and QUALITY.md's section.
 
-1. **Tune** each recipe at 95%, seed 0, on the validation split: learning rate {1e-3,
-   3e-3, 1e-2, 3e-2} x the recipe's own values. The lowest validation loss picks the
+1. **Tune** each recipe at TUNING_SPARSITY and TUNING_SEED on the validation split:
+   LEARNING_RATES x the recipe's own values (RECIPES). The lowest validation loss picks the
    setting (a run that diverged or collapsed counts as +inf).
-2. **Final** runs with the picked setting at 90, 95 and 98%, seeds 0-4, on the test split
-   (read only here).
+2. **Final** runs with the picked setting at SPARSITIES and SEEDS on the test split (read
+   only here).
 
 A run's id hashes its overrides and the hash of the base config they override
 (``base_config``), so runs of another base config are never mixed in.
@@ -24,6 +24,7 @@ from experiments.quality import protocol
 RECORD = 'charlm'  # the record's folder, in the quality record's
 STAGES = ('tune', 'final')
 TUNING_SPARSITY = 0.95
+TUNING_SEED = 0
 SPARSITIES = (0.9, 0.95, 0.98)
 SEEDS = (0, 1, 2, 3, 4)
 LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -46,8 +47,10 @@ def _row(stage: str, recipe: str, overrides: dict, base: str) -> dict:
 
 
 def tuning_rows(recipe: str, base: str) -> List[dict]:
+  """The recipe's tuning runs: LEARNING_RATES x its own values, at TUNING_SPARSITY and
+  TUNING_SEED on the validation split."""
   defining, values = RECIPES[recipe]
-  return [_row('tune', recipe, {**defining, **value, 'learning_rate': lr, 'seed': 0,
+  return [_row('tune', recipe, {**defining, **value, 'learning_rate': lr, 'seed': TUNING_SEED,
                                 'sparsity': TUNING_SPARSITY, 'eval_split': 'validation'}, base)
           for lr in LEARNING_RATES for value in values]
 
@@ -74,15 +77,7 @@ def plan(recorded: Dict[str, dict], stages, recipes, base: str) -> Iterator[dict
       yield from (row for row in tuning_rows(recipe, base) if row['id'] not in recorded)
   if 'final' in stages:
     for recipe in recipes:
-      setting = picked(recorded, recipe, base)
-      if setting is None:
-        continue
-      for sparsity in SPARSITIES:
-        for seed in SEEDS:
-          row = _row('final', recipe, {**setting, 'sparsity': sparsity, 'seed': seed,
-                                       'eval_split': 'test'}, base)
-          if row['id'] not in recorded:
-            yield row
+      yield from (row for row in final_rows(recorded, recipe, base) if row['id'] not in recorded)
 
 
 def default_base() -> str:
@@ -90,14 +85,28 @@ def default_base() -> str:
   return protocol.run_id(config_checks.flat_dict(default.get_config().to_dict()))
 
 
+def final_rows(recorded: Dict[str, dict], recipe: str, base: str) -> List[dict]:
+  """The final runs of ``recipe`` at its current pick (none before the pick), so that a
+  widened grid that moves the pick leaves the earlier pick's runs out of every table."""
+  setting = picked(recorded, recipe, base)
+  if setting is None:
+    return []
+  return [_row('final', recipe, {**setting, 'sparsity': sparsity, 'seed': seed,
+                                 'eval_split': 'test'}, base)
+          for sparsity in SPARSITIES for seed in SEEDS]
+
+
 def _test_scores(recorded: Dict[str, dict], base: str) -> Dict[tuple, Dict[int, Optional[dict]]]:
-  """{(recipe, sparsity): {seed: the final run's test results, None if it diverged}}."""
+  """{(recipe, sparsity): {seed: the recorded final run's test results at the recipe's
+  pick, None if it diverged}}."""
   cells: Dict[tuple, Dict[int, Optional[dict]]] = {}
-  for row in recorded.values():
-    overrides = row['overrides']
-    if row['stage'] == 'final' and overrides.get('base_config') == base:
-      results = row['results'] if 'test_bits_per_byte' in row['results'] else None
-      cells.setdefault((row['recipe'], overrides['sparsity']), {})[overrides['seed']] = results
+  for recipe in RECIPES:
+    for row in final_rows(recorded, recipe, base):
+      if row['id'] in recorded:
+        results = recorded[row['id']]['results']
+        overrides = row['overrides']
+        cells.setdefault((recipe, overrides['sparsity']), {})[overrides['seed']] = (
+            results if 'test_bits_per_byte' in results else None)
   return cells
 
 
@@ -128,18 +137,18 @@ def markdown(recorded: Dict[str, dict], base: str) -> str:
   cells = _test_scores(recorded, base)
   if not tuning and not cells:
     return ''
-  lines = ['Tuning (validation split, seed 0, 95%): validation bits per byte of each setting; '
-           'the lowest is picked (a run that diverged counts as +inf).', '',
+  lines = [f'Tuning (validation split, seed {TUNING_SEED}, {TUNING_SPARSITY:.0%}): validation bits '
+           'per byte of each setting; the lowest is picked (a run that diverged counts as '
+           '+inf).', '',
            '| recipe | learning rate | own value | validation bits/byte |',
            '|---|---:|---|---:|']
-  for recipe in RECIPES:
-    pick = picked(recorded, recipe, base)
+  for recipe, (_, values) in RECIPES.items():
+    pick, own_keys = picked(recorded, recipe, base), sorted({k for v in values for k in v})
     for row in tuning_rows(recipe, base):
       if row['id'] not in tuning:
         continue
       overrides, results = row['overrides'], tuning[row['id']]['results']
-      own = ', '.join(f'{k} {v:g}' for k, v in overrides.items()
-                      if k.startswith(('pilot.alpha', 'gmp.')))
+      own = ', '.join(f'{k} {overrides[k]:g}' for k in own_keys)
       score = (f"{results['validation_bits_per_byte']:.3f}"
                if 'validation_bits_per_byte' in results else 'diverged')
       chosen = pick is not None and all(overrides[k] == v for k, v in pick.items())

@@ -8,6 +8,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from experiments.charlm.configs import default as charlm_default
 from experiments.common import blocks
 from experiments.common import failures
 from experiments.quality import charlm_protocol
@@ -418,11 +419,13 @@ def write(rows: Iterable[dict], folder: str) -> str:
       run_record.Record(os.path.join(folder, charlm_protocol.RECORD)).rows,
       charlm_protocol.default_base())
   if lm_protocol:
+    lm = charlm_default.get_config()
     text += ('\n## A transformer: the quality protocol on the character LM\n\n'
              '`python -m experiments.quality.charlm` (issue 30), one record per run in '
              f'`quality/{charlm_protocol.RECORD}/runs.jsonl`. The byte-level NNX decoder of '
-             '`experiments/charlm` (`configs/default.py`: 8 epochs of 100 AdamW steps), '
-             'tuned on one validation seed, unlike the 5-seed pick of the vision recipes.'
+             f'`experiments/charlm` (`configs/default.py`: {lm.num_epochs} epochs of '
+             f'{lm.steps_per_epoch} {lm.optimizer} steps), tuned on one validation seed, '
+             'unlike the 5-seed pick of the vision recipes.'
              '\n\n' + lm_protocol + '\n')
   charlm = charlm_study.load(folder)
   if charlm:

@@ -246,19 +246,23 @@ def test_sparsify_trained_compares_four_ways_from_one_dense_model(data_dir, tmp_
     assert math.isfinite(row['loss'])
   saved = json.loads((tmp_path / 'sparsify_trained.json').read_text())
   assert saved['runs'] == record['runs'] and 'loss' in saved['dense']
-  # The quality record keeps one line per seed: another seed's line stays, the same seed's
-  # line is replaced, and QUALITY.md's table reads it.
+
+
+def test_the_study_keeps_one_record_per_seed_where_qualitys_table_reads_it(data_dir, tmp_path):
   from experiments.quality import charlm_study  # pylint: disable=g-import-not-at-top
+  config = _tiny_config(data_dir, seed=3)
   path = tmp_path / 'quality' / charlm_study.RECORD
   path.parent.mkdir(parents=True)
   path.write_text(json.dumps({'seed': 7, 'runs': []}) + '\n'
-                  + json.dumps({'seed': config.seed, 'runs': ['stale']}) + '\n')
+                  + json.dumps({'seed': 3, 'runs': ['stale']}) + '\n')
+  record = {'dense_workdir': '/here', 'runs': [{'method': 'gmp', 'bits_per_byte': 2.0}]}
   sparsify_trained.keep_record(str(path), record, config)
+  # Seed 7's line stays, seed 3's is replaced, sorted by seed; this machine's path is left out.
   lines = [json.loads(line) for line in path.read_text().splitlines()]
-  assert [line['seed'] for line in lines] == sorted([7, config.seed])
-  mine = next(line for line in lines if line['seed'] == config.seed)
-  assert mine['runs'] == record['runs'] and 'dense_workdir' not in mine
-  assert charlm_study.load(str(tmp_path / 'quality'))[lines.index(mine)]['runs'] == record['runs']
+  assert [line['seed'] for line in lines] == [3, 7]
+  assert lines[0]['runs'] == record['runs'] and 'dense_workdir' not in lines[0]
+  assert lines[0]['config']['seed'] == 3
+  assert charlm_study.load(str(tmp_path / 'quality')) == lines
 
 
 def test_the_quality_runner_tunes_then_runs_five_seeds_of_the_pick():
@@ -297,32 +301,65 @@ def test_the_quality_table_of_the_sparsify_trained_study():
   assert '| pilot+gmp − gmp, paired | -0.250 (worse on 1 of 2) |' in text  # -1 and +0.5
 
 
-def test_the_quality_protocols_section_marks_the_pick_and_scores_each_cell_by_hand():
-  base = 'b'
-  recorded = {}
-  for i, row in enumerate(quality.tuning_rows('dense+gmp', base)):  # lr 1e-3: 0.5, 0.7 ...
-    bits = [3.0, 2.5, 2.8, 2.9, None, 3.1, 2.6, 2.7][i]  # (1e-3, 0.7) is the best; one diverged
+def _tuned(recorded, recipe, base, scores):
+  """Records the recipe's tuning runs with validation bits per byte ``scores`` (None:
+  diverged), in the order of ``tuning_rows``."""
+  for row, bits in zip(quality.tuning_rows(recipe, base), scores):
     recorded[row['id']] = {**row, 'results': {'error': 'diverged'} if bits is None else {
         'validation_loss': bits * math.log(2), 'validation_bits_per_byte': bits}}
+
+
+def _finished(recorded, rows, bits_of):
+  """Records final ``rows`` with test bits per byte ``bits_of(sparsity, seed)`` (None:
+  diverged); perplexity exp(loss) = 2 ** bits."""
+  for row in rows:
+    value = bits_of(row['overrides']['sparsity'], row['overrides']['seed'])
+    recorded[row['id']] = {**row, 'results': {'error': 'diverged'} if value is None else {
+        'test_bits_per_byte': value, 'test_perplexity': 2 ** value}}
+
+
+def test_the_quality_protocols_section_marks_the_pick_and_scores_each_cell_by_hand(monkeypatch):
+  base, recorded = 'b', {}
+  # dense+gmp's rows: lr 1e-3 x (0.5, 0.7), 3e-3 x ..., so (1e-3, 0.7) is the best.
+  _tuned(recorded, 'dense+gmp', base, [3.0, 2.5, 2.8, 2.9, None, 3.1, 2.6, 2.7])
   finals = list(quality.plan(recorded, ['final'], ['dense+gmp', 'pilot'], base))
   assert {r['recipe'] for r in finals} == {'dense+gmp'}  # pilot is not tuned yet
-  bits = {0: 2.0, 1: 2.1, 2: 2.2, 3: 2.5, 4: None}  # seed 3 over the median, 4 diverged
-  for row in finals:
-    seed, sparsity = row['overrides']['seed'], row['overrides']['sparsity']
-    value = bits[seed] if sparsity == 0.9 else 2.0 + seed / 10
-    results = ({'error': 'diverged'} if value is None else
-               {'test_bits_per_byte': value, 'test_perplexity': 2 ** (value * 8)})
-    recorded[row['id']] = {**row, 'results': results}
+  at_90 = {0: 2.0, 1: 2.1, 2: 2.2, 3: 2.5, 4: None}  # seed 3 over the median, 4 diverged
+  _finished(recorded, finals, lambda s, seed: {0.9: at_90[seed], 0.95: 2.0 + seed / 10,
+                                                 0.98: 3.0 + seed / 10}[s])
   other = {**finals[0], 'id': 'x', 'overrides': {**finals[0]['overrides'], 'base_config': 'c'}}
   recorded['x'] = {**other, 'results': {'test_bits_per_byte': 9.0, 'test_perplexity': 1.0}}
   text = quality.markdown(recorded, base)
   assert '| dense+gmp | 0.001 | gmp.end_fraction 0.7 | **2.500** (picked) |' in text
   assert '| dense+gmp | 0.003 | gmp.end_fraction 0.5 | 2.800 |' in text
   assert '| dense+gmp | 0.01 | gmp.end_fraction 0.5 | diverged |' in text
-  # 90%: finished 2.0, 2.1, 2.2, 2.5: median 2.15, perplexity the median of 2^(8 b); the
-  # worst is the diverged seed 4; failed: seeds 3 and 4.
-  perplexity = float(np.median([2 ** 16, 2 ** 16.8, 2 ** 17.6, 2 ** 20]))
-  assert f'| dense+gmp | 2.150 ({perplexity:.2f}) / diverged (s4) / 2 |' in text
-  # 95%: 2.0 .. 2.4, none failed (2.4 is 9.1% over the median 2.2); worst seed 4.
-  assert f'2.200 ({2 ** 17.6:.2f}) / 2.400 (s4) / 0 |' in text
+  # 90%: finished 2.0, 2.1, 2.2, 2.5: median 2.15, perplexity the median of the 2^b,
+  # (2^2.1 + 2^2.2) / 2 = 4.441; the worst is the diverged seed 4; failed: seeds 3 and 4.
+  # 95%: 2.0 .. 2.4, none failed (2.4 is 9.1% over the median 2.2), worst seed 4.
+  # 98%: 3.0 .. 3.4, median 3.2.
+  assert (f'| dense+gmp | 2.150 (4.44) / diverged (s4) / 2 | '
+          f'2.200 ({2 ** 2.2:.2f}) / 2.400 (s4) / 0 | 3.200 ({2 ** 3.2:.2f}) / 3.400 (s4) / 0 |'
+          ) in text
   assert '| pilot |  |  |  |' in text and '9.000' not in text  # no run; another base left out
+
+  # pilot, tuned and finished on some seeds: its cells say how many, and the paired median
+  # against dense+gmp over the seeds both finished (90%: 1.9 - 2.0, 2.0 - 2.1, 2.3 - 2.5).
+  _tuned(recorded, 'pilot', base, [4.0] + [5.0] * 11)
+  pilot = list(quality.plan(recorded, ['final'], ['pilot'], base))
+  _finished(recorded, [r for r in pilot if r['overrides']['seed'] in (0, 1, 3, 4)
+                       and r['overrides']['sparsity'] == 0.9],
+            lambda s, seed: {0: 1.9, 1: 2.0, 3: 2.3, 4: 2.4}[seed])
+  text = quality.markdown(recorded, base)
+  # 90%: 1.9, 2.0, 2.3, 2.4: median 2.15, perplexity (2^2.0 + 2^2.3) / 2 = 4.462; 2.4 is
+  # 11.6% over the median, so seed 4 failed.
+  assert '| pilot | 2.150 (4.46) / 2.400 (s4) / 1 (n=4) |' in text
+  assert '| pilot − dense+gmp, paired median | -0.100 (better on 3 of 3) |' in text
+
+  # A wider grid whose new run is the best moves the pick: the old pick's finals leave
+  # the tables (and are planned again at the new pick) instead of mixing two settings.
+  monkeypatch.setattr(quality, 'LEARNING_RATES', quality.LEARNING_RATES + (0.1,))
+  _tuned(recorded, 'dense+gmp', base, [3.0, 2.5, 2.8, 2.9, None, 3.1, 2.6, 2.7, 1.0, 1.5])
+  text = quality.markdown(recorded, base)
+  assert '| dense+gmp | 0.1 | gmp.end_fraction 0.5 | **1.000** (picked) |' in text
+  assert '| dense+gmp |  |  |  |' in text  # no final run at the new pick yet
+  assert len(list(quality.plan(recorded, ['final'], ['dense+gmp'], base))) == 15

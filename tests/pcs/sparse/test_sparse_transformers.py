@@ -273,8 +273,9 @@ def test_n_m_on_every_attention_projection_exports_and_equals_dense_in_nnx_and_l
                         layouts=pcs.kernel_layouts(model))
   nnx.update(model, pruned)
   attention = model.blocks[0].attn
-  for kernel, in_axes in ((attention.query.kernel, (0,)), (attention.out.kernel, (0, 1))):
-    assert (_groups_of_four_along_the_inputs(kernel[...], in_axes) == 2).all()
+  for layer, in_axes in (('query', (0,)), ('key', (0,)), ('value', (0,)), ('out', (0, 1))):
+    kernel = getattr(attention, layer).kernel[...]
+    assert (_groups_of_four_along_the_inputs(kernel, in_axes) == 2).all(), layer
   tokens, positions = _tokens()
   exported = pcs.export(model, format='n_m', n_m=(2, 4))
   assert len(exported) == 13 and {type(w).__name__ for w in exported.values()} == {'NM'}
