@@ -60,12 +60,19 @@ def validation_loss(row: dict) -> float:
   return row['results'].get('validation_loss', math.inf)
 
 
-def picked(recorded: Dict[str, dict], recipe: str, base: str) -> Optional[dict]:
-  """The overrides of the recipe's best tuning run, once all of them have finished."""
+def _best_tuning_row(recorded: Dict[str, dict], recipe: str, base: str) -> Optional[dict]:
+  """The recipe's tuning run of lowest validation loss, once all of them have finished."""
   rows = tuning_rows(recipe, base)
   if any(row['id'] not in recorded for row in rows):
     return None
-  best = min(rows, key=lambda row: validation_loss(recorded[row['id']]))
+  return min(rows, key=lambda row: validation_loss(recorded[row['id']]))
+
+
+def picked(recorded: Dict[str, dict], recipe: str, base: str) -> Optional[dict]:
+  """The overrides of the recipe's best tuning run, once all of them have finished."""
+  best = _best_tuning_row(recorded, recipe, base)
+  if best is None:
+    return None
   return {k: v for k, v in best['overrides'].items()
           if k not in ('seed', 'sparsity', 'eval_split', 'base_config')}
 
@@ -132,10 +139,9 @@ def markdown(recorded: Dict[str, dict], base: str) -> str:
   byte (and perplexity), worst seed and failed runs
   (:func:`experiments.common.failures.failed_by_loss`), and each PILoT recipe minus
   dense+gmp paired by seed; '' before any run of ``base``."""
-  tuning = {row['id']: row for row in recorded.values()
-            if row['stage'] == 'tune' and row['overrides'].get('base_config') == base}
-  cells = _test_scores(recorded, base)
-  if not tuning and not cells:
+  tuned = [row for recipe in RECIPES for row in tuning_rows(recipe, base)
+           if row['id'] in recorded]  # a run's id hashes its base config too
+  if not tuned:  # finals follow the tuning, so there is nothing to show
     return ''
   lines = [f'Tuning (validation split, seed {TUNING_SEED}, {TUNING_SPARSITY:.0%}): validation bits '
            'per byte of each setting; the lowest is picked (a run that diverged counts as '
@@ -143,15 +149,14 @@ def markdown(recorded: Dict[str, dict], base: str) -> str:
            '| recipe | learning rate | own value | validation bits/byte |',
            '|---|---:|---|---:|']
   for recipe, (_, values) in RECIPES.items():
-    pick, own_keys = picked(recorded, recipe, base), sorted({k for v in values for k in v})
-    for row in tuning_rows(recipe, base):
-      if row['id'] not in tuning:
-        continue
-      overrides, results = row['overrides'], tuning[row['id']]['results']
+    best = _best_tuning_row(recorded, recipe, base)
+    own_keys = sorted({k for value in values for k in value})
+    for row in (row for row in tuned if row['recipe'] == recipe):
+      overrides, results = row['overrides'], recorded[row['id']]['results']
       own = ', '.join(f'{k} {overrides[k]:g}' for k in own_keys)
       score = (f"{results['validation_bits_per_byte']:.3f}"
                if 'validation_bits_per_byte' in results else 'diverged')
-      chosen = pick is not None and all(overrides[k] == v for k, v in pick.items())
+      chosen = best is not None and row['id'] == best['id']
       lines.append(f"| {recipe} | {overrides['learning_rate']:g} | {own} | "
                    f"{'**' + score + '** (picked)' if chosen else score} |")
   lines += ['', f'Test split, seeds {SEEDS[0]}-{SEEDS[-1]} at the pick. Each cell: median bits '
@@ -160,6 +165,7 @@ def markdown(recorded: Dict[str, dict], base: str) -> str:
             'better.', '',
             '| recipe | ' + ' | '.join(f'{s:.0%}' for s in SPARSITIES) + ' |',
             '|---|' + '---:|' * len(SPARSITIES)]
+  cells = _test_scores(recorded, base)
   for recipe in RECIPES:
     lines.append(f'| {recipe} | ' + ' | '.join(
         _final_cell(cells[(recipe, s)]) if (recipe, s) in cells else '' for s in SPARSITIES)
