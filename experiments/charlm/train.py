@@ -26,7 +26,7 @@ import json
 import math
 import os
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -79,18 +79,27 @@ def _cross_entropy(model, batch):
   return optax.softmax_cross_entropy_with_integer_labels(logits, batch['target']), logits
 
 
-@functools.partial(nnx.jit, static_argnames='skip_nonfinite')
-def train_step(model, optimizer, batch, skip_nonfinite: bool = False):
+@functools.partial(nnx.jit, static_argnames=('skip_nonfinite', 'pruned_to'))
+def train_step(model, optimizer, batch, skip_nonfinite: bool = False,
+               pruned_to: Optional[Tuple[float, str]] = None):
   """One step; ``bad`` is 1 if the loss or gradients were non-finite (with
   ``skip_nonfinite``, where such steps are skipped: if the parameters became non-finite).
-  The next-byte accuracy goes to the optimizer (Algorithm 1's alpha controller reads it)."""
+  The next-byte accuracy goes to the optimizer (Algorithm 1's alpha controller reads it);
+  with ``pruned_to=(sparsity, scope)`` so does that of the model with its kernels pruned
+  so, as ``pruned_accuracy=`` (``pcs.target_alpha_controller`` reads it)."""
   def loss_fn(model):
     losses, logits = _cross_entropy(model, batch)
     return losses.mean(), logits
 
   (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['target'])
-  optimizer.update(model, grads, accuracy=accuracy)
+  extra = {}
+  if pruned_to is not None:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    pruned, _ = pcs.prune(params, pruned_to[0], scope=pruned_to[1], where=pcs.kernels)
+    _, pruned_logits = _cross_entropy(nnx.merge(graphdef, pruned, rest), batch)
+    extra['pruned_accuracy'] = jnp.mean(jnp.argmax(pruned_logits, -1) == batch['target'])
+  optimizer.update(model, grads, accuracy=accuracy, **extra)
   finite = jnp.isfinite(loss) & _all_finite(grads)
   ok = _all_finite(nnx.state(model, nnx.Param)) if skip_nonfinite else finite
   return {'loss': loss, 'accuracy': accuracy, 'skipped': (~finite).astype(jnp.int32),
@@ -179,13 +188,15 @@ class _Run:
   def run_phase(self, model, optimizer, phase, after_epoch=None) -> dict:
     """The epochs of ``phase``; returns the last epoch's mean training metrics."""
     config, detector, split = self.config, self.detector(phase), self.config.eval_split
+    aims = phase.optimizer == 'method' and optimizers.aims_at_target(config)
+    pruned_to = (config.sparsity, config.prune_scope) if aims else None
     metrics = {}
     for epoch in range(1, phase.num_epochs + 1):
       sums = None
       for batch in input_pipeline.train_batches(
           self.data['train'], context=config.context, batch_size=config.batch_size,
           steps=self.steps, seed=config.seed, epoch=phase.seed_offset + epoch):
-        out = train_step(model, optimizer, batch, config.on_nonfinite == 'skip')
+        out = train_step(model, optimizer, batch, config.on_nonfinite == 'skip', pruned_to)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
       sums = jax.device_get(sums)
       if sums['bad']:

@@ -173,6 +173,7 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
     real(config, key, 0.0)
   real(config, 'gmp.begin_fraction', 0.0, 1.0)
   real(config, 'gmp.end_fraction', config.gmp.begin_fraction, 1.0)
+  real(config, 'pilot.prune_tolerance', 0.0, 1.0, open_high=True)
   need(config.pilot.alpha_control != 'target' or config.sparsity > 0,
        "config.pilot.alpha_control='target' aims alpha at config.sparsity, which must be > 0; "
        f'got {config.sparsity!r}.')

@@ -39,10 +39,17 @@ def learning_rate_schedule(config, steps_per_epoch: int, warmup_epochs: int) -> 
 ALPHA_CONTROLS = ('paper', 'target')
 
 
+def aims_at_target(config) -> bool:
+  """Whether the method's alpha is ``pcs.target_alpha_controller``, whose training step
+  must pass ``pruned_accuracy=`` (the accuracy of the network pruned to ``sparsity``)."""
+  return config.method in ('pilot', 'mirror') and config.pilot.alpha_control == 'target'
+
+
 def _pilot_alpha(config, steps_per_epoch):
   """With ``pilot.alpha_control='target'``, the target-aware controller
   (``pcs.target_alpha_controller``: Algorithm 1, or a constant alpha at ``pilot.delta =
-  1``, until the weights are effectively as sparse as ``sparsity``, then 0). With
+  1``, paused in every epoch after which pruning to ``sparsity`` costs at most
+  ``pilot.prune_tolerance`` of training accuracy). With
   ``'paper'``: Algorithm 1's controller when ``pilot.delta > 1``; else the constant
   ``pilot.alpha``, set to 0 after the fraction ``pilot.alpha_until`` of training (the
   bias it built persists once alpha stops: a_t stays where it got to)."""
@@ -51,7 +58,7 @@ def _pilot_alpha(config, steps_per_epoch):
     return pcs.target_alpha_controller(
         c.alpha, target_sparsity=config.sparsity, delta=c.delta,
         steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs,
-        l1_threshold=c.l1_threshold, negligible_mass=c.negligible_mass)
+        l1_threshold=c.l1_threshold, tolerance=c.prune_tolerance)
   if c.delta > 1:
     return pcs.alpha_controller(c.alpha, delta=c.delta, steps_per_epoch=steps_per_epoch,
                                 num_epochs=config.num_epochs, l1_threshold=c.l1_threshold)

@@ -26,5 +26,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
   real(config, 'gmp.frequency_epochs', 0.0)
   real(config, 'pilot.delta', 1.0)
   real(config, 'pilot.alpha_until', 0.0, 1.0)
-  real(config, 'pilot.negligible_mass', 0.0, 1.0, open_high=True)
   config_checks.validate_training(config)

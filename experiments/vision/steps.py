@@ -1,7 +1,7 @@
 """The vision binary's jitted steps: training on a sharded batch, evaluation, and the
 per-step totals the loop keeps on device (:mod:`experiments.vision.train` runs them)."""
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax
 import jax
@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
+
+import pcs
 
 
 NO_BAD_STEP = np.iinfo(np.int32).max
@@ -57,13 +59,17 @@ def add_step(totals: Optional[dict], step: dict) -> dict:
   return updated
 
 
-def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = False):
+def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = False,
+                    pruned_to: Optional[Tuple[float, str]] = None):
   """The jitted train step: batch sharded on 'data', the state (donated) placed by
   ``state_shardings`` (replicated, or FSDP: :mod:`experiments.common.sharding`).
 
   It also reports ``bad_step``: its step number if the loss or gradients were
   non-finite (with ``skip_nonfinite``: if the parameters became non-finite, since
-  such steps are skipped), else ``NO_BAD_STEP``; reduced with ``min``.
+  such steps are skipped), else ``NO_BAD_STEP``; reduced with ``min``. With
+  ``pruned_to=(sparsity, scope)`` it also passes ``tx`` the batch accuracy of the
+  parameters pruned so (``pcs.prune``), as ``pruned_accuracy=``, which
+  ``pcs.target_alpha_controller`` reads.
   """
   replicated = NamedSharding(mesh, P())
   by_batch = NamedSharding(mesh, P('data'))
@@ -77,7 +83,14 @@ def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = Fal
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    deltas, opt_state = tx.update(grads, state.opt_state, state.params, accuracy=accuracy)
+    extra = {}
+    if pruned_to is not None:
+      pruned, _ = pcs.prune(state.params, pruned_to[0], scope=pruned_to[1])
+      pruned_logits, _ = model.apply(variables(pruned, state.batch_stats), batch['input'],
+                                     train=True, mutable=['batch_stats'])
+      extra['pruned_accuracy'] = jnp.mean(jnp.argmax(pruned_logits, -1) == batch['label'])
+    deltas, opt_state = tx.update(grads, state.opt_state, state.params, accuracy=accuracy,
+                                  **extra)
     params = optax.apply_updates(state.params, deltas)
     finite_inputs = jnp.isfinite(loss) & all_finite(grads)
     ok = all_finite(params) if skip_nonfinite else finite_inputs

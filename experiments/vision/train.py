@@ -180,8 +180,10 @@ def run_phase(run: Run, phase: phases.Phase, state: steps.TrainState, tx, first_
   """
   config = run.config
   train_metrics = None
-  train_step = steps.make_train_step(run.model, tx, run.mesh, run.shardings(tx, state),
-                               config.on_nonfinite == 'skip')
+  aims = phase.optimizer == 'method' and optimizers.aims_at_target(config)
+  train_step = steps.make_train_step(
+      run.model, tx, run.mesh, run.shardings(tx, state), config.on_nonfinite == 'skip',
+      pruned_to=(config.sparsity, config.prune_scope) if aims else None)
   checkpoints = checkpointing.manager(run.workdir, phase.name)
   bar = tqdm.tqdm(range(first_epoch, phase.num_epochs + 1),
                   desc=f'{config.method}+{config.schedule} {phase.name}', unit='epoch',

@@ -202,7 +202,8 @@ def reparameterize(
   """Trains each selected weight x as ``to_x(u)`` with penalty ``alpha_t * P(u)``.
 
   See the module docstring for the update rule and the state layout. Extra keyword
-  arguments of ``update`` are passed on to ``inner``; ``accuracy=`` also drives an
+  arguments of ``update`` are passed on to ``inner``; ``accuracy=`` (and, for
+  :func:`pcs.target_alpha_controller`, ``pruned_accuracy=``) also drive an
   :class:`pcs.AlphaController`.
 
   Example:
@@ -352,8 +353,10 @@ def step_through_latents(inner: optax.GradientTransformationExtraArgs, steps: Le
 
 def advance_alpha(alpha, alpha_state, alpha_t, extra_args, params, updates, mask):
   """The alpha state after a step that used ``alpha_t``; a controller reads
-  ``accuracy=`` from ``extra_args`` and the selected leaves of x_new."""
+  ``accuracy=`` (and ``pruned_accuracy=``) from ``extra_args`` and the selected leaves of
+  x_new."""
   return alpha_lib.advance(
       alpha, alpha_state, alpha_t, extra_args.get('accuracy'),
+      extra_args.get('pruned_accuracy'),
       lambda: [x for _, x in selection.selected_leaves(optax.apply_updates(params, updates),
                                                        mask)])

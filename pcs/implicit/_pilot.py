@@ -191,8 +191,9 @@ def pilot(
   Args:
     inner: the optimizer the user already has (sgd, adam, a chain, ...).
     alpha: decay strength alpha_t >= 0: a float, an optax schedule (step -> value),
-      or :func:`pcs.alpha_controller` (Algorithm 1, fed by ``update(...,
-      accuracy=batch_accuracy)``).
+      :func:`pcs.alpha_controller` (Algorithm 1, fed by ``update(...,
+      accuracy=batch_accuracy)``) or :func:`pcs.target_alpha_controller` (also fed
+      ``pruned_accuracy=``).
     beta: init imbalance m0^2 - w0^2 >= 0 (paper: 1; 0 is spred's balanced init).
     where: leaves to sparsify; default :func:`pcs.kernels` (every leaf with
       ndim >= 2 except embeddings, biases and scales). A pytree of

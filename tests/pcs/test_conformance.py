@@ -132,7 +132,7 @@ def test_mirror_state_is_the_bare_optimizer_size():
   bare = optax.adam(1e-2).init(params)
   state = pcs.mirror(optax.adam(1e-2), alpha=1e-3, learning_rate=1e-2).init(params)
   size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
-  assert size(state) - size(bare) <= 8  # a few scalars: count, log a, alpha bookkeeping
+  assert size(state) - size(bare) <= 10  # scalars: count, log a, the alpha bookkeeping (8)
 
 
 def test_inject_hyperparams_alpha_is_injectable():

@@ -9,7 +9,6 @@ import pytest
 
 import pcs
 from experiments.regression import diagonal_network
-from pcs.core import _alpha
 
 ETA = 0.1
 PARAMS = {'kernel': jnp.array([[1.0, -2.0]])}
@@ -98,26 +97,43 @@ def test_invalid_controller_arguments(kwargs, message):
     pcs.alpha_controller(-0.1, delta=2.0, steps_per_epoch=1, num_epochs=1)
 
 
-def test_effective_sparsity_by_hand():
-  # |x| sorted: 0, 1, 1, 3, 5; running sums 0, 1, 2, 5, 10 of ||x||_1 = 10. At most 20%
-  # of it (2) is carried by the smallest 3 of 5 entries; at most 10% (1), by 2.
-  leaves = [jnp.array([[3.0, 1.0]]), jnp.array([0.0, -1.0, 5.0])]
-  assert float(_alpha.effective_sparsity(leaves, 0.2)) == pytest.approx(0.6)
-  assert float(_alpha.effective_sparsity(leaves, 0.1)) == pytest.approx(0.4)
+def _run_aimed(alpha, accuracies, pruned_accuracies):
+  """Like :func:`_run`, with ``pruned_accuracy=`` passed too."""
+  tx = pcs.pilot(optax.sgd(ETA), alpha=alpha)
+  step = jax.jit(lambda params, state, acc, pruned: tx.update(ZERO, state, params, accuracy=acc,
+                                                             pruned_accuracy=pruned))
+  params, state, used = PARAMS, tx.init(PARAMS), []
+  for acc, pruned in zip(accuracies, pruned_accuracies):
+    m_before = pcs.latents(state, params).m['kernel']
+    updates, state = step(params, state, acc, pruned)
+    params = optax.apply_updates(params, updates)
+    ratio = np.asarray(pcs.latents(state, params).m['kernel'] / m_before)
+    used.append(float((1 - ratio[0, 0]) / (2 * ETA)))
+  return np.array(used)
 
 
-@pytest.mark.parametrize('target, expected', [
-    # |x| = 1, 2 (zero gradient keeps their ratio): the smallest half carries 1/3 <= 0.4
-    # of ||x||_1, so s_eff = 0.5 every epoch. Target 0.5 is reached after epoch 1: alpha
-    # is 0 from then on. Target 0.6 is never reached: Algorithm 1's trace (x2, x2, /2).
-    (0.5, [0.01, 0.01, 0.0, 0.0, 0.0, 0.0]),
-    (0.6, [0.01, 0.01, 0.02, 0.02, 0.04, 0.04]),
-])
-def test_target_controller_stops_alpha_once_the_target_is_reached(target, expected):
-  alpha = pcs.target_alpha_controller(0.01, target_sparsity=target, delta=2.0,
-                                      steps_per_epoch=2, num_epochs=6, negligible_mass=0.4)
-  used, _ = _run(alpha, [0.4, 0.6, 0.5, 0.7, 0.7, 0.8])
-  np.testing.assert_allclose(used, expected, rtol=1e-4, atol=1e-7)
+def test_target_controller_pauses_alpha_while_the_prune_is_free():
+  # T = 6 epochs of 2 steps, delta = 2, tolerance 0.05. Per epoch (accuracy, pruned):
+  # 1: (0.5, 0.2) cost 0.3: Algorithm 1, improved, k=1 <= 3 -> alpha 0.02;
+  # 2: (0.6, 0.58) cost 0.02 <= 0.05 -> paused: epoch 3 runs at 0, alpha held at 0.02;
+  # 3: (0.7, 0.5) cost 0.2: improved, k=3 <= 3 -> 0.04;
+  # 4: (0.8, 0.5) cost 0.3: k=4 > 3 -> 0.02;  5: (0.8, 0.8) free -> epoch 6 runs at 0.
+  alpha = pcs.target_alpha_controller(0.01, target_sparsity=0.9, delta=2.0, steps_per_epoch=2,
+                                      num_epochs=6, tolerance=0.05)
+  accuracies = [0.4, 0.6, 0.6, 0.6, 0.7, 0.7, 0.8, 0.8, 0.8, 0.8, 0.9, 0.9]
+  pruned = [0.2, 0.2, 0.58, 0.58, 0.5, 0.5, 0.5, 0.5, 0.8, 0.8, 0.9, 0.9]
+  used = _run_aimed(alpha, accuracies, pruned)
+  np.testing.assert_allclose(
+      used, [0.01, 0.01, 0.02, 0.02, 0.0, 0.0, 0.04, 0.04, 0.02, 0.02, 0.0, 0.0],
+      rtol=1e-4, atol=1e-7)
+
+
+def test_target_controller_needs_the_pruned_accuracy():
+  alpha = pcs.target_alpha_controller(0.01, target_sparsity=0.9, delta=2.0, steps_per_epoch=2,
+                                      num_epochs=6)
+  tx = pcs.pilot(optax.sgd(ETA), alpha=alpha)
+  with pytest.raises(ValueError, match='pruned_accuracy'):
+    tx.update(ZERO, tx.init(PARAMS), PARAMS, accuracy=0.5)
 
 
 def _effective_sparsity(x, negligible_mass=0.01):
@@ -126,35 +142,66 @@ def _effective_sparsity(x, negligible_mass=0.01):
   return np.mean(np.cumsum(magnitudes) <= negligible_mass * magnitudes.sum())
 
 
-@pytest.mark.parametrize('target', [0.7, 0.8])
-def test_target_controller_reaches_the_sparsity_asked_for_where_algorithm_1_overshoots(target):
+def _pruned_fit(A, y, x, sparsity):
+  """Independent float64 R^2 of x with its round(sparsity d) smallest |x| zeroed."""
+  A, y, x = (np.asarray(v, np.float64) for v in (A, y, x))
+  x = x.copy()
+  x[np.argsort(np.abs(x))[:round(sparsity * x.size)]] = 0.0
+  return 1 - np.sum((A @ x - y) ** 2) / np.sum(y ** 2)
+
+
+@pytest.mark.parametrize('target', [0.7, 0.9])
+def test_target_controller_stops_the_bias_where_the_prune_is_free(target):
   """The diagonal linear network (paper Section 5.1: 40 samples, 100 features, a 5-sparse
-  truth), full-batch SGD at step 0.05, 100 epochs of 100 steps, no accuracy passed (the
-  controllers' accuracy test passes). Algorithm 1 drives x to the L1 limit (the 5-sparse
-  truth: 95%) whatever is asked; the target controller ends within 0.05 of the target.
-  Both interpolate the data."""
+  truth), full-batch SGD at step 0.05, 100 epochs of 100 steps. The fit R^2 plays the
+  accuracy: ``pruned_accuracy`` is ``accuracy`` less what pruning x to the target loses in
+  R^2, and ``accuracy`` is the step count, so Algorithm 1's test (accuracy improved) always
+  passes for both controllers, as for Algorithm 1 given no accuracy. Algorithm 1 drives x to
+  the L1 limit (the 5-sparse truth: 95% of the weights carry 1% of ||x||_1) whatever is
+  asked. The target controller stops where pruning to the target keeps R^2 >= 0.99 (its
+  tolerance 0.01), short of the target in magnitudes. Without the bias the prune costs
+  more than 0.05 of R^2. All three interpolate the data."""
   problem = diagonal_network.make_problem(seed=0, n=40, d=100, k=5, num_inits=1)
+  A, y = jnp.asarray(problem.A, jnp.float32), jnp.asarray(problem.y, jnp.float32)
+  everything = lambda path, leaf: True
+  fit = lambda x: 1 - jnp.sum((A @ x - y) ** 2) / jnp.sum(y ** 2)
   common = dict(delta=1.1, steps_per_epoch=100, num_epochs=100)
 
   def train(alpha):
-    tx = pcs.pilot(optax.sgd(0.05), alpha=alpha, where=lambda path, leaf: True)
-    x, _ = jax.jit(lambda x0: diagonal_network.train(tx, problem.A, problem.y, x0, 10_000,
-                                                     10_000))(jnp.asarray(problem.x_inits[0]))
-    x = np.asarray(x, np.float64)
-    assert np.linalg.norm(problem.A @ x - problem.y) < 1e-2 * np.linalg.norm(problem.y)
-    return _effective_sparsity(x)
+    tx = pcs.pilot(optax.sgd(0.05), alpha=alpha, where=everything)
+    grad_f = jax.grad(lambda x: 0.5 * jnp.sum(jnp.square(A @ x - y)) / A.shape[0])
+
+    def step(carry, count):
+      x, state = carry
+      extra = {}
+      if isinstance(alpha, pcs.AlphaController) and alpha.target_sparsity is not None:
+        pruned, _ = pcs.prune(x, target, where=everything)
+        extra = {'accuracy': count, 'pruned_accuracy': count - (fit(x) - fit(pruned))}
+      updates, state = tx.update(grad_f(x), state, x, **extra)
+      return (optax.apply_updates(x, updates), state), None
+
+    x0 = jnp.asarray(problem.x_inits[0])
+    (x, _), _ = jax.jit(lambda x0: jax.lax.scan(step, (x0, tx.init(x0)),
+                                                jnp.arange(10_000, dtype=jnp.float32)))(x0)
+    assert np.linalg.norm(problem.A @ np.asarray(x, np.float64) - problem.y) < (
+        1e-2 * np.linalg.norm(problem.y))
+    return x
 
   paper = train(pcs.alpha_controller(1e-3, **common))
-  aimed = train(pcs.target_alpha_controller(1e-3, target_sparsity=target, **common))
-  assert paper >= 0.93 and paper > target + 0.1  # Algorithm 1 overshoots
-  assert abs(aimed - target) <= 0.05
+  aimed = train(pcs.target_alpha_controller(1e-3, target_sparsity=target, tolerance=0.01,
+                                            **common))
+  unbiased = train(0.0)
+  assert _effective_sparsity(paper) >= 0.93 and _effective_sparsity(paper) > target
+  assert _pruned_fit(problem.A, problem.y, aimed, target) >= 0.99 - 2e-3
+  assert _effective_sparsity(aimed) < target
+  assert _pruned_fit(problem.A, problem.y, unbiased, target) < 0.95
 
 
 @pytest.mark.parametrize('kwargs,message', [
     (dict(target_sparsity=0.0), 'target_sparsity'),
     (dict(target_sparsity=1.0), 'target_sparsity'),
-    (dict(negligible_mass=1.0), 'negligible_mass'),
-    (dict(negligible_mass=-0.1), 'negligible_mass'),
+    (dict(tolerance=1.0), 'tolerance'),
+    (dict(tolerance=-0.1), 'tolerance'),
     (dict(delta=0.9), 'delta'),
 ])
 def test_invalid_target_controller_arguments(kwargs, message):

@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Method hyperparameters (experiments/common/optimizers.py). delta = 1: constant alpha.
   config.pilot = ml_collections.ConfigDict(
       {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.0, 'l1_threshold': 0.0, 'alpha_until': 1.0,
-       'decoupled': False, 'alpha_control': 'paper', 'negligible_mass': 0.01})
+       'decoupled': False, 'alpha_control': 'paper', 'prune_tolerance': 0.01})
   config.spred = ml_collections.ConfigDict({'weight_decay': 1e-3})
   config.str = ml_collections.ConfigDict({'weight_decay': 1e-3, 'init_threshold': -5.0})
   config.cs = ml_collections.ConfigDict(

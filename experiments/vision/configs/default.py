@@ -51,11 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ||x||_1 falls below 1000 in epoch 4, so alpha only decays after that, at any length.
   # delta = 1: constant alpha, switched off after the fraction `alpha_until` of training.
   # decoupled: the decay acts outside the inner optimizer (Algorithm 1 couples it).
-  # alpha_control 'target': pcs.target_alpha_controller, which sets alpha to 0 once the
-  # smallest `sparsity` of the weights carry at most `negligible_mass` of ||x||_1.
+  # alpha_control 'target': pcs.target_alpha_controller, which pauses alpha in every epoch
+  # after which pruning to `sparsity` costs at most `prune_tolerance` of train accuracy.
   config.pilot = ml_collections.ConfigDict(
       {'alpha': 1e-3, 'beta': 1.0, 'delta': 1.3, 'l1_threshold': 1000.0, 'alpha_until': 1.0,
-       'decoupled': False, 'alpha_control': 'paper', 'negligible_mass': 0.01})
+       'decoupled': False, 'alpha_control': 'paper', 'prune_tolerance': 0.01})
   config.spred = ml_collections.ConfigDict({'weight_decay': 3e-4})
   config.str = ml_collections.ConfigDict({'weight_decay': 3e-3, 'init_threshold': -5.0})
   config.cs = ml_collections.ConfigDict(

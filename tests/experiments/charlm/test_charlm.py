@@ -211,6 +211,8 @@ def test_the_binary_trains_prunes_fine_tunes_and_samples(data_dir, tmp_path):
 @pytest.mark.parametrize('method,schedule,overrides', [
     ('dense', 'imp', {'imp.cycles': 2, 'imp.rewind': 'weights'}),
     ('l1', 'gmp', {'optimizer': 'sgd', 'learning_rate': 0.05}),
+    # The train step feeds pcs.target_alpha_controller the pruned model's accuracy.
+    ('pilot', 'one_shot', {'pilot.alpha_control': 'target', 'pilot.delta': 1.3}),
 ])
 def test_the_binary_runs_other_methods_and_schedules(data_dir, tmp_path, method, schedule,
                                                      overrides):

@@ -184,3 +184,16 @@ def test_each_imp_cycle_warms_up_over_its_own_epochs(cycle):
     expected = (0.2 * t / warmup if t < warmup else
                 0.1 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup))))
     assert float(updates['w'][0, 0]) == pytest.approx(-expected, abs=1e-6), t
+
+
+def test_target_control_is_fed_the_accuracy_of_the_pruned_network(data_dir, tmp_path):
+  """``pilot.alpha_control='target'``: the train step passes the pruned network's accuracy,
+  so the controller runs (it refuses to without it). At a tolerance of 0.99 the prune's cost,
+  a difference of two accuracies, never exceeds it: epoch 1 runs at alpha 1e-3, and alpha
+  is paused (0) from epoch 2 on, where Algorithm 1 would have multiplied or divided it by
+  1.3."""
+  train.train_and_evaluate(helpers.small_config(data_dir, method='pilot', sparsity=0.9, **{
+      'pilot.alpha': 1e-3, 'pilot.delta': 1.3, 'pilot.alpha_control': 'target',
+      'pilot.prune_tolerance': 0.99}), str(tmp_path))
+  alphas = [row['alpha'] for row in helpers.metric_lines(tmp_path) if row['phase'] == 'train']
+  assert alphas == pytest.approx([1e-3, 0.0])
