@@ -192,8 +192,9 @@ def test_target_control_is_fed_the_accuracy_of_the_pruned_network(data_dir, tmp_
   a difference of two accuracies, never exceeds it: epoch 1 runs at alpha 1e-3, and alpha
   is paused (0) from epoch 2 on, where Algorithm 1 would have multiplied or divided it by
   1.3."""
-  train.train_and_evaluate(helpers.small_config(data_dir, method='pilot', sparsity=0.9, **{
+  config = helpers.small_config(data_dir, model='mlp', method='pilot', sparsity=0.9, **{
       'pilot.alpha': 1e-3, 'pilot.delta': 1.3, 'pilot.alpha_control': 'target',
-      'pilot.prune_tolerance': 0.99}), str(tmp_path))
+      'pilot.prune_tolerance': 0.99})
+  train.train_and_evaluate(config, str(tmp_path))
   alphas = [row['alpha'] for row in helpers.metric_lines(tmp_path) if row['phase'] == 'train']
   assert alphas == pytest.approx([1e-3, 0.0])
