@@ -5,7 +5,7 @@ Least squares f(x) = ||A x - y||^2 / (2n) with n < d, a k-sparse truth x* and
 inits x_init ~ N(0, I / sqrt(d)), trained full-batch by any optax transformation.
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +33,11 @@ def make_problem(seed: int, n: int = 40, d: int = 100, k: int = 5,
 
 
 def train(tx: optax.GradientTransformation, A, y, x_init, num_steps: int,
-          record_every: int, extra_args: Optional[Callable[[jax.Array], dict]] = None):
+          record_every: int):
   """Full-batch training of f(x) = ||Ax - y||^2 / (2n), one jitted scan.
 
-  ``extra_args(x)``, if given, are the extra keyword arguments of each ``tx.update`` (for
-  instance an alpha controller's ``accuracy=``). Returns the final x and the iterates
-  every ``record_every`` steps, shaped (num_steps // record_every, d). Vectorise over
-  inits with ``jax.vmap``.
+  Returns the final x and the iterates every ``record_every`` steps, shaped
+  (num_steps // record_every, d). Vectorise over inits with ``jax.vmap``.
   """
   A = jnp.asarray(A, jnp.float32)
   y = jnp.asarray(y, jnp.float32)
@@ -47,7 +45,7 @@ def train(tx: optax.GradientTransformation, A, y, x_init, num_steps: int,
 
   def step(carry, _):
     x, state = carry
-    updates, state = tx.update(grad_f(x), state, x, **(extra_args(x) if extra_args else {}))
+    updates, state = tx.update(grad_f(x), state, x)
     return (optax.apply_updates(x, updates), state), None
 
   def chunk(carry, _):

@@ -69,7 +69,9 @@ def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = Fal
   such steps are skipped), else ``NO_BAD_STEP``; reduced with ``min``. With
   ``pruned_to=(sparsity, scope)`` it also passes ``tx`` the batch accuracy of the
   parameters pruned so (``pcs.prune``), as ``pruned_accuracy=``, which
-  ``pcs.target_alpha_controller`` reads.
+  ``pcs.target_alpha_controller`` reads; for a model with batch norm, both accuracies it
+  passes are then taken in inference mode. Pruning sorts the selected kernels each step
+  (under FSDP, over the gathered kernels).
   """
   replicated = NamedSharding(mesh, P())
   by_batch = NamedSharding(mesh, P('data'))
@@ -83,14 +85,20 @@ def make_train_step(model, tx, mesh, state_shardings, skip_nonfinite: bool = Fal
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    extra = {}
+    accuracies = {'accuracy': accuracy}
     if pruned_to is not None:
       pruned, _ = pcs.prune(state.params, pruned_to[0], scope=pruned_to[1])
-      pruned_logits, _ = model.apply(variables(pruned, state.batch_stats), batch['input'],
-                                     train=True, mutable=['batch_stats'])
-      extra['pruned_accuracy'] = jnp.mean(jnp.argmax(pruned_logits, -1) == batch['label'])
-    deltas, opt_state = tx.update(grads, state.opt_state, state.params, accuracy=accuracy,
-                                  **extra)
+
+      def inference_accuracy(params):
+        logits = model.apply(variables(params, state.batch_stats), batch['input'], train=False)
+        return jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+
+      # Both as the final prune is scored: in inference mode, batch norm on its running
+      # statistics (without batch norm, the training forward's accuracy is the same).
+      accuracies = {'accuracy': inference_accuracy(state.params) if state.batch_stats
+                                else accuracy,
+                    'pruned_accuracy': inference_accuracy(pruned)}
+    deltas, opt_state = tx.update(grads, state.opt_state, state.params, **accuracies)
     params = optax.apply_updates(state.params, deltas)
     finite_inputs = jnp.isfinite(loss) & all_finite(grads)
     ok = all_finite(params) if skip_nonfinite else finite_inputs

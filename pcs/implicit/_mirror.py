@@ -256,7 +256,8 @@ def mirror(
 
   Args:
     inner: any optax optimizer; it steps z for selected leaves, x for the others.
-    alpha: decay strength: float >= 0, optax schedule, or :func:`pcs.alpha_controller`.
+    alpha: decay strength: float >= 0, optax schedule, :func:`pcs.alpha_controller` or
+      :func:`pcs.target_alpha_controller` (``update(..., accuracy=, pruned_accuracy=)``).
     beta: the initial imbalance m0^2 - w0^2 = 2 a_0, > 0.
     where: leaves to sparsify (default :func:`pcs.kernels`); see :func:`pcs.select`.
     learning_rate: eta_t, float or schedule; required unless alpha is 0.

@@ -10,8 +10,10 @@ import json
 import math
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -184,6 +186,41 @@ def test_one_shot_magnitude_pruning_hits_the_exact_sparsity_of_every_kernel():
       assert np.sum(value == 0) == round(0.7 * value.size), path
   np.testing.assert_array_equal(model.tokens.embedding[...], embeddings)
   assert train.kernel_sparsity(model) == pytest.approx(0.7, abs=2e-3)
+
+
+def test_the_train_step_passes_the_accuracy_of_the_model_pruned_to_the_target():
+  """What pcs.target_alpha_controller reads, against kernels pruned by hand (each to 70%,
+  smallest |w| first) and the pruned model's next-byte accuracy on the same batch."""
+  def init(params):
+    del params
+    return {'accuracy': jnp.zeros(()), 'pruned_accuracy': jnp.zeros(())}
+
+  def update(updates, state, params=None, **extra):  # keeps the latest extra arguments
+    del state, params
+    return jax.tree.map(jnp.zeros_like, updates), {k: jnp.asarray(extra[k], jnp.float32)
+                                                   for k in ('accuracy', 'pruned_accuracy')}
+
+  model = _tiny_model(seed=5)
+  inputs = _tokens(batch=4, length=8, seed=5)
+  # The targets are the dense model's own predictions, which it then gets all right.
+  batch = {'input': inputs, 'target': jnp.argmax(model(inputs), -1)}
+  optimizer = nnx.Optimizer(model, optax.GradientTransformationExtraArgs(init, update),
+                            wrt=nnx.Param)
+  train.train_step(model, optimizer, batch, pruned_to=(0.7, 'layerwise'))
+  seen = {k: float(v[...]) for k, v in optimizer.opt_state.items()}
+
+  hand = nnx.clone(model)
+  for path, variable in nnx.to_flat_state(nnx.state(hand, nnx.Param)):
+    if path[-1] == 'kernel':
+      value = np.array(variable[...])
+      value.ravel()[np.argsort(np.abs(value).ravel())[:round(0.7 * value.size)]] = 0.0
+      variable[...] = value
+
+  def accuracy(m):
+    return float(np.mean(np.argmax(m(batch['input']), -1) == np.asarray(batch['target'])))
+  assert seen['pruned_accuracy'] == pytest.approx(accuracy(hand))
+  assert accuracy(hand) < 0.9  # the prune is visible
+  assert seen['accuracy'] == 1.0
 
 
 # The binary, the study and the runner.
