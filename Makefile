@@ -35,7 +35,7 @@ quality: $(STAMP)
 	done; wait
 
 test: $(STAMP)
-	PCS_NOTEBOOK_STEPS=100 $(PY) -m pytest -q -n 2 --durations=10 tests --doctest-modules pcs \
+	PCS_NOTEBOOK_STEPS=100 $(PY) -m pytest -q -n 2 --dist worksteal --durations=10 tests --doctest-modules pcs \
 	    --nbmake notebooks/quickstart.ipynb
 
 check: $(STAMP)

@@ -729,3 +729,22 @@ def test_a_reference_that_diverged_on_a_seed_leaves_no_target_pending(tmp_path):
   assert line.endswith('| missed by 1.0 pp; dense+imp failed at 98% on s4 (diverged): on its '
                        'other seeds the median difference is +1.0 (n=4) |')
   assert '| >= dense+imp at 95% | 120, 120 | pending' not in text
+
+
+@pytest.mark.parametrize('gap_at_95, verdict', [(-3.0, 'missed by 1.0 pp at 95%'),
+                                                (-1.5, 'met')])
+def test_the_target_aware_pilot_is_judged_within_2_pp_of_gmp_by_the_median(gap_at_95, verdict):
+  # By hand: GMP reaches 90 + seed %; the target-aware PILoT is 1 pp under it on every seed
+  # at 90% and gap_at_95 pp under it at 95%, so its median paired differences are -1 and
+  # gap_at_95: within 2 pp at both, or 1 pp short at 95%.
+  rows = []
+  for seed in range(5):
+    for sparsity, gap in ((0.9, -1.0), (0.95, gap_at_95)):
+      rows.append(_final('cnn1d', 'dense+gmp', sparsity, seed, 90.0 + seed))
+      rows.append(_final('cnn1d', 'pilot target', sparsity, seed, 90.0 + seed + gap))
+  lines = targets.verdicts(rows, seed_statistics.groups(rows, True), ['cnn1d'])
+  line = next(row for row in lines if '| pilot target |' in row)
+  assert '| >= dense+gmp -2 pp by median at 90% and 95% | 30, 30 |' in line
+  assert line.endswith(f'| {verdict} |')
+  pending = targets.verdicts(rows[:10], seed_statistics.groups(rows[:10], True), ['cnn1d'])
+  assert next(row for row in pending if '| pilot target |' in row).endswith('| pending | pending |')
