@@ -3,8 +3,9 @@ r"""Writes the record's picks into the vision binary's picked config.
   python -m experiments.quality.picks --record=quality
 
 ``experiments/vision/configs/picked.py`` holds ``PICKED``, each (model, recipe)'s setting
-as :func:`experiments.quality.protocol.recipe_pick` chooses it from the record. This
-rewrites that table after a quality run moved a pick; the tests check the two agree.
+as :func:`experiments.quality.picking.recipe_pick` chooses it from the record, clipped
+where the clipping stage adopts it (:func:`experiments.quality.clipping.default_setting`).
+This rewrites that table after a quality run moved a pick; the tests check the two agree.
 """
 
 import os
@@ -13,7 +14,7 @@ from typing import Dict, Tuple
 from absl import app
 from absl import flags
 
-from experiments.quality import picking
+from experiments.quality import clipping
 from experiments.quality import protocol
 from experiments.quality import run_record
 
@@ -31,7 +32,7 @@ def table(recorded: dict) -> Dict[Tuple[str, str], Dict[str, object]]:
   out = {}
   for model in sorted({r['model'] for r in recorded.values()}):
     for recipe in protocol.RECIPES:
-      setting = picking.recipe_pick(recorded, model, recipe)
+      setting = clipping.default_setting(recorded, model, recipe)
       if setting is not None:
         out[(model, recipe)] = {k: v for k, v in setting.items() if k not in NAMING_KEYS}
   return out

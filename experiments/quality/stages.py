@@ -9,6 +9,7 @@ tuning it starts from has finished.
 import os
 from typing import Dict, Iterator, List, Optional
 
+from experiments.quality import clipping
 from experiments.quality import picking
 from experiments.quality import protocol
 
@@ -101,7 +102,7 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
   if 'defaults' in stages:
     yield from defaults_rows(recorded, models)
   if 'clipping' in stages:
-    yield from clipping_rows(recorded, models)
+    yield from clipping.rows(recorded, models)
   yield from _recipe_rows(
     recorded, models, stages, [r for r in protocol.RECIPES if r in protocol.SIDE_BASELINES]
   )
@@ -124,11 +125,12 @@ def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dic
 
 
 def defaults_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
-  """Each of DEFAULTS_RECIPES at its pick (once its tuning has finished), at
+  """Each of DEFAULTS_RECIPES at its picked config (its pick once its tuning has finished,
+  clipped where the clipping stage adopts it: :func:`clipping.default_setting`), at
   DEFAULTS_SPARSITIES on DEFAULTS_SEEDS, without fine-tuning: the binary's picked configs."""
   for model in models:
     for recipe in protocol.DEFAULTS_RECIPES:
-      pick = picking.recipe_pick(recorded, model, recipe)
+      pick = clipping.default_setting(recorded, model, recipe)
       if pick is None:
         continue
       for sparsity in protocol.DEFAULTS_SPARSITIES:
@@ -140,26 +142,6 @@ def defaults_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
             {**pick, 'sparsity': sparsity, 'seed': seed},
             f'{recipe} as the binary runs it',
           )
-
-
-def clipping_name(recipe: str, clip: float) -> str:
-  """The study name of a 'clipping' stage run: the recipe, and its clipping or none."""
-  return f'{recipe} clipped at {clip:g}' if clip else f'{recipe} unclipped'
-
-
-def clipping_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
-  """Each of DEFAULTS_RECIPES at its pick (once tuned), without and with gradient
-  clipping at CLIP_NORM, on the validation split and DEFAULTS_SEEDS, at CLIPPING_SPARSITY,
-  without fine-tuning, seed by seed so that a partial stage compares both arms."""
-  for model in models:
-    for recipe in protocol.DEFAULTS_RECIPES:
-      pick = picking.recipe_pick(recorded, model, recipe)
-      for seed in protocol.DEFAULTS_SEEDS if pick is not None else ():
-        for clip in (0.0, protocol.CLIP_NORM):
-          yield protocol.row('clipping', model, recipe, {
-              **pick, 'clip_grad_norm': clip, 'sparsity': protocol.CLIPPING_SPARSITY,
-              'seed': seed, 'validation_fraction': protocol.VALIDATION_FRACTION,
-              'finetune_epochs': 0}, clipping_name(recipe, clip))
 
 
 def robustness_name(recipe: str, setting: dict) -> str:

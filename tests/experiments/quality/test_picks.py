@@ -2,7 +2,7 @@
 
 import os
 
-from experiments.quality import picking
+from experiments.quality import clipping
 from experiments.quality import picks
 from experiments.quality import protocol
 from experiments.quality import run_record
@@ -19,7 +19,7 @@ def test_the_table_is_the_quality_records_picks():
   expected = {}
   for model in models:
     for recipe in protocol.RECIPES:  # every recipe whose tuning has finished, and no other
-      setting = picking.recipe_pick(recorded, model, recipe)
+      setting = clipping.default_setting(recorded, model, recipe)
       if setting is not None:
         expected[(model, recipe)] = {k: v for k, v in setting.items()
                                      if k not in ('model', 'eval_train', 'method', 'schedule')}

@@ -9,6 +9,7 @@ import pytest
 
 from experiments.common import config_checks
 from experiments.common import failures
+from experiments.quality import clipping
 from experiments.quality import picking
 from experiments.quality import protocol
 from experiments.quality import report as quality_report
@@ -613,7 +614,7 @@ def test_the_defaults_stage_runs_each_recipe_as_the_binary_does_and_reports_fail
   rows = list(stages.defaults_rows(recorded, ['cnn1d']))
   assert len(rows) == len(protocol.DEFAULTS_RECIPES) * 2 * 10
   gmp = [r for r in rows if r['recipe'] == 'dense+gmp']
-  pick = picking.recipe_pick(recorded, 'cnn1d', 'dense+gmp')
+  pick = clipping.default_setting(recorded, 'cnn1d', 'dense+gmp')  # the picked config
   assert all(r['overrides'] == {**pick, 'model': 'cnn1d', 'eval_train': False,
                                 'sparsity': r['overrides']['sparsity'],
                                 'seed': r['overrides']['seed']} for r in gmp)
@@ -680,7 +681,7 @@ def test_readme_says_which_picked_configs_failed_on_seeds_nobody_ran():
 
 def test_the_clipping_stage_compares_each_pick_with_and_without_clipping_on_validation():
   recorded = run_record.Record(os.path.join(helpers.REPO, 'quality')).rows
-  rows = list(stages.clipping_rows(recorded, ['cnn1d']))
+  rows = list(clipping.rows(recorded, ['cnn1d']))
   assert len(rows) == len(protocol.DEFAULTS_RECIPES) * len(protocol.DEFAULTS_SEEDS) * 2
   gmp = [r for r in rows if r['recipe'] == 'dense+gmp']
   pick = picking.recipe_pick(recorded, 'cnn1d', 'dense+gmp')
@@ -698,7 +699,7 @@ def test_the_clipping_stage_compares_each_pick_with_and_without_clipping_on_vali
     results = ({'collapsed': 'at chance'} if accuracy is None else
                {'validation_accuracy': accuracy})
     return {'id': f'{clip}{seed}', 'stage': 'clipping', 'model': 'cnn1d', 'recipe': 'dense+gmp',
-            'study': stages.clipping_name('dense+gmp', clip),
+            'study': clipping.name('dense+gmp', clip),
             'overrides': {'clip_grad_norm': clip, 'seed': seed, 'sparsity': 0.9},
             'results': results}
   # By hand: unclipped, seed 101 collapsed and 110 is 30 pp under the median (0.92): 2
@@ -748,3 +749,40 @@ def test_the_target_aware_pilot_is_judged_within_2_pp_of_gmp_by_the_median(gap_a
   assert line.endswith(f'| {verdict} |')
   pending = targets.verdicts(rows[:10], seed_statistics.groups(rows[:10], True), ['cnn1d'])
   assert next(row for row in pending if '| pilot target |' in row).endswith('| pending | pending |')
+
+
+@pytest.mark.parametrize('plain, clipped, adopted, verdict', [
+    # Unclipped, seed 101 diverges (a failed run); clipped, every seed 0.5 pp above the rest.
+    ('diverged', 0.925, True, 'clipping removes the failures'),
+    # The same, but clipping costs 12 pp of median: not adopted.
+    ('diverged', 0.80, False, 'clipping removes the failures but costs 12.0 pp of median: '
+     'not adopted'),
+    (0.92, 0.925, False, 'no failure either way'),  # nothing to remove
+    ('diverged', 'at chance', False, 'clipped fails too'),
+])
+def test_the_picked_config_clips_where_clipping_removes_the_failures_cheaply(
+    monkeypatch, plain, clipped, adopted, verdict):
+  pick = {'model': 'cnn1d', 'eval_train': False, 'method': 'dense', 'schedule': 'gmp',
+          'learning_rate': 0.4}
+  monkeypatch.setattr(picking, 'recipe_pick', lambda recorded, model, recipe: (
+      dict(pick) if recipe == 'dense+gmp' else None))
+  planned = list(clipping.rows({}, ['cnn1d']))
+  assert {r['recipe'] for r in planned} == {'dense+gmp'}
+
+  def result(row):
+    seed, clip = row['overrides']['seed'], row['overrides']['clip_grad_norm']
+    value = clipped if clip else (None if (plain == 'diverged' and seed == 101) else 0.92)
+    if value == 'at chance':
+      value = 0.1 if seed == 105 else 0.925
+    if value == 'diverged':
+      value = 0.92
+    return {'validation_accuracy': value} if value is not None else {'collapsed': 'diverged'}
+  recorded = {r['id']: {**r, 'results': result(r)} for r in planned}
+  found = clipping.cells(recorded.values())
+  assert clipping.verdict(found, 'cnn1d', 'dense+gmp') == verdict
+  expected = {**pick, 'clip_grad_norm': protocol.CLIP_NORM} if adopted else pick
+  assert clipping.default_setting(recorded, 'cnn1d', 'dense+gmp') == expected
+  # Until both arms have every seed, the pick stays as tuned.
+  partial = dict(list(recorded.items())[:-1])
+  if verdict != 'clipped fails too':
+    assert clipping.default_setting(partial, 'cnn1d', 'dense+gmp') == pick
