@@ -99,6 +99,20 @@ def train(tx, steps=30, params=None, data=None, donate=False):
   return params, state, losses, step
 
 
+def recording_transform(*keys):
+  """A transform that leaves the parameters as they are and keeps, in its state, the
+  extra arguments ``keys`` of its latest ``update``."""
+  def init(params):
+    del params
+    return {k: jnp.zeros(()) for k in keys}
+
+  def update(updates, state, params=None, **extra):
+    del state, params
+    return (jax.tree.map(jnp.zeros_like, updates),
+            {k: jnp.asarray(extra[k], jnp.float32) for k in keys})
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 def small_config(data_dir, **overrides):
   """The default experiment config shortened to 2 epochs; keys may be dotted
   (``**{'pilot.alpha': 1e-3}``)."""

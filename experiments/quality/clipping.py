@@ -37,12 +37,18 @@ def rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
   for model in models:
     for recipe in protocol.DEFAULTS_RECIPES:
       pick = picking.recipe_pick(recorded, model, recipe)
-      for seed in protocol.DEFAULTS_SEEDS if pick is not None else ():
-        for clip in (0.0, protocol.CLIP_NORM):
-          yield protocol.row('clipping', model, recipe, {
-              **pick, 'clip_grad_norm': clip, 'sparsity': protocol.CLIPPING_SPARSITY,
-              'seed': seed, 'validation_fraction': protocol.VALIDATION_FRACTION,
-              'finetune_epochs': 0}, name(recipe, clip))
+      if pick is not None:
+        yield from _rows_at(model, recipe, pick)
+
+
+def _rows_at(model: str, recipe: str, pick: dict) -> Iterator[dict]:
+  """The stage's runs of ``recipe`` at ``pick``: each seed unclipped, then clipped."""
+  for seed in protocol.DEFAULTS_SEEDS:
+    for clip in (0.0, protocol.CLIP_NORM):
+      yield protocol.row('clipping', model, recipe, {
+          **pick, 'clip_grad_norm': clip, 'sparsity': protocol.CLIPPING_SPARSITY,
+          'seed': seed, 'validation_fraction': protocol.VALIDATION_FRACTION,
+          'finetune_epochs': 0}, name(recipe, clip))
 
 
 def cells(runs: Iterable[dict]) -> Cells:
@@ -85,8 +91,7 @@ def default_setting(recorded: Dict[str, dict], model: str, recipe: str) -> Optio
   pick = picking.recipe_pick(recorded, model, recipe)
   if pick is None or recipe not in protocol.DEFAULTS_RECIPES:
     return pick
-  planned = (recorded.get(row['id']) for row in rows(recorded, [model])
-             if row['recipe'] == recipe)
+  planned = (recorded.get(row['id']) for row in _rows_at(model, recipe, pick))
   if verdict(cells(run for run in planned if run), model, recipe) == ADOPTED:
     return {**pick, 'clip_grad_norm': protocol.CLIP_NORM}
   return pick

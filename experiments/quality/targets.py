@@ -81,8 +81,12 @@ def _verdict(done: dict, margin: float) -> str:
   if mean >= margin:
     return f'not shown: {mean:+.1f} pp at {best:.0%} is within noise (p={p:.2g})'
   noise = '' if p < SIGNIFICANCE else f' (p={p:.2g}, not significant)'
-  by = f'{margin - mean:.1f} pp' if margin - mean >= 0.05 else 'less than 0.1 pp'
-  return f'missed by {by}{noise}'
+  return f'{_missed_by(margin - mean)}{noise}'
+
+
+def _missed_by(short: float) -> str:
+  """'missed by ...' for a shortfall of ``short`` pp (> 0)."""
+  return f'missed by {short:.1f} pp' if short >= 0.05 else 'missed by less than 0.1 pp'
 
 
 def verdicts(rows: List[dict], found, models) -> List[str]:
@@ -140,9 +144,7 @@ def _aimed_row(found, stopped, model: str) -> str:
     return f'| {model} | {AIMED} | {target} | {epochs} | pending | pending |'
   worst = min(done, key=lambda s: done[s].median)
   short = AIMED_MARGIN - done[worst].median
-  verdict = 'met' if short <= 0 else (
-      f'missed by {short:.1f} pp at {worst:.0%}' if short >= 0.05 else
-      f'missed by less than 0.1 pp at {worst:.0%}')
+  verdict = 'met' if short <= 0 else f'{_missed_by(short)} at {worst:.0%}'
   verdict = _noting(verdict, _failed_reference(found, stopped, model, AIMED, REFERENCE,
                                                AIMED_SPARSITIES))
   shown = '; '.join(f'{s:.0%}: {seed_statistics.paired_cell(r)}' for s, r in done.items())
@@ -172,8 +174,7 @@ def _median_row(found, stopped, model: str, recipe: str, reference: str, epochs:
   if result is None or not _complete(found, stopped, model, (recipe, reference), s):
     return f'| {model} | {recipe} | {target} | {epochs} | pending | pending |'
   short = MEDIAN_MARGIN - result.median
-  verdict = 'met' if short <= 0 else (
-      f'missed by {short:.1f} pp' if short >= 0.05 else 'missed by less than 0.1 pp')
+  verdict = 'met' if short <= 0 else _missed_by(short)
   verdict = _noting(verdict, _failed_reference(found, stopped, model, recipe, reference, (s,)))
   return (f'| {model} | {recipe} | {target} | {epochs} | {s:.0%}: '
           f'{seed_statistics.paired_cell(result)} | {verdict} |')

@@ -15,21 +15,24 @@ PARAMS = {'kernel': jnp.array([[1.0, -2.0]])}
 ZERO = {'kernel': jnp.zeros((1, 2))}
 
 
-def _run(alpha, accuracies, pass_accuracy=True):
-  """Steps with zero gradient; returns alpha_t used by each step, read off m's decay."""
+def _run(alpha, accuracies, pass_accuracy=True, pruned_accuracies=None):
+  """Steps with zero gradient, passing ``accuracy=`` (and ``pruned_accuracy=`` if given);
+  returns alpha_t used by each step, read off m's decay."""
   tx = pcs.pilot(optax.sgd(ETA), alpha=alpha)
 
   @jax.jit
-  def step(params, state, accuracy):
-    extra = {'accuracy': accuracy} if pass_accuracy else {}
+  def step(params, state, extra):
     updates, state = tx.update(ZERO, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
   params, state = PARAMS, tx.init(PARAMS)
   used = []
-  for acc in accuracies:
+  for i, acc in enumerate(accuracies):
+    extra = {'accuracy': acc} if pass_accuracy else {}
+    if pruned_accuracies is not None:
+      extra['pruned_accuracy'] = pruned_accuracies[i]
     m_before = pcs.latents(state, params).m['kernel']
-    params, state = step(params, state, acc)
+    params, state = step(params, state, extra)
     # g = 0: m' = (1 - 2 eta alpha_t) m, an independent read-out of alpha_t.
     ratio = np.asarray(pcs.latents(state, params).m['kernel'] / m_before)
     used.append(float((1 - ratio[0, 0]) / (2 * ETA)))
@@ -97,21 +100,6 @@ def test_invalid_controller_arguments(kwargs, message):
     pcs.alpha_controller(-0.1, delta=2.0, steps_per_epoch=1, num_epochs=1)
 
 
-def _run_aimed(alpha, accuracies, pruned_accuracies):
-  """Like :func:`_run`, with ``pruned_accuracy=`` passed too."""
-  tx = pcs.pilot(optax.sgd(ETA), alpha=alpha)
-  step = jax.jit(lambda params, state, acc, pruned: tx.update(ZERO, state, params, accuracy=acc,
-                                                             pruned_accuracy=pruned))
-  params, state, used = PARAMS, tx.init(PARAMS), []
-  for acc, pruned in zip(accuracies, pruned_accuracies):
-    m_before = pcs.latents(state, params).m['kernel']
-    updates, state = step(params, state, acc, pruned)
-    params = optax.apply_updates(params, updates)
-    ratio = np.asarray(pcs.latents(state, params).m['kernel'] / m_before)
-    used.append(float((1 - ratio[0, 0]) / (2 * ETA)))
-  return np.array(used)
-
-
 def test_target_controller_pauses_alpha_while_the_prune_is_free():
   # T = 6 epochs of 2 steps, delta = 2, tolerance 0.25 (binary fractions: exact). Per epoch
   # (accuracy, pruned accuracy) and the prune's cost:
@@ -123,7 +111,7 @@ def test_target_controller_pauses_alpha_while_the_prune_is_free():
                                       num_epochs=6, tolerance=0.25)
   accuracies = [0.25, 0.75, 0.625, 0.625, 0.75, 0.75, 0.875, 0.875, 0.875, 0.875, 1.0, 1.0]
   pruned = [0.0, 0.0, 0.375, 0.375, 0.25, 0.25, 0.5, 0.5, 0.875, 0.875, 1.0, 1.0]
-  used = _run_aimed(alpha, accuracies, pruned)
+  used, _ = _run(alpha, accuracies, pruned_accuracies=pruned)
   np.testing.assert_allclose(
       used, [0.01, 0.01, 0.02, 0.02, 0.0, 0.0, 0.04, 0.04, 0.02, 0.02, 0.0, 0.0],
       rtol=1e-4, atol=1e-7)

@@ -10,10 +10,8 @@ import json
 import math
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -26,6 +24,7 @@ from experiments.charlm import wanda
 from experiments.charlm.configs import default
 from experiments.common import config_checks
 from experiments.quality import charlm_protocol as quality
+from tests import helpers
 
 
 def _tiny_config(data_dir, **overrides):
@@ -191,20 +190,11 @@ def test_one_shot_magnitude_pruning_hits_the_exact_sparsity_of_every_kernel():
 def test_the_train_step_passes_the_accuracy_of_the_model_pruned_to_the_target():
   """What pcs.target_alpha_controller reads, against kernels pruned by hand (each to 70%,
   smallest |w| first) and the pruned model's next-byte accuracy on the same batch."""
-  def init(params):
-    del params
-    return {'accuracy': jnp.zeros(()), 'pruned_accuracy': jnp.zeros(())}
-
-  def update(updates, state, params=None, **extra):  # keeps the latest extra arguments
-    del state, params
-    return jax.tree.map(jnp.zeros_like, updates), {k: jnp.asarray(extra[k], jnp.float32)
-                                                   for k in ('accuracy', 'pruned_accuracy')}
-
   model = _tiny_model(seed=5)
   inputs = _tokens(batch=4, length=8, seed=5)
   # The targets are the dense model's own predictions, which it then gets all right.
   batch = {'input': inputs, 'target': jnp.argmax(model(inputs), -1)}
-  optimizer = nnx.Optimizer(model, optax.GradientTransformationExtraArgs(init, update),
+  optimizer = nnx.Optimizer(model, helpers.recording_transform('accuracy', 'pruned_accuracy'),
                             wrt=nnx.Param)
   train.train_step(model, optimizer, batch, pruned_to=(0.7, 'layerwise'))
   seen = {k: float(v[...]) for k, v in optimizer.opt_state.items()}

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
-import optax
 import pytest
 
 from experiments.vision import steps
+from tests import helpers
 
 
 class _NormedMLP(nn.Module):
@@ -17,19 +17,6 @@ class _NormedMLP(nn.Module):
   def __call__(self, x, train: bool = True):
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(32)(x)))
     return nn.Dense(10)(x)
-
-
-def _recording():
-  """A transform that keeps the extra arguments of its latest update in its state."""
-  def init(params):
-    del params
-    return {'accuracy': jnp.zeros(()), 'pruned_accuracy': jnp.zeros(())}
-
-  def update(updates, state, params=None, **extra):
-    del state, params
-    return jax.tree.map(jnp.zeros_like, updates), {k: jnp.asarray(extra[k], jnp.float32)
-                                                   for k in ('accuracy', 'pruned_accuracy')}
-  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _pruned_by_hand(params, sparsity, scope):
@@ -57,7 +44,7 @@ def test_the_pruned_accuracy_is_that_of_the_network_pruned_to_the_target(scope):
   labels = jnp.argmax(model.apply({'params': variables['params'], 'batch_stats': batch_stats},
                                   inputs, train=False), -1)
   batch = {'input': inputs, 'label': labels}
-  tx = _recording()
+  tx = helpers.recording_transform('accuracy', 'pruned_accuracy')
   state = steps.TrainState(step=jnp.zeros((), jnp.int32),
                            params=jax.tree.map(jnp.asarray, variables['params']),
                            batch_stats=jax.tree.map(jnp.asarray, batch_stats),
