@@ -1,11 +1,18 @@
-"""Timing several calls in alternation (A, B, C, A, B, C, ...), so that whatever else the
-machine does falls on all of them alike: what every sparse-inference table reports."""
+"""Timing several calls in alternation (rounds of A, B, C in shuffled order), so that whatever
+else the machine does falls on all of them alike: what every sparse-inference table reports."""
 
+import random
 import statistics
 import time
 
 import jax
 import numpy as np
+
+# The timing protocol a recorded run was measured with: 1, variants timed in a fixed order,
+# each call straight after the previous variant's (runs before 2026-12-06, evening); 2, each
+# round in a new random order, each timed call after an untimed call of itself
+# (``medians``). Targets are judged on the runs of the current one.
+PROTOCOL = 2
 
 
 def ready(fn, *args):
@@ -13,16 +20,27 @@ def ready(fn, *args):
   return jax.block_until_ready(fn(*args))
 
 
-def medians(calls, repeats):
+def medians(calls, repeats, seed=0):
   """Interleaved timing of ``{name: thunk}``: medians in ms, and under ``'spread'`` each
-  one's interquartile range as a fraction of its median."""
+  one's interquartile range as a fraction of its median.
+
+  Every round times each thunk once, in a new random order (from ``seed``), and each timed
+  call follows an untimed call of the same thunk. Both because a call is slowed by what ran
+  just before it: on a 2-core EPYC the 95%-sparse MLP called right after the dense one
+  (which streams 80 MB) took 10-15% longer than the same call later in the round, even
+  after up to six untimed calls of itself. In a fixed order (protocol 1) that penalty
+  always fell on the variant listed after dense; shuffled, it falls on each alike, and two
+  copies of one call time the same.
+  """
+  rng = random.Random(seed)
   for thunk in calls.values():
     thunk()
   times = {k: [] for k in calls}
   for _ in range(repeats):
-    for key, thunk in calls.items():
+    for key in rng.sample(list(calls), len(calls)):
+      calls[key]()
       start = time.perf_counter()
-      thunk()
+      calls[key]()
       times[key].append(time.perf_counter() - start)
   out = {k: 1e3 * statistics.median(v) for k, v in times.items()}
   out['spread'] = {k: float(np.subtract(*np.quantile(v, [0.75, 0.25])) / np.median(v))

@@ -1,9 +1,12 @@
 """Sparse inference against dense and against the CSR products a user would pick instead.
 
-Every part is timed interleaved (variant A, B, C, A, B, C, ...) in one process, with medians
-and the spread (half the interquartile range, as a share of the median) reported. Each run is
-appended with its machine to ``benchmarks/sparse_runs.jsonl``, and BENCHMARKS.md shows every
-recorded run and the targets over all of them: a figure that holds on one CPU only is not met.
+Every part is timed interleaved in one process: rounds of every variant in a new random order,
+each timed call after an untimed call of itself (a call runs slower right after the dense one,
+so a fixed order would always charge that to the same variant), with medians and the spread (±
+half the interquartile range, as a share of the median) reported. Each run is appended with
+its machine to ``benchmarks/sparse_runs.jsonl``, and BENCHMARKS.md shows every recorded run
+and the targets over the runs of the current timing protocol: a figure that holds on one CPU
+only is not met.
 
 * **One layer** (4096 x 4096 magnitude-pruned to each sparsity or 2:4, and the transformer MLP's
   768 -> 3072 and 3072 -> 768 at 90%; batches 1, 16, 64, 256): XLA's dense dot, the pcs kernel
@@ -427,6 +430,7 @@ def run(repeats: int, quick: bool = False):
 def record(rows, path: str) -> dict:
   """Appends this run (its machine and rows) to the JSON-lines file ``path``."""
   entry = {'machine': machine.describe(), 'cpu': machine.cpu_model(),
+           'timing': interleaved.PROTOCOL,
            'rows': dict(zip(('layer', 'whole', 'conv', 'relu', 'nnx', 'decode'), rows))}
   with open(path, 'a') as f:
     f.write(json.dumps(entry) + '\n')
@@ -441,27 +445,46 @@ def _rows(entry):
           rows.get('decode', []))
 
 
+def _timing(entry) -> int:
+  """The timing protocol a recorded run used (runs recorded before the field: 1)."""
+  return entry.get('timing', 1)
+
+
 def runs_markdown(path: str) -> str:
   """Every recorded run (newest first, each with its machine, tables and targets), and a
-  table of the targets over all of them: a target is met only where it holds on each
-  machine that measured it."""
+  table of the targets over the runs timed with the current protocol
+  (:data:`interleaved.PROTOCOL`): a target is met only where it holds on each of them.
+  Runs of an earlier protocol are shown, and their count kept beside, but not judged."""
   with open(path) as f:
     entries = [json.loads(line) for line in f if line.strip()]
   verdict_rows = [verdicts(*_rows(e)) for e in entries]
+  current = [_timing(e) == interleaved.PROTOCOL for e in entries]
+  earlier = len(entries) - sum(current)
   lines = [f'{len(entries)} recorded run(s) of `benchmarks/sparse_inference.py` '
            f'(`{path}`), on: {", ".join(sorted({e["cpu"] for e in entries}))}.', '',
            '### Targets on every machine', '',
-           '| target | runs met / measured | verdict |', '|---|---:|---|']
+           f'Judged on the {sum(current)} run(s) timed as `benchmarks/interleaved.py` times '
+           'now (rounds in random order, each timed call after an untimed call of itself). '
+           + (f'The {earlier} earlier run(s) timed the variants in a fixed order, which '
+              'charged the slowdown of a call made right after the dense one to the '
+              'variant listed next (the README\'s call, for the MLP); their outcomes are in '
+              'the last column, not judged.' if earlier else ''), '',
+           '| target | runs met / measured | verdict | earlier timing: met / measured |',
+           '|---|---:|---|---:|']
   outcome: dict = {}
-  for rows in verdict_rows:
+  for rows, now in zip(verdict_rows, current):
     for row in rows:
       target, verdict = row.split(' | ')[0].lstrip('| '), row.rsplit(' | ', 1)[1].strip(' |')
-      outcome.setdefault(target, []).append(verdict == 'met')
+      outcome.setdefault(target, {True: [], False: []})[now].append(verdict == 'met')
   for target, met in outcome.items():
-    lines.append(f'| {target} | {sum(met)} / {len(met)} | '
-                 f'{"met on each" if all(met) else "missed"} |')
+    judged, old = met[True], met[False]
+    verdict = ('not measured' if not judged
+               else 'met on each' if all(judged) else 'missed')
+    lines.append(f'| {target} | {sum(judged)} / {len(judged)} | {verdict} | '
+                 f'{sum(old)} / {len(old)} |')
   for entry, rows in reversed(list(zip(entries, verdict_rows))):
-    lines += ['', f'### {entry["machine"]}', '', markdown(*_rows(entry)), '',
+    lines += ['', f'### {entry["machine"]}', '',
+              f'Timing protocol {_timing(entry)}.', '', markdown(*_rows(entry)), '',
               '| target | this run | verdict |', '|---|---|---|', *rows]
   return '\n'.join(lines)
 

@@ -3,8 +3,9 @@ r"""Writes the record's picks into the vision binary's picked config.
   python -m experiments.quality.picks --record=quality
 
 ``experiments/vision/configs/picked.py`` holds ``PICKED``, each (model, recipe)'s setting
-as :func:`experiments.quality.picking.recipe_pick` chooses it from the record, clipped
-where the clipping stage adopts it (:func:`experiments.quality.clipping.default_setting`).
+as :func:`experiments.quality.picking.recipe_pick` chooses it from the record, clipped or
+at half its learning rate where the clipping stage adopts it
+(:func:`experiments.quality.clipping.default_setting`).
 This rewrites that table after a quality run moved a pick; the tests check the two agree.
 """
 

@@ -260,10 +260,11 @@ def defaults_markdown(rows: List[dict]) -> str:
 
 
 def clipping_markdown(rows: List[dict]) -> str:
-  """The 'clipping' stage: per model and recipe, its pick unclipped and clipped at
-  CLIP_NORM on the validation split and seeds nobody tuned on, with the median, the worst
-  seed and the failed runs of each (:func:`experiments.common.failures.failed`), and
-  whether the picked config clips (:func:`experiments.quality.clipping.verdict`)."""
+  """The 'clipping' stage: per model and recipe, its pick unclipped, clipped at CLIP_NORM
+  and (where clipping does not remove its failures cheaply) at half its learning rate, on
+  the validation split and seeds nobody tuned on, with the median, the worst seed and the
+  failed runs of each (:func:`experiments.common.failures.failed`), and what the picked
+  config takes (:func:`experiments.quality.clipping.verdict`)."""
   found = clipping.cells(rows)
   if not found:
     return ''
@@ -272,11 +273,15 @@ def clipping_markdown(rows: List[dict]) -> str:
            f'Each recipe at its pick, without and with `--config.clip_grad_norm={norm:g}`, '
            f'{protocol.CLIPPING_SPARSITY:.0%}, validation split, seeds {seeds[0]}-{seeds[-1]}, '
            "no fine-tuning; validation accuracy %. A recipe's picked config (`picked.py`, "
-           'which the defaults stage runs) clips where clipping removes every failed run at a '
-           f'cost of at most {clipping.MEDIAN_COST:g} pp of median validation accuracy.', '',
+           'which the defaults stage runs) keeps its pick where the pick fails on no seed. '
+           'Where it fails, the config clips if clipping removes every failed run at a cost '
+           f'of at most {clipping.MEDIAN_COST:g} pp of median validation accuracy; otherwise '
+           'the pick also runs at half its learning rate, and the config takes whichever '
+           'remedy fails on no seed with the higher median.', '',
            '| model | recipe | unclipped: seeds / median / worst / failed | '
-           f'clipped at {norm:g}: seeds / median / worst / failed | verdict |',
-           '|---|---|---|---|---|']
+           f'clipped at {norm:g}: seeds / median / worst / failed | '
+           'half the learning rate: seeds / median / worst / failed | verdict |',
+           '|---|---|---|---|---|---|']
 
   def summary(values):
     if not values:
@@ -290,8 +295,9 @@ def clipping_markdown(rows: List[dict]) -> str:
 
   for model, recipe in sorted({(m, r) for m, r, _ in found},
                               key=lambda k: (k[0], protocol.DEFAULTS_RECIPES.index(k[1]))):
-    lines.append(f'| {model} | {recipe} | {summary(found.get((model, recipe, 0.0), {}))} | '
-                 f'{summary(found.get((model, recipe, norm), {}))} | '
+    arms = [summary(found.get((model, recipe, arm), {}))
+            for arm in (clipping.UNCLIPPED, clipping.CLIPPED, clipping.HALVED)]
+    lines.append(f'| {model} | {recipe} | {" | ".join(arms)} | '
                  f'{clipping.verdict(found, model, recipe)} |')
   return '\n'.join(lines)
 

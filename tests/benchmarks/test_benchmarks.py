@@ -162,27 +162,45 @@ def test_a_sparse_target_is_met_only_where_it_holds_on_every_recorded_machine(tm
   text = sparse_inference.runs_markdown(path)
   assert 'on: CPU A, CPU B.' in text
   assert ('| one layer 4096 -> 4096, 90%, batch 1: >= the best of scipy and torch CSR (goal '
-          '1.5x it) | 1 / 2 | missed |') in text
+          '1.5x it) | 1 / 2 | missed | 0 / 0 |') in text
   assert ('| one layer 4096 -> 4096, 95%, batch 1: >= the best of scipy and torch CSR (goal '
-          '1.5x it) | 2 / 2 | met on each |') in text
+          '1.5x it) | 2 / 2 | met on each | 0 / 0 |') in text
   assert text.index('### CPU B') < text.index('### CPU A')  # newest first
 
 
-def test_nnx_model_and_decoding_verdicts():
-  from benchmarks import sparse_nnx
-  rows = [{'model': 'NNX 2-D CNN (held out)', 'sparsity': 0.95, 'batch': 1, 'dense': 1.0,
-           'pcs': 0.5, 'dense nnx.jit': 2.0, 'pcs nnx.jit': 2.2, 'sparse_layers': 4, 'layers': 4},
-          {'model': 'NNX decoder d=768 (charlm)', 'sparsity': 0.9, 'batch': 8, 'dense': 3.0,
-           'pcs': 2.5, 'dense nnx.jit': 3.0, 'pcs nnx.jit': 2.0, 'sparse_layers': 13,
-           'layers': 13}]
-  decode = [{'model': 'decoder', 'sparsity': 0.9, 'batch': 1, 'dense': 30.0, 'pcs csr': 9.0,
-             'pcs': 12.0, 'agree': {'dense': 50, 'pcs csr': 50, 'pcs': 49}}]
-  text = '\n'.join(sparse_nnx.verdicts(rows, decode))
-  assert '| NNX 2-D CNN (held out), batch 1, under bind: >= 0.95x dense | 2.00x | met |' in text
-  assert 'CNN (held out), batch 1, under nnx.jit: >= 0.95x dense | 0.91x | missed |' in text
-  assert 'forward at batch 8: >= 1.5x dense | 1.20x | missed |' in text
-  assert 'every projection sparse: >= 3x dense | 3.33x | met |' in text
-  table = sparse_nnx.markdown(rows, decode)
-  assert '| NNX 2-D CNN (held out) | 95% | 1 | 1.000 | 2.00x | 2.000 | 0.91x | 4.40x | 4/4 |' in (
-      table)
-  assert '| decoder | 30.000 | 3.33x | 2.50x | csr 50, measured 49 |' in table
+def test_runs_of_an_earlier_timing_protocol_are_shown_but_not_judged(tmp_path, monkeypatch):
+  import json
+  from benchmarks import interleaved, machine, sparse_inference
+  path = str(tmp_path / 'runs.jsonl')
+  monkeypatch.setattr(machine, 'cpu_model', lambda: 'CPU A')
+  old = sparse_inference.record(_sparse_rows(1.0), path)  # 3x dense at 90%: under torch's 4x
+  del old['timing']  # as recorded before the field existed
+  with open(path, 'w') as f:
+    f.write(json.dumps(old) + '\n')
+  sparse_inference.record(_sparse_rows(0.5), path)  # 6x dense: over torch's 4x
+  text = sparse_inference.runs_markdown(path)
+  assert ('| one layer 4096 -> 4096, 90%, batch 1: >= the best of scipy and torch CSR (goal '
+          '1.5x it) | 1 / 1 | met on each | 0 / 1 |') in text
+  assert 'The 1 earlier run(s) timed the variants in a fixed order' in text
+  assert f'Timing protocol {interleaved.PROTOCOL}.' in text and 'Timing protocol 1.' in text
+  monkeypatch.setattr(interleaved, 'PROTOCOL', interleaved.PROTOCOL + 1)
+  assert '| 0 / 0 | not measured | 1 / 2 |' in sparse_inference.runs_markdown(path)
+
+
+def test_each_timed_call_follows_an_untimed_call_of_itself_in_shuffled_rounds(monkeypatch):
+  from benchmarks import interleaved
+  log = []
+  monkeypatch.setattr(interleaved.time, 'perf_counter', lambda: (log.append('t'), len(log))[1])
+  calls = {k: (lambda k=k: log.append(k)) for k in 'abc'}
+  interleaved.medians(calls, 30)
+  assert log[:3] == ['a', 'b', 'c']  # one warm-up round
+  rounds = [log[i:i + 12] for i in range(3, len(log), 12)]
+  assert len(rounds) == 30
+  orders = set()
+  for r in rounds:  # per variant: its untimed call, start, its timed call, stop
+    keys = r[0::4]
+    assert sorted(keys) == ['a', 'b', 'c'] and r[2::4] == keys
+    assert set(r[1::4]) == set(r[3::4]) == {'t'}
+    orders.add(''.join(keys))
+  # the order changes from round to round: each variant comes first in some round
+  assert len(orders) > 1 and {o[0] for o in orders} == {'a', 'b', 'c'}
