@@ -107,11 +107,28 @@ def _needs_halved(found: Cells, model: str, recipe: str) -> bool:
   return _failed(clipped) or 100 * (_median(plain) - _median(clipped)) > MEDIAN_COST
 
 
+def remedy(found: Cells, model: str, recipe: str) -> Optional[str]:
+  """The arm the picked config of ``recipe`` takes: CLIPPED or HALVED where the pick fails
+  and that remedy is adopted (module docstring), None where the pick stays as tuned (it
+  fails on no seed, every remedy fails, or the runs that decide are not all in)."""
+  plain, clipped, halved = (found.get((model, recipe, arm), {})
+                            for arm in (UNCLIPPED, CLIPPED, HALVED))
+  if not (_complete(plain) and _complete(clipped)) or not _failed(plain):
+    return None
+  if not _needs_halved(found, model, recipe):
+    return CLIPPED
+  if not _complete(halved):
+    return None
+  if not _failed(halved) and (_failed(clipped) or _median(halved) >= _median(clipped)):
+    return HALVED
+  return None if _failed(clipped) else CLIPPED
+
+
 def verdict(found: Cells, model: str, recipe: str) -> str:
   """What the stage says of ``recipe`` on ``model``: 'pending', 'no failure either way',
-  'clipped fails too' (the pick itself fails on no seed), ADOPTED, HALVED_ADOPTED, clipping
-  adopted at its cost where half the learning rate fails or does worse, or that every
-  remedy fails."""
+  'clipped fails too' (the pick itself fails on no seed), ADOPTED, or, where clipping
+  costs more than MEDIAN_COST or fails, what half the learning rate did and which remedy
+  :func:`remedy` adopts."""
   plain, clipped, halved = (found.get((model, recipe, arm), {})
                             for arm in (UNCLIPPED, CLIPPED, HALVED))
   if not (_complete(plain) and _complete(clipped)):
@@ -124,24 +141,25 @@ def verdict(found: Cells, model: str, recipe: str) -> str:
           if not _failed(clipped) else 'clipped fails too')
   if not _complete(halved):
     return f'{cost}; half the learning rate pending'
-  if not _failed(halved) and (_failed(clipped) or _median(halved) >= _median(clipped)):
+  taken = remedy(found, model, recipe)
+  if taken == HALVED:
     return f'{cost}: {HALVED_ADOPTED}'
-  if not _failed(clipped):
-    return f'{cost}; half the learning rate {"fails" if _failed(halved) else "does worse"}: ' \
-           'clipping adopted'
+  if taken == CLIPPED:
+    return (f'{cost}; half the learning rate {"fails" if _failed(halved) else "does worse"}: '
+            'clipping adopted')
   return f'{cost}; half the learning rate fails too: the pick stays'
 
 
 def default_setting(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]:
   """The binary's picked config for ``recipe``: its pick (:func:`picking.recipe_pick`),
   clipped at CLIP_NORM or at half its learning rate where the stage's runs at that pick
-  adopt it (:func:`verdict`)."""
+  adopt it (:func:`remedy`)."""
   pick = picking.recipe_pick(recorded, model, recipe)
   if pick is None or recipe not in protocol.DEFAULTS_RECIPES:
     return pick
-  said = verdict(_found_at(recorded, model, recipe, pick), model, recipe)
-  if said == ADOPTED or said.endswith('clipping adopted'):
+  taken = remedy(_found_at(recorded, model, recipe, pick), model, recipe)
+  if taken == CLIPPED:
     return {**pick, 'clip_grad_norm': protocol.CLIP_NORM}
-  if said.endswith(HALVED_ADOPTED):
+  if taken == HALVED:
     return {**pick, 'learning_rate': pick['learning_rate'] / 2}
   return pick

@@ -167,6 +167,35 @@ def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]
   return None if found is None else _setting(found[0])
 
 
+def aim_tuning_groups(recorded: Dict[str, dict], model: str,
+                      sparsity: float) -> List[List[dict]]:
+  """The validation runs that tune the target-aware PILoT at ``sparsity`` (AIM_SPARSITIES):
+  per value of its own grid, at the learning rate and weight decay of its pick, one run
+  per AIM_TUNING_SEEDS; empty until the recipe is picked."""
+  setting = picked(recorded, model, protocol.AIMED)
+  if setting is None:
+    return []
+  base, own = protocol.RECIPES[protocol.AIMED]
+  shared = {k: setting[k] for k in ('learning_rate', 'weight_decay')}
+  return [[protocol.row('tune', model, protocol.AIMED, {
+      **base, **shared, **extra, 'seed': seed, 'sparsity': sparsity,
+      'validation_fraction': protocol.VALIDATION_FRACTION, 'finetune_epochs': 0},
+      protocol.aim_tuning_name(sparsity)) for seed in protocol.AIM_TUNING_SEEDS]
+          for extra in own]
+
+
+def aim_picked(recorded: Dict[str, dict], model: str, sparsity: float) -> Optional[dict]:
+  """The target-aware PILoT's setting at ``sparsity``: of :func:`aim_tuning_groups`, the
+  best median over AIM_TUNING_SEEDS among the values with no failed seed (:func:`choose`);
+  None until every run is recorded."""
+  groups = [[recorded.get(r['id']) for r in runs]
+            for runs in aim_tuning_groups(recorded, model, sparsity)]
+  if not groups or any(run is None for runs in groups for run in runs):
+    return None
+  leader, _ = choose([(runs[0], runs) for runs in groups], 'median')
+  return _setting(leader)
+
+
 def long_tuning_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:
   """The tuning runs of ``recipe`` at LONG_EPOCHS: its own values at the learning rate
   and weight decay its 30-epoch tuning picked over LONG_ROUND's grid (none until that

@@ -34,6 +34,34 @@ def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
   return f"{seed_statistics.cell(values.values()) or '-'} / {median} / {worst} (s{seed}) / {count}"
 
 
+def aim_tuning_table(rows: List[dict], model: str) -> List[str]:
+  """The target-aware PILoT's tuning at each of AIM_SPARSITIES: per own value, its
+  validation accuracy (%) on AIM_TUNING_SEEDS (:func:`picking.confirmation`: median, worst
+  seed, failed runs) and which was picked (:func:`picking.aim_picked`); empty before any
+  of those runs."""
+  by_id = {row['id']: row for row in rows}
+  own = protocol.RECIPES[protocol.AIMED][1]
+  lines = ['| target | ' + ' | '.join(', '.join(f'{k}={v}' for k, v in extra.items())
+                                      for extra in own) + ' | picked |',
+           '|---|' + '---|' * len(own) + '---|']
+  for sparsity in protocol.AIM_SPARSITIES:
+    groups = picking.aim_tuning_groups(by_id, model, sparsity)
+    cells = []
+    for runs in groups:
+      done = [by_id[r['id']] for r in runs if r['id'] in by_id]
+      if len(done) < len(runs):
+        cells.append(f'{len(done)}/{len(runs)} runs')
+        continue
+      c = picking.confirmation(done, 'median')
+      cells.append(f'{100 * c.value:.1f} / {100 * c.worst:.1f} / {c.failed}')
+    pick = picking.aim_picked(by_id, model, sparsity)
+    chosen = 'pending' if pick is None else ', '.join(
+        f'{k}={v}' for k, v in pick.items() if any(k in extra for extra in own))
+    if any(r['id'] in by_id for runs in groups for r in runs):
+      lines.append(f'| {sparsity:.0%} | ' + ' | '.join(cells) + f' | {chosen} |')
+  return lines if len(lines) > 2 else []
+
+
 def tuned_table(rows: List[dict], recipes, models) -> List[str]:
   """Per model and recipe: the tuning runs done of those planned, the learning rates the
   pick was made over (its :func:`~experiments.quality.protocol.tuning_round`), the pick's
@@ -155,13 +183,22 @@ def markdown(rows: List[dict]) -> str:
     out += ["The paper's comparisons, each at equal training epochs (pp, after "
             'fine-tuning; same seeds):', '',
             *paired_table(after, model, CLAIMS, protocol.SPARSITIES), '']
-    study_sparsities = sorted({s for _, _, ss, _ in protocol.STUDIES.values() for s in ss})
+    study_sparsities = sorted({s for _, _, ss, _ in protocol.STUDIES.values() for s in ss}
+                              | set(protocol.AIM_SPARSITIES))
+    aimed = [(protocol.AIM_STUDY, protocol.AIMED), (protocol.AIM_STUDY, targets.REFERENCE)]
+    aim = aim_tuning_table(rows, model)
     out += [f'### {model}: studies (after fine-tuning)', '',
-            *accuracy_table(after, model, list(protocol.STUDIES), study_sparsities, failed,
-                            off), '',
+            *([f'"{protocol.AIM_STUDY}": the target-aware standalone PILoT with its own '
+               'values tuned at each target instead of at 98% alone (validation accuracy %, '
+               f'seeds {", ".join(map(str, protocol.AIM_TUNING_SEEDS))}: median / worst / '
+               'failed; the best median with no failed seed is picked):', '', *aim, '']
+              if aim else []),
+            *accuracy_table(after, model, [*protocol.STUDIES, protocol.AIM_STUDY],
+                            study_sparsities, failed, off), '',
             'Paired against what each study changes:', '',
             *paired_table(after, model, [(name, base) for name, (_, _, _, base)
-                                         in protocol.STUDIES.items()], study_sparsities), '']
+                                         in protocol.STUDIES.items()] + aimed,
+                          study_sparsities), '']
     long = [protocol.long_name(r) for r in protocol.LONG_RECIPES]
     if any(name == n for (m, name, _) in after for n in long if m == model):
       out += [f"### {model}: the paper's training length ({protocol.LONG_EPOCHS} epochs)", '',

@@ -110,6 +110,13 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
 
 def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dict]:
   for model in models:
+    for sparsity in protocol.AIM_SPARSITIES:  # the target-aware PILoT tuned at its target
+      for runs in picking.aim_tuning_groups(recorded, model, sparsity):
+        yield from runs
+      setting = picking.aim_picked(recorded, model, sparsity)
+      if setting is not None:
+        yield from final_rows(model, protocol.AIMED, setting, (sparsity,),
+                              study=protocol.AIM_STUDY)
     for study, (recipe, changes, sparsities, _) in protocol.STUDIES.items():
       setting = picking.picked(recorded, model, recipe)
       if setting is not None:
