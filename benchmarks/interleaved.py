@@ -9,10 +9,14 @@ import jax
 import numpy as np
 
 # The timing protocol a recorded run was measured with: 1, variants timed in a fixed order,
-# each call straight after the previous variant's (runs before 2026-12-06, evening); 2, each
-# round in a new random order, each timed call after an untimed call of itself
-# (``medians``). Targets are judged on the runs of the current one.
+# each call straight after the previous variant's (the runs recorded without the field);
+# 2, each round in a new random order, each timed call after an untimed call of itself
+# (``medians``; after its first two runs also for at least MIN_SECONDS, which only adds
+# samples). Targets are judged on the runs of the current one.
 PROTOCOL = 2
+# A call of a few hundred microseconds timed only ``repeats`` times is at the mercy of one
+# burst of noise: rounds go on until this much time has passed (at most MAX_ROUNDS).
+MIN_SECONDS, MAX_ROUNDS = 0.3, 2000
 
 
 def ready(fn, *args):
@@ -20,7 +24,7 @@ def ready(fn, *args):
   return jax.block_until_ready(fn(*args))
 
 
-def medians(calls, repeats, seed=0):
+def medians(calls, repeats, seed=0, min_seconds=MIN_SECONDS):
   """Interleaved timing of ``{name: thunk}``: medians in ms, and under ``'spread'`` each
   one's interquartile range as a fraction of its median.
 
@@ -30,13 +34,17 @@ def medians(calls, repeats, seed=0):
   (which streams 80 MB) took 10-15% longer than the same call later in the round, even
   after up to six untimed calls of itself. In a fixed order (protocol 1) that penalty
   always fell on the variant listed after dense; shuffled, it falls on each alike, and two
-  copies of one call time the same.
+  copies of one call time the same. Rounds go on past ``repeats`` until ``min_seconds``
+  have passed (up to MAX_ROUNDS), so that fast calls get enough samples.
   """
   rng = random.Random(seed)
   for thunk in calls.values():
     thunk()
   times = {k: [] for k in calls}
-  for _ in range(repeats):
+  begin, rounds = time.perf_counter(), 0
+  while rounds < repeats or (rounds < MAX_ROUNDS and min_seconds > 0
+                             and time.perf_counter() - begin < min_seconds):
+    rounds += 1
     for key in rng.sample(list(calls), len(calls)):
       calls[key]()
       start = time.perf_counter()

@@ -167,33 +167,54 @@ def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]
   return None if found is None else _setting(found[0])
 
 
+def _aim_rows(model: str, setting: dict, sparsity: float) -> List[dict]:
+  """The validation runs of ``setting`` at ``sparsity`` on AIM_TUNING_SEEDS."""
+  return [protocol.row('tune', model, protocol.AIMED, {
+      **setting, 'seed': seed, 'sparsity': sparsity,
+      'validation_fraction': protocol.VALIDATION_FRACTION, 'finetune_epochs': 0},
+      protocol.aim_tuning_name(sparsity)) for seed in protocol.AIM_TUNING_SEEDS]
+
+
+def _aim_choice(recorded: Dict[str, dict], groups: List[List[dict]]) -> Optional[dict]:
+  """Of ``groups`` (each one setting's planned runs), the setting with the best median
+  and no failed seed (:func:`choose`); None until every run is recorded."""
+  found = [[recorded.get(r['id']) for r in runs] for runs in groups]
+  if not found or any(run is None for runs in found for run in runs):
+    return None
+  return _setting(choose([(runs[0], runs) for runs in found], 'median')[0])
+
+
 def aim_tuning_groups(recorded: Dict[str, dict], model: str,
                       sparsity: float) -> List[List[dict]]:
-  """The validation runs that tune the target-aware PILoT at ``sparsity`` (AIM_SPARSITIES):
-  per value of its own grid, at the learning rate and weight decay of its pick, one run
-  per AIM_TUNING_SEEDS; empty until the recipe is picked."""
+  """The first step of tuning the target-aware PILoT at ``sparsity`` (AIM_SPARSITIES):
+  each of its own values at the learning rate and weight decay of its pick, on
+  AIM_TUNING_SEEDS; empty until the recipe is picked."""
   setting = picked(recorded, model, protocol.AIMED)
   if setting is None:
     return []
   base, own = protocol.RECIPES[protocol.AIMED]
   shared = {k: setting[k] for k in ('learning_rate', 'weight_decay')}
-  return [[protocol.row('tune', model, protocol.AIMED, {
-      **base, **shared, **extra, 'seed': seed, 'sparsity': sparsity,
-      'validation_fraction': protocol.VALIDATION_FRACTION, 'finetune_epochs': 0},
-      protocol.aim_tuning_name(sparsity)) for seed in protocol.AIM_TUNING_SEEDS]
-          for extra in own]
+  return [_aim_rows(model, {**base, **shared, **extra}, sparsity) for extra in own]
+
+
+def aim_decay_groups(recorded: Dict[str, dict], model: str,
+                     sparsity: float) -> List[List[dict]]:
+  """The second step: the first step's choice at each of WEIGHT_DECAYS (on a product
+  x = m * w, weight decay on m and w is itself an L1 bias on x, so its strength depends
+  on the target as alpha's does); empty until the first step has finished. The runs at
+  the pick's own weight decay are the first step's."""
+  value = _aim_choice(recorded, aim_tuning_groups(recorded, model, sparsity))
+  if value is None:
+    return []
+  return [_aim_rows(model, {**value, 'weight_decay': wd}, sparsity)
+          for wd in protocol.WEIGHT_DECAYS]
 
 
 def aim_picked(recorded: Dict[str, dict], model: str, sparsity: float) -> Optional[dict]:
-  """The target-aware PILoT's setting at ``sparsity``: of :func:`aim_tuning_groups`, the
-  best median over AIM_TUNING_SEEDS among the values with no failed seed (:func:`choose`);
-  None until every run is recorded."""
-  groups = [[recorded.get(r['id']) for r in runs]
-            for runs in aim_tuning_groups(recorded, model, sparsity)]
-  if not groups or any(run is None for runs in groups for run in runs):
-    return None
-  leader, _ = choose([(runs[0], runs) for runs in groups], 'median')
-  return _setting(leader)
+  """The target-aware PILoT's setting at ``sparsity``: of :func:`aim_decay_groups`, the
+  best median over AIM_TUNING_SEEDS among the weight decays with no failed seed
+  (:func:`choose`); None until every run is recorded."""
+  return _aim_choice(recorded, aim_decay_groups(recorded, model, sparsity))
 
 
 def long_tuning_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:

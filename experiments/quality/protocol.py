@@ -108,11 +108,11 @@ STUDIES: Dict[str, Tuple[str, dict, Tuple[float, ...], str]] = {
 }
 # The target-aware standalone PILoT (AIMED) tuned at each of AIM_SPARSITIES instead of at
 # TUNING_SPARSITY alone: how strong the bias must be depends on the target
-# (quality/notes.md), and its pick at 98% drives the network past 90%. Its own values
-# (RECIPES[AIMED]) at the learning rate and weight decay of its pick, on the validation
-# split and AIM_TUNING_SEEDS, picked by the median with a failed seed disqualifying
-# (experiments.quality.picking.choose); then 5 test seeds at that target: the study
-# AIM_STUDY.
+# (quality/notes.md), and its pick at 98% drives the network past 90%. In two steps on the
+# validation split and AIM_TUNING_SEEDS, each picked by the median with a failed seed
+# disqualifying (experiments.quality.picking.choose): its own values (RECIPES[AIMED]) at
+# the learning rate and weight decay of its pick, then WEIGHT_DECAYS at the chosen value;
+# then 5 test seeds at that target: the study AIM_STUDY.
 AIMED = 'pilot target'
 AIM_SPARSITIES = (0.9, 0.95)
 AIM_TUNING_SEEDS = (0, 1, 2)

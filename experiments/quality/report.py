@@ -35,30 +35,36 @@ def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
 
 
 def aim_tuning_table(rows: List[dict], model: str) -> List[str]:
-  """The target-aware PILoT's tuning at each of AIM_SPARSITIES: per own value, its
-  validation accuracy (%) on AIM_TUNING_SEEDS (:func:`picking.confirmation`: median, worst
-  seed, failed runs) and which was picked (:func:`picking.aim_picked`); empty before any
-  of those runs."""
+  """The target-aware PILoT's tuning at each of AIM_SPARSITIES, both steps
+  (:func:`picking.aim_tuning_groups`, then :func:`picking.aim_decay_groups`): per
+  setting, its validation accuracy (%) on AIM_TUNING_SEEDS (:func:`picking.confirmation`:
+  median, worst seed, failed runs) and what was picked (:func:`picking.aim_picked`);
+  empty before any of those runs."""
   by_id = {row['id']: row for row in rows}
   own = protocol.RECIPES[protocol.AIMED][1]
+
+  def cell(runs):
+    done = [by_id[r['id']] for r in runs if r['id'] in by_id]
+    if len(done) < len(runs):
+      return f'{len(done)}/{len(runs)} runs'
+    c = picking.confirmation(done, 'median')
+    return f'{100 * c.value:.1f} / {100 * c.worst:.1f} / {c.failed}'
+
   lines = ['| target | ' + ' | '.join(', '.join(f'{k}={v}' for k, v in extra.items())
-                                      for extra in own) + ' | picked |',
-           '|---|' + '---|' * len(own) + '---|']
+                                      for extra in own) + ' | then weight_decay='
+           + ' / '.join(f'{wd:g}' for wd in protocol.WEIGHT_DECAYS) + ' | picked |',
+           '|---|' + '---|' * len(own) + '---|---|']
   for sparsity in protocol.AIM_SPARSITIES:
-    groups = picking.aim_tuning_groups(by_id, model, sparsity)
-    cells = []
-    for runs in groups:
-      done = [by_id[r['id']] for r in runs if r['id'] in by_id]
-      if len(done) < len(runs):
-        cells.append(f'{len(done)}/{len(runs)} runs')
-        continue
-      c = picking.confirmation(done, 'median')
-      cells.append(f'{100 * c.value:.1f} / {100 * c.worst:.1f} / {c.failed}')
+    first = picking.aim_tuning_groups(by_id, model, sparsity)
+    second = picking.aim_decay_groups(by_id, model, sparsity)
+    if not any(r['id'] in by_id for runs in first for r in runs):
+      continue
     pick = picking.aim_picked(by_id, model, sparsity)
     chosen = 'pending' if pick is None else ', '.join(
-        f'{k}={v}' for k, v in pick.items() if any(k in extra for extra in own))
-    if any(r['id'] in by_id for runs in groups for r in runs):
-      lines.append(f'| {sparsity:.0%} | ' + ' | '.join(cells) + f' | {chosen} |')
+        f'{k}={pick[k]}' for k in ('weight_decay', *own[0]) if k in pick)
+    decays = ' ; '.join(cell(runs) for runs in second) if second else 'after the first step'
+    lines.append(f'| {sparsity:.0%} | ' + ' | '.join(cell(runs) for runs in first)
+                 + f' | {decays} | {chosen} |')
   return lines if len(lines) > 2 else []
 
 
@@ -188,10 +194,11 @@ def markdown(rows: List[dict]) -> str:
     aimed = [(protocol.AIM_STUDY, protocol.AIMED), (protocol.AIM_STUDY, targets.REFERENCE)]
     aim = aim_tuning_table(rows, model)
     out += [f'### {model}: studies (after fine-tuning)', '',
-            *([f'"{protocol.AIM_STUDY}": the target-aware standalone PILoT with its own '
-               'values tuned at each target instead of at 98% alone (validation accuracy %, '
-               f'seeds {", ".join(map(str, protocol.AIM_TUNING_SEEDS))}: median / worst / '
-               'failed; the best median with no failed seed is picked):', '', *aim, '']
+            *([f'"{protocol.AIM_STUDY}": the target-aware standalone PILoT tuned at each '
+               'target instead of at 98% alone, its own values first, then the weight decay '
+               f'(validation accuracy %, seeds {", ".join(map(str, protocol.AIM_TUNING_SEEDS))}'
+               ': median / worst / failed; the best median with no failed seed is picked):',
+               '', *aim, '']
               if aim else []),
             *accuracy_table(after, model, [*protocol.STUDIES, protocol.AIM_STUDY],
                             study_sparsities, failed, off), '',

@@ -192,9 +192,9 @@ def test_each_timed_call_follows_an_untimed_call_of_itself_in_shuffled_rounds(mo
   log = []
   monkeypatch.setattr(interleaved.time, 'perf_counter', lambda: (log.append('t'), len(log))[1])
   calls = {k: (lambda k=k: log.append(k)) for k in 'abc'}
-  interleaved.medians(calls, 30)
-  assert log[:3] == ['a', 'b', 'c']  # one warm-up round
-  rounds = [log[i:i + 12] for i in range(3, len(log), 12)]
+  interleaved.medians(calls, 30, min_seconds=0)
+  assert log[:4] == ['a', 'b', 'c', 't']  # one warm-up round, and the clock started
+  rounds = [log[i:i + 12] for i in range(4, len(log), 12)]
   assert len(rounds) == 30
   orders = set()
   for r in rounds:  # per variant: its untimed call, start, its timed call, stop
@@ -204,3 +204,23 @@ def test_each_timed_call_follows_an_untimed_call_of_itself_in_shuffled_rounds(mo
     orders.add(''.join(keys))
   # the order changes from round to round: each variant comes first in some round
   assert len(orders) > 1 and {o[0] for o in orders} == {'a', 'b', 'c'}
+
+
+def test_fast_calls_get_rounds_until_the_minimum_time_has_passed(monkeypatch):
+  from benchmarks import interleaved
+  clock = [0.0]
+
+  def tick():  # every reading of the clock: 1 ms later
+    clock[0] += 1e-3
+    return clock[0]
+  monkeypatch.setattr(interleaved.time, 'perf_counter', tick)
+  out = interleaved.medians({'a': lambda: None}, 3, min_seconds=0.1)
+  assert out['a'] == pytest.approx(1.0)  # ms, start to stop
+  # A round reads the clock three times (the loop's check, start, stop): 3 ms, so rounds
+  # go on for about 0.1 s / 3 ms = 33 rounds, well past the 3 asked for.
+  calls = []
+  interleaved.medians({'a': lambda: calls.append(1)}, 3, min_seconds=0.1)
+  assert 2 * 30 < len(calls) - 1 < 2 * 40  # the warm-up call, then 2 calls a round
+  calls.clear()
+  interleaved.medians({'a': lambda: calls.append(1)}, 3, min_seconds=0)
+  assert len(calls) == 1 + 2 * 3

@@ -840,9 +840,25 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
         assert (o['learning_rate'], o['weight_decay']) == (0.2, 1e-3)  # the pick's
         assert all(o[k] == v for k, v in extra.items())
         recorded[run['id']] = {**run, 'results': {'validation_accuracy': value}}
+  assert picking.aim_decay_groups(dict(list(recorded.items())[:-1]), 'cnn1d', 0.95) == []
+  # Then the weight decays at the third value: 1e-3 is the first step's runs (median
+  # 0.93); at 1e-4 the median is 0.96 but seed 2 fails (0.60); 3e-4 reaches 0.95 on all
+  # three seeds' median with none failed, so it is picked; 3e-3 trails (0.50).
+  by_decay = {1e-4: (0.96, 0.97, 0.60), 3e-4: (0.95, 0.94, 0.96), 3e-3: (0.50, 0.51, 0.49)}
+  for sparsity in protocol.AIM_SPARSITIES:
+    groups = picking.aim_decay_groups(recorded, 'cnn1d', sparsity)
+    assert [g[0]['overrides']['weight_decay'] for g in groups] == list(protocol.WEIGHT_DECAYS)
+    assert all(r['id'] in recorded for r in groups[2])  # the pick's own decay: step one's
+    for runs in groups:
+      o = runs[0]['overrides']
+      assert all(o[k] == v for k, v in own[2].items()) and o['learning_rate'] == 0.2
+      for run in runs if o['weight_decay'] in by_decay else ():
+        value = by_decay[o['weight_decay']][protocol.AIM_TUNING_SEEDS.index(
+            run['overrides']['seed'])]
+        recorded[run['id']] = {**run, 'results': {'validation_accuracy': value}}
   assert picking.aim_picked(dict(list(recorded.items())[:-1]), 'cnn1d', 0.95) is None
   chosen = picking.aim_picked(recorded, 'cnn1d', 0.9)
-  assert {k: chosen[k] for k in own[2]} == own[2]
+  assert {k: chosen[k] for k in own[2]} == own[2] and chosen['weight_decay'] == 3e-4
   assert chosen['learning_rate'] == 0.2 and 'seed' not in chosen and 'sparsity' not in chosen
   finals = [r for r in stages.plan(recorded, ['cnn1d'], ['study'], '/tmp')
             if r['study'] == protocol.AIM_STUDY]
@@ -850,6 +866,9 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
       (s, seed) for s in protocol.AIM_SPARSITIES for seed in protocol.SEEDS]
   assert all(r['overrides']['finetune_epochs'] == protocol.FINETUNE_EPOCHS
              and all(r['overrides'][k] == v for k, v in own[2].items()) for r in finals)
+  # Its own runs, not the recipe's finals where the two settings agree.
+  same = stages.final_rows('cnn1d', protocol.AIMED, chosen, protocol.AIM_SPARSITIES)
+  assert not {r['id'] for r in same} & {r['id'] for r in finals}
   # Its finals, 1 pp under GMP on every seed at 90% and 3 pp at 95%: missed by 1 pp at 95%,
   # in its own row beside the recipe tuned at 98% (pending: no finals).
   rows = []
@@ -864,5 +883,6 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
   assert next(row for row in lines if f'| {protocol.AIMED} |' in row).endswith(
       '| pending | pending |')
   table = quality_report.aim_tuning_table(list(recorded.values()), 'cnn1d')
-  assert table[2].startswith('| 90% | 95.0 / 65.0 / 1 | 91.0 / 90.0 / 0 | 93.0 / 92.0 / 0 | '
-                             '80.0 / 79.0 / 0 |')
+  assert table[2] == ('| 90% | 95.0 / 65.0 / 1 | 91.0 / 90.0 / 0 | 93.0 / 92.0 / 0 | 80.0 / 79.0 '
+                      '/ 0 | 96.0 / 60.0 / 1 ; 95.0 / 94.0 / 0 ; 93.0 / 92.0 / 0 ; 50.0 / 49.0 '
+                      '/ 0 | weight_decay=0.0003, pilot.delta=1.3, pilot.alpha=0.0001 |')
