@@ -137,8 +137,9 @@ def main(argv):
   text = f"""# pcs benchmarks
 
 Machine: {machine_line}. Regenerate with `make bench` ({seconds:.0f} s for this run).
-Every comparison is measured in one run, interleaved (variant A, B, C, A, B, C, ...), and reported
-as medians and ratios; absolute times are context only.
+Every comparison is measured in one run, interleaved (variant A, B, C, A, B, C, ...; sparse
+inference in rounds of random order), and reported as medians and ratios; absolute times are
+context only.
 
 ## Training cost (`benchmarks/step_overhead.py`)
 

@@ -8,16 +8,22 @@ import time
 import jax
 import numpy as np
 
-# The timing protocol a recorded run was measured with: 1, variants timed in a fixed order,
-# each call straight after the previous variant's (the runs recorded without the field);
-# 2, each round in a new random order, each timed call after an untimed call of itself
-# (``medians``; after its first two runs also for at least MIN_SECONDS, which only adds
-# samples). Targets are judged on the runs of the current one.
-PROTOCOL = 2
 # A call of a few hundred microseconds timed only ``repeats`` times is at the mercy of one
 # burst of noise: rounds go on until this much time has passed (at most MAX_ROUNDS).
 MIN_SECONDS, MAX_ROUNDS = 0.3, 2000
 
+# The timing protocols a recorded run may have used, by number (runs recorded without the
+# field used 1); targets are judged on the runs of the current one, PROTOCOL.
+PROTOCOLS = {
+    1: 'the variants in a fixed order, each call straight after the previous variant\'s, '
+       'which charged the slowdown of a call made right after the dense one to the variant '
+       'listed next (the README\'s call, for the MLP)',
+    2: 'rounds in random order, each timed call after an untimed call of itself, but only '
+       '`repeats` rounds, few for a fast call or a large batch',
+    3: 'rounds in random order, each timed call after an untimed call of itself, for at '
+       f'least {MIN_SECONDS:g} s',
+}
+PROTOCOL = 3
 
 def ready(fn, *args):
   """``fn(*args)``, waited for: a thunk's body that times the whole call."""

@@ -46,7 +46,8 @@ from benchmarks import sparse_nnx
 from experiments.common.blocks import write_between
 from experiments.vision import models
 
-flags.DEFINE_integer('inference_repeats', 20, 'Timed calls per variant.')
+flags.DEFINE_integer('inference_repeats', 20, 'Timed calls per variant, at least (rounds '
+                     'go on for interleaved.MIN_SECONDS).')
 flags.DEFINE_bool('quick', False, 'Whole models at 95% only and no convolution study '
                   '(`make bench-sparse`, a few minutes).')
 flags.DEFINE_string('sparse_record', 'benchmarks/sparse_runs.jsonl',
@@ -464,11 +465,14 @@ def runs_markdown(path: str) -> str:
            f'(`{path}`), on: {", ".join(sorted({e["cpu"] for e in entries}))}.', '',
            '### Targets on every machine', '',
            f'Judged on the {sum(current)} run(s) timed as `benchmarks/interleaved.py` times '
-           'now (rounds in random order, each timed call after an untimed call of itself). '
-           + (f'The {earlier} earlier run(s) timed the variants in a fixed order, which '
-              'charged the slowdown of a call made right after the dense one to the '
-              'variant listed next (the README\'s call, for the MLP); their outcomes are in '
-              'the last column, not judged.' if earlier else ''), '',
+           f'now (protocol {interleaved.PROTOCOL}: '
+           f'{interleaved.PROTOCOLS[interleaved.PROTOCOL]}). '
+           + (f'The {earlier} earlier run(s) are not judged; their outcomes are in the last '
+              'column. They timed ' + '; '.join(
+                  f'{sum(_timing(e) == p for e in entries)} with protocol {p}, '
+                  + interleaved.PROTOCOLS[p]
+                  for p in sorted({_timing(e) for e in entries} - {interleaved.PROTOCOL}))
+              + '.' if earlier else ''), '',
            '| target | runs met / measured | verdict | earlier timing: met / measured |',
            '|---|---:|---|---:|']
   outcome: dict = {}

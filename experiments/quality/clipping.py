@@ -44,7 +44,8 @@ def rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
   """Each of DEFAULTS_RECIPES at its pick (once tuned), without and with gradient
   clipping at CLIP_NORM, on the validation split and DEFAULTS_SEEDS, at CLIPPING_SPARSITY,
   without fine-tuning, seed by seed so that a partial stage compares both arms; then at
-  half its learning rate where those runs ask for it (:func:`verdict`)."""
+  half its learning rate where the pick fails and clipping does not remove its failures
+  within MEDIAN_COST (:func:`_needs_halved`)."""
   for model in models:
     for recipe in protocol.DEFAULTS_RECIPES:
       pick = picking.recipe_pick(recorded, model, recipe)
@@ -77,11 +78,10 @@ def _found_at(recorded: Dict[str, dict], model: str, recipe: str, pick: dict) ->
 def cells(runs: Iterable[dict]) -> Cells:
   """``{(model, recipe, arm): {seed: validation accuracy, None if it diverged}}`` of the
   'clipping' runs among ``runs``."""
-  arms = {UNCLIPPED: 'unclipped', CLIPPED: 'clipped at', HALVED: 'at half the learning rate'}
   out: Cells = {}
   for run in runs:
     if run['stage'] == 'clipping':
-      arm = next(a for a, words in arms.items() if words in run['study'])
+      arm = {name(run['recipe'], a): a for a in (UNCLIPPED, CLIPPED, HALVED)}[run['study']]
       out.setdefault((run['model'], run['recipe'], arm), {})[run['overrides']['seed']] = (
           run['results'].get('validation_accuracy'))
   return out

@@ -136,7 +136,8 @@ def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dic
 
 def defaults_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
   """Each of DEFAULTS_RECIPES at its picked config (its pick once its tuning has finished,
-  clipped where the clipping stage adopts it: :func:`clipping.default_setting`), at
+  clipped or at half its learning rate where the clipping stage adopts that remedy:
+  :func:`clipping.default_setting`), at
   DEFAULTS_SPARSITIES on DEFAULTS_SEEDS, without fine-tuning: the binary's picked configs."""
   for model in models:
     for recipe in protocol.DEFAULTS_RECIPES:

@@ -181,8 +181,10 @@ def test_runs_of_an_earlier_timing_protocol_are_shown_but_not_judged(tmp_path, m
   text = sparse_inference.runs_markdown(path)
   assert ('| one layer 4096 -> 4096, 90%, batch 1: >= the best of scipy and torch CSR (goal '
           '1.5x it) | 1 / 1 | met on each | 0 / 1 |') in text
-  assert 'The 1 earlier run(s) timed the variants in a fixed order' in text
+  assert ('The 1 earlier run(s) are not judged; their outcomes are in the last column. They '
+          'timed 1 with protocol 1, the variants in a fixed order') in text
   assert f'Timing protocol {interleaved.PROTOCOL}.' in text and 'Timing protocol 1.' in text
+  monkeypatch.setitem(interleaved.PROTOCOLS, interleaved.PROTOCOL + 1, 'a later one')
   monkeypatch.setattr(interleaved, 'PROTOCOL', interleaved.PROTOCOL + 1)
   assert '| 0 / 0 | not measured | 1 / 2 |' in sparse_inference.runs_markdown(path)
 
@@ -224,3 +226,23 @@ def test_fast_calls_get_rounds_until_the_minimum_time_has_passed(monkeypatch):
   calls.clear()
   interleaved.medians({'a': lambda: calls.append(1)}, 3, min_seconds=0)
   assert len(calls) == 1 + 2 * 3
+
+
+def test_nnx_model_and_decoding_verdicts():
+  from benchmarks import sparse_nnx
+  rows = [{'model': 'NNX 2-D CNN (held out)', 'sparsity': 0.95, 'batch': 1, 'dense': 1.0,
+           'pcs': 0.5, 'dense nnx.jit': 2.0, 'pcs nnx.jit': 2.2, 'sparse_layers': 4, 'layers': 4},
+          {'model': 'NNX decoder d=768 (charlm)', 'sparsity': 0.9, 'batch': 8, 'dense': 3.0,
+           'pcs': 2.5, 'dense nnx.jit': 3.0, 'pcs nnx.jit': 2.0, 'sparse_layers': 13,
+           'layers': 13}]
+  decode = [{'model': 'decoder', 'sparsity': 0.9, 'batch': 1, 'dense': 30.0, 'pcs csr': 9.0,
+             'pcs': 12.0, 'agree': {'dense': 50, 'pcs csr': 50, 'pcs': 49}}]
+  text = '\n'.join(sparse_nnx.verdicts(rows, decode))
+  assert '| NNX 2-D CNN (held out), batch 1, under bind: >= 0.95x dense | 2.00x | met |' in text
+  assert 'CNN (held out), batch 1, under nnx.jit: >= 0.95x dense | 0.91x | missed |' in text
+  assert 'forward at batch 8: >= 1.5x dense | 1.20x | missed |' in text
+  assert 'every projection sparse: >= 3x dense | 3.33x | met |' in text
+  table = sparse_nnx.markdown(rows, decode)
+  assert '| NNX 2-D CNN (held out) | 95% | 1 | 1.000 | 2.00x | 2.000 | 0.91x | 4.40x | 4/4 |' in (
+      table)
+  assert '| decoder | 30.000 | 3.33x | 2.50x | csr 50, measured 49 |' in table

@@ -771,6 +771,13 @@ def test_the_target_aware_pilot_is_judged_within_2_pp_of_gmp_by_the_median(gap_a
     # Clipped, seed 105 at chance; half the learning rate diverges on seed 101 too.
     ('diverged', 'at chance', 'diverged', None, 'clipped fails too; half the learning rate '
      'fails too: the pick stays'),
+    # Clipped, seed 105 at chance; half the learning rate trains on every seed (0.70, under
+    # the unclipped median): it is adopted, since clipping fails.
+    ('diverged', 'at chance', 0.70, 'halve', 'clipped fails too: half the learning rate '
+     'removes the failures'),
+    # A tie of medians (0.80 both) goes to half the learning rate.
+    ('diverged', 0.80, 0.80, 'halve', 'clipping costs 12.0 pp of median: half the learning '
+     'rate removes the failures'),
     (0.92, 0.925, None, None, 'no failure either way'),  # nothing to remove
     (0.92, 'at chance', None, None, 'clipped fails too'),  # the pick itself trains
 ])
