@@ -28,7 +28,8 @@ from experiments.quality import protocol
 MEDIAN_COST = 1.0  # pp of median validation accuracy clipping may cost where it is adopted
 ADOPTED = 'clipping removes the failures'
 HALVED_ADOPTED = 'half the learning rate removes the failures'
-UNCLIPPED, CLIPPED, HALVED = 'unclipped', 'clipped', 'halved'  # the stage's arms
+UNCLIPPED, CLIPPED, HALVED = 'unclipped', 'clipped', 'halved'
+ARMS = (UNCLIPPED, CLIPPED, HALVED)  # the stage's arms, in the order its tables show them
 
 Cells = Dict[Tuple[str, str, str], Dict[int, Optional[float]]]
 
@@ -71,7 +72,7 @@ def _rows_at(model: str, recipe: str, pick: dict, arms) -> Iterator[dict]:
 
 def _found_at(recorded: Dict[str, dict], model: str, recipe: str, pick: dict) -> Cells:
   """The cells of the stage's recorded runs of ``recipe`` at ``pick`` (every arm)."""
-  planned = _rows_at(model, recipe, pick, (UNCLIPPED, CLIPPED, HALVED))
+  planned = _rows_at(model, recipe, pick, ARMS)
   return cells(run for run in (recorded.get(row['id']) for row in planned) if run)
 
 
@@ -81,7 +82,7 @@ def cells(runs: Iterable[dict]) -> Cells:
   out: Cells = {}
   for run in runs:
     if run['stage'] == 'clipping':
-      arm = {name(run['recipe'], a): a for a in (UNCLIPPED, CLIPPED, HALVED)}[run['study']]
+      arm = {name(run['recipe'], a): a for a in ARMS}[run['study']]
       out.setdefault((run['model'], run['recipe'], arm), {})[run['overrides']['seed']] = (
           run['results'].get('validation_accuracy'))
   return out
@@ -112,7 +113,7 @@ def remedy(found: Cells, model: str, recipe: str) -> Optional[str]:
   and that remedy is adopted (module docstring), None where the pick stays as tuned (it
   fails on no seed, every remedy fails, or the runs that decide are not all in)."""
   plain, clipped, halved = (found.get((model, recipe, arm), {})
-                            for arm in (UNCLIPPED, CLIPPED, HALVED))
+                            for arm in ARMS)
   if not (_complete(plain) and _complete(clipped)) or not _failed(plain):
     return None
   if not _needs_halved(found, model, recipe):
@@ -130,7 +131,7 @@ def verdict(found: Cells, model: str, recipe: str) -> str:
   costs more than MEDIAN_COST or fails, what half the learning rate did and which remedy
   :func:`remedy` adopts."""
   plain, clipped, halved = (found.get((model, recipe, arm), {})
-                            for arm in (UNCLIPPED, CLIPPED, HALVED))
+                            for arm in ARMS)
   if not (_complete(plain) and _complete(clipped)):
     return 'clipped fails too' if _failed(clipped) and not _failed(plain) else 'pending'
   if not _failed(plain):

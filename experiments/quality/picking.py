@@ -184,37 +184,33 @@ def _aim_choice(recorded: Dict[str, dict], groups: List[List[dict]]) -> Optional
   return _setting(choose([(runs[0], runs) for runs in found], 'median')[0])
 
 
-def aim_tuning_groups(recorded: Dict[str, dict], model: str,
-                      sparsity: float) -> List[List[dict]]:
-  """The first step of tuning the target-aware PILoT at ``sparsity`` (AIM_SPARSITIES):
-  each of its own values at the learning rate and weight decay of its pick, on
-  AIM_TUNING_SEEDS; empty until the recipe is picked."""
+class AimTuning(NamedTuple):
+  """The tuning of the target-aware PILoT at one sparsity (AIM_SPARSITIES), as planned runs
+  grouped by setting, each group on AIM_TUNING_SEEDS."""
+
+  first: List[List[dict]]  # its own values at the learning rate and weight decay of its pick
+  second: List[List[dict]]  # the first step's choice at each of WEIGHT_DECAYS
+  picked: Optional[dict]  # the second step's choice: the setting of its finals
+
+
+def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float) -> AimTuning:
+  """Both steps of tuning the target-aware PILoT at ``sparsity``, each choosing the best
+  median among its settings with no failed seed (:func:`choose`): first its own values at
+  the learning rate and weight decay of its pick (empty until the recipe is picked); then
+  that choice at each of WEIGHT_DECAYS (on a product x = m * w, weight decay on m and w is
+  itself an L1 bias on x, so its strength depends on the target as alpha's does; empty
+  until the first step has finished, and its runs at the pick's own weight decay are the
+  first step's); ``picked`` is None until every run of the second step is recorded."""
   setting = picked(recorded, model, protocol.AIMED)
   if setting is None:
-    return []
+    return AimTuning([], [], None)
   base, own = protocol.RECIPES[protocol.AIMED]
   shared = {k: setting[k] for k in ('learning_rate', 'weight_decay')}
-  return [_aim_rows(model, {**base, **shared, **extra}, sparsity) for extra in own]
-
-
-def aim_decay_groups(recorded: Dict[str, dict], model: str,
-                     sparsity: float) -> List[List[dict]]:
-  """The second step: the first step's choice at each of WEIGHT_DECAYS (on a product
-  x = m * w, weight decay on m and w is itself an L1 bias on x, so its strength depends
-  on the target as alpha's does); empty until the first step has finished. The runs at
-  the pick's own weight decay are the first step's."""
-  value = _aim_choice(recorded, aim_tuning_groups(recorded, model, sparsity))
-  if value is None:
-    return []
-  return [_aim_rows(model, {**value, 'weight_decay': wd}, sparsity)
-          for wd in protocol.WEIGHT_DECAYS]
-
-
-def aim_picked(recorded: Dict[str, dict], model: str, sparsity: float) -> Optional[dict]:
-  """The target-aware PILoT's setting at ``sparsity``: of :func:`aim_decay_groups`, the
-  best median over AIM_TUNING_SEEDS among the weight decays with no failed seed
-  (:func:`choose`); None until every run is recorded."""
-  return _aim_choice(recorded, aim_decay_groups(recorded, model, sparsity))
+  first = [_aim_rows(model, {**base, **shared, **extra}, sparsity) for extra in own]
+  value = _aim_choice(recorded, first)
+  second = [] if value is None else [_aim_rows(model, {**value, 'weight_decay': wd}, sparsity)
+                                     for wd in protocol.WEIGHT_DECAYS]
+  return AimTuning(first, second, _aim_choice(recorded, second))
 
 
 def long_tuning_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:

@@ -36,10 +36,9 @@ def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
 
 def aim_tuning_table(rows: List[dict], model: str) -> List[str]:
   """The target-aware PILoT's tuning at each of AIM_SPARSITIES, both steps
-  (:func:`picking.aim_tuning_groups`, then :func:`picking.aim_decay_groups`): per
-  setting, its validation accuracy (%) on AIM_TUNING_SEEDS (:func:`picking.confirmation`:
-  median, worst seed, failed runs) and what was picked (:func:`picking.aim_picked`);
-  empty before any of those runs."""
+  (:func:`picking.aim_tuning`): per setting, its validation accuracy (%) on
+  AIM_TUNING_SEEDS (:func:`picking.confirmation`: median, worst seed, failed runs) and
+  what was picked; empty before any of those runs."""
   by_id = {row['id']: row for row in rows}
   own = protocol.RECIPES[protocol.AIMED][1]
 
@@ -55,11 +54,9 @@ def aim_tuning_table(rows: List[dict], model: str) -> List[str]:
            + ' / '.join(f'{wd:g}' for wd in protocol.WEIGHT_DECAYS) + ' | picked |',
            '|---|' + '---|' * len(own) + '---|---|']
   for sparsity in protocol.AIM_SPARSITIES:
-    first = picking.aim_tuning_groups(by_id, model, sparsity)
-    second = picking.aim_decay_groups(by_id, model, sparsity)
+    first, second, pick = picking.aim_tuning(by_id, model, sparsity)
     if not any(r['id'] in by_id for runs in first for r in runs):
       continue
-    pick = picking.aim_picked(by_id, model, sparsity)
     chosen = 'pending' if pick is None else ', '.join(
         f'{k}={pick[k]}' for k in ('weight_decay', *own[0]) if k in pick)
     decays = ' ; '.join(cell(runs) for runs in second) if second else 'after the first step'
@@ -340,7 +337,7 @@ def clipping_markdown(rows: List[dict]) -> str:
   for model, recipe in sorted({(m, r) for m, r, _ in found},
                               key=lambda k: (k[0], protocol.DEFAULTS_RECIPES.index(k[1]))):
     arms = [summary(found.get((model, recipe, arm), {}))
-            for arm in (clipping.UNCLIPPED, clipping.CLIPPED, clipping.HALVED)]
+            for arm in clipping.ARMS]
     lines.append(f'| {model} | {recipe} | {" | ".join(arms)} | '
                  f'{clipping.verdict(found, model, recipe)} |')
   return '\n'.join(lines)

@@ -111,12 +111,11 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
 def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dict]:
   for model in models:
     for sparsity in protocol.AIM_SPARSITIES:  # the target-aware PILoT tuned at its target
-      for runs in (picking.aim_tuning_groups(recorded, model, sparsity)
-                   + picking.aim_decay_groups(recorded, model, sparsity)):
+      tuning = picking.aim_tuning(recorded, model, sparsity)
+      for runs in tuning.first + tuning.second:
         yield from runs
-      setting = picking.aim_picked(recorded, model, sparsity)
-      for run in (final_rows(model, protocol.AIMED, setting, (sparsity,),
-                             study=protocol.AIM_STUDY) if setting is not None else ()):
+      for run in (final_rows(model, protocol.AIMED, tuning.picked, (sparsity,),
+                             study=protocol.AIM_STUDY) if tuning.picked is not None else ()):
         # Its own runs, even where the target's pick is the 98% one (then the same config
         # as the recipe's finals): the id also names the study.
         yield {**run, 'id': protocol.run_id({**run['overrides'], 'study': protocol.AIM_STUDY})}

@@ -837,7 +837,7 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
   assert len(own) == len(by_value)
   recorded = {}
   for sparsity in protocol.AIM_SPARSITIES:
-    groups = picking.aim_tuning_groups(recorded, 'cnn1d', sparsity)
+    groups = picking.aim_tuning(recorded, 'cnn1d', sparsity).first
     assert len(groups) == len(own)
     for extra, runs, values in zip(own, groups, by_value):
       for run, value in zip(runs, values):
@@ -847,13 +847,13 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
         assert (o['learning_rate'], o['weight_decay']) == (0.2, 1e-3)  # the pick's
         assert all(o[k] == v for k, v in extra.items())
         recorded[run['id']] = {**run, 'results': {'validation_accuracy': value}}
-  assert picking.aim_decay_groups(dict(list(recorded.items())[:-1]), 'cnn1d', 0.95) == []
+  assert picking.aim_tuning(dict(list(recorded.items())[:-1]), 'cnn1d', 0.95).second == []
   # Then the weight decays at the third value: 1e-3 is the first step's runs (median
   # 0.93); at 1e-4 the median is 0.96 but seed 2 fails (0.60); 3e-4 reaches 0.95 on all
   # three seeds' median with none failed, so it is picked; 3e-3 trails (0.50).
   by_decay = {1e-4: (0.96, 0.97, 0.60), 3e-4: (0.95, 0.94, 0.96), 3e-3: (0.50, 0.51, 0.49)}
   for sparsity in protocol.AIM_SPARSITIES:
-    groups = picking.aim_decay_groups(recorded, 'cnn1d', sparsity)
+    groups = picking.aim_tuning(recorded, 'cnn1d', sparsity).second
     assert [g[0]['overrides']['weight_decay'] for g in groups] == list(protocol.WEIGHT_DECAYS)
     assert all(r['id'] in recorded for r in groups[2])  # the pick's own decay: step one's
     for runs in groups:
@@ -863,8 +863,8 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
         value = by_decay[o['weight_decay']][protocol.AIM_TUNING_SEEDS.index(
             run['overrides']['seed'])]
         recorded[run['id']] = {**run, 'results': {'validation_accuracy': value}}
-  assert picking.aim_picked(dict(list(recorded.items())[:-1]), 'cnn1d', 0.95) is None
-  chosen = picking.aim_picked(recorded, 'cnn1d', 0.9)
+  assert picking.aim_tuning(dict(list(recorded.items())[:-1]), 'cnn1d', 0.95).picked is None
+  chosen = picking.aim_tuning(recorded, 'cnn1d', 0.9).picked
   assert {k: chosen[k] for k in own[2]} == own[2] and chosen['weight_decay'] == 3e-4
   assert chosen['learning_rate'] == 0.2 and 'seed' not in chosen and 'sparsity' not in chosen
   finals = [r for r in stages.plan(recorded, ['cnn1d'], ['study'], '/tmp')
