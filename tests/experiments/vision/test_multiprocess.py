@@ -26,11 +26,11 @@ TIMEOUT_S = 300
 
 # Gloo's connection report, '[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of
 # connected peer ranks is : 1', which sometimes reaches stderr split over lines, or with
-# another rank's report written into the middle of it ('[Gloo] Rank 3[Gloo] Rank 2 is
-# connected ...'): its two halves are matched apart.
-GLOO_REPORT = re.compile(r'\[Gloo\]\s*Rank\s+\d+|(Rank\s+\d+\s+)?is\s+connected\s+to\s+\d+\s+peer'
-                         r'\s+ranks\.\s*Expected\s+number\s+of\s+connected\s+peer\s+ranks\s+is\s*:'
-                         r'\s*\d+')
+# another rank's report written into the middle of it, at any word ('[Gloo] Rank 3 is
+# connected to [Gloo] Rank 2 is connected to 3 peer ranks. ... : 3' then '3 peer ranks.
+# ...'): its phrases are matched apart, so only text outside them is left.
+GLOO_REPORT = re.compile(r'\[Gloo\]|Rank\s+\d+|is\s+connected\s+to|\d+\s+peer\s+ranks\.|'
+                         r'Expected\s+number\s+of\s+connected\s+peer\s+ranks\s+is\s*:\s*\d+')
 
 
 def _free_port() -> int:
