@@ -30,6 +30,6 @@ setup(
                                'common.h', 'parallel.h', 'rows.h', 'tiles.h', 'product.h',
                                'conv.h')],
                            language='c++', optional=True,
-                           extra_compile_args=['-O3', '-std=c++17', '-Wno-attributes'])],
+                           extra_compile_args=['-O3', '-std=c++17', '-Wno-attributes', '-Wno-psabi'])],
     cmdclass={'build_ext': BuildWithFFIHeaders},
 )

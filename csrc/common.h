@@ -1,5 +1,6 @@
-// What every part of the kernels shares: the activation and thread options, and the
-// attributes that inline the loops and compile them for the CPU at hand.
+// What every part of the kernels shares: the activation and thread options, the vectors
+// of eight floats, and the attributes that inline the loops and compile them for the CPU
+// at hand.
 
 #ifndef PCS_CSRC_COMMON_H_
 #define PCS_CSRC_COMMON_H_
@@ -40,6 +41,20 @@ PCS_INLINE float ToFloat(Bf16 v) {
   float f;
   std::memcpy(&f, &widened, sizeof(f));
   return f;
+}
+
+// Eight floats, and the unaligned views used to load them (GCC/Clang vector extensions:
+// AVX registers in the x86-64-v3 clone, pairs of SSE registers in the baseline one).
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec8Unaligned __attribute__((vector_size(32), aligned(4)));
+typedef uint16_t Half8Unaligned __attribute__((vector_size(16), aligned(2), may_alias));
+typedef uint32_t Bits8 __attribute__((vector_size(32)));
+
+PCS_INLINE Vec8 Load8(const float* p) { return *reinterpret_cast<const Vec8Unaligned*>(p); }
+// Eight bfloat16 values widened to float32: each one's bits moved to the top half.
+PCS_INLINE Vec8 Load8(const Bf16* p) {
+  const Half8Unaligned bits = *reinterpret_cast<const Half8Unaligned*>(p);
+  return reinterpret_cast<Vec8>(__builtin_convertvector(bits, Bits8) << 16);
 }
 
 }  // namespace pcs

@@ -12,13 +12,6 @@
 
 namespace pcs {
 
-// Eight floats, and the unaligned view used to load them (GCC/Clang vector extensions:
-// AVX registers in the x86-64-v3 clone, pairs of SSE registers in the baseline one).
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef float Vec8Unaligned __attribute__((vector_size(32), aligned(4)));
-
-PCS_INLINE Vec8 Load8(const float* p) { return *reinterpret_cast<const Vec8Unaligned*>(p); }
-
 // Multiply-adds w * x[0 .. 8V) into acc, V vectors.
 template <int V>
 PCS_INLINE void Axpy(Vec8* acc, float w, const float* x) {
