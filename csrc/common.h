@@ -26,6 +26,11 @@ enum Activation : int64_t { kIdentity = 0, kRelu = 1 };
 // Which threads a call may use: the pool's and the caller (kPool) or the caller alone.
 enum Threads : int64_t { kPool = 0, kCaller = 1 };
 
+// Where a product's inputs and outputs lie: kColumns, x^T (fan_in, columns) and y^T
+// (features, columns); kRows, x (columns, fan_in) and y (columns, features), a row per
+// input as a dense layer takes them, so that no transpose runs around the product.
+enum Layout : int64_t { kColumns = 0, kRows = 1 };
+
 inline float Activate(float v, int64_t activation) {
   return activation == kRelu ? std::max(v, 0.0f) : v;
 }

@@ -2,7 +2,9 @@
 //
 // Every product is y^T = act(W^T x^T + b): the weights are stored per output feature
 // (compressed rows of W^T), and x^T is (fan_in, columns) with the columns (batch, or
-// batch x spatial positions for a convolution) contiguous. For one nonzero w of row r at
+// batch x spatial positions for a convolution) contiguous; a Dense layer's x (columns,
+// fan_in) and y (columns, features) are taken as they are (`layout` = 1), x transposed into
+// the panels below as they are packed. For one nonzero w of row r at
 // input k, the inner loop broadcasts w and multiply-adds it into a tile of contiguous
 // columns of x^T's row k, so the vector width comes from the dense dimension (Elsen et
 // al., "Fast Sparse ConvNets", CVPR 2020). With one column (batch 1) that tile is one
@@ -113,19 +115,38 @@ ffi::Error IndexType(const ffi::AnyBuffer& indices, bool* narrow) {
     if (pcs_error.failure()) return pcs_error; \
   } while (0)
 
+// The (fan_in, columns, features) of a product's x and y in `layout`, checked.
+ffi::Error ProductShape(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions yd,
+                        int64_t layout, int64_t* fan_in, int64_t* cols, int64_t* features) {
+  if (layout != kColumns && layout != kRows) {
+    return Mismatch("layout must be 0 (x^T, y^T: a column per input) or 1 (x, y: a row per "
+                    "input)");
+  }
+  if (xd.size() < 2 || yd.size() != xd.size()) {
+    return Mismatch(layout == kRows ? "x must be (..., columns, fan_in)"
+                                    : "x^T must be (..., fan_in, columns)");
+  }
+  const int64_t r = xd.size(), first = layout == kRows ? r - 1 : r - 2;
+  const int64_t across = layout == kRows ? r - 2 : r - 1;
+  *fan_in = xd[first];
+  *cols = xd[across];
+  *features = yd[first];
+  if (yd[across] != *cols) return Mismatch("x and y must hold the same columns");
+  return ffi::Error::Success();
+}
+
 ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                          ffi::AnyBuffer values, ffi::AnyBuffer indices,
                          ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::F32> bias,
                          ffi::ResultBuffer<ffi::F32> y, int64_t activation,
-                         int64_t threads) {
+                         int64_t threads, int64_t layout) {
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
-  if (xd.size() < 2 || yd.size() != xd.size()) return Mismatch("x^T must be (..., fan_in, columns)");
-  const int64_t fan_in = xd[xd.size() - 2], cols = xd[xd.size() - 1];
-  const int64_t features = yd[yd.size() - 2];
+  int64_t fan_in, cols, features;
+  PCS_RETURN_IF_ERROR(ProductShape(xd, yd, layout, &fan_in, &cols, &features));
   const int64_t nnz = values.dimensions().back();
   if (indptr.dimensions().back() != features + 1 || bias.dimensions().back() != features ||
-      indices.dimensions().back() != nnz || yd[yd.size() - 1] != cols) {
+      indices.dimensions().back() != nnz) {
     return Mismatch("indptr must hold features + 1 entries, bias features, indices nnz");
   }
   const Mapped out(yd, 2), xm(xd, 2), vm(values.dimensions(), 1), im(indices.dimensions(), 1);
@@ -145,7 +166,7 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       CsrRows<std::remove_cv_t<std::remove_pointer_t<decltype(index)>>,
               std::remove_cv_t<std::remove_pointer_t<decltype(value)>>>
           rows{value + vm.Offset(i), index + im.Offset(i), pi};
-      Product(pool, threads, rows, xi, bi, features, fan_in, cols, nnz, activation, yi);
+      Product(pool, threads, rows, xi, bi, features, fan_in, cols, nnz, activation, layout, yi);
     };
     const void* v = values.untyped_data();
     const void* k = indices.untyped_data();
@@ -262,22 +283,20 @@ ffi::Error NmConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 ffi::Error NmMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                         ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::U8> positions,
                         ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t n,
-                        int64_t m, int64_t activation, int64_t threads) {
+                        int64_t m, int64_t activation, int64_t threads, int64_t layout) {
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
   const auto vd = values.dimensions();
-  if (xd.size() < 2 || yd.size() != xd.size() || vd.size() < 2) {
-    return Mismatch("x^T must be (..., fan_in, columns), values (..., features, kept)");
-  }
-  const int64_t fan_in = xd[xd.size() - 2], cols = xd[xd.size() - 1];
-  const int64_t features = vd[vd.size() - 2], kept = vd[vd.size() - 1];
+  int64_t fan_in, cols, features;
+  PCS_RETURN_IF_ERROR(ProductShape(xd, yd, layout, &fan_in, &cols, &features));
+  if (vd.size() < 2) return Mismatch("values must be (..., features, kept)");
+  const int64_t kept = vd[vd.size() - 1];
   if (n <= 0 || m <= n || m > 256 || fan_in % m != 0) {
     return Mismatch("N:M needs 0 < N < M <= 256 and fan_in a multiple of M");
   }
   const int64_t groups = fan_in / m;
   if (kept != groups * n || positions.dimensions().back() != kept ||
-      bias.dimensions().back() != features || yd[yd.size() - 2] != features ||
-      yd[yd.size() - 1] != cols) {
+      bias.dimensions().back() != features || vd[vd.size() - 2] != features) {
     return Mismatch("values and positions must be (features, fan_in / M x N)");
   }
   PCS_RETURN_IF_ERROR(CheckOptions(activation, threads));
@@ -288,7 +307,8 @@ ffi::Error NmMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     NmRows rows{values.typed_data() + vm.Offset(i), positions.typed_data() + pm.Offset(i),
                 groups, n, m};
     Product(pool, threads, rows, x.typed_data() + xm.Offset(i), bias.typed_data() + bm.Offset(i),
-            features, fan_in, cols, features * kept, activation, y->typed_data() + out.Offset(i));
+            features, fan_in, cols, features * kept, activation, layout,
+            y->typed_data() + out.Offset(i));
   }
   return ffi::Error::Success();
 }
@@ -302,27 +322,29 @@ ffi::Error NmMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrMatmul, pcs::CsrMatmulImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x^T (..., fan_in, columns)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x^T or x, as `layout` says
                                   .Arg<ffi::AnyBuffer>()         // values (..., nnz), f32 or bf16
                                   .Arg<ffi::AnyBuffer>()         // column indices, u16 or s32
                                   .Arg<ffi::Buffer<ffi::S32>>()  // row pointers (..., features+1)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias (..., features)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y^T (..., features, columns)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y^T or y, as `layout` says
                                   .Attr<int64_t>("activation")
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("layout"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsNmMatmul, pcs::NmMatmulImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x^T (..., fan_in, columns)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x^T or x, as `layout` says
                                   .Arg<ffi::Buffer<ffi::F32>>()  // values (..., features, kept)
                                   .Arg<ffi::Buffer<ffi::U8>>()   // positions in each group
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias (..., features)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y^T (..., features, columns)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y^T or y, as `layout` says
                                   .Attr<int64_t>("n")
                                   .Attr<int64_t>("m")
                                   .Attr<int64_t>("activation")
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("layout"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PcsCsrConv, pcs::CsrConvImpl,
                               ffi::Ffi::Bind()

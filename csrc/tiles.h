@@ -19,22 +19,26 @@ PCS_INLINE void Axpy(Vec8* acc, float w, const float* x) {
   for (int v = 0; v < V; ++v) acc[v] += broadcast * Load8(x + 8 * v);
 }
 
+// Stores the first `valid` columns of a tile, `y_col` floats apart in y.
 template <int V>
 PCS_INLINE void Store(const Vec8* even, const Vec8* odd, int64_t activation, float* y,
-                      int64_t valid) {
+                      int64_t y_col, int64_t valid) {
   for (int v = 0; v < V; ++v) {
     const Vec8 sum = even[v] + odd[v];
-    for (int j = 0; j < 8 && 8 * v + j < valid; ++j) y[8 * v + j] = Activate(sum[j], activation);
+    for (int j = 0; j < 8 && 8 * v + j < valid; ++j) {
+      y[(8 * v + j) * y_col] = Activate(sum[j], activation);
+    }
   }
 }
 
 // One output row over `Width` contiguous columns (`stride` floats from one input's
-// columns to the next's), into y (the first `valid` columns are stored; the columns up
-// to `Width` must be readable). Two accumulator sets take alternate nonzeros, so
+// columns to the next's), into y (the first `valid` columns are stored, `y_col` floats
+// apart; the columns up to `Width` must be readable). Two accumulator sets take alternate nonzeros, so
 // consecutive multiply-adds do not wait on each other.
 template <int Width, typename Rows>
 PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t stride,
-                        float bias, int64_t activation, float* y, int64_t valid) {
+                        float bias, int64_t activation, float* y, int64_t y_col,
+                        int64_t valid) {
   if constexpr (Width >= 8) {
     constexpr int V = Width / 8;
     Vec8 even[V], odd[V];
@@ -49,7 +53,7 @@ PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t str
           Axpy<V>(odd, w1, x + i1 * stride);
         },
         [&](float w, int64_t i) { Axpy<V>(even, w, x + i * stride); });
-    Store<V>(even, odd, activation, y, valid);
+    Store<V>(even, odd, activation, y, y_col, valid);
   } else {
     float acc[Width];
     for (int j = 0; j < Width; ++j) acc[j] = bias;
@@ -64,7 +68,7 @@ PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t str
           add(w1, i1);
         },
         add);
-    for (int64_t j = 0; j < valid; ++j) y[j] = Activate(acc[j], activation);
+    for (int64_t j = 0; j < valid; ++j) y[j * y_col] = Activate(acc[j], activation);
   }
 }
 
@@ -96,14 +100,36 @@ inline void Pack(const float* x, int64_t fan_in, int64_t cols, int64_t width, in
   }
 }
 
-// Rows [r0, r1) of one panel of y^T = act(W^T x^T + b): x and y point at the panel's
-// first column, `x_stride` and `cols` floats per row.
+// Copies inputs [k0, k1) of x (cols, fan_in), one row per column, into the same panels
+// (the transpose of Pack's source), column by column: each column's inputs are one
+// sequential read, and the panel rows [k0, k1) they fill (64 bytes apart) stay in cache
+// while the panel's columns are filled (at most kPackRowsInputs of them at a time).
+constexpr int64_t kPackRowsInputs = 256;
+inline void PackRows(const float* x, int64_t fan_in, int64_t cols, int64_t width, int64_t k0,
+                     int64_t k1, float* panels) {
+  for (int64_t c0 = 0; c0 < cols; c0 += width) {
+    const int64_t valid = std::min(width, cols - c0);
+    float* panel = panels + (c0 / width) * fan_in * width;
+    for (int64_t j = 0; j < valid; ++j) {
+      const float* from = x + (c0 + j) * fan_in;
+      for (int64_t k = k0; k < k1; ++k) panel[k * width + j] = from[k];
+    }
+    for (int64_t j = valid; j < width; ++j) {
+      for (int64_t k = k0; k < k1; ++k) panel[k * width + j] = 0.0f;
+    }
+  }
+}
+
+// Rows [r0, r1) of one panel of y^T = act(W^T x^T + b): x points at the panel's first
+// column, y at row r0's; x has `x_stride` floats per row, y `y_row` floats from one output
+// row to the next and `y_col` from one column to the next.
 template <int Width, typename Rows>
 PCS_INLINE void PanelRows(const Rows& rows, const float* x, int64_t x_stride,
-                          const float* bias, int64_t cols, int64_t activation, int64_t r0,
-                          int64_t r1, float* y, int64_t valid) {
+                          const float* bias, int64_t y_row, int64_t y_col, int64_t activation,
+                          int64_t r0, int64_t r1, float* y, int64_t valid) {
   for (int64_t r = r0; r < r1; ++r) {
-    RowTile<Width>(rows, r, x, x_stride, bias[r], activation, y + r * cols, valid);
+    RowTile<Width>(rows, r, x, x_stride, bias[r], activation, y + (r - r0) * y_row, y_col,
+                   valid);
   }
 }
 
@@ -116,13 +142,14 @@ PCS_CLONES void DotRows(const Rows& rows, const float* x, const float* bias,
 
 template <typename Rows>
 PCS_CLONES void PanelUnit(const Rows& rows, const float* x, int64_t x_stride,
-                          const float* bias, int64_t cols, int64_t width, int64_t activation,
-                          int64_t r0, int64_t r1, float* y, int64_t valid) {
+                          const float* bias, int64_t y_row, int64_t y_col, int64_t width,
+                          int64_t activation, int64_t r0, int64_t r1, float* y,
+                          int64_t valid) {
   switch (width) {
-    case 2: PanelRows<2>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
-    case 4: PanelRows<4>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
-    case 8: PanelRows<8>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
-    default: PanelRows<16>(rows, x, x_stride, bias, cols, activation, r0, r1, y, valid); break;
+    case 2: PanelRows<2>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
+    case 4: PanelRows<4>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
+    case 8: PanelRows<8>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
+    default: PanelRows<16>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
   }
 }
 

@@ -141,8 +141,8 @@ class RowTileTester {
     const std::vector<float> x = Random(w.fan_in * stride_, &rng);
     const std::vector<float> bias = Random(w.features, &rng);
     std::vector<float> y(w.features * stride_, 123.0f);
-    PanelUnit(rows, x.data(), stride_, bias.data(), stride_, width_, activation_, 0, w.features,
-              y.data(), valid_);
+    PanelUnit(rows, x.data(), stride_, bias.data(), stride_, 1, width_, activation_, 0,
+              w.features, y.data(), valid_);
     for (int64_t r = 0; r < w.features; ++r) {
       for (int64_t c = 0; c < stride_; ++c) {
         const double want = c < valid_ ? w.Reference(r, x, stride_, c, bias, activation_) : 123.0;
@@ -176,34 +176,43 @@ class RowTileTester {
 };
 
 // The one-column rows (DotRows) and the whole product (Product, with packing and the
-// parallel loop on a real pool), at `cols` columns.
+// parallel loop on a real pool), at `cols` columns, x and y in `layout`.
 void TestProduct(int64_t features, int64_t fan_in, int64_t cols, int64_t n, int64_t m,
-                 int64_t threads, int64_t activation, bool bfloat16 = false) {
+                 int64_t threads, int64_t activation, bool bfloat16 = false,
+                 int64_t layout = kColumns) {
   std::mt19937 rng(features + fan_in + cols);
   const Weights w(features, fan_in, 0.5, n, m, &rng, bfloat16);
-  const std::vector<float> x = Random(fan_in * cols, &rng), bias = Random(features, &rng);
+  const std::vector<float> x_t = Random(fan_in * cols, &rng), bias = Random(features, &rng);
+  std::vector<float> x = x_t;  // x (cols, fan_in) for kRows: the transpose of x^T
+  if (layout == kRows) {
+    for (int64_t k = 0; k < fan_in; ++k) {
+      for (int64_t c = 0; c < cols; ++c) x[c * fan_in + k] = x_t[k * cols + c];
+    }
+  }
   std::vector<float> y(features * cols, 0.0f);
   ThreadsPool pool(3);
   const std::string name = "product " + std::to_string(features) + "x" +
                            std::to_string(fan_in) + " cols " + std::to_string(cols) +
                            (m > 0 ? " n_m" : bfloat16 ? " csr bf16" : " csr") + " threads " +
-                           std::to_string(threads);
+                           std::to_string(threads) + (layout == kRows ? " rows" : " columns");
+  const int64_t nnz = static_cast<int64_t>(w.values.size());
   if (bfloat16) {
     CsrRows<uint16_t, Bf16> rows{w.half.data(), w.indices16.data(), w.indptr.data()};
-    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols,
-            static_cast<int64_t>(w.values.size()), activation, y.data());
+    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols, nnz,
+            activation, layout, y.data());
   } else if (m > 0) {
     NmRows rows{w.values.data(), w.positions.data(), fan_in / m, n, m};
-    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols,
-            static_cast<int64_t>(w.values.size()), activation, y.data());
+    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols, nnz,
+            activation, layout, y.data());
   } else {
     CsrRows<uint16_t> rows{w.values.data(), w.indices16.data(), w.indptr.data()};
-    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols,
-            static_cast<int64_t>(w.values.size()), activation, y.data());
+    Product(pool, threads, rows, x.data(), bias.data(), features, fan_in, cols, nnz,
+            activation, layout, y.data());
   }
   for (int64_t r = 0; r < features; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
-      Expect(Close(y[r * cols + c], w.Reference(r, x, cols, c, bias, activation)),
+      const float got = layout == kRows ? y[c * features + r] : y[r * cols + c];
+      Expect(Close(got, w.Reference(r, x_t, cols, c, bias, activation)),
              name + " row " + std::to_string(r) + " column " + std::to_string(c));
     }
   }
@@ -275,13 +284,15 @@ int main() {
     }
   }
   for (int64_t threads : {pcs::kPool, pcs::kCaller}) {
-    for (int64_t cols : {1, 2, 3, 8, 17, 40}) {
-      pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu);
-      pcs::TestProduct(70, 96, cols, 2, 4, threads, pcs::kIdentity);
-      pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu, true);
+    for (int64_t layout : {pcs::kColumns, pcs::kRows}) {
+      for (int64_t cols : {1, 2, 3, 8, 16, 17, 40}) {
+        pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu, false, layout);
+        pcs::TestProduct(70, 96, cols, 2, 4, threads, pcs::kIdentity, false, layout);
+        pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu, true, layout);
+      }
+      pcs::TestProduct(4000, 300, 1, 0, 0, threads, pcs::kIdentity, false, layout);  // parallel
+      pcs::TestProduct(300, 400, 64, 0, 0, threads, pcs::kIdentity, false, layout);  // panels
     }
-    pcs::TestProduct(4000, 300, 1, 0, 0, threads, pcs::kIdentity);  // past kMinParallelWork
-    pcs::TestProduct(300, 400, 64, 0, 0, threads, pcs::kIdentity);  // packed panels, parallel
     pcs::TestConvolution(3, 3, 4, 5, 1, 1, 12, 45, threads);  // tiles of 32, 8 and the rest
     pcs::TestConvolution(3, 3, 4, 5, 2, 2, 11, 20, threads);
     pcs::TestConvolution(1, 3, 2, 3, 1, 2, 1, 40, threads);   // a 1-D convolution

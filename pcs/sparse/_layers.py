@@ -62,8 +62,8 @@ def dense(x: jax.Array, weight, bias: Optional[jax.Array] = None,
                      f'{weight.kernel_shape}.')
   _check_input(x, weight.fan_in, 'dense')
   x2 = x.reshape(-1, weight.fan_in).astype(jnp.float32)
-  y_t = compiled.matmul_t(x2.T, weight, _float32(bias), activation)
-  return y_t.T.reshape(x.shape[:-1] + (weight.features,)).astype(x.dtype)
+  y = compiled.matmul(x2, weight, _float32(bias), activation)
+  return y.reshape(x.shape[:-1] + (weight.features,)).astype(x.dtype)
 
 
 def conv_pads(padding: Padding, spatial_in, window, strides):

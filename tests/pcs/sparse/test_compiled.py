@@ -104,6 +104,10 @@ def test_n_m_product_equals_dense(n, m, batch):
                              atol=1e-4)
   np.testing.assert_allclose(sparse.reference_matmul_t(x_t, layer, bias), expected, rtol=1e-5,
                              atol=1e-4)
+  # The same kernel as a Dense layer's, through the product that takes x a row per input.
+  flat = kernel.reshape(9 * 2 * m, 6)
+  np.testing.assert_allclose(jax.jit(sparse.dense)(x_t.T, sparse.nm(flat, n, m), bias),
+                             expected.T, rtol=1e-5, atol=1e-4)
 
 
 def test_an_unstructured_kernel_is_refused_as_n_m_naming_the_pattern_found():
