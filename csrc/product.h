@@ -74,17 +74,14 @@ void Product(Pool& pool, int64_t threads, const Rows& rows, const float* x,
                   y + r0 * cols + p * width, valid);
         continue;
       }
-      // A row per input: the unit's tile is made in a compact block, then each of its
-      // columns copied out as one run of y's row (stored in place, a column's values would
-      // lie `features` floats apart, the same cache sets for every column).
+      // A row per input: the unit's tile is made in a compact block, as for x^T, then
+      // written out transposed (stored in place, a column's values would lie `features`
+      // floats apart, the same cache sets for every column).
       thread_local std::vector<float> tile;
       tile.resize(block * width);
       PanelUnit(rows, panel, width, bias, width, 1, width, activation, r0, r1, tile.data(),
                 valid);
-      for (int64_t j = 0; j < valid; ++j) {
-        float* out = y + (p * width + j) * features;
-        for (int64_t r = r0; r < r1; ++r) out[r] = tile[(r - r0) * width + j];
-      }
+      TileToRows(tile.data(), width, r1 - r0, valid, y + p * width * features + r0, features);
     }
   });
 }

@@ -101,22 +101,82 @@ inline void Pack(const float* x, int64_t fan_in, int64_t cols, int64_t width, in
 }
 
 // Copies inputs [k0, k1) of x (cols, fan_in), one row per column, into the same panels
-// (the transpose of Pack's source), column by column: each column's inputs are one
-// sequential read, and the panel rows [k0, k1) they fill (64 bytes apart) stay in cache
-// while the panel's columns are filled (at most kPackRowsInputs of them at a time).
+// (the transpose of Pack's source), kPackRowsInputs inputs at a time, column by column:
+// each column's inputs are one sequential read, and the panel rows they fill (64 bytes
+// apart) stay in cache while the panel's columns are filled.
 constexpr int64_t kPackRowsInputs = 256;
 inline void PackRows(const float* x, int64_t fan_in, int64_t cols, int64_t width, int64_t k0,
                      int64_t k1, float* panels) {
-  for (int64_t c0 = 0; c0 < cols; c0 += width) {
-    const int64_t valid = std::min(width, cols - c0);
-    float* panel = panels + (c0 / width) * fan_in * width;
-    for (int64_t j = 0; j < valid; ++j) {
-      const float* from = x + (c0 + j) * fan_in;
-      for (int64_t k = k0; k < k1; ++k) panel[k * width + j] = from[k];
+  for (int64_t kb = k0; kb < k1; kb += kPackRowsInputs) {
+    const int64_t kend = std::min(k1, kb + kPackRowsInputs);
+    for (int64_t c0 = 0; c0 < cols; c0 += width) {
+      const int64_t valid = std::min(width, cols - c0);
+      float* panel = panels + (c0 / width) * fan_in * width;
+      for (int64_t j = 0; j < valid; ++j) {
+        const float* from = x + (c0 + j) * fan_in;
+        for (int64_t k = kb; k < kend; ++k) panel[k * width + j] = from[k];
+      }
+      for (int64_t j = valid; j < width; ++j) {
+        for (int64_t k = kb; k < kend; ++k) panel[k * width + j] = 0.0f;
+      }
     }
-    for (int64_t j = valid; j < width; ++j) {
-      for (int64_t k = k0; k < k1; ++k) panel[k * width + j] = 0.0f;
+  }
+}
+
+// Vector shuffles (GCC 12+, Clang); PCS_NO_SHUFFLE builds the scalar path instead (the
+// tile test builds both).
+#if defined(__has_builtin) && !defined(PCS_NO_SHUFFLE)
+#if __has_builtin(__builtin_shufflevector)
+#define PCS_HAS_SHUFFLE 1
+#endif
+#endif
+
+#ifdef PCS_HAS_SHUFFLE
+// Columns 0..7 of the 8 x 8 block m[0..7] (rows): unpack pairs of rows, then pairs of
+// pairs, then the two 128-bit halves.
+PCS_INLINE void Transpose8(Vec8* m) {
+  Vec8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(m[i], m[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(m[i], m[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int j = 0; j < 4; ++j) {
+    m[j] = __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    m[j + 4] = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+#endif
+
+// Writes a tile of `rows` output rows by `valid` columns (row-major, `width` floats per
+// row) into y (columns, features) at column 0, row 0: each column's values become one run
+// of its row of y. 8 x 8 blocks are transposed in registers where the compiler has vector
+// shuffles; the rest is copied one value at a time.
+PCS_CLONES inline void TileToRows(const float* tile, int64_t width, int64_t rows, int64_t valid,
+                                  float* y, int64_t features) {
+  int64_t r = 0;
+#ifdef PCS_HAS_SHUFFLE
+  for (; r + 8 <= rows; r += 8) {
+    for (int64_t c = 0; c + 8 <= valid; c += 8) {
+      Vec8 m[8];
+      for (int i = 0; i < 8; ++i) m[i] = Load8(tile + (r + i) * width + c);
+      Transpose8(m);
+      for (int j = 0; j < 8; ++j) {
+        *reinterpret_cast<Vec8Unaligned*>(y + (c + j) * features + r) = m[j];
+      }
     }
+    for (int64_t c = valid - valid % 8; c < valid; ++c) {
+      for (int i = 0; i < 8; ++i) y[c * features + r + i] = tile[(r + i) * width + c];
+    }
+  }
+#endif
+  for (; r < rows; ++r) {
+    for (int64_t c = 0; c < valid; ++c) y[c * features + r] = tile[r * width + c];
   }
 }
 
