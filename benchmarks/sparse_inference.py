@@ -5,8 +5,9 @@ each timed call after an untimed call of itself (a call runs slower right after 
 so a fixed order would always charge that to the same variant), for at least 0.3 s, with
 medians and the spread (± half the interquartile range, as a share of the median) reported.
 Each run is appended with its machine to ``benchmarks/sparse_runs.jsonl``, and BENCHMARKS.md
-shows every recorded run and the targets over the runs of the current timing protocol: a
-figure that holds on one CPU only is not met. A target against a peer compares the two times
+shows every recorded run and the targets over the runs of the sparse products as they are
+now (a digest of ``csrc/`` and ``pcs/sparse/``, recorded with each run) timed with the current
+protocol: a figure that holds on one CPU only is not met. A target against a peer compares the two times
 in the same run (not each library's speed-up over its own dense product).
 
 * **One layer** (4096 x 4096 magnitude-pruned to each sparsity or 2:4, and the transformer MLP's
@@ -30,8 +31,10 @@ in the same run (not each library's speed-up over its own dense product).
 
 import dataclasses
 import functools
+import hashlib
 import json
 import operator
+import os
 
 import jax
 import jax.numpy as jnp
@@ -428,10 +431,30 @@ def run(repeats: int, quick: bool = False):
           *nnx_rows)
 
 
+# What a run measures of pcs: the kernels' source and pcs.sparse, which calls them.
+_CODE = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'csrc'),
+         os.path.dirname(os.path.abspath(pcs.sparse.__file__)))
+
+
+def code_version() -> str:
+  """A digest of the sparse products as they are in this checkout: the SHA-1 of every
+  ``.cc``, ``.h`` and ``.py`` file under ``csrc/`` and ``pcs/sparse/`` (paths and contents,
+  in sorted order), first 12 hex digits."""
+  digest = hashlib.sha1()
+  for root in _CODE:
+    for name in sorted(os.listdir(root)):
+      if name.endswith(('.cc', '.h', '.py')):
+        digest.update(f'{os.path.basename(root)}/{name}\n'.encode())
+        with open(os.path.join(root, name), 'rb') as f:
+          digest.update(f.read())
+  return digest.hexdigest()[:12]
+
+
 def record(rows, path: str) -> dict:
-  """Appends this run (its machine and rows) to the JSON-lines file ``path``."""
+  """Appends this run (its machine, timing protocol, :func:`code_version` and rows) to the
+  JSON-lines file ``path``."""
   entry = {'machine': machine.describe(), 'cpu': machine.cpu_model(),
-           'timing': interleaved.PROTOCOL,
+           'timing': interleaved.PROTOCOL, 'code': code_version(),
            'rows': dict(zip(('layer', 'whole', 'conv', 'relu', 'nnx', 'decode'), rows))}
   with open(path, 'a') as f:
     f.write(json.dumps(entry) + '\n')
@@ -453,27 +476,36 @@ def _timing(entry) -> int:
 
 def runs_markdown(path: str) -> str:
   """Every recorded run (newest first, each with its machine, tables and targets), and a
-  table of the targets over the runs timed with the current protocol
-  (:data:`interleaved.PROTOCOL`): a target is met only where it holds on each of them.
-  Runs of an earlier protocol are shown, and their count kept beside, but not judged."""
+  table of the targets over the runs of the sparse products as they are now
+  (:func:`code_version`) timed with the current protocol (:data:`interleaved.PROTOCOL`):
+  a target is met only where it holds on each of them. Runs of earlier code or of an
+  earlier protocol are shown, and their count kept beside, but not judged."""
   with open(path) as f:
     entries = [json.loads(line) for line in f if line.strip()]
   verdict_rows = [verdicts(*_rows(e)) for e in entries]
-  current = [_timing(e) == interleaved.PROTOCOL for e in entries]
-  earlier = len(entries) - sum(current)
+  code = code_version()
+  timed_now = [_timing(e) == interleaved.PROTOCOL for e in entries]
+  current = [now and e.get('code') == code for e, now in zip(entries, timed_now)]
+  earlier_code = sum(timed_now) - sum(current)
+  earlier_timing = len(entries) - sum(timed_now)
+  said = []
+  if earlier_code:
+    said.append(f'{earlier_code} measured earlier code')
+  if earlier_timing:
+    said.append('; '.join(
+        f'{sum(_timing(e) == p for e in entries)} timed with protocol {p}, '
+        + interleaved.PROTOCOLS[p]
+        for p in sorted({_timing(e) for e in entries} - {interleaved.PROTOCOL})))
   lines = [f'{len(entries)} recorded run(s) of `benchmarks/sparse_inference.py` '
            f'(`{path}`), on: {", ".join(sorted({e["cpu"] for e in entries}))}.', '',
            '### Targets on every machine', '',
-           f'Judged on the {sum(current)} run(s) timed as `benchmarks/interleaved.py` times '
-           f'now (protocol {interleaved.PROTOCOL}: '
+           f'Judged on the {sum(current)} run(s) of the sparse products as they are now '
+           f'(code {code}: `csrc/` and `pcs/sparse/`, `code_version()`) timed as '
+           f'`benchmarks/interleaved.py` times now (protocol {interleaved.PROTOCOL}: '
            f'{interleaved.PROTOCOLS[interleaved.PROTOCOL]}). '
-           + (f'The {earlier} earlier run(s) are not judged; their outcomes are in the last '
-              'column. They timed ' + '; '.join(
-                  f'{sum(_timing(e) == p for e in entries)} with protocol {p}, '
-                  + interleaved.PROTOCOLS[p]
-                  for p in sorted({_timing(e) for e in entries} - {interleaved.PROTOCOL}))
-              + '.' if earlier else ''), '',
-           '| target | runs met / measured | verdict | earlier timing: met / measured |',
+           + (f'The {len(entries) - sum(current)} other run(s) are not judged; their outcomes '
+              'are in the last column: ' + '; '.join(said) + '.' if said else ''), '',
+           '| target | runs met / measured | verdict | earlier code or timing: met / measured |',
            '|---|---:|---|---:|']
   outcome: dict = {}
   for rows, now in zip(verdict_rows, current):
@@ -488,7 +520,8 @@ def runs_markdown(path: str) -> str:
                  f'{sum(old)} / {len(old)} |')
   for entry, rows in reversed(list(zip(entries, verdict_rows))):
     lines += ['', f'### {entry["machine"]}', '',
-              f'Timing protocol {_timing(entry)}.', '', markdown(*_rows(entry)), '',
+              f'Timing protocol {_timing(entry)}; code {entry.get("code", "not recorded")}.',
+              '', markdown(*_rows(entry)), '',
               '| target | this run | verdict |', '|---|---|---|', *rows]
   return '\n'.join(lines)
 

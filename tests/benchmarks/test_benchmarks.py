@@ -185,12 +185,43 @@ def test_runs_of_an_earlier_timing_protocol_are_shown_but_not_judged(tmp_path, m
   text = sparse_inference.runs_markdown(path)
   assert ('| one layer 4096 -> 4096, 90%, batch 1: >= the best of scipy and torch CSR (goal '
           '1.5x it) | 1 / 1 | met on each | 0 / 1 |') in text
-  assert ('The 1 earlier run(s) are not judged; their outcomes are in the last column. They '
-          'timed 1 with protocol 1, the variants in a fixed order') in text
-  assert f'Timing protocol {interleaved.PROTOCOL}.' in text and 'Timing protocol 1.' in text
+  assert ('The 1 other run(s) are not judged; their outcomes are in the last column: 1 timed '
+          'with protocol 1, the variants in a fixed order') in text
+  assert f'Timing protocol {interleaved.PROTOCOL}; code ' in text
+  assert 'Timing protocol 1; code ' in text
   monkeypatch.setitem(interleaved.PROTOCOLS, interleaved.PROTOCOL + 1, 'a later one')
   monkeypatch.setattr(interleaved, 'PROTOCOL', interleaved.PROTOCOL + 1)
   assert '| 0 / 0 | not measured | 1 / 2 |' in sparse_inference.runs_markdown(path)
+
+
+def test_runs_of_earlier_code_are_shown_but_not_judged(tmp_path, monkeypatch):
+  from benchmarks import machine, sparse_inference
+  path = str(tmp_path / 'runs.jsonl')
+  monkeypatch.setattr(machine, 'cpu_model', lambda: 'CPU A')
+  monkeypatch.setattr(sparse_inference, 'code_version', lambda: 'old')
+  sparse_inference.record(_sparse_rows(1.0), path)  # 1 ms at 90%: slower than torch
+  monkeypatch.setattr(sparse_inference, 'code_version', lambda: 'new')
+  sparse_inference.record(_sparse_rows(0.5), path)  # 0.5 ms: faster than torch
+  text = sparse_inference.runs_markdown(path)
+  assert ('| one layer 4096 -> 4096, 90%, batch 1: >= the best of scipy and torch CSR (goal '
+          '1.5x it) | 1 / 1 | met on each | 0 / 1 |') in text
+  assert 'The 1 other run(s) are not judged' in text and '1 measured earlier code' in text
+  assert 'Timing protocol 3; code old.' in text and '(code new:' in text
+
+
+def test_the_code_version_follows_the_kernel_source(tmp_path, monkeypatch):
+  from benchmarks import sparse_inference
+  for root in ('csrc', 'sparse'):
+    (tmp_path / root).mkdir()
+    (tmp_path / root / 'a.h').write_text('int a;')
+    (tmp_path / root / 'notes.txt').write_text('not code')
+  monkeypatch.setattr(sparse_inference, '_CODE', (str(tmp_path / 'csrc'),
+                                                  str(tmp_path / 'sparse')))
+  first = sparse_inference.code_version()
+  (tmp_path / 'sparse' / 'notes.txt').write_text('still not code')
+  assert sparse_inference.code_version() == first
+  (tmp_path / 'csrc' / 'a.h').write_text('int b;')
+  assert sparse_inference.code_version() != first
 
 
 def test_each_timed_call_follows_an_untimed_call_of_itself_in_shuffled_rounds(monkeypatch):
