@@ -6,9 +6,10 @@ so a fixed order would always charge that to the same variant), for at least 0.3
 medians and the spread (± half the interquartile range, as a share of the median) reported.
 Each run is appended with its machine to ``benchmarks/sparse_runs.jsonl``, and BENCHMARKS.md
 shows every recorded run and the targets over the runs of the sparse products as they are
-now (a digest of ``csrc/`` and ``pcs/sparse/``, recorded with each run) timed with the current
-protocol: a figure that holds on one CPU only is not met. A target against a peer compares the two times
-in the same run (not each library's speed-up over its own dense product).
+now (a digest of ``csrc/`` and ``pcs/sparse/``, recorded with each run) timed with the
+current protocol: a figure that holds on one CPU only is not met. A target against a peer
+compares the two times in the same run (not each library's speed-up over its own dense
+product).
 
 * **One layer** (4096 x 4096 magnitude-pruned to each sparsity or 2:4, and the transformer MLP's
   768 -> 3072 and 3072 -> 768 at 90%; batches 1, 16, 64, 256): XLA's dense dot, the pcs kernel

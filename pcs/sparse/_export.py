@@ -203,13 +203,17 @@ def as_matrix(kernel: np.ndarray, path: Path,
   of shape (prod(in), prod(out)) of its in axes then its out axes: its layer is that
   product on the input with its contracted axes flattened. The layout comes from
   ``layouts`` (``pcs.kernel_layouts``), else from the kernel's rank and name
-  (:func:`pcs.core._layout.named_layout`); a kernel of ndim >= 3 with neither is taken
-  for a convolution, as before layouts were known.
+  (:func:`pcs.core._layout.named_layout`); a kernel of ndim >= 3 with neither stays dense
+  and says why: it could be a convolution's or a ``DenseGeneral``'s, whose products differ.
   """
   layout = (layouts or {}).get(path + ('kernel',))
   if layout is None:
     layout = layout_lib.named_layout(path + ('kernel',), kernel.ndim)
-  if layout is None or layout.window_axes or kernel.ndim == 2:
+  if layout is None:
+    return None, (f'the layout of this {kernel.ndim}-D kernel is unknown (not named as a '
+                  'Conv or an attention projection): pass `model=` and `inputs=` so that '
+                  'the export reads it from the model')
+  if layout.window_axes or kernel.ndim == 2:
     return kernel, None
   if layout.batch_axes:
     return None, 'a kernel with batch axes (one product per index) is not exported'

@@ -280,8 +280,8 @@ def _swapped(model, exported: _export.Exported):
   for path, layer in exported.items():
     if path not in targets:
       raise ValueError(f'pcs.sparse.nnx: the exported layer {"/".join(map(str, path))} is '
-                       'not an nnx.Linear, nnx.LinearGeneral or nnx.Conv of this model; the '
-                       'export belongs to another model.')
+                       'not an nnx.Linear, nnx.LinearGeneral, nnx.Einsum or nnx.Conv of this '
+                       'model; the export belongs to another model.')
     new = _sparse_module(path, targets[path], layer, exported.epilogue(path))
     if not path:  # the model is itself the layer
       return new

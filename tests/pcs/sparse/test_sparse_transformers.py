@@ -105,6 +105,63 @@ def test_a_where_that_leaves_attention_out_keeps_it_dense_and_the_probe_follows_
   assert not any(type(n).__name__ == 'SparseLinearGeneral' for _, n in nnx.iter_graph(sparse))
   np.testing.assert_allclose(sparse(tokens, positions), model(tokens, positions), rtol=1e-4,
                              atol=1e-4)
+  # The probe records the inputs of the layers `where` selects, and of no other.
+  probed = sparse_nnx.probe(model, tokens, where=only_mlp, positions=positions)
+  mlp = {('blocks', b, name) for b in (0, 1) for name in ('up', 'down')} | {('head',)}
+  assert set(probed.inputs) == mlp
+  assert len(sparse_nnx.probe(model, tokens, positions=positions).inputs) == 13
+
+
+def test_half_precision_inputs_to_attention_return_what_the_dense_layers_return():
+  """A bfloat16 or float16 model: the sparse attention projections (LinearGeneral) and the
+  linen DenseGeneral path take the input's dtype and return it, as the dense layers do."""
+  from flax import linen as nn
+  for dtype in (jnp.bfloat16, jnp.float16):
+    model = _pruned(Decoder(nnx.Rngs(5)))
+    sparse = sparse_nnx.sparsify(model, pcs.export(model, format='csr'))
+    x = jax.random.normal(jax.random.key(0), (2, LENGTH, WIDTH)).astype(dtype)
+    attn, sparse_attn = model.blocks[0].attn, sparse.blocks[0].attn
+    assert type(sparse_attn.query).__name__ == 'SparseLinearGeneral'
+    for dense_layer, sparse_layer in ((attn.query, sparse_attn.query),
+                                      (attn.out, sparse_attn.out)):
+      inputs = x if dense_layer is attn.query else x.reshape(2, LENGTH, HEADS, WIDTH // HEADS)
+      got, want = sparse_layer(inputs), dense_layer(inputs)
+      assert got.dtype == want.dtype  # float32 params promote a half input, as dense does
+      np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=2e-2, atol=2e-2)
+    linen = nn.MultiHeadDotProductAttention(num_heads=HEADS, qkv_features=WIDTH, dtype=dtype)
+    params = linen.init(jax.random.key(1), x[:1].astype(jnp.float32))['params']
+    pruned, _ = pcs.prune(params, 0.7)
+    exported = pcs.export(pruned, model=linen, inputs=x[:1].astype(jnp.float32), format='csr')
+    assert len(exported) == 4
+    got = pcs.sparse_apply(linen, {'params': pruned}, exported, x)
+    want = linen.apply({'params': pruned}, x)
+    assert got.dtype == want.dtype == dtype  # the module computes in its dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=5e-2, atol=5e-2)
+
+
+def test_a_linen_kernel_of_unknown_layout_stays_dense_without_the_model_and_runs_with_it():
+  """A DenseGeneral not named as an attention projection: its 3-D kernel could be a
+  convolution's; without the model the export keeps it dense and says to pass the model."""
+  from flax import linen as nn
+
+  class Heads(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(WIDTH)(nn.DenseGeneral((HEADS, 8), axis=-1)(x).reshape(x.shape[:-1] + (-1,)))
+
+  model, x = Heads(), jax.random.normal(jax.random.key(0), (2, WIDTH))
+  params, _ = pcs.prune(model.init(jax.random.key(1), x)['params'], 0.8)
+  variables, expected = {'params': params}, model.apply({'params': params}, x)
+  blind = pcs.export(params, format='csr')
+  general = next(c for c in blind.choices if c.path == ('DenseGeneral_0',))
+  assert general.format == 'dense' and 'pass `model=` and `inputs=`' in general.reason
+  assert list(blind) == [('Dense_0',)]
+  np.testing.assert_allclose(pcs.sparse_apply(model, variables, blind, x), expected, rtol=1e-4,
+                             atol=1e-4)
+  seen = pcs.export(params, model=model, inputs=x, format='csr')
+  assert sorted(seen) == [('DenseGeneral_0',), ('Dense_0',)]
+  np.testing.assert_allclose(pcs.sparse_apply(model, variables, seen, x), expected, rtol=1e-4,
+                             atol=1e-4)
 
 
 def _greedy(model, prompt, steps):
