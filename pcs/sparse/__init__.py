@@ -12,7 +12,7 @@ Words: a *kernel* is the Flax weight; its compressed copy is a *compressed weigh
 * layers: :func:`dense` and :func:`conv` (direct on the stride phases, or im2col);
 * export: :func:`export` (``pcs.export``) takes a linen model's variables or an NNX
   module, keeps each layer sparse only where measured faster (timed against dense in
-  alternation, ``_timing.py``) and folds inference batch norms into the layers before
+  pairs, ``_timing.py``) and folds inference batch norms into the layers before
   them (``_folding.py``); :meth:`Exported.bind` gives the compiled call with the arrays
   bound on device;
 * adapters: :mod:`pcs.sparse.linen` (``pcs.sparse_apply``) and :mod:`pcs.sparse.nnx`

@@ -21,7 +21,7 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
   Every leaf named ``kernel`` (Dense/Conv, and the 2-D product of a ``DenseGeneral`` /
   ``LinearGeneral``) is stored in CSR (or N:M with ``n_m``). With ``format='auto'``,
   given the model and ``inputs``, each layer's sparse product is timed against the dense
-  one at the input the model gives it, in alternation, and kept only where faster
+  one at the input the model gives it, in pairs, and kept only where faster
   (by more than ``margin``); then the whole model, called as :meth:`Exported.bind` calls
   it, is timed against dense and layers go back to dense until it is faster.
 

@@ -2,7 +2,7 @@
 sparse product is faster than the dense one for that shape, sparsity and batch.
 
 With ``format='auto'`` (the default) each layer's dense product and its sparse product
-are compiled and timed in alternation at the layer's input shape (the batch the user
+are compiled and timed in pairs at the layer's input shape (the batch the user
 names; for a convolution its real spatial size; ``pcs/sparse/_timing.py``), and the layer
 goes sparse only when the median paired speed-up exceeds ``1 / (1 - margin)``. Given the
 model, the whole model is then timed the way it will be called (:meth:`Exported.bind`)

@@ -146,6 +146,20 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   assert all(c.format == 'dense' for c in never.choices)
 
 
+def test_the_export_times_each_pair_in_random_order_each_call_after_itself(monkeypatch):
+  """pcs.sparse._timing.compare: per pair, dense and sparse in a seeded random order, each
+  timed run (between two clock reads) right after an untimed run of the same thunk."""
+  timing = pcs.sparse._timing  # pylint: disable=protected-access
+  log = []
+  monkeypatch.setattr(timing.time, 'perf_counter', lambda: (log.append('t'), len(log))[1])
+  result = timing.compare(lambda: log.append('d'), lambda: log.append('s'))
+  runs = ''.join(log[1:])  # after the clock's start; each pair ends with a read of the time
+  pairs = [runs[i:i + 9] for i in range(0, len(runs), 9)]  # spent so far ('t')
+  assert result.pairs == len(pairs) >= timing.MIN_PAIRS
+  assert set(pairs) == {'dtdtststt', 'ststdtdtt'}  # both orders, each call twice, timed second
+  assert result.speedup == 1.0  # every timed run spans one tick of the fake clock
+
+
 def test_measured_export_of_models_with_convolutions():
   model, variables = _linen('cnn1d', (40, 1), sparsity=0.95)
   x = _inputs((40, 1), batch=1)
