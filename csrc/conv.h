@@ -47,7 +47,7 @@ PCS_INLINE void ConvTile(const ConvRows& rows, int64_t o, const float* x, float 
       Axpy<V>(odd, rows.values[k + 1], x + rows.offsets[k + 1]);
     }
     if (k < end) Axpy<V>(even, rows.values[k], x + rows.offsets[k]);
-    Store<V>(even, odd, activation, y, 1, valid);
+    Store<V>(even, odd, activation, y, valid);
     return;
   }
   float acc[8 * V];

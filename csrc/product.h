@@ -25,7 +25,8 @@ constexpr int64_t kLineFloats = kLineBytes / sizeof(float);
 
 // y^T = act(W^T x^T + b), x and y laid out as `layout` says. One column: matrix-vector
 // rows, shared out in blocks. More: x is packed into panels of x^T (in parallel when
-// large; x^T in place when it is one panel already), then units of (panel, row block) are
+// large; x^T given in place when it is one panel already, x a row per input always
+// packed), then units of (panel, row block) are
 // shared out panel-major, whole panels per task when there are panels enough to keep
 // every thread busy, so a panel read into cache serves many rows.
 template <typename Pool, typename Rows>
@@ -70,7 +71,7 @@ void Product(Pool& pool, int64_t threads, const Rows& rows, const float* x,
       const int64_t r1 = std::min(features, r0 + block), valid = std::min(width, cols - p * width);
       const float* panel = packed + p * fan_in * width;
       if (layout == kColumns) {
-        PanelUnit(rows, panel, width, bias, cols, 1, width, activation, r0, r1,
+        PanelUnit(rows, panel, width, bias, cols, width, activation, r0, r1,
                   y + r0 * cols + p * width, valid);
         continue;
       }
@@ -79,8 +80,7 @@ void Product(Pool& pool, int64_t threads, const Rows& rows, const float* x,
       // floats apart, the same cache sets for every column).
       thread_local std::vector<float> tile;
       tile.resize(block * width);
-      PanelUnit(rows, panel, width, bias, width, 1, width, activation, r0, r1, tile.data(),
-                valid);
+      PanelUnit(rows, panel, width, bias, width, width, activation, r0, r1, tile.data(), valid);
       TileToRows(tile.data(), width, r1 - r0, valid, y + p * width * features + r0, features);
     }
   });

@@ -1,6 +1,7 @@
 // The SIMD tiles: one output row over a tile of contiguous columns (vectors of 8 floats,
-// GCC/Clang vector extensions), the matrix-vector rows for one column, and the packing of
-// x^T into panels of columns.
+// GCC/Clang vector extensions), the matrix-vector rows for one column, the packing of x^T
+// (or of x, a row per input: PackRows) into panels of columns, and the transposed write of
+// a tile into y (columns, features): TileToRows.
 
 #ifndef PCS_CSRC_TILES_H_
 #define PCS_CSRC_TILES_H_
@@ -19,26 +20,22 @@ PCS_INLINE void Axpy(Vec8* acc, float w, const float* x) {
   for (int v = 0; v < V; ++v) acc[v] += broadcast * Load8(x + 8 * v);
 }
 
-// Stores the first `valid` columns of a tile, `y_col` floats apart in y.
 template <int V>
 PCS_INLINE void Store(const Vec8* even, const Vec8* odd, int64_t activation, float* y,
-                      int64_t y_col, int64_t valid) {
+                      int64_t valid) {
   for (int v = 0; v < V; ++v) {
     const Vec8 sum = even[v] + odd[v];
-    for (int j = 0; j < 8 && 8 * v + j < valid; ++j) {
-      y[(8 * v + j) * y_col] = Activate(sum[j], activation);
-    }
+    for (int j = 0; j < 8 && 8 * v + j < valid; ++j) y[8 * v + j] = Activate(sum[j], activation);
   }
 }
 
 // One output row over `Width` contiguous columns (`stride` floats from one input's
-// columns to the next's), into y (the first `valid` columns are stored, `y_col` floats
-// apart; the columns up to `Width` must be readable). Two accumulator sets take alternate nonzeros, so
+// columns to the next's), into y (the first `valid` columns are stored; the columns up
+// to `Width` must be readable). Two accumulator sets take alternate nonzeros, so
 // consecutive multiply-adds do not wait on each other.
 template <int Width, typename Rows>
 PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t stride,
-                        float bias, int64_t activation, float* y, int64_t y_col,
-                        int64_t valid) {
+                        float bias, int64_t activation, float* y, int64_t valid) {
   if constexpr (Width >= 8) {
     constexpr int V = Width / 8;
     Vec8 even[V], odd[V];
@@ -53,7 +50,7 @@ PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t str
           Axpy<V>(odd, w1, x + i1 * stride);
         },
         [&](float w, int64_t i) { Axpy<V>(even, w, x + i * stride); });
-    Store<V>(even, odd, activation, y, y_col, valid);
+    Store<V>(even, odd, activation, y, valid);
   } else {
     float acc[Width];
     for (int j = 0; j < Width; ++j) acc[j] = bias;
@@ -68,12 +65,12 @@ PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t str
           add(w1, i1);
         },
         add);
-    for (int64_t j = 0; j < valid; ++j) y[j * y_col] = Activate(acc[j], activation);
+    for (int64_t j = 0; j < valid; ++j) y[j] = Activate(acc[j], activation);
   }
 }
 
-// Columns per panel: x^T is read in panels of `Width` contiguous columns. With 2, 4 or 8
-// columns x^T is its own panel; otherwise each panel is copied out (the last one
+// Columns per panel: x^T is read in panels of `Width` contiguous columns. With 2, 4, 8 or
+// 16 columns x^T is its own panel (x, a row per input, is always packed); otherwise each panel is copied out (the last one
 // zero-padded) into a compact block, as reading it in place, `cols` floats apart, would
 // map many inputs to the same cache sets.
 inline int64_t PanelWidth(int64_t cols) {
@@ -102,8 +99,8 @@ inline void Pack(const float* x, int64_t fan_in, int64_t cols, int64_t width, in
 
 // Copies inputs [k0, k1) of x (cols, fan_in), one row per column, into the same panels
 // (the transpose of Pack's source), kPackRowsInputs inputs at a time, column by column:
-// each column's inputs are one sequential read, and the panel rows they fill (64 bytes
-// apart) stay in cache while the panel's columns are filled.
+// each column's inputs are one sequential read, and the panel rows they fill (`width`
+// floats apart) stay in cache while the panel's columns are filled.
 constexpr int64_t kPackRowsInputs = 256;
 inline void PackRows(const float* x, int64_t fan_in, int64_t cols, int64_t width, int64_t k0,
                      int64_t k1, float* panels) {
@@ -182,14 +179,13 @@ PCS_CLONES inline void TileToRows(const float* tile, int64_t width, int64_t rows
 
 // Rows [r0, r1) of one panel of y^T = act(W^T x^T + b): x points at the panel's first
 // column, y at row r0's; x has `x_stride` floats per row, y `y_row` floats from one output
-// row to the next and `y_col` from one column to the next.
+// row to the next.
 template <int Width, typename Rows>
 PCS_INLINE void PanelRows(const Rows& rows, const float* x, int64_t x_stride,
-                          const float* bias, int64_t y_row, int64_t y_col, int64_t activation,
-                          int64_t r0, int64_t r1, float* y, int64_t valid) {
+                          const float* bias, int64_t y_row, int64_t activation, int64_t r0,
+                          int64_t r1, float* y, int64_t valid) {
   for (int64_t r = r0; r < r1; ++r) {
-    RowTile<Width>(rows, r, x, x_stride, bias[r], activation, y + (r - r0) * y_row, y_col,
-                   valid);
+    RowTile<Width>(rows, r, x, x_stride, bias[r], activation, y + (r - r0) * y_row, valid);
   }
 }
 
@@ -202,14 +198,13 @@ PCS_CLONES void DotRows(const Rows& rows, const float* x, const float* bias,
 
 template <typename Rows>
 PCS_CLONES void PanelUnit(const Rows& rows, const float* x, int64_t x_stride,
-                          const float* bias, int64_t y_row, int64_t y_col, int64_t width,
-                          int64_t activation, int64_t r0, int64_t r1, float* y,
-                          int64_t valid) {
+                          const float* bias, int64_t y_row, int64_t width, int64_t activation,
+                          int64_t r0, int64_t r1, float* y, int64_t valid) {
   switch (width) {
-    case 2: PanelRows<2>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
-    case 4: PanelRows<4>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
-    case 8: PanelRows<8>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
-    default: PanelRows<16>(rows, x, x_stride, bias, y_row, y_col, activation, r0, r1, y, valid); break;
+    case 2: PanelRows<2>(rows, x, x_stride, bias, y_row, activation, r0, r1, y, valid); break;
+    case 4: PanelRows<4>(rows, x, x_stride, bias, y_row, activation, r0, r1, y, valid); break;
+    case 8: PanelRows<8>(rows, x, x_stride, bias, y_row, activation, r0, r1, y, valid); break;
+    default: PanelRows<16>(rows, x, x_stride, bias, y_row, activation, r0, r1, y, valid); break;
   }
 }
 

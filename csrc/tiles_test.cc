@@ -141,7 +141,7 @@ class RowTileTester {
     const std::vector<float> x = Random(w.fan_in * stride_, &rng);
     const std::vector<float> bias = Random(w.features, &rng);
     std::vector<float> y(w.features * stride_, 123.0f);
-    PanelUnit(rows, x.data(), stride_, bias.data(), stride_, 1, width_, activation_, 0,
+    PanelUnit(rows, x.data(), stride_, bias.data(), stride_, width_, activation_, 0,
               w.features, y.data(), valid_);
     for (int64_t r = 0; r < w.features; ++r) {
       for (int64_t c = 0; c < stride_; ++c) {
@@ -189,7 +189,7 @@ void TestProduct(int64_t features, int64_t fan_in, int64_t cols, int64_t n, int6
       for (int64_t c = 0; c < cols; ++c) x[c * fan_in + k] = x_t[k * cols + c];
     }
   }
-  std::vector<float> y(features * cols, 0.0f);
+  std::vector<float> y(features * cols, std::nanf(""));  // a store missed stays NaN
   ThreadsPool pool(3);
   const std::string name = "product " + std::to_string(features) + "x" +
                            std::to_string(fan_in) + " cols " + std::to_string(cols) +
@@ -285,7 +285,7 @@ int main() {
   }
   for (int64_t threads : {pcs::kPool, pcs::kCaller}) {
     for (int64_t layout : {pcs::kColumns, pcs::kRows}) {
-      for (int64_t cols : {1, 2, 3, 8, 16, 17, 40}) {
+      for (int64_t cols : {1, 2, 3, 8, 12, 16, 17, 28, 40}) {
         pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu, false, layout);
         pcs::TestProduct(70, 96, cols, 2, 4, threads, pcs::kIdentity, false, layout);
         pcs::TestProduct(70, 96, cols, 0, 0, threads, pcs::kRelu, true, layout);

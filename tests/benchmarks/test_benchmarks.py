@@ -195,7 +195,7 @@ def test_runs_of_an_earlier_timing_protocol_are_shown_but_not_judged(tmp_path, m
 
 
 def test_runs_of_earlier_code_are_shown_but_not_judged(tmp_path, monkeypatch):
-  from benchmarks import machine, sparse_inference
+  from benchmarks import interleaved, machine, sparse_inference
   path = str(tmp_path / 'runs.jsonl')
   monkeypatch.setattr(machine, 'cpu_model', lambda: 'CPU A')
   monkeypatch.setattr(sparse_inference, 'code_version', lambda: 'old')
@@ -206,7 +206,7 @@ def test_runs_of_earlier_code_are_shown_but_not_judged(tmp_path, monkeypatch):
   assert ('| one layer 4096 -> 4096, 90%, batch 1: >= the best of scipy and torch CSR (goal '
           '1.5x it) | 1 / 1 | met on each | 0 / 1 |') in text
   assert 'The 1 other run(s) are not judged' in text and '1 measured earlier code' in text
-  assert 'Timing protocol 3; code old.' in text and '(code new:' in text
+  assert f'Timing protocol {interleaved.PROTOCOL}; code old.' in text and '(code new:' in text
 
 
 def test_the_code_version_follows_the_kernel_source(tmp_path, monkeypatch):
@@ -215,10 +215,12 @@ def test_the_code_version_follows_the_kernel_source(tmp_path, monkeypatch):
     (tmp_path / root).mkdir()
     (tmp_path / root / 'a.h').write_text('int a;')
     (tmp_path / root / 'notes.txt').write_text('not code')
+  (tmp_path / 'csrc' / 'a_test.cc').write_text('int main() {}')
   monkeypatch.setattr(sparse_inference, '_CODE', (str(tmp_path / 'csrc'),
                                                   str(tmp_path / 'sparse')))
   first = sparse_inference.code_version()
   (tmp_path / 'sparse' / 'notes.txt').write_text('still not code')
+  (tmp_path / 'csrc' / 'a_test.cc').write_text('int main() { return 0; }')  # a test
   assert sparse_inference.code_version() == first
   (tmp_path / 'csrc' / 'a.h').write_text('int b;')
   assert sparse_inference.code_version() != first
