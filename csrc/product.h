@@ -51,15 +51,14 @@ void Product(Pool& pool, int64_t threads, const Rows& rows, const float* x,
     buffer.resize(panels * width * fan_in + kLineFloats);
     float* panel_data = reinterpret_cast<float*>(
         (reinterpret_cast<uintptr_t>(buffer.data()) + kLineBytes - 1) & ~(kLineBytes - 1));
-    if (layout == kRows) {
-      ParallelFor(pool, threads, fan_in, kPackRowsInputs, fan_in * cols, [&](int64_t k0, int64_t k1) {
+    const int64_t inputs = layout == kRows ? kPackRowsInputs : 64;  // per task
+    ParallelFor(pool, threads, fan_in, inputs, fan_in * cols, [&](int64_t k0, int64_t k1) {
+      if (layout == kRows) {
         PackRows(x, fan_in, cols, width, k0, k1, panel_data);
-      });
-    } else {
-      ParallelFor(pool, threads, fan_in, 64, fan_in * cols, [&](int64_t k0, int64_t k1) {
+      } else {
         Pack(x, fan_in, cols, width, k0, k1, panel_data);
-      });
-    }
+      }
+    });
     packed = panel_data;
   }
   const int64_t block = cols > 8 ? kRowsPerPanelBlock : kRowsPerBlock;

@@ -155,26 +155,33 @@ def _reference_vjp(fn, args, y, activation, cotangent):
   return jax.vjp(fn, *args)[1](cotangent)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _matmul(x, weight, bias, activation, layout):
-  return _by_platform((x, weight, bias), activation,
-                      functools.partial(_compiled_matmul, layout=layout),
-                      functools.partial(_matmul_with, layout=layout))
+def _product(compiled, reference, option):
+  """A product ``f(x, weight, bias, activation, value)``: ``compiled`` where the compiled
+  kernels run, ``reference`` (with the layout's ``product``) elsewhere (:func:`_by_platform`),
+  each given ``option=value`` (static); differentiable through a ``jax.custom_vjp`` whose
+  backward pass is the pure-JAX reference's on every path (:func:`_reference_vjp`)."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+  def product(x, weight, bias, activation, value):
+    return _by_platform((x, weight, bias), activation,
+                        functools.partial(compiled, **{option: value}),
+                        functools.partial(reference, **{option: value}))
+
+  def forward(x, weight, bias, activation, value):
+    y = product(x, weight, bias, activation, value)
+    return y, (x, weight, bias, y)
+
+  def backward(activation, value, residuals, cotangent):
+    *args, y = residuals
+    linear = functools.partial(reference, product='reference_t', activation=None,
+                               **{option: value})
+    return _reference_vjp(linear, args, y, activation, cotangent)
+
+  product.defvjp(forward, backward)
+  return product
 
 
-def _matmul_fwd(x, weight, bias, activation, layout):
-  y = _matmul(x, weight, bias, activation, layout)
-  return y, (x, weight, bias, y)
-
-
-def _matmul_bwd(activation, layout, residuals, cotangent):
-  *args, y = residuals
-  linear = functools.partial(_matmul_with, product='reference_t', activation=None,
-                             layout=layout)
-  return _reference_vjp(linear, args, y, activation, cotangent)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+_matmul = _product(_compiled_matmul, _matmul_with, 'layout')
 
 
 def _zero_bias(weight) -> jax.Array:
@@ -286,26 +293,7 @@ def _compiled_conv(phases, weight, bias, *, geometry, activation):
               activation=np.int64(ACTIVATIONS[activation]), **weight.ffi_attributes())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv(phases, weight, bias, geometry, activation):
-  return _by_platform((phases, weight, bias), activation,
-                      functools.partial(_compiled_conv, geometry=geometry),
-                      functools.partial(_conv_with, geometry=geometry))
-
-
-def _conv_fwd(phases, weight, bias, geometry, activation):
-  y = _conv(phases, weight, bias, geometry, activation)
-  return y, (phases, weight, bias, y)
-
-
-def _conv_bwd(geometry, activation, residuals, cotangent):
-  *args, y = residuals
-  linear = functools.partial(_conv_with, geometry=geometry, product='reference_t',
-                             activation=None)
-  return _reference_vjp(linear, args, y, activation, cotangent)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv = _product(_compiled_conv, _conv_with, 'geometry')
 
 
 def conv_direct(phases: jax.Array, weight: formats.Format, bias: Optional[jax.Array],
@@ -330,4 +318,4 @@ def conv_direct(phases: jax.Array, weight: formats.Format, bias: Optional[jax.Ar
   bias = _zero_bias(weight) if bias is None else bias
   _warn_if_falling_back()
   geometry = ConvGeometry(tuple(window), tuple(strides), tuple(out))  # type: ignore[arg-type]
-  return _conv(phases, weight, bias, geometry, activation)
+  return _conv(phases, weight, bias, activation, geometry)
