@@ -145,13 +145,7 @@ def defaults_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
         continue
       for sparsity in protocol.DEFAULTS_SPARSITIES:
         for seed in protocol.DEFAULTS_SEEDS:
-          yield protocol.row(
-            'defaults',
-            model,
-            recipe,
-            {**pick, 'sparsity': sparsity, 'seed': seed},
-            f'{recipe} as the binary runs it',
-          )
+          yield clipping.defaults_row(model, recipe, pick, sparsity, seed)
 
 
 def robustness_name(recipe: str, setting: dict) -> str:

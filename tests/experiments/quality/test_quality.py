@@ -684,6 +684,11 @@ def test_the_clipping_stage_compares_each_pick_with_and_without_clipping_on_vali
   rows = list(clipping.rows(recorded, ['cnn1d']))
   # Two arms per recipe, and a third for the dense model alone: its pick fails unclipped
   # and clipping costs it 19 pp of median (QUALITY.md), so it also runs at half its lr.
+  # Spred alone failed on a test seed of the defaults stage (seed 102, QUALITY.md), so it
+  # alone is decided again on WIDE_SEEDS.
+  wide = [r for r in rows if r['overrides']['seed'] in protocol.WIDE_SEEDS]
+  assert {r['recipe'] for r in wide} == {'spred'}
+  rows = [r for r in rows if r['overrides']['seed'] not in protocol.WIDE_SEEDS]
   halved = [r for r in rows if r['study'].endswith('at half the learning rate')]
   per_arm = len(protocol.DEFAULTS_RECIPES) * len(protocol.DEFAULTS_SEEDS)
   assert len(rows) - len(halved) == 2 * per_arm
@@ -820,6 +825,67 @@ def test_the_picked_config_takes_the_remedy_that_removes_the_failures(
   partial = dict(list(recorded.items())[:-1])
   if verdict != 'clipped fails too':
     assert clipping.default_setting(partial, 'cnn1d', 'dense+gmp') == pick
+
+
+def test_a_default_that_fails_on_test_is_decided_again_on_more_validation_seeds(monkeypatch):
+  pick = {'model': 'cnn1d', 'eval_train': False, 'method': 'spred', 'schedule': 'one_shot',
+          'learning_rate': 0.4}
+  monkeypatch.setattr(picking, 'recipe_pick', lambda recorded, model, recipe: (
+      dict(pick) if recipe == 'spred' else None))
+  recorded: dict = {}
+
+  def record(rows, accuracy):
+    for r in rows:
+      recorded[r['id']] = {**r, 'results': {'validation_accuracy': accuracy(r['overrides'])}}
+
+  def plan():
+    return list(clipping.rows(recorded, ['cnn1d']))
+
+  first = plan()  # both arms on DEFAULTS_SEEDS; both train everywhere
+  assert len(first) == 2 * len(protocol.DEFAULTS_SEEDS)
+  record(first, lambda o: 0.78)
+  assert plan() == first
+  assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'spred') == (
+      'no failure either way')
+  # The defaults stage runs that config on test: seed 102 ends at 44.5% against 77%, more
+  # than 10 pp under the median at both sparsities, so the stage widens spred.
+  for sparsity in protocol.DEFAULTS_SPARSITIES:
+    for seed in protocol.DEFAULTS_SEEDS:
+      row = clipping.defaults_row('cnn1d', 'spred', pick, sparsity, seed)
+      recorded[row['id']] = {**row, 'results': {'test_accuracy': 0.445 if seed == 102 else 0.77}}
+  wide = plan()[len(first):]
+  assert [r['overrides']['seed'] for r in wide] == list(protocol.WIDE_SEEDS)
+  assert all(r['overrides']['clip_grad_norm'] == 0.0 and r['overrides']['learning_rate'] == 0.4
+             and r['overrides']['validation_fraction'] > 0 for r in wide)
+  # Had the pick trained on every new seed, it would stay, with no other arm run on them.
+  before = dict(recorded)
+  record(wide, lambda o: 0.78)
+  assert plan() == first + wide
+  assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'spred') == (
+      'trains unclipped on every seed')
+  assert clipping.default_setting(recorded, 'cnn1d', 'spred') == pick
+  recorded = before
+  # Unclipped, seed 120 is at chance (10%): the pick fails on 1 of the 50 seeds, so the
+  # clipped arm runs on the new seeds; the config keeps the pick until the decision is in.
+  record(wide, lambda o: 0.1 if o['seed'] == 120 else 0.78)
+  clipped = [r for r in plan() if r['overrides']['seed'] in protocol.WIDE_SEEDS
+             and r['overrides']['clip_grad_norm'] == protocol.CLIP_NORM]
+  assert len(clipped) == len(protocol.WIDE_SEEDS)
+  assert clipping.default_setting(recorded, 'cnn1d', 'spred') == pick
+  # Clipped, 70% on each new seed: median 70% over the 50 seeds (78% on the first 10),
+  # 8 pp under the unclipped median 78%, so half the learning rate runs on all 50 seeds.
+  record(clipped, lambda o: 0.70)
+  halved = [r for r in plan() if r['overrides']['learning_rate'] == 0.2]
+  assert sorted(r['overrides']['seed'] for r in halved) == list(clipping.WIDE)
+  assert clipping.default_setting(recorded, 'cnn1d', 'spred') == pick
+  record(halved, lambda o: 0.76)  # trains on every seed, above clipping's median: adopted
+  found = clipping.cells(recorded.values())
+  assert clipping.verdict(found, 'cnn1d', 'spred') == (
+      'clipping costs 8.0 pp of median: half the learning rate removes the failures')
+  assert clipping.default_setting(recorded, 'cnn1d', 'spred') == {**pick, 'learning_rate': 0.2}
+  table = quality_report.clipping_markdown(list(recorded.values()))
+  assert ('| cnn1d | spred | 50/50 / 78.0 / 10.0 (s120) / 1 | 50/50 / 70.0 / 70.0 (s111) / 0 | '
+          '50/50 / 76.0 / 76.0 (s101) / 0 | clipping costs 8.0 pp') in table
 
 
 def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_finals(
