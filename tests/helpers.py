@@ -4,6 +4,7 @@ method as users build it, and the small configs and outputs of the experiment bi
 import itertools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,14 @@ INNERS = {
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def subprocess_env(devices: int, **extra) -> dict:
+  """The environment of a JAX process a test starts from this checkout: ``devices``
+  simulated CPU devices (conftest's other XLA flags kept), plus ``extra``."""
+  flags = re.sub(r'device_count=\d+', f'device_count={devices}', os.environ['XLA_FLAGS'])
+  return {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': flags,
+          **extra}
+
+
 def train(tx, steps=30, params=None, data=None, donate=False):
   """``steps`` jitted steps of ``tx`` on the MLP problem: (params, state, losses, step).
 
@@ -114,14 +123,16 @@ def recording_transform(*keys):
 
 
 def small_config(data_dir, **overrides):
-  """The default experiment config shortened to 2 epochs; keys may be dotted
-  (``**{'pilot.alpha': 1e-3}``)."""
+  """The default experiment config shortened to 2 epochs on one device, as on a CPU user's
+  machine (the tests of several devices ask for them: ``num_devices=8``); keys may be
+  dotted (``**{'pilot.alpha': 1e-3}``)."""
   from experiments.common import config_checks  # pylint: disable=g-import-not-at-top
   from experiments.vision.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.data_dir = data_dir
   config.num_epochs = 2
   config.eval_train = False
+  config.num_devices = 1
   return config_checks.override(config, overrides)
 
 

@@ -64,7 +64,7 @@ def _diagnosis(stderr):
 
 def test_readme_shell_commands_for_the_offline_default_run(data_dir, tmp_path):
   runs = str(tmp_path / 'runs')
-  env = {**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu'}
+  env = helpers.subprocess_env(1)  # a CPU user's one device
   ran = 0
   for lang, code, reason in blocks('README.md'):
     if lang != 'bash' or reason is not None:

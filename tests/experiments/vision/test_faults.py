@@ -2,7 +2,6 @@
 write, restart it, and check that it ends exactly like an uninterrupted run."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,10 @@ from experiments.vision.configs import default
 from tests import helpers
 
 EPOCHS, FINETUNE = 4, 2
+# Of the 8 simulated devices (as in the reference run: the CPU client's device count sets
+# its threads, and with them the bits of a reduction): replicated state, so that a kill
+# can cut a multi-device write short.
+DEVICES = 2
 RANDOM_KILLS = 2
 TIMEOUT_S = 300
 
@@ -21,14 +24,14 @@ TIMEOUT_S = 300
 def _flags(workdir, data_dir):
   return [f'--workdir={workdir}', f'--config.data_dir={data_dir}',
           f'--config.num_epochs={EPOCHS}', f'--config.finetune_epochs={FINETUNE}',
-          '--config.eval_train=False']
+          '--config.eval_train=False', f'--config.num_devices={DEVICES}']
 
 
 def _start(kill_at_save, workdir, data_dir):
   # A compilation cache of their own: a kill can cut a cache entry short, and the other
   # tests' processes should not have to read it.
-  env = {**os.environ, 'PYTHONPATH': helpers.REPO,
-         'JAX_COMPILATION_CACHE_DIR': str(workdir.parent / 'compilation_cache')}
+  env = helpers.subprocess_env(
+      8, JAX_COMPILATION_CACHE_DIR=str(workdir.parent / 'compilation_cache'))
   return subprocess.Popen(
       [sys.executable, '-m', 'tests.fault_runner', str(kill_at_save)]
       + _flags(workdir, data_dir), cwd=helpers.REPO, env=env,
@@ -61,7 +64,7 @@ def _kill_inside_the_run(process, workdir, delay):
 def test_killed_runs_resume_and_end_like_an_uninterrupted_run(data_dir, tmp_path):
   config = default.get_config()
   config.data_dir, config.num_epochs, config.finetune_epochs = data_dir, EPOCHS, FINETUNE
-  config.eval_train = False
+  config.eval_train, config.num_devices = False, DEVICES
   reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
 
   workdir = tmp_path / 'killed'

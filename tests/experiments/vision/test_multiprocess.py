@@ -45,12 +45,6 @@ def _command(workdir, data_dir, extra=()):
           '--config.eval_train=False', *extra]
 
 
-def _env(devices):
-  return {**os.environ, 'PYTHONPATH': helpers.REPO, 'JAX_PLATFORMS': 'cpu',
-          'XLA_FLAGS': re.sub(r'device_count=\d+', f'device_count={devices}',
-                              os.environ['XLA_FLAGS'])}  # conftest's other flags kept
-
-
 def _start(workdir, data_dir, processes):
   """1 process x 4 devices, or 2 processes x 2 devices on a free loopback port."""
   if processes == 1:
@@ -60,8 +54,9 @@ def _start(workdir, data_dir, processes):
     commands = [_command(workdir, data_dir, (f'--coordinator_address={address}',
                                              '--num_processes=2', f'--process_id={i}'))
                 for i in range(2)]
-  return [subprocess.Popen(c, cwd=helpers.REPO, env=_env(4 // processes), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
+  return [subprocess.Popen(c, cwd=helpers.REPO, env=helpers.subprocess_env(4 // processes),
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+          for c in commands]
 
 
 def _finish(procs):

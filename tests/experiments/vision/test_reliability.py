@@ -75,7 +75,8 @@ BAD_VALUES = [
     ({'method': 'powerprop', 'powerprop.power': 0.5}, r'`power`'),
     ({'method': 'l1', 'l1.strength': -1.0}, r'`strength`'),
     ({'dataset': 'cifar10'}, r"not prepared .*tfds build cifar10"),
-    ({'batch_size': 100}, r'`batch_size` \(100\) must be divisible by the 8 devices'),
+    ({'batch_size': 100, 'num_devices': 8},
+     r'`batch_size` \(100\) must be divisible by the 8 devices'),
     ({'batch_size': 8192}, r'exceeds the training set'),
 ]
 
