@@ -18,10 +18,11 @@ the cell's median). Where it fails:
 
 Ten seeds miss a rare failure. Where the config chosen on DEFAULTS_SEEDS fails on a test
 seed of the defaults stage, the stage widens that recipe: its pick runs unclipped on
-WIDE_SEEDS too, and the same rule decides again on DEFAULTS_SEEDS + WIDE_SEEDS, with the
-clipped arm (and then half the learning rate) run on the new seeds only where the pick
-fails on them. Until the widened decision is in, the config keeps the first one. The test
-failure only asks for more validation seeds; what the config takes is chosen on those.
+WIDE_SEEDS too, and the same rule decides again on DEFAULTS_SEEDS + WIDE_SEEDS. The
+clipped arm runs on WIDE_SEEDS where the pick fails on any of those 50 seeds; half the
+learning rate then runs, where the rule needs it, on whichever of them it has not run
+on. Until the widened decision is in, the config keeps the first one. The test failure
+only asks for more validation seeds; what the config takes is chosen on those.
 """
 
 from typing import Dict, Iterable, Iterator, Optional, Tuple
@@ -111,9 +112,13 @@ def _widens(recorded: Dict[str, dict], found: Cells, model: str, recipe: str,
             pick: dict) -> bool:
   """Whether the config chosen on DEFAULTS_SEEDS failed in the defaults stage: a run at
   chance, diverged, or more than 10 pp under its cell's median, at any of
-  DEFAULTS_SPARSITIES once that cell has every seed."""
+  DEFAULTS_SPARSITIES once that cell has every seed. False while that choice is pending:
+  the defaults stage may have run the pick before it, and a pick that a remedy then
+  replaces says nothing of the config."""
   taken = _decide(found, model, recipe, protocol.DEFAULTS_SEEDS)
-  setting = _setting(pick, None if taken == PENDING else taken)
+  if taken == PENDING:
+    return False
+  setting = _setting(pick, taken)
   for sparsity in protocol.DEFAULTS_SPARSITIES:
     runs = [recorded.get(defaults_row(model, recipe, setting, sparsity, seed)['id'])
             for seed in protocol.DEFAULTS_SEEDS]
@@ -203,17 +208,30 @@ def remedy(found: Cells, model: str, recipe: str) -> Optional[str]:
 
 
 def verdict(found: Cells, model: str, recipe: str) -> str:
-  """What the stage says of ``recipe`` on ``model``: 'pending', 'no failure either way',
-  'trains unclipped on every seed' (widened: the clipped arm ran on the first seeds only),
-  'clipped fails too' (the pick itself fails on no seed), ADOPTED, or, where clipping
-  costs more than MEDIAN_COST or fails, what half the learning rate did and which remedy
-  :func:`remedy` adopts."""
+  """What the stage says of ``recipe`` on ``model`` (:func:`_verdict_on`); for a widened
+  recipe whose decision on every seed is not in yet, the first decision, which the
+  config keeps meanwhile, and that the new seeds are pending."""
   on = seeds(found, model, recipe)
+  if on != protocol.DEFAULTS_SEEDS and _decide(found, model, recipe, on) == PENDING:
+    wide = protocol.WIDE_SEEDS
+    return (f'{_verdict_on(found, model, recipe, protocol.DEFAULTS_SEEDS)}; seeds '
+            f'{wide[0]}-{wide[-1]} pending')
+  return _verdict_on(found, model, recipe, on)
+
+
+def _verdict_on(found: Cells, model: str, recipe: str, on: Seeds) -> str:
+  """What the stage says of ``recipe`` on the seeds ``on``: 'pending', 'no failure either
+  way', 'trains unclipped on every seed' (widened: the clipped arm ran on the first seeds
+  only), 'clipped fails too' (the pick itself fails on no seed), ADOPTED, or, where
+  clipping costs more than MEDIAN_COST or fails, what half the learning rate did and which
+  remedy :func:`_decide` adopts."""
   plain, clipped, halved = (_arm(found, model, recipe, arm, on) for arm in ARMS)
   if _complete(plain, on) and not _failed(plain):
     if _failed(clipped):
       return 'clipped fails too'
-    return 'no failure either way' if _complete(clipped, on) else 'trains unclipped on every seed'
+    if _complete(clipped, on):
+      return 'no failure either way'
+    return 'trains unclipped on every seed' if on == WIDE else PENDING
   if not (_complete(plain, on) and _complete(clipped, on)):
     return 'clipped fails too' if _failed(clipped) and not _failed(plain) else PENDING
   if not _needs_halved(found, model, recipe, on):

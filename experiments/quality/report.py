@@ -320,8 +320,9 @@ def clipping_markdown(rows: List[dict]) -> str:
            'the pick also runs at half its learning rate, and the config takes whichever '
            'remedy fails on no seed with the higher median. Where the config so chosen '
            'failed on a seed of the defaults stage (test), the same rule decides again on '
-           f'seeds {seeds[0]}-{wide[-1]} of the validation split, the other arms running on '
-           f'seeds {wide[0]}-{wide[-1]} only where the pick fails on them.', '',
+           f'seeds {seeds[0]}-{wide[-1]} of the validation split: the pick runs unclipped on '
+           f'seeds {wide[0]}-{wide[-1]}, and the other arms run only where the pick fails on '
+           'any of the 50 seeds.', '',
            '| model | recipe | unclipped: seeds / median / worst / failed | '
            f'clipped at {norm:g}: seeds / median / worst / failed | '
            'half the learning rate: seeds / median / worst / failed | verdict |',

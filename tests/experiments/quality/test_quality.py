@@ -888,6 +888,80 @@ def test_a_default_that_fails_on_test_is_decided_again_on_more_validation_seeds(
           '50/50 / 76.0 / 76.0 (s101) / 0 | clipping costs 8.0 pp') in table
 
 
+def test_a_widened_recipe_keeps_its_first_remedy_until_the_wider_decision_is_in(monkeypatch):
+  pick = {'model': 'cnn1d', 'eval_train': False, 'method': 'dense', 'schedule': 'gmp',
+          'learning_rate': 0.4}
+  clipped_config = {**pick, 'clip_grad_norm': protocol.CLIP_NORM}
+  monkeypatch.setattr(picking, 'recipe_pick', lambda recorded, model, recipe: (
+      dict(pick) if recipe == 'dense+gmp' else None))
+  recorded: dict = {}
+
+  def record(rows, accuracy):
+    for r in rows:
+      recorded[r['id']] = {**r, 'results': {'validation_accuracy': accuracy(r['overrides'])}}
+
+  def on_test(setting, failing_seed):
+    for sparsity in protocol.DEFAULTS_SPARSITIES:
+      for seed in protocol.DEFAULTS_SEEDS:
+        row = clipping.defaults_row('cnn1d', 'dense+gmp', setting, sparsity, seed)
+        recorded[row['id']] = {**row, 'results': {
+            'test_accuracy': 0.40 if seed == failing_seed else 0.90}}
+
+  def plan():
+    return list(clipping.rows(recorded, ['cnn1d']))
+
+  first = plan()
+  unclipped = [r for r in first if r['overrides']['clip_grad_norm'] == 0.0]
+  clipped = [r for r in first if r['overrides']['clip_grad_norm'] == protocol.CLIP_NORM]
+  # Unclipped, seed 101 at chance; clipped, 9 of 10 seeds in so far at 0.925.
+  record(unclipped, lambda o: 0.1 if o['seed'] == 101 else 0.92)
+  record(clipped[:-1], lambda o: 0.925)
+  # The defaults stage ran the pick meanwhile, and it failed on test seed 102: that says
+  # nothing of the config the stage has not chosen yet, so nothing widens.
+  on_test(pick, 102)
+  assert plan() == first
+  assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'dense+gmp') == 'pending'
+  # Clipping removes the failure at no cost: the config clips. On test the clipped config
+  # fails on seed 107, so the stage widens: the pick runs unclipped on WIDE_SEEDS.
+  record(clipped[-1:], lambda o: 0.925)
+  assert clipping.default_setting(recorded, 'cnn1d', 'dense+gmp') == clipped_config
+  assert plan() == first
+  on_test(clipped_config, 107)
+  wide = plan()[len(first):]
+  assert [r['overrides']['seed'] for r in wide] == list(protocol.WIDE_SEEDS)
+  # While the new seeds run, the config stays clipped and the verdict says so.
+  record(wide[:10], lambda o: 0.92)
+  assert clipping.default_setting(recorded, 'cnn1d', 'dense+gmp') == clipped_config
+  assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'dense+gmp') == (
+      'clipping removes the failures; seeds 111-150 pending')
+  # The pick failed on seed 101, so the clipped arm runs on the new seeds too; clipped at
+  # 0.925 everywhere, the decision on all 50 seeds is again to clip.
+  record(wide[10:], lambda o: 0.92)
+  more = plan()[len(first) + len(wide):]
+  assert [(r['overrides']['seed'], r['overrides']['clip_grad_norm']) for r in more] == [
+      (seed, protocol.CLIP_NORM) for seed in protocol.WIDE_SEEDS]
+  record(more, lambda o: 0.925)
+  assert plan() == first + wide + more
+  assert len({r['id'] for r in plan()}) == len(plan())
+  assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'dense+gmp') == (
+      clipping.ADOPTED)
+  assert clipping.default_setting(recorded, 'cnn1d', 'dense+gmp') == clipped_config
+
+
+def test_a_stage_not_widened_is_pending_until_both_arms_are_in():
+  def run(clip, seed):
+    return {'id': f'{clip}{seed}', 'stage': 'clipping', 'model': 'cnn1d', 'recipe': 'l1',
+            'study': clipping.name('l1', clipping.CLIPPED if clip else clipping.UNCLIPPED),
+            'overrides': {'clip_grad_norm': clip, 'seed': seed, 'sparsity': 0.9},
+            'results': {'validation_accuracy': 0.9}}
+  runs = [run(0.0, s) for s in protocol.DEFAULTS_SEEDS] + [
+      run(1.0, s) for s in protocol.DEFAULTS_SEEDS[:-1]]
+  found = clipping.cells(runs)
+  assert clipping.verdict(found, 'cnn1d', 'l1') == 'pending'
+  found = clipping.cells(runs + [run(1.0, protocol.DEFAULTS_SEEDS[-1])])
+  assert clipping.verdict(found, 'cnn1d', 'l1') == 'no failure either way'
+
+
 def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_finals(
     monkeypatch):
   pick = {'model': 'cnn1d', 'eval_train': False, 'method': 'pilot', 'schedule': 'one_shot',
