@@ -36,3 +36,27 @@ def data_dir(tmp_path_factory):
 
 # fault_runner.py is a script the fault tests start, not a test module (it reads argv).
 collect_ignore = ['fault_runner.py']
+
+
+# The longest tests (1-2.5 minutes each in CI, most of it in the processes they start)
+# go first: the workers share the rest of the suite while they run, instead of one
+# worker running the last of them alone at the end.
+LONGEST_FIRST = (
+    'tests/experiments/vision/test_faults.py::',
+    'tests/test_docs.py::test_readme_shell_commands',
+    'tests/experiments/vision/test_multiprocess.py::',
+    'tests/experiments/vision/test_main.py::test_cifar10_resnet20',
+    'tests/test_docs.py::test_readme_python_blocks',
+    'tests/experiments/charlm/test_charlm.py::test_sparsify_trained',
+    'tests/test_wheel.py::',
+    'notebooks/quickstart.ipynb',
+)
+
+
+def pytest_collection_modifyitems(items):
+  """Runs the LONGEST_FIRST tests first, in that order (a stable sort: the rest keep
+  theirs)."""
+  def rank(item):
+    return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                len(LONGEST_FIRST))
+  items.sort(key=rank)
