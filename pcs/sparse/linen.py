@@ -12,7 +12,6 @@ array a Dense or Conv returned, which is folded into it (``_folding.py``).
 (``pip install 'pcs[export]'``).
 """
 
-import functools
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -203,8 +202,9 @@ def bind(model: Any, variables: Any, exported: _export.Exported,
          **call_kwargs) -> Callable:
   """``x -> model.apply(variables, x, **call_kwargs)`` with ``exported``'s layers sparse.
 
-  The variables and the compressed arrays are placed on the default device once and
-  bound to one jitted :func:`sparse_apply`, so a call is one dispatch (compiled once per
+  The variables and the compressed arrays are placed on the default device and
+  flattened once, and bound to one jitted :func:`sparse_apply`
+  (:func:`pcs.sparse._export.bound_call`), so a call is one dispatch (compiled once per
   input shape). Same as ``exported.bind(model, variables, **call_kwargs)``.
 
   Example:
@@ -214,8 +214,8 @@ def bind(model: Any, variables: Any, exported: _export.Exported,
     >>> run(jnp.ones((1, 2)))
     Array([[2., 1.]], dtype=float32)
   """
-  run = jax.jit(lambda v, e, *args: sparse_apply(model, v, e, *args, **call_kwargs))
-  return functools.partial(run, jax.device_put(variables), jax.device_put(exported))
+  return _export.bound_call(
+      lambda v, e, *args: sparse_apply(model, v, e, *args, **call_kwargs), variables, exported)
 
 
 def _expected_shape(nn, module, x, name):

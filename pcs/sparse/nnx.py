@@ -18,7 +18,6 @@ this module needs flax (``pip install 'pcs[export]'``).
 """
 
 import contextvars
-import functools
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -326,9 +325,10 @@ def bind(model, **call_kwargs) -> Callable:
   """``x -> model(x, **call_kwargs)`` compiled, with the model's state bound on device.
 
   ``nnx.split`` once, then one ``jax.jit`` of ``nnx.merge`` and the call, given the state
-  as device arrays: a call is one dispatch, without ``nnx.jit``'s walk over the module
-  graph. The model's variables are read, not updated (inference; for a decoding cache
-  that a call updates, use ``nnx.jit`` or ``nnx.cached_partial``).
+  as device arrays flattened once (:func:`pcs.sparse._export.bound_call`): a call is one
+  dispatch, without ``nnx.jit``'s walk over the module graph. The model's variables are
+  read, not updated (inference; for a decoding cache that a call updates, use ``nnx.jit``
+  or ``nnx.cached_partial``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -340,8 +340,8 @@ def bind(model, **call_kwargs) -> Callable:
     Array([[2., 1.]], dtype=float32)
   """
   graphdef, state = nnx.split(model)
-  run = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args, **call_kwargs))
-  return functools.partial(run, jax.device_put(state))
+  return _export.bound_call(
+      lambda state, *args: nnx.merge(graphdef, state)(*args, **call_kwargs), state)
 
 
 def export_module(model, *, inputs: Any = None,
