@@ -827,58 +827,66 @@ def test_the_picked_config_takes_the_remedy_that_removes_the_failures(
     assert clipping.default_setting(partial, 'cnn1d', 'dense+gmp') == pick
 
 
+def _record_each(recorded, rows, accuracy):
+  """:func:`_record` of ``rows`` with validation accuracy ``accuracy(overrides)``."""
+  _record(recorded, rows, [accuracy(r['overrides']) for r in rows])
+
+
+def _record_on_test(recorded, recipe, setting, accuracy):
+  """Records the defaults stage's runs of ``recipe`` at ``setting`` on the CNN, with test
+  accuracy ``accuracy(seed)``."""
+  for sparsity in protocol.DEFAULTS_SPARSITIES:
+    for seed in protocol.DEFAULTS_SEEDS:
+      row = clipping.defaults_row('cnn1d', recipe, setting, sparsity, seed)
+      recorded[row['id']] = {**row, 'results': {'test_accuracy': accuracy(seed)}}
+
+
+def _plan(recorded):
+  return list(clipping.rows(recorded, ['cnn1d']))
+
+
 def test_a_default_that_fails_on_test_is_decided_again_on_more_validation_seeds(monkeypatch):
   pick = {'model': 'cnn1d', 'eval_train': False, 'method': 'spred', 'schedule': 'one_shot',
           'learning_rate': 0.4}
   monkeypatch.setattr(picking, 'recipe_pick', lambda recorded, model, recipe: (
       dict(pick) if recipe == 'spred' else None))
   recorded: dict = {}
-
-  def record(rows, accuracy):
-    for r in rows:
-      recorded[r['id']] = {**r, 'results': {'validation_accuracy': accuracy(r['overrides'])}}
-
-  def plan():
-    return list(clipping.rows(recorded, ['cnn1d']))
-
-  first = plan()  # both arms on DEFAULTS_SEEDS; both train everywhere
+  first = _plan(recorded)  # both arms on DEFAULTS_SEEDS; both train everywhere
   assert len(first) == 2 * len(protocol.DEFAULTS_SEEDS)
-  record(first, lambda o: 0.78)
-  assert plan() == first
+  _record_each(recorded, first, lambda o: 0.78)
+  assert _plan(recorded) == first
   assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'spred') == (
       'no failure either way')
   # The defaults stage runs that config on test: seed 102 ends at 44.5% against 77%, more
   # than 10 pp under the median at both sparsities, so the stage widens spred.
-  for sparsity in protocol.DEFAULTS_SPARSITIES:
-    for seed in protocol.DEFAULTS_SEEDS:
-      row = clipping.defaults_row('cnn1d', 'spred', pick, sparsity, seed)
-      recorded[row['id']] = {**row, 'results': {'test_accuracy': 0.445 if seed == 102 else 0.77}}
-  wide = plan()[len(first):]
+  _record_on_test(recorded, 'spred', pick, lambda seed: 0.445 if seed == 102 else 0.77)
+  wide = _plan(recorded)[len(first):]
   assert [r['overrides']['seed'] for r in wide] == list(protocol.WIDE_SEEDS)
   assert all(r['overrides']['clip_grad_norm'] == 0.0 and r['overrides']['learning_rate'] == 0.4
              and r['overrides']['validation_fraction'] > 0 for r in wide)
   # Had the pick trained on every new seed, it would stay, with no other arm run on them.
   before = dict(recorded)
-  record(wide, lambda o: 0.78)
-  assert plan() == first + wide
+  _record_each(recorded, wide, lambda o: 0.78)
+  assert _plan(recorded) == first + wide
   assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'spred') == (
       'trains unclipped on every seed')
   assert clipping.default_setting(recorded, 'cnn1d', 'spred') == pick
   recorded = before
   # Unclipped, seed 120 is at chance (10%): the pick fails on 1 of the 50 seeds, so the
   # clipped arm runs on the new seeds; the config keeps the pick until the decision is in.
-  record(wide, lambda o: 0.1 if o['seed'] == 120 else 0.78)
-  clipped = [r for r in plan() if r['overrides']['seed'] in protocol.WIDE_SEEDS
+  _record_each(recorded, wide, lambda o: 0.1 if o['seed'] == 120 else 0.78)
+  clipped = [r for r in _plan(recorded) if r['overrides']['seed'] in protocol.WIDE_SEEDS
              and r['overrides']['clip_grad_norm'] == protocol.CLIP_NORM]
   assert len(clipped) == len(protocol.WIDE_SEEDS)
   assert clipping.default_setting(recorded, 'cnn1d', 'spred') == pick
   # Clipped, 70% on each new seed: median 70% over the 50 seeds (78% on the first 10),
   # 8 pp under the unclipped median 78%, so half the learning rate runs on all 50 seeds.
-  record(clipped, lambda o: 0.70)
-  halved = [r for r in plan() if r['overrides']['learning_rate'] == 0.2]
+  _record_each(recorded, clipped, lambda o: 0.70)
+  halved = [r for r in _plan(recorded) if r['overrides']['learning_rate'] == 0.2]
   assert sorted(r['overrides']['seed'] for r in halved) == list(clipping.WIDE)
   assert clipping.default_setting(recorded, 'cnn1d', 'spred') == pick
-  record(halved, lambda o: 0.76)  # trains on every seed, above clipping's median: adopted
+  # Half the learning rate trains on every seed, above clipping's median: adopted.
+  _record_each(recorded, halved, lambda o: 0.76)
   found = clipping.cells(recorded.values())
   assert clipping.verdict(found, 'cnn1d', 'spred') == (
       'clipping costs 8.0 pp of median: half the learning rate removes the failures')
@@ -895,54 +903,40 @@ def test_a_widened_recipe_keeps_its_first_remedy_until_the_wider_decision_is_in(
   monkeypatch.setattr(picking, 'recipe_pick', lambda recorded, model, recipe: (
       dict(pick) if recipe == 'dense+gmp' else None))
   recorded: dict = {}
-
-  def record(rows, accuracy):
-    for r in rows:
-      recorded[r['id']] = {**r, 'results': {'validation_accuracy': accuracy(r['overrides'])}}
-
-  def on_test(setting, failing_seed):
-    for sparsity in protocol.DEFAULTS_SPARSITIES:
-      for seed in protocol.DEFAULTS_SEEDS:
-        row = clipping.defaults_row('cnn1d', 'dense+gmp', setting, sparsity, seed)
-        recorded[row['id']] = {**row, 'results': {
-            'test_accuracy': 0.40 if seed == failing_seed else 0.90}}
-
-  def plan():
-    return list(clipping.rows(recorded, ['cnn1d']))
-
-  first = plan()
+  first = _plan(recorded)
   unclipped = [r for r in first if r['overrides']['clip_grad_norm'] == 0.0]
   clipped = [r for r in first if r['overrides']['clip_grad_norm'] == protocol.CLIP_NORM]
   # Unclipped, seed 101 at chance; clipped, 9 of 10 seeds in so far at 0.925.
-  record(unclipped, lambda o: 0.1 if o['seed'] == 101 else 0.92)
-  record(clipped[:-1], lambda o: 0.925)
+  _record_each(recorded, unclipped, lambda o: 0.1 if o['seed'] == 101 else 0.92)
+  _record_each(recorded, clipped[:-1], lambda o: 0.925)
   # The defaults stage ran the pick meanwhile, and it failed on test seed 102: that says
   # nothing of the config the stage has not chosen yet, so nothing widens.
-  on_test(pick, 102)
-  assert plan() == first
+  _record_on_test(recorded, 'dense+gmp', pick, lambda seed: 0.40 if seed == 102 else 0.90)
+  assert _plan(recorded) == first
   assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'dense+gmp') == 'pending'
   # Clipping removes the failure at no cost: the config clips. On test the clipped config
   # fails on seed 107, so the stage widens: the pick runs unclipped on WIDE_SEEDS.
-  record(clipped[-1:], lambda o: 0.925)
+  _record_each(recorded, clipped[-1:], lambda o: 0.925)
   assert clipping.default_setting(recorded, 'cnn1d', 'dense+gmp') == clipped_config
-  assert plan() == first
-  on_test(clipped_config, 107)
-  wide = plan()[len(first):]
+  assert _plan(recorded) == first
+  _record_on_test(recorded, 'dense+gmp', clipped_config,
+                  lambda seed: 0.40 if seed == 107 else 0.90)
+  wide = _plan(recorded)[len(first):]
   assert [r['overrides']['seed'] for r in wide] == list(protocol.WIDE_SEEDS)
   # While the new seeds run, the config stays clipped and the verdict says so.
-  record(wide[:10], lambda o: 0.92)
+  _record_each(recorded, wide[:10], lambda o: 0.92)
   assert clipping.default_setting(recorded, 'cnn1d', 'dense+gmp') == clipped_config
   assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'dense+gmp') == (
       'clipping removes the failures; seeds 111-150 pending')
   # The pick failed on seed 101, so the clipped arm runs on the new seeds too; clipped at
   # 0.925 everywhere, the decision on all 50 seeds is again to clip.
-  record(wide[10:], lambda o: 0.92)
-  more = plan()[len(first) + len(wide):]
+  _record_each(recorded, wide[10:], lambda o: 0.92)
+  more = _plan(recorded)[len(first) + len(wide):]
   assert [(r['overrides']['seed'], r['overrides']['clip_grad_norm']) for r in more] == [
       (seed, protocol.CLIP_NORM) for seed in protocol.WIDE_SEEDS]
-  record(more, lambda o: 0.925)
-  assert plan() == first + wide + more
-  assert len({r['id'] for r in plan()}) == len(plan())
+  _record_each(recorded, more, lambda o: 0.925)
+  assert _plan(recorded) == first + wide + more
+  assert len({r['id'] for r in _plan(recorded)}) == len(_plan(recorded))
   assert clipping.verdict(clipping.cells(recorded.values()), 'cnn1d', 'dense+gmp') == (
       clipping.ADOPTED)
   assert clipping.default_setting(recorded, 'cnn1d', 'dense+gmp') == clipped_config
