@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import re
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -77,10 +78,13 @@ INNERS = {
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def subprocess_env(devices: int, **extra) -> dict:
+def subprocess_env(devices: Optional[int] = None, **extra) -> dict:
   """The environment of a JAX process a test starts from this checkout: ``devices``
-  simulated CPU devices (conftest's other XLA flags kept), plus ``extra``."""
-  flags = re.sub(r'device_count=\d+', f'device_count={devices}', os.environ['XLA_FLAGS'])
+  simulated CPU devices (None: conftest's count, as in the test's own process; its other
+  XLA flags kept), plus ``extra``."""
+  flags = os.environ['XLA_FLAGS']
+  if devices is not None:
+    flags = re.sub(r'device_count=\d+', f'device_count={devices}', flags)
   return {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': flags,
           **extra}
 

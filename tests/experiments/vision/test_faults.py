@@ -13,9 +13,9 @@ from experiments.vision.configs import default
 from tests import helpers
 
 EPOCHS, FINETUNE = 4, 2
-# Of the 8 simulated devices (as in the reference run: the CPU client's device count sets
-# its threads, and with them the bits of a reduction): replicated state, so that a kill
-# can cut a multi-device write short.
+# Of the simulated devices of conftest's client, which the killed runs keep (as in the
+# reference run: the CPU client's device count sets its threads, and with them the bits of
+# a reduction): replicated state, so that a kill can cut a multi-device write short.
 DEVICES = 2
 RANDOM_KILLS = 2
 TIMEOUT_S = 300
@@ -31,7 +31,7 @@ def _start(kill_at_save, workdir, data_dir):
   # A compilation cache of their own: a kill can cut a cache entry short, and the other
   # tests' processes should not have to read it.
   env = helpers.subprocess_env(
-      8, JAX_COMPILATION_CACHE_DIR=str(workdir.parent / 'compilation_cache'))
+      JAX_COMPILATION_CACHE_DIR=str(workdir.parent / 'compilation_cache'))
   return subprocess.Popen(
       [sys.executable, '-m', 'tests.fault_runner', str(kill_at_save)]
       + _flags(workdir, data_dir), cwd=helpers.REPO, env=env,
