@@ -8,19 +8,39 @@ import jax
 import optax
 
 
-def cpu_model() -> str:
-  """The CPU's model name from /proc/cpuinfo (else what ``platform`` knows)."""
+def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
+  """The CPU's model name from ``cpuinfo``, with its family, model and widest vector ISA
+  where the file gives them (else what ``platform`` knows).
+
+  A virtual machine often shows a generic name (``AMD EPYC``) for CPUs of different
+  generations; the family and model tell them apart (AMD family 25: model 1 is Zen 3, model
+  17 Zen 4), and the ISA says which SIMD the kernels' loops may use:
+  ``'AMD EPYC (family 25, model 17; AVX-512)'``.
+  """
   try:
-    with open('/proc/cpuinfo') as f:
-      return next(row.split(':', 1)[1].strip() for row in f if row.startswith('model name'))
-  except (OSError, StopIteration):
+    with open(cpuinfo) as f:
+      fields = {}
+      for row in f:
+        if not row.strip():  # the first processor's block ends
+          break
+        key, _, value = row.partition(':')
+        fields[key.strip()] = value.strip()
+  except OSError:
+    fields = {}
+  if 'model name' not in fields:
     return platform.processor() or platform.machine()
+  flags = set(fields.get('flags', '').split())
+  isa = 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else None
+  detail = [f'family {fields["cpu family"]}, model {fields["model"]}'
+            if 'cpu family' in fields and 'model' in fields else None, isa]
+  detail = [d for d in detail if d]
+  return fields['model name'] + (f' ({"; ".join(detail)})' if detail else '')
 
 
 def describe() -> str:
-  """``'AMD EPYC, 2 cores; 1 x cpu (cpu); Python 3.11.7, jax ..., optax ...; 2026-12-06'``."""
+  """``'AMD EPYC (family 25, model 17; AVX-512), 2 cores; 1 x cpu (cpu); Python 3.11.7,
+  jax ..., optax ...; 2026-12-07'``."""
   return (f'{cpu_model()}, {os.cpu_count()} cores; {jax.device_count()} x '
           f'{jax.devices()[0].device_kind} ({jax.default_backend()}); Python '
           f'{platform.python_version()}, jax {jax.__version__}, optax {optax.__version__}; '
           f'{time.strftime("%Y-%m-%d")}')
-

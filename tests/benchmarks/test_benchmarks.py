@@ -172,6 +172,24 @@ def test_a_sparse_target_is_met_only_where_it_holds_on_every_recorded_machine(tm
   assert text.index('### CPU B') < text.index('### CPU A')  # newest first
 
 
+def test_the_cpu_is_named_with_its_family_model_and_vector_isa(tmp_path):
+  """A virtual machine's generic model name is told apart by family and model (two
+  processors' blocks, as /proc/cpuinfo lists them: the first one's is read)."""
+  from benchmarks import machine
+  block = ('processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n'
+           'model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma{extra}\n\n')
+  zen4 = tmp_path / 'zen4'
+  zen4.write_text(block.format(n=0, model=17, extra=' avx512f avx512bw')
+                  + block.format(n=1, model=1, extra=''))
+  assert machine.cpu_model(str(zen4)) == 'AMD EPYC (family 25, model 17; AVX-512)'
+  zen3 = tmp_path / 'zen3'
+  zen3.write_text(block.format(n=0, model=1, extra=''))
+  assert machine.cpu_model(str(zen3)) == 'AMD EPYC (family 25, model 1; AVX2)'
+  bare = tmp_path / 'bare'
+  bare.write_text('model name\t: Some CPU\n')
+  assert machine.cpu_model(str(bare)) == 'Some CPU'
+
+
 def test_runs_of_an_earlier_timing_protocol_are_shown_but_not_judged(tmp_path, monkeypatch):
   import json
   from benchmarks import interleaved, machine, sparse_inference
