@@ -1,8 +1,10 @@
 """The kernels' parts below the FFI handlers (csrc/tiles_test.cc, XNNPACK-style testers):
 every row-tile width and stored width, both index types, several N:M patterns, the product
 on a real thread pool and the direct convolution, each against a double-precision loop
-over the dense matrix. Compiled here with the flags the package build uses, and again
-without vector shuffles (the path older compilers take)."""
+over the dense matrix. Compiled here with the flags the package build uses, again without
+vector shuffles (the path older compilers take), and for the baseline ISA alone
+(``PCS_ONE_ISA``): the loader runs the AVX2 clone wherever the CPU has AVX2, so the
+baseline clone would otherwise go untested on such machines."""
 
 import os
 import shutil
@@ -14,8 +16,8 @@ from tests import helpers
 
 
 @pytest.mark.skipif(shutil.which('g++') is None, reason='needs a C++ compiler')
-@pytest.mark.parametrize('defines', [[], ['-DPCS_NO_SHUFFLE']],
-                         ids=['as built', 'without vector shuffles'])
+@pytest.mark.parametrize('defines', [[], ['-DPCS_NO_SHUFFLE'], ['-DPCS_ONE_ISA']],
+                         ids=['as built', 'without vector shuffles', 'baseline ISA'])
 def test_every_tile_product_and_convolution_equals_the_dense_loop(tmp_path, defines):
   binary = str(tmp_path / 'tiles_test')
   csrc = os.path.join(helpers.REPO, 'csrc')
