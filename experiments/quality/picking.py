@@ -167,12 +167,12 @@ def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]
   return None if found is None else _setting(found[0])
 
 
-def _aim_rows(model: str, setting: dict, sparsity: float) -> List[dict]:
+def _aim_rows(model: str, setting: dict, sparsity: float, long: bool) -> List[dict]:
   """The validation runs of ``setting`` at ``sparsity`` on AIM_TUNING_SEEDS."""
   return [protocol.row('tune', model, protocol.AIMED, {
       **setting, 'seed': seed, 'sparsity': sparsity,
       'validation_fraction': protocol.VALIDATION_FRACTION, 'finetune_epochs': 0},
-      protocol.aim_tuning_name(sparsity)) for seed in protocol.AIM_TUNING_SEEDS]
+      protocol.aim_tuning_name(sparsity, long)) for seed in protocol.AIM_TUNING_SEEDS]
 
 
 def _aim_choice(recorded: Dict[str, dict], groups: List[List[dict]]) -> Optional[dict]:
@@ -193,23 +193,28 @@ class AimTuning(NamedTuple):
   picked: Optional[dict]  # the second step's choice: the setting of its finals
 
 
-def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float) -> AimTuning:
+def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float,
+               long: bool = False) -> AimTuning:
   """Both steps of tuning the target-aware PILoT at ``sparsity``, each choosing the best
   median among its settings with no failed seed (:func:`choose`): first its own values at
-  the learning rate and weight decay of its pick (empty until the recipe is picked); then
+  the learning rate and weight decay of its pick (its 30-epoch pick; where ``long``, its
+  pick at LONG_EPOCHS, :func:`long_picked`, and at that length; empty until the recipe is
+  picked); then
   that choice at each of WEIGHT_DECAYS (on a product x = m * w, weight decay on m and w is
   itself an L1 bias on x, so its strength depends on the target as alpha's does; empty
   until the first step has finished, and its runs at the pick's own weight decay are the
   first step's); ``picked`` is None until every run of the second step is recorded."""
-  setting = picked(recorded, model, protocol.AIMED)
+  setting = (long_picked if long else picked)(recorded, model, protocol.AIMED)
   if setting is None:
     return AimTuning([], [], None)
   base, own = protocol.RECIPES[protocol.AIMED]
-  shared = {k: setting[k] for k in ('learning_rate', 'weight_decay')}
-  first = [_aim_rows(model, {**base, **shared, **extra}, sparsity) for extra in own]
+  shared = {k: setting[k] for k in ('learning_rate', 'weight_decay', 'num_epochs')
+            if k in setting}
+  first = [_aim_rows(model, {**base, **shared, **extra}, sparsity, long) for extra in own]
   value = _aim_choice(recorded, first)
-  second = [] if value is None else [_aim_rows(model, {**value, 'weight_decay': wd}, sparsity)
-                                     for wd in protocol.WEIGHT_DECAYS]
+  second = [] if value is None else [
+      _aim_rows(model, {**value, 'weight_decay': wd}, sparsity, long)
+      for wd in protocol.WEIGHT_DECAYS]
   return AimTuning(first, second, _aim_choice(recorded, second))
 
 

@@ -108,17 +108,24 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
   )
 
 
+def _aim_rows(recorded: Dict[str, dict], model: str, long: bool) -> Iterator[dict]:
+  """The target-aware PILoT tuned at each of its targets (:func:`picking.aim_tuning`), then
+  its finals there: study AIM_STUDY (at LONG_EPOCHS where ``long``, named so)."""
+  study = protocol.long_name(protocol.AIM_STUDY) if long else protocol.AIM_STUDY
+  for sparsity in protocol.AIM_SPARSITIES:
+    tuning = picking.aim_tuning(recorded, model, sparsity, long)
+    for runs in tuning.first + tuning.second:
+      yield from runs
+    for run in (final_rows(model, protocol.AIMED, tuning.picked, (sparsity,), study=study)
+                if tuning.picked is not None else ()):
+      # Its own runs, even where the target's pick is the 98% one (then the same config
+      # as the recipe's finals): the id also names the study.
+      yield {**run, 'id': protocol.run_id({**run['overrides'], 'study': study})}
+
+
 def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dict]:
   for model in models:
-    for sparsity in protocol.AIM_SPARSITIES:  # the target-aware PILoT tuned at its target
-      tuning = picking.aim_tuning(recorded, model, sparsity)
-      for runs in tuning.first + tuning.second:
-        yield from runs
-      for run in (final_rows(model, protocol.AIMED, tuning.picked, (sparsity,),
-                             study=protocol.AIM_STUDY) if tuning.picked is not None else ()):
-        # Its own runs, even where the target's pick is the 98% one (then the same config
-        # as the recipe's finals): the id also names the study.
-        yield {**run, 'id': protocol.run_id({**run['overrides'], 'study': protocol.AIM_STUDY})}
+    yield from _aim_rows(recorded, model, long=False)
     for study, (recipe, changes, sparsities, _) in protocol.STUDIES.items():
       setting = picking.picked(recorded, model, recipe)
       if setting is not None:
@@ -201,3 +208,5 @@ def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
           yield from final_rows(
             model, recipe, setting, (sparsity,), study=protocol.long_name(recipe)
           )
+    if protocol.AIMED in protocol.LONG_RECIPES:
+      yield from _aim_rows(recorded, model, long=True)
