@@ -199,11 +199,11 @@ def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float,
   median among its settings with no failed seed (:func:`choose`): first its own values at
   the learning rate and weight decay of its pick (its 30-epoch pick; where ``long``, its
   pick at LONG_EPOCHS, :func:`long_picked`, and at that length; empty until the recipe is
-  picked); then
-  that choice at each of WEIGHT_DECAYS (on a product x = m * w, weight decay on m and w is
-  itself an L1 bias on x, so its strength depends on the target as alpha's does; empty
-  until the first step has finished, and its runs at the pick's own weight decay are the
-  first step's); ``picked`` is None until every run of the second step is recorded."""
+  picked); then that choice at each of WEIGHT_DECAYS (on a product x = m * w, weight decay
+  on m and w is itself an L1 bias on x, so its strength depends on the target as alpha's
+  does; empty until the first step has finished, and its runs at the pick's own weight
+  decay are the first step's); ``picked`` is None until every run of the second step is
+  recorded."""
   setting = (long_picked if long else picked)(recorded, model, protocol.AIMED)
   if setting is None:
     return AimTuning([], [], None)

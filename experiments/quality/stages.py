@@ -108,7 +108,7 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
   )
 
 
-def _aim_rows(recorded: Dict[str, dict], model: str, long: bool) -> Iterator[dict]:
+def _aim_study_rows(recorded: Dict[str, dict], model: str, long: bool) -> Iterator[dict]:
   """The target-aware PILoT tuned at each of its targets (:func:`picking.aim_tuning`), then
   its finals there: study AIM_STUDY (at LONG_EPOCHS where ``long``, named so)."""
   study = protocol.long_name(protocol.AIM_STUDY) if long else protocol.AIM_STUDY
@@ -125,7 +125,7 @@ def _aim_rows(recorded: Dict[str, dict], model: str, long: bool) -> Iterator[dic
 
 def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dict]:
   for model in models:
-    yield from _aim_rows(recorded, model, long=False)
+    yield from _aim_study_rows(recorded, model, long=False)
     for study, (recipe, changes, sparsities, _) in protocol.STUDIES.items():
       setting = picking.picked(recorded, model, recipe)
       if setting is not None:
@@ -209,4 +209,4 @@ def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
             model, recipe, setting, (sparsity,), study=protocol.long_name(recipe)
           )
     if protocol.AIMED in protocol.LONG_RECIPES:
-      yield from _aim_rows(recorded, model, long=True)
+      yield from _aim_study_rows(recorded, model, long=True)

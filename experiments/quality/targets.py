@@ -147,8 +147,8 @@ def _aimed_row(found, stopped, model: str, name: str = AIMED, reference: str = R
   misses most, and a reference that failed on some seeds. ``name``: AIMED (tuned at the
   tuning sparsity), AIM_STUDY (tuned at each target) or either's rows of the long stage,
   where both train ``epochs`` (else each recipe's own, :func:`training_epochs`)."""
-  epochs = (f'{epochs}, {epochs}' if epochs else
-            f'{training_epochs(AIMED)}, {training_epochs(reference)}')
+  trained = (f'{epochs}, {epochs}' if epochs is not None else
+             f'{training_epochs(AIMED)}, {training_epochs(reference)}')
   target = (f'>= {reference} {AIMED_MARGIN:+g} pp by median at '
             + ' and '.join(f'{s:.0%}' for s in AIMED_SPARSITIES))
   results = {s: seed_statistics.paired(found.get((model, name, s), {}),
@@ -157,14 +157,14 @@ def _aimed_row(found, stopped, model: str, name: str = AIMED, reference: str = R
   done = {s: r for s, r in results.items()
           if r is not None and _complete(found, stopped, model, (name, reference), s)}
   if len(done) < len(AIMED_SPARSITIES):
-    return f'| {model} | {name} | {target} | {epochs} | pending | pending |'
+    return f'| {model} | {name} | {target} | {trained} | pending | pending |'
   worst = min(done, key=lambda s: done[s].median)
   short = AIMED_MARGIN - done[worst].median
   verdict = 'met' if short <= 0 else f'{_missed_by(short)} at {worst:.0%}'
   verdict = _noting(verdict, _failed_reference(found, stopped, model, name, reference,
                                                AIMED_SPARSITIES))
   shown = '; '.join(f'{s:.0%}: {seed_statistics.paired_cell(r)}' for s, r in done.items())
-  return f'| {model} | {name} | {target} | {epochs} | {shown} | {verdict} |'
+  return f'| {model} | {name} | {target} | {trained} | {shown} | {verdict} |'
 
 
 def _complete(found, stopped, model: str, names, sparsity: float, seeds: int = 5) -> bool:

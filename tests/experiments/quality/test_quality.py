@@ -1036,6 +1036,7 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
         o = run['overrides']
         assert o['sparsity'] == sparsity and o['validation_fraction'] > 0
         assert o['finetune_epochs'] == 0 and o['seed'] in protocol.AIM_TUNING_SEEDS
+        assert 'num_epochs' not in o  # 30 epochs, the default: the recorded runs' ids
         assert (o['learning_rate'], o['weight_decay']) == (0.2, 1e-3)  # the pick's
         assert all(o[k] == v for k, v in extra.items())
         recorded[run['id']] = {**run, 'results': {'validation_accuracy': value}}
