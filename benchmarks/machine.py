@@ -29,11 +29,14 @@ def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
     fields = {}
   if 'model name' not in fields:
     return platform.processor() or platform.machine()
+  detail = []
+  if 'cpu family' in fields and 'model' in fields:
+    detail.append(f'family {fields["cpu family"]}, model {fields["model"]}')
   flags = set(fields.get('flags', '').split())
-  isa = 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else None
-  detail = [f'family {fields["cpu family"]}, model {fields["model"]}'
-            if 'cpu family' in fields and 'model' in fields else None, isa]
-  detail = [d for d in detail if d]
+  if 'avx512f' in flags:
+    detail.append('AVX-512')
+  elif 'avx2' in flags:
+    detail.append('AVX2')
   return fields['model name'] + (f' ({"; ".join(detail)})' if detail else '')
 
 

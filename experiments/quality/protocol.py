@@ -181,9 +181,8 @@ LONG_EPOCHS = 150
 LONG_ROUND = LEARNING_RATE_ROUNDS[0]
 # The target-aware standalone PILoT (AIMED) last: at 30 epochs it misses GMP by 4-12 pp at
 # 90-95%, and standalone PILoT at this length (its pick: a constant alpha) is within 2.4 pp
-# of GMP, so whether the bias only
-# needs the paper's time is asked here, tuned as the rest are and, as AIM_STUDY is at 30
-# epochs, at each target (long_name(AIM_STUDY)).
+# of GMP, so whether the bias only needs the paper's time is asked here, tuned as the rest
+# are and, as AIM_STUDY is at 30 epochs, at each target (long_name(AIM_STUDY)).
 LONG_RECIPES = ('dense+gmp', 'pilot+gmp', 'pilot', 'l1', 'cs', 'str', 'spred', AIMED)
 LONG_MODELS = ('cnn1d',)
 
