@@ -183,8 +183,12 @@ LONG_ROUND = LEARNING_RATE_ROUNDS[0]
 # 90-95%, and standalone PILoT at this length (its pick: a constant alpha) is within 2.4 pp
 # of GMP, so whether the bias only needs the paper's time is asked here, tuned as the rest
 # are and, as AIM_STUDY is at 30 epochs, at each target (long_name(AIM_STUDY)).
-LONG_RECIPES = ('dense+gmp', 'pilot+gmp', 'pilot', 'l1', 'cs', 'str', 'spred', AIMED)
-LONG_MODELS = ('cnn1d',)
+# On the MLP only the reference and AIMED run at this length: what is asked there is
+# whether the target-aware PILoT comes within 2 pp of GMP, as on the CNN.
+LONG_RECIPES = {
+  'cnn1d': ('dense+gmp', 'pilot+gmp', 'pilot', 'l1', 'cs', 'str', 'spred', AIMED),
+  'mlp': ('dense+gmp', AIMED),
+}
 
 
 def check_recipes(names) -> None:

@@ -194,12 +194,11 @@ def _robustness_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
 
 
 def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
-  for model in (m for m in models if m in protocol.LONG_MODELS):
-    for recipe in protocol.LONG_RECIPES:
+  for model in (m for m in models if m in protocol.LONG_RECIPES):
+    recipes = protocol.LONG_RECIPES[model]
+    for recipe in recipes:
       yield from picking.long_tuning_rows(recorded, model, recipe)
-    picks = {
-      recipe: picking.long_picked(recorded, model, recipe) for recipe in protocol.LONG_RECIPES
-    }
+    picks = {recipe: picking.long_picked(recorded, model, recipe) for recipe in recipes}
     # Sparsity by sparsity, nearest the tuning sparsity first (98, 99, 95, 90%): a partial
     # stage already ranks every recipe where they differ most.
     for sparsity in sorted(protocol.SPARSITIES, key=lambda s: abs(s - protocol.TUNING_SPARSITY)):
@@ -208,5 +207,5 @@ def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
           yield from final_rows(
             model, recipe, setting, (sparsity,), study=protocol.long_name(recipe)
           )
-    if protocol.AIMED in protocol.LONG_RECIPES:
+    if protocol.AIMED in recipes:
       yield from _aim_study_rows(recorded, model, long=True)

@@ -132,7 +132,7 @@ def _aimed_rows(found, stopped, model: str) -> List[str]:
   each target (AIM_STUDY) against REFERENCE at 30 epochs, and, on the models of the long
   stage, both at the paper's LONG_EPOCHS."""
   rows = [_aimed_row(found, stopped, model, name) for name in (AIMED, protocol.AIM_STUDY)]
-  if model in protocol.LONG_MODELS and AIMED in protocol.LONG_RECIPES:
+  if AIMED in protocol.LONG_RECIPES.get(model, ()):
     rows += [_aimed_row(found, stopped, model, protocol.long_name(name),
                         protocol.long_name(REFERENCE), protocol.LONG_EPOCHS)
              for name in (AIMED, protocol.AIM_STUDY)]

@@ -312,8 +312,9 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
       timed against dense, called as :meth:`Exported.bind` calls it (the adapters pass
       it when they have the model). A layer faster alone can make the model slower (a
       custom call ends XLA's fusions around it), so the layers chosen are checked
-      together: while the model is not faster than dense, the weaker half of them goes
-      back to dense, down to none.
+      together: while the model is not faster than dense (the lower quartile of its
+      paired speed-ups over dense at most 1 / (1 - margin)), the weaker half of them
+      goes back to dense, down to none.
     layouts: ``{parameter path: KernelLayout}`` (``pcs.kernel_layouts(model)``; the
       adapters pass it): a kernel of a ``LinearGeneral`` layer is exported as the matrix
       of its in axes by its out axes (:func:`as_matrix`).
@@ -431,12 +432,16 @@ def _exported(layers, epilogues, choices, model=None) -> Exported:
 
 
 def _checked_together(exported, epilogues, choices, compare_model, threshold) -> Exported:
-  """Drops the weaker half of the sparse layers until the whole model beats dense."""
+  """Drops the weaker half of the sparse layers until the whole model beats dense: until
+  the lower quartile of its paired speed-ups, not only their median, exceeds
+  ``threshold``. A model whose gain is inside the machine's noise goes back to dense (the
+  4-layer mnist1d CNN at batch 16, kept sparse by its median, then ran at 0.92x dense in
+  the benchmark's own timing on the Zen 4)."""
   gain = {c.path: c.dense_ms / c.sparse_ms for c in choices if c.path in exported}
   measured = None
   while exported:
     measured = compare_model(_exported(exported, epilogues, choices))
-    if measured.speedup > threshold:
+    if measured.speedup_low > threshold:
       break
     weakest = sorted(exported, key=lambda p: gain[p])[:max(1, len(exported) // 2)]
     exported = {p: layer for p, layer in exported.items() if p not in weakest}

@@ -284,9 +284,14 @@ def test_a_recipe_that_collapsed_is_not_recommended():
 def test_the_long_stage_retunes_each_recipe_at_150_epochs_then_runs_its_finals():
   recorded = _tuning_record('cnn1d', 'pilot', best_index=9)  # its 30-epoch pick
   recorded.update(_tuning_record('mlp', 'pilot', best_index=0))
+  recorded.update(_tuning_record('mlp', 'dense+gmp', best_index=0))
   pick = picking.picked(recorded, 'cnn1d', 'pilot')
   planned = [r for r in stages.plan(recorded, ['cnn1d', 'mlp'], ['long'], 'w')]
-  assert {r['model'] for r in planned} == {'cnn1d'}  # the paper's length on the CNN only
+  # On the MLP only GMP (and the target-aware PILoT) run at the paper's length.
+  mlp = [r for r in planned if r['model'] == 'mlp']
+  assert {r['recipe'] for r in mlp} == {'dense+gmp'}
+  assert all(r['overrides']['num_epochs'] == 150 for r in mlp)
+  planned = [r for r in planned if r['model'] == 'cnn1d']
   own = protocol.RECIPES['pilot'][1]
   assert len(planned) == len(own)  # no finals before the long tuning is done
   for r, extra in zip(planned, own):

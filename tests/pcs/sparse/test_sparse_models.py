@@ -141,6 +141,11 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   assert 'whole model with it was not faster' in {c.path[0]: c for c in checked.choices}[
       'Dense_2'].reason
   assert 'whole model, as bound: sparse 7.000 ms vs dense 10.000 ms' in checked.summary()
+  # Faster by the median but not by the lower quartile: inside the noise, so dense.
+  noisy = pcs.sparse._export.export_kernels(  # pylint: disable=protected-access
+      params, compare_model=lambda layers: pcs.sparse.Comparison(10.0, 9.0, 1.11, 0.97,
+                                                                 1.25, 400))
+  assert not noisy and noisy.model_ms is None
   never = pcs.sparse._export.export_kernels(  # pylint: disable=protected-access
       params, compare_model=lambda layers: _stood_in(10.0, 10.0 + len(layers)))
   assert not never  # all back to dense
