@@ -203,8 +203,8 @@ def markdown(rows: List[dict]) -> str:
             *paired_table(after, model, [(name, base) for name, (_, _, _, base)
                                          in protocol.STUDIES.items()] + aimed,
                           study_sparsities), '']
-    recipes = protocol.LONG_RECIPES.get(model, ())
-    long = [protocol.long_name(r) for r in recipes]
+    long_recipes = protocol.LONG_RECIPES.get(model, ())
+    long = [protocol.long_name(r) for r in long_recipes]
     if any(name == n for (m, name, _) in after for n in long if m == model):
       aim_long = protocol.long_name(protocol.AIM_STUDY)
       aim = aim_tuning_table(rows, model, long=True)
@@ -223,7 +223,7 @@ def markdown(rows: List[dict]) -> str:
               *paired_table(after, model, [(n, protocol.long_name(targets.REFERENCE))
                                            for n in long + [aim_long]
                                            if n != protocol.long_name(targets.REFERENCE)]
-                            + list(zip(long, recipes))
+                            + list(zip(long, long_recipes))
                             + [(aim_long, protocol.AIM_STUDY)], protocol.SPARSITIES), '']
     sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
     out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '

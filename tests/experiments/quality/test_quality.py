@@ -241,6 +241,21 @@ def test_a_row_whose_runs_diverged_still_shows_in_the_accuracy_tables():
   assert '| sparsify trained: pilot |  |  | - / - / diverged (s0) / 2 |' in text  # all diverged
 
 
+def test_each_models_tables_list_every_recipe_whatever_the_long_stage_runs_on_the_other():
+  # The CNN's long stage runs recipes the MLP's does not (dense+imp on neither): the MLP's
+  # 30-epoch tables still show dense+imp, and its long section only its own long recipes.
+  assert 'dense+imp' not in protocol.LONG_RECIPES['cnn1d'] + protocol.LONG_RECIPES['mlp']
+  rows = [_final(m, 'dense+imp', 0.98, seed, 90.0 + seed) for m in ('cnn1d', 'mlp')
+          for seed in (0, 1)]
+  rows += [_final(m, 'pilot', 0.98, seed, 80.0, 'pilot 150 epochs') for m in ('cnn1d', 'mlp')
+           for seed in (0, 1)]
+  text = quality_report.markdown(rows)
+  mlp = text[text.index('## mlp: test accuracy'):]
+  assert '| dense+imp |  |  | 90.5 ± 0.7 / 90.5 / 90.0 (s0) / 0 |  |' in mlp
+  assert "### cnn1d: the paper's training length" in text
+  assert "### mlp: the paper's training length" not in text  # pilot is no long MLP recipe
+
+
 def test_a_failed_run_is_diverged_at_chance_or_more_than_10_pp_under_its_cells_median():
   # Validation accuracies of one cell, by hand: the finished ones sorted are 0.115, 0.74,
   # 0.76, 0.85, 0.90, 0.91, 0.92, median 0.85, so "under" is below 0.75: 0.74 fails and
