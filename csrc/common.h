@@ -13,9 +13,10 @@ namespace pcs {
 
 // Inlined into the loops that call it.
 #define PCS_INLINE inline __attribute__((always_inline))
-// The row loops are compiled twice, for AVX2 + FMA and for the baseline ISA; the loader
-// picks one for the CPU it runs on. PCS_ONE_ISA compiles them once, for the -march given:
-// the tile test checks the baseline clone so, which the loader runs only without AVX2.
+// The row loops, the packing and the transposed store are compiled twice, for AVX2 + FMA
+// and for the baseline ISA; the loader picks one for the CPU it runs on. PCS_ONE_ISA
+// compiles them once, for the -march given: that is how the tile test checks the baseline
+// clone, which the loader runs only on a CPU without AVX2.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(PCS_ONE_ISA)
 #define PCS_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else

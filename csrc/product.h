@@ -64,7 +64,8 @@ void Product(Pool& pool, int64_t threads, const Rows& rows, const float* x,
   const int64_t block = cols > 8 ? kRowsPerPanelBlock : kRowsPerBlock;
   const int64_t row_blocks = (features + block - 1) / block;
   const int64_t per_task = panels >= 4 * (pool.num_threads() + 1) ? row_blocks : 1;
-  ParallelFor(pool, threads, panels * row_blocks, per_task, nonzeros * cols, [&](int64_t u0, int64_t u1) {
+  const int64_t units = panels * row_blocks;
+  ParallelFor(pool, threads, units, per_task, nonzeros * cols, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t p = u / row_blocks, r0 = (u % row_blocks) * block;
       const int64_t r1 = std::min(features, r0 + block), valid = std::min(width, cols - p * width);

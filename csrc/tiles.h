@@ -70,9 +70,9 @@ PCS_INLINE void RowTile(const Rows& rows, int64_t r, const float* x, int64_t str
 }
 
 // Columns per panel: x^T is read in panels of `Width` contiguous columns. With 2, 4, 8 or
-// 16 columns x^T is its own panel (x, a row per input, is always packed); otherwise each panel is copied out (the last one
-// zero-padded) into a compact block, as reading it in place, `cols` floats apart, would
-// map many inputs to the same cache sets.
+// 16 columns x^T is its own panel (x, a row per input, is always packed); otherwise each
+// panel is copied out (the last one zero-padded) into a compact block, as reading it in
+// place, `cols` floats apart, would map many inputs to the same cache sets.
 inline int64_t PanelWidth(int64_t cols) {
   return cols <= 2 ? 2 : cols <= 4 ? 4 : cols <= 8 ? 8 : 16;
 }

@@ -292,7 +292,8 @@ int main() {
       }
       pcs::TestProduct(4000, 300, 1, 0, 0, threads, pcs::kIdentity, false, layout);  // parallel
       pcs::TestProduct(300, 400, 64, 0, 0, threads, pcs::kIdentity, false, layout);  // panels
-      // inputs past PackRows' blocks and its 8 x 8 transposes, 5 columns past the last 8
+      // inputs past PackRows' blocks and its 8 x 8 transposes, 5 columns past the last 8,
+      // 5 rows past TileToRows' last 8
       pcs::TestProduct(45, 301, 29, 0, 0, threads, pcs::kIdentity, false, layout);
     }
     pcs::TestConvolution(3, 3, 4, 5, 1, 1, 12, 45, threads);  // tiles of 32, 8 and the rest

@@ -21,8 +21,9 @@ Protocol (written out in QUALITY.md by :mod:`experiments.quality.report`):
 4. **Robustness**: the recommended recipe and its equal-epoch baseline on seeds 5-24.
    **Cycle warmup**: the warmup of each IMP cycle tuned on validation (seeds 0-2) for both,
    and seeds 5-24 again for a recipe whose pick changed.
-5. **Long**: the main recipes on the CNN at the paper's 150 epochs, re-tuned at that
-   length (their own values, at their 30-epoch learning rate and weight decay), 5 seeds.
+5. **Long**: the main recipes on the CNN, and GMP and the target-aware PILoT on the MLP
+   (``protocol.LONG_RECIPES``), at the paper's 150 epochs, re-tuned at that length (their
+   own values, at their 30-epoch learning rate and weight decay), 5 seeds.
 
 Every finished run is appended to ``<record>/runs.jsonl`` (committed with the repo), and
 a rerun skips the runs found there, so the benchmark carries on across sessions. The

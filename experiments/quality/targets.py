@@ -129,8 +129,8 @@ def verdicts(rows: List[dict], found, models) -> List[str]:
 
 def _aimed_rows(found, stopped, model: str) -> List[str]:
   """The target-aware standalone PILoT's rows: tuned at the tuning sparsity (AIMED) and at
-  each target (AIM_STUDY) against REFERENCE at 30 epochs, and, on the models of the long
-  stage, both at the paper's LONG_EPOCHS."""
+  each target (AIM_STUDY) against REFERENCE at 30 epochs, and, on the models whose long
+  stage runs AIMED, both at the paper's LONG_EPOCHS."""
   rows = [_aimed_row(found, stopped, model, name) for name in (AIMED, protocol.AIM_STUDY)]
   if AIMED in protocol.LONG_RECIPES.get(model, ()):
     rows += [_aimed_row(found, stopped, model, protocol.long_name(name),

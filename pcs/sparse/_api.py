@@ -45,8 +45,9 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
       (``pcs.prune(params, n_m=(N, M))``); required with ``format='n_m'``.
     where: which leaves to export (default: every leaf named ``kernel`` with ndim >= 2).
     batch_size: the batch to measure Dense layers at without ``inputs``.
-    margin: a layer (and the model) goes sparse only if its median paired speed-up over
-      dense exceeds 1 / (1 - margin).
+    margin: a layer goes sparse only if its median paired speed-up over dense exceeds
+      1 / (1 - margin); the whole model stays sparse only if the lower quartile of its
+      paired speed-ups does.
     fold_batch_norm: fold inference batch norms into the layers before them.
     fuse_relu: module paths (``('block', 'Conv_0')`` or ``'block/Conv_0'``) of layers
       whose output (after a folded batch norm) always goes through a ReLU: the product

@@ -306,8 +306,9 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     batch_size: the batch to measure Dense layers at when ``layer_inputs`` lacks them.
     layer_inputs: ``{module path: LayerInput}`` as the adapters record them; needed to
       measure a Conv layer (its spatial size).
-    margin: a layer (and the model) goes sparse only if its median paired speed-up over
-      dense exceeds 1 / (1 - margin).
+    margin: a layer goes sparse only if its median paired speed-up over dense exceeds
+      1 / (1 - margin); the whole model stays sparse only if the lower quartile of its
+      paired speed-ups does.
     compare_model: ``Exported -> Comparison``, the whole model with those layers sparse
       timed against dense, called as :meth:`Exported.bind` calls it (the adapters pass
       it when they have the model). A layer faster alone can make the model slower (a
@@ -446,7 +447,8 @@ def _checked_together(exported, epilogues, choices, compare_model, threshold) ->
     weakest = sorted(exported, key=lambda p: gain[p])[:max(1, len(exported) // 2)]
     exported = {p: layer for p, layer in exported.items() if p not in weakest}
     choices = [c._replace(format='dense', reason=c.reason + '; but the whole model with it '
-                          f'was not faster than dense ({measured.describe()})')
+                          f'was not faster than dense by its lower quartile '
+                          f'({measured.describe()})')
                if c.path in weakest else c for c in choices]
   # With every layer back to dense, no measured configuration is the one returned.
   return _exported(exported, epilogues, choices, measured if exported else None)

@@ -5,10 +5,10 @@ falls on both alike: each pair runs the two in a new random order (seeded), each
 right after an untimed run of itself, since a call made straight after the other one runs
 slower (10-15% for a 95%-sparse 4096 x 4096 layer after the dense one, measured on a 2-core
 Zen 3) and a fixed order would charge that to the same call every time. Each pair gives one
-speed-up r_i = t_dense,i / t_sparse,i. The decision reads the median of the r_i, and the
-timing goes on (up to a time budget) while the quartiles of the r_i straddle the
-threshold the decision compares with, so a noisy machine buys more runs instead of a
-coin flip.
+speed-up r_i = t_dense,i / t_sparse,i. A layer's decision reads the median of the r_i, the
+whole model's their lower quartile (``_export._checked_together``), and the timing goes on
+(up to a time budget) while the quartiles of the r_i straddle the threshold the decision
+compares with, so a noisy machine buys more runs instead of a coin flip.
 """
 
 import time
