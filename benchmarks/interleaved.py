@@ -1,8 +1,10 @@
 """Timing several calls in alternation (rounds of A, B, C in shuffled order), so that whatever
 else the machine does falls on all of them alike: what every sparse-inference table reports."""
 
+import os
 import random
 import statistics
+import sys
 import time
 
 import jax
@@ -11,6 +13,26 @@ import numpy as np
 # A call of a few hundred microseconds timed only ``repeats`` times is at the mercy of one
 # burst of noise: rounds go on until this much time has passed (at most MAX_ROUNDS).
 MIN_SECONDS, MAX_ROUNDS = 0.3, 2000
+
+# How long an idle OpenMP thread (torch's) spins before it sleeps, in rounds of libgomp's
+# wait loop. By default it spins for milliseconds after each torch call and takes one of 2
+# cores from whatever is timed next: pcs at 99% and batch 16, timed after torch CSR, took
+# 151-221 us, and 139-142 us with this bound, while torch took 160-174 and 160-163 us (the
+# Zen 4 measured). The bound still covers the gap between its untimed and timed call.
+OPENMP_SPINS = 10000
+
+
+def bound_openmp_spin() -> None:
+  """Caps the spin of libgomp's idle threads at OPENMP_SPINS (GOMP_SPINCOUNT), which
+  libgomp reads when it loads: call before the first import of torch (again after it, a
+  no-op once the bound is set)."""
+  if os.environ.get('GOMP_SPINCOUNT') == str(OPENMP_SPINS):
+    return
+  if 'torch' in sys.modules:
+    raise RuntimeError('bound_openmp_spin() must run before torch is imported: libgomp '
+                       'reads GOMP_SPINCOUNT once, when it loads.')
+  os.environ['GOMP_SPINCOUNT'] = str(OPENMP_SPINS)
+
 
 # The timing protocols a recorded run may have used, by number (runs recorded without the
 # field used 1); targets are judged on the runs of the current one, PROTOCOL.
@@ -21,9 +43,13 @@ PROTOCOLS = {
     2: 'rounds in random order, each timed call after an untimed call of itself, but only '
        '`repeats` rounds, few for a fast call or a large batch',
     3: 'rounds in random order, each timed call after an untimed call of itself, for at '
-       f'least {MIN_SECONDS:g} s',
+       f'least {MIN_SECONDS:g} s, but torch\'s OpenMP threads, spinning for milliseconds '
+       'after each of its calls, took a core from the calls timed after it',
+    4: 'rounds in random order, each timed call after an untimed call of itself, for at '
+       f'least {MIN_SECONDS:g} s; torch\'s OpenMP threads spin at most '
+       f'{OPENMP_SPINS} rounds after a call (GOMP_SPINCOUNT) before they sleep',
 }
-PROTOCOL = 3
+PROTOCOL = 4
 
 def ready(fn, *args):
   """``fn(*args)``, waited for: a thunk's body that times the whole call."""

@@ -74,6 +74,7 @@ MODELS = (('MLP 784-4096-4096-10', lambda: models.MLP((4096, 4096, 10)), (784,),
 
 
 def _torch():
+  interleaved.bound_openmp_spin()
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:

@@ -265,10 +265,37 @@ void TestConvolution(int64_t kh, int64_t kw, int64_t channels, int64_t features,
   }
 }
 
+// The store of two accumulator vectors, by hand: the sum, through the ReLU where asked
+// (a NaN stays NaN, -0 stays -0, as std::max(v, 0) leaves them), only `valid` lanes written.
+void TestStore() {
+  const float nan = std::nanf("");
+  const Vec8 even[2] = {{nan, -1.0f, 2.0f, -0.0f, 3.0f, -4.0f, 0.5f, -0.5f},
+                        {1.0f, -2.0f, 3.0f, -3.0f, 4.0f, -5.0f, 6.0f, -7.0f}};
+  const Vec8 odd[2] = {{1.0f, 0.5f, 1.0f, -0.0f, -4.0f, 5.0f, 0.0f, 0.0f}, {}};
+  const float sums[16] = {nan, -0.5f, 3.0f, -0.0f, -1.0f, 1.0f, 0.5f, -0.5f,
+                          1.0f, -2.0f, 3.0f, -3.0f, 4.0f, -5.0f, 6.0f, -7.0f};
+  for (int64_t activation : {kIdentity, kRelu}) {
+    for (int64_t valid : {16, 11, 8, 3}) {
+      float y[17];
+      std::fill(y, y + 17, 42.0f);
+      Store<2>(even, odd, activation, y, valid);
+      for (int64_t j = 0; j < 17; ++j) {
+        const float want = j >= valid ? 42.0f
+                           : activation == kRelu && sums[j] < 0.0f ? 0.0f : sums[j];
+        const bool same = std::isnan(want) ? std::isnan(y[j])
+                                           : y[j] == want && std::signbit(y[j]) == std::signbit(want);
+        Expect(same, "store activation " + std::to_string(activation) + " valid " +
+                         std::to_string(valid) + " lane " + std::to_string(j));
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pcs
 
 int main() {
+  pcs::TestStore();
   using pcs::RowTileTester;
   for (int64_t width : {2, 4, 8, 16}) {
     for (int64_t valid = 1; valid <= width; ++valid) {

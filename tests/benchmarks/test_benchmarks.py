@@ -1,6 +1,9 @@
 """The benchmarks run end to end on small settings, and their verdicts follow their rules."""
 
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,6 +213,20 @@ def test_runs_of_an_earlier_timing_protocol_are_shown_but_not_judged(tmp_path, m
   monkeypatch.setitem(interleaved.PROTOCOLS, interleaved.PROTOCOL + 1, 'a later one')
   monkeypatch.setattr(interleaved, 'PROTOCOL', interleaved.PROTOCOL + 1)
   assert '| 0 / 0 | not measured | 1 / 2 |' in sparse_inference.runs_markdown(path)
+
+
+def test_torchs_openmp_spin_is_bounded_before_torch_loads_or_the_benchmark_refuses(
+    monkeypatch):
+  from benchmarks import interleaved
+  monkeypatch.delenv('GOMP_SPINCOUNT', raising=False)
+  monkeypatch.delitem(sys.modules, 'torch', raising=False)
+  interleaved.bound_openmp_spin()
+  assert os.environ['GOMP_SPINCOUNT'] == '10000'
+  monkeypatch.setitem(sys.modules, 'torch', object())  # loaded once the bound is set: fine
+  interleaved.bound_openmp_spin()
+  monkeypatch.setenv('GOMP_SPINCOUNT', '300000')  # loaded with another spin: refused
+  with pytest.raises(RuntimeError, match='before torch is imported'):
+    interleaved.bound_openmp_spin()
 
 
 def test_runs_of_earlier_code_are_shown_but_not_judged(tmp_path, monkeypatch):
