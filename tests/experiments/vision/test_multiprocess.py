@@ -25,12 +25,12 @@ EPOCHS = 2
 TIMEOUT_S = 300
 
 # Gloo's connection report, '[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of
-# connected peer ranks is : 1', which sometimes reaches stderr split over lines, or with
-# another rank's report written into the middle of it, at any word ('[Gloo] Rank 3 is
-# connected to [Gloo] Rank 2 is connected to 3 peer ranks. ... : 3' then '3 peer ranks.
-# ...'): its phrases are matched apart, so only text outside them is left.
-GLOO_REPORT = re.compile(r'\[Gloo\]|Rank\s+\d+|is\s+connected\s+to|\d+\s+peer\s+ranks\.|'
-                         r'Expected\s+number\s+of\s+connected\s+peer\s+ranks\s+is\s*:\s*\d+')
+# connected peer ranks is : 1', reaches stderr in pieces (the text between two numbers, each
+# number), and another rank's pieces can land between any two of them ('[Gloo] Rank [Gloo]
+# Rank 2 is connected to 3 peer ranks. ... : 3' then '3 is connected to ...'): the pieces
+# are matched apart, so only text outside them is left.
+GLOO_REPORT = re.compile(r'\[Gloo\]\s+Rank|\d+|is\s+connected\s+to|peer\s+ranks\.\s+Expected'
+                         r'\s+number\s+of\s+connected\s+peer\s+ranks\s+is\s*:')
 
 
 def _free_port() -> int:
