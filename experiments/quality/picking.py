@@ -167,12 +167,14 @@ def picked(recorded: Dict[str, dict], model: str, recipe: str) -> Optional[dict]
   return None if found is None else _setting(found[0])
 
 
-def _aim_rows(model: str, setting: dict, sparsity: float, long: bool) -> List[dict]:
-  """The validation runs of ``setting`` at ``sparsity`` on AIM_TUNING_SEEDS."""
-  return [protocol.row('tune', model, protocol.AIMED, {
+def _aim_rows(model: str, recipe: str, setting: dict, sparsity: float,
+              long: bool) -> List[dict]:
+  """The validation runs of ``recipe`` at ``setting`` and ``sparsity`` on
+  AIM_TUNING_SEEDS."""
+  return [protocol.row('tune', model, recipe, {
       **setting, 'seed': seed, 'sparsity': sparsity,
       'validation_fraction': protocol.VALIDATION_FRACTION, 'finetune_epochs': 0},
-      protocol.aim_tuning_name(sparsity, long)) for seed in protocol.AIM_TUNING_SEEDS]
+      protocol.aim_tuning_name(sparsity, long, recipe)) for seed in protocol.AIM_TUNING_SEEDS]
 
 
 def _aim_choice(recorded: Dict[str, dict], groups: List[List[dict]]) -> Optional[dict]:
@@ -185,8 +187,8 @@ def _aim_choice(recorded: Dict[str, dict], groups: List[List[dict]]) -> Optional
 
 
 class AimTuning(NamedTuple):
-  """The tuning of the target-aware PILoT at one sparsity (AIM_SPARSITIES), as planned runs
-  grouped by setting, each group on AIM_TUNING_SEEDS."""
+  """The tuning of a recipe at one sparsity (AIM_SPARSITIES), as planned runs grouped by
+  setting, each group on AIM_TUNING_SEEDS."""
 
   first: List[List[dict]]  # its own values at the learning rate and weight decay of its pick
   second: List[List[dict]]  # the first step's choice at each of WEIGHT_DECAYS
@@ -194,8 +196,9 @@ class AimTuning(NamedTuple):
 
 
 def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float,
-               long: bool = False) -> AimTuning:
-  """Both steps of tuning the target-aware PILoT at ``sparsity``, each choosing the best
+               long: bool = False, recipe: str = protocol.AIMED) -> AimTuning:
+  """Both steps of tuning ``recipe`` (the target-aware PILoT, or at LONG_EPOCHS its
+  reference AIM_REFERENCE, tuned alike) at ``sparsity``, each choosing the best
   median among its settings with no failed seed (:func:`choose`): first its own values at
   the learning rate and weight decay of its pick (its 30-epoch pick; where ``long``, its
   pick at LONG_EPOCHS, :func:`long_picked`, and at that length; empty until the recipe is
@@ -204,16 +207,17 @@ def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float,
   does; empty until the first step has finished, and its runs at the pick's own weight
   decay are the first step's); ``picked`` is None until every run of the second step is
   recorded."""
-  setting = (long_picked if long else picked)(recorded, model, protocol.AIMED)
+  setting = (long_picked if long else picked)(recorded, model, recipe)
   if setting is None:
     return AimTuning([], [], None)
-  base, own = protocol.RECIPES[protocol.AIMED]
+  base, own = protocol.RECIPES[recipe]
   shared = {k: setting[k] for k in ('learning_rate', 'weight_decay', 'num_epochs')
             if k in setting}
-  first = [_aim_rows(model, {**base, **shared, **extra}, sparsity, long) for extra in own]
+  first = [_aim_rows(model, recipe, {**base, **shared, **extra}, sparsity, long)
+           for extra in own]
   value = _aim_choice(recorded, first)
   second = [] if value is None else [
-      _aim_rows(model, {**value, 'weight_decay': wd}, sparsity, long)
+      _aim_rows(model, recipe, {**value, 'weight_decay': wd}, sparsity, long)
       for wd in protocol.WEIGHT_DECAYS]
   return AimTuning(first, second, _aim_choice(recorded, second))
 

@@ -34,13 +34,15 @@ def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
   return f"{seed_statistics.cell(values.values()) or '-'} / {median} / {worst} (s{seed}) / {count}"
 
 
-def aim_tuning_table(rows: List[dict], model: str, long: bool = False) -> List[str]:
-  """The target-aware PILoT's tuning at each of AIM_SPARSITIES (at LONG_EPOCHS where
-  ``long``), both steps (:func:`picking.aim_tuning`): per setting, its validation accuracy
-  (%) on AIM_TUNING_SEEDS (:func:`picking.confirmation`: median, worst seed, failed runs)
-  and what was picked; empty before any of those runs."""
+def aim_tuning_table(rows: List[dict], model: str, long: bool = False,
+                     recipe: str = protocol.AIMED) -> List[str]:
+  """The tuning of ``recipe`` (the target-aware PILoT, or its reference AIM_REFERENCE) at
+  each of AIM_SPARSITIES (at LONG_EPOCHS where ``long``), both steps
+  (:func:`picking.aim_tuning`): per setting, its validation accuracy (%) on
+  AIM_TUNING_SEEDS (:func:`picking.confirmation`: median, worst seed, failed runs) and what
+  was picked; empty before any of those runs."""
   by_id = {row['id']: row for row in rows}
-  own = protocol.RECIPES[protocol.AIMED][1]
+  own = protocol.RECIPES[recipe][1]
 
   def cell(runs):
     done = [by_id[r['id']] for r in runs if r['id'] in by_id]
@@ -54,7 +56,7 @@ def aim_tuning_table(rows: List[dict], model: str, long: bool = False) -> List[s
            + ' / '.join(f'{wd:g}' for wd in protocol.WEIGHT_DECAYS) + ' | picked |',
            '|---|' + '---|' * len(own) + '---|---|']
   for sparsity in protocol.AIM_SPARSITIES:
-    first, second, pick = picking.aim_tuning(by_id, model, sparsity, long)
+    first, second, pick = picking.aim_tuning(by_id, model, sparsity, long, recipe)
     if not any(r['id'] in by_id for runs in first for r in runs):
       continue
     chosen = 'pending' if pick is None else ', '.join(
@@ -207,22 +209,28 @@ def markdown(rows: List[dict]) -> str:
     long = [protocol.long_name(r) for r in long_recipes]
     if any(name == n for (m, name, _) in after for n in long if m == model):
       aim_long = protocol.long_name(protocol.AIM_STUDY)
+      reference = protocol.long_name(targets.REFERENCE)
+      reference_aimed = protocol.long_name(protocol.at_target_study(protocol.AIM_REFERENCE))
       aim = aim_tuning_table(rows, model, long=True)
+      aim_reference = aim_tuning_table(rows, model, long=True, recipe=protocol.AIM_REFERENCE)
       out += [f"### {model}: the paper's training length ({protocol.LONG_EPOCHS} epochs)", '',
               'Each recipe re-tuned at this length on the validation split (its own values; '
               'the learning rate and weight decay of its 30-epoch pick over learning rates '
               f"{{{', '.join(map(str, protocol.LONG_ROUND))}}}), test accuracy after "
               'fine-tuning:', '',
-              *accuracy_table(after, model, long + [aim_long], protocol.SPARSITIES, failed,
-                              off), '',
+              *accuracy_table(after, model, long + [aim_long, reference_aimed],
+                              protocol.SPARSITIES, failed, off), '',
               *([f'"{aim_long}": the target-aware standalone PILoT tuned at each target at '
                  'this length, as at 30 epochs (validation accuracy %: median / worst / '
                  'failed):', '', *aim, ''] if aim else []),
-              f'Paired against {protocol.long_name(targets.REFERENCE)}, and against the same '
-              'recipe at 30 epochs:', '',
-              *paired_table(after, model, [(n, protocol.long_name(targets.REFERENCE))
-                                           for n in long + [aim_long]
-                                           if n != protocol.long_name(targets.REFERENCE)]
+              *([f'"{reference_aimed}": its reference tuned at each target the same way, so '
+                 'that the two compare at equal tuning budgets (validation accuracy %: '
+                 'median / worst / failed):', '', *aim_reference, '']
+                if aim_reference else []),
+              f'Paired against {reference}, and against the same recipe at 30 epochs:', '',
+              *paired_table(after, model, [(n, reference) for n in long + [aim_long]
+                                           if n != reference]
+                            + [(aim_long, reference_aimed)]
                             + list(zip(long, long_recipes))
                             + [(aim_long, protocol.AIM_STUDY)], protocol.SPARSITIES), '']
     sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]

@@ -108,15 +108,18 @@ def plan(recorded: Dict[str, dict], models, stages, workdir: str) -> Iterator[di
   )
 
 
-def _aim_study_rows(recorded: Dict[str, dict], model: str, long: bool) -> Iterator[dict]:
-  """The target-aware PILoT tuned at each of its targets (:func:`picking.aim_tuning`), then
-  its finals there: study AIM_STUDY (at LONG_EPOCHS where ``long``, named so)."""
-  study = protocol.long_name(protocol.AIM_STUDY) if long else protocol.AIM_STUDY
+def _aim_study_rows(recorded: Dict[str, dict], model: str, long: bool,
+                    recipe: str = protocol.AIMED) -> Iterator[dict]:
+  """``recipe`` (the target-aware PILoT, or at LONG_EPOCHS its reference too) tuned at
+  each of its targets (:func:`picking.aim_tuning`), then its finals there: the study
+  ``protocol.at_target_study(recipe)`` (at LONG_EPOCHS where ``long``, named so)."""
+  study = protocol.at_target_study(recipe)
+  study = protocol.long_name(study) if long else study
   for sparsity in protocol.AIM_SPARSITIES:
-    tuning = picking.aim_tuning(recorded, model, sparsity, long)
+    tuning = picking.aim_tuning(recorded, model, sparsity, long, recipe)
     for runs in tuning.first + tuning.second:
       yield from runs
-    for run in (final_rows(model, protocol.AIMED, tuning.picked, (sparsity,), study=study)
+    for run in (final_rows(model, recipe, tuning.picked, (sparsity,), study=study)
                 if tuning.picked is not None else ()):
       # Its own runs, even where the target's pick is the 98% one (then the same config
       # as the recipe's finals): the id also names the study.
@@ -209,3 +212,4 @@ def _long_rows(recorded: Dict[str, dict], models) -> Iterator[dict]:
           )
     if protocol.AIMED in recipes:
       yield from _aim_study_rows(recorded, model, long=True)
+      yield from _aim_study_rows(recorded, model, long=True, recipe=protocol.AIM_REFERENCE)
