@@ -460,6 +460,7 @@ def write(rows: Iterable[dict], folder: str) -> str:
   # mixed into the seeds 0-4 tables; they get a section of their own.
   rows = list(rows)
   robustness, defaults = robustness_markdown(rows), defaults_markdown(rows)
+  robust_line = robustness_line(rows)
   defaults_rows = [r for r in rows if r['stage'] == 'defaults']
   clipping = clipping_markdown(rows)
   rows = [r for r in rows if r['stage'] not in ('robustness', 'defaults', 'clipping')]
@@ -502,7 +503,7 @@ def write(rows: Iterable[dict], folder: str) -> str:
     f.write(text)
   readme = os.path.join(root, 'README.md')
   if os.path.exists(readme):
-    blocks.write_between(readme, 'quality', readme_block(rows, defaults_rows))
+    blocks.write_between(readme, 'quality', readme_block(rows, defaults_rows, robust_line))
   return text
 
 
@@ -542,11 +543,60 @@ def defaults_line(rows: List[dict]) -> str:
           + '. '.join(parts) + ' (QUALITY.md, "The picked configs on seeds nobody ran").')
 
 
-def readme_block(rows: List[dict], defaults: Optional[List[dict]] = None) -> str:
+def robustness_line(rows: List[dict]) -> str:
+  """README's sentence on the 'robustness' stage (:func:`robustness_markdown`): per model,
+  how many of ROBUSTNESS_SEEDS the recommended recipe and its equal-epoch baseline failed
+  on, each at its pick (with its tuned cycle warmup, unclipped); then, where the recipe
+  misses the median target over the baseline (:func:`targets.median_paired`), whether it
+  failed on fewer of those seeds: issue 32 asks README to say plainly what PILoT's
+  advantage is where the median's is missed. '' before the stage has every run."""
+  recorded = {r['id']: r for r in rows}
+  runs = [r for r in rows if r['stage'] == 'robustness']
+  found, stopped = seed_statistics.groups(runs, True), seed_statistics.diverged(runs)
+  finals = [r for r in rows if r['stage'] in ('final', 'study')]
+  final_found = seed_statistics.groups(finals, True)
+  final_stopped = seed_statistics.diverged(finals)
+  recipe, baseline = protocol.ROBUSTNESS_RECIPES
+  s, seeds = protocol.ROBUSTNESS_SPARSITY, len(protocol.ROBUSTNESS_SEEDS)
+  parts, missed = [], []
+  for model in sorted({r['model'] for r in runs}):
+    failed = {}
+    for name in (recipe, baseline):
+      setting = picking.cycle_warmup_picked(recorded, model, name)
+      key = (model, stages.robustness_name(name, setting), s) if setting else None
+      values, gone = found.get(key, {}), stopped.get(key, [])
+      if len(values) + len(gone) == seeds:
+        failed[name] = len(seed_statistics.failed(values, gone))
+    if len(failed) < 2:
+      return ''
+    parts.append(f'{model}: `{recipe}` on {failed[recipe]}, `{baseline}` on {failed[baseline]}')
+    result = targets.median_paired(final_found, final_stopped, model, recipe, baseline)
+    if result is not None and result.median < targets.MEDIAN_MARGIN:
+      clips = 'clip_grad_norm' in (clipping.default_setting(recorded, model, baseline) or {})
+      missed.append((model, failed[recipe] < failed[baseline], clips))
+  if not parts:
+    return ''
+  line = (f'On {seeds} seeds nobody tuned on ({s:.0%}, each recipe at its pick, unclipped; '
+          f'QUALITY.md, "Robustness") the runs failed as follows, of {seeds}: '
+          + '; '.join(parts) + '.')
+  for model, fewer, clips in missed:
+    line += (f' On {model} `{recipe}` misses the +{targets.MEDIAN_MARGIN:g} pp by median '
+             f'over `{baseline}` at {targets.MEDIAN_SPARSITY:.0%} (above), so '
+             + ('its advantage there is robustness, not median accuracy: it failed on '
+                'fewer of these seeds' if fewer else
+                'it has no advantage there in median accuracy, nor did it fail on fewer of '
+                'these seeds')
+             + (f' (`{baseline}`\'s picked config clips its gradients, which the next line '
+                'judges).' if clips else '.'))
+  return line
+
+
+def readme_block(rows: List[dict], defaults: Optional[List[dict]] = None,
+                 robustness: str = '') -> str:
   """README's view of the record, generated with QUALITY.md so that README copies no
-  figure by hand: the PILoT recipe recommended on each model, the targets' verdicts, and
-  which picked configs failed on seeds nobody ran (``defaults``, the 'defaults' stage's
-  rows)."""
+  figure by hand: the PILoT recipe recommended on each model, the targets' verdicts,
+  ``robustness`` (:func:`robustness_line`) and which picked configs failed on seeds nobody
+  ran (``defaults``, the 'defaults' stage's rows)."""
   models = sorted({r['model'] for r in rows})
   picks = ', '.join(f'{m}: `{targets.recommended(rows, m) or "none yet"}`' for m in models)
   line = defaults_line(defaults or [])
@@ -554,4 +604,5 @@ def readme_block(rows: List[dict], defaults: Optional[List[dict]] = None) -> str
           'paired over seeds 0-4 after fine-tuning (from QUALITY.md, which holds every '
           'figure, the failures per cell and the notes on what the figures do not show):\n\n'
           + '\n'.join(targets.verdicts(rows, seed_statistics.groups(rows, True), models))
+          + (f'\n\n{robustness}' if robustness else '')
           + (f'\n\n{line}' if line else ''))

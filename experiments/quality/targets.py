@@ -183,15 +183,24 @@ def _complete(found, stopped, model: str, names, sparsity: float, seeds: int = 5
   return len(common) >= seeds
 
 
+def median_paired(found, stopped, model: str, recipe: str,
+                  reference: str) -> Optional[seed_statistics.Paired]:
+  """``recipe`` against ``reference`` at MEDIAN_SPARSITY, paired by seed, once both have
+  every seed (:func:`_complete`); else None."""
+  s = MEDIAN_SPARSITY
+  result = seed_statistics.paired(found.get((model, recipe, s), {}),
+                                  found.get((model, reference, s), {}))
+  return result if _complete(found, stopped, model, (recipe, reference), s) else None
+
+
 def _median_row(found, stopped, model: str, recipe: str, reference: str, epochs: str) -> str:
   """The target of issue 32: ``recipe`` beats ``reference`` at equal training epochs by
   MEDIAN_MARGIN pp by the median paired difference at MEDIAN_SPARSITY, against a
   reference that failed on none of the seeds (else the verdict says so)."""
   s = MEDIAN_SPARSITY
-  result = seed_statistics.paired(found.get((model, recipe, s), {}),
-                                  found.get((model, reference, s), {}))
+  result = median_paired(found, stopped, model, recipe, reference)
   target = f'>= {reference} + {MEDIAN_MARGIN:g} pp by median at {s:.0%}'
-  if result is None or not _complete(found, stopped, model, (recipe, reference), s):
+  if result is None:
     return f'| {model} | {recipe} | {target} | {epochs} | pending | pending |'
   short = MEDIAN_MARGIN - result.median
   verdict = 'met' if short <= 0 else _missed_by(short)
