@@ -25,12 +25,13 @@ EPOCHS = 2
 TIMEOUT_S = 300
 
 # Gloo's connection report, '[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of
-# connected peer ranks is : 1', reaches stderr in pieces (the text between two numbers, each
-# number), and another rank's pieces can land between any two of them ('[Gloo] Rank [Gloo]
-# Rank 2 is connected to 3 peer ranks. ... : 3' then '3 is connected to ...'): the pieces
-# are matched apart, so only text outside them is left.
-GLOO_REPORT = re.compile(r'\[Gloo\]\s+Rank|\d+|is\s+connected\s+to|peer\s+ranks\.\s+Expected'
-                         r'\s+number\s+of\s+connected\s+peer\s+ranks\s+is\s*:')
+# connected peer ranks is : 1', reaches stderr in pieces, one write each ('[Gloo] Rank',
+# each number, 'is connected to', 'peer ranks.', 'Expected number ... is :'), and another
+# rank's pieces can land between any two of them (CI saw '[Gloo] Rank [Gloo] Rank 2 ...' and
+# '3 peer ranks. [Gloo] Rank 2 ...'): the pieces are matched apart, so only text outside
+# them is left.
+GLOO_REPORT = re.compile(r'\[Gloo\]\s+Rank|\d+|is\s+connected\s+to|peer\s+ranks\.|Expected\s+'
+                         r'number\s+of\s+connected\s+peer\s+ranks\s+is\s*:')
 
 
 def _free_port() -> int:
