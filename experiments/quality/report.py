@@ -190,7 +190,7 @@ def markdown(rows: List[dict]) -> str:
             *paired_table(after, model, CLAIMS, protocol.SPARSITIES), '']
     study_sparsities = sorted({s for _, _, ss, _ in protocol.STUDIES.values() for s in ss}
                               | set(protocol.AIM_SPARSITIES))
-    aimed = [(protocol.AIM_STUDY, protocol.AIMED), (protocol.AIM_STUDY, targets.REFERENCE)]
+    aimed = [(protocol.AIM_STUDY, protocol.AIMED), (protocol.AIM_STUDY, targets.AIMED_REFERENCE)]
     aim = aim_tuning_table(rows, model)
     out += [f'### {model}: studies (after fine-tuning)', '',
             *([f'"{protocol.AIM_STUDY}": the target-aware standalone PILoT tuned at each '
