@@ -192,24 +192,28 @@ class AimTuning(NamedTuple):
 
   first: List[List[dict]]  # its own values at the learning rate and weight decay of its pick
   second: List[List[dict]]  # the first step's choice at each of WEIGHT_DECAYS
-  picked: Optional[dict]  # the second step's choice: the setting of its finals
+  third: List[List[dict]]  # its own values again at the second step's weight decay, if moved
+  picked: Optional[dict]  # the last step's choice: the setting of its finals
 
 
 def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float,
                long: bool = False, recipe: str = protocol.AIMED) -> AimTuning:
-  """Both steps of tuning ``recipe`` (the target-aware PILoT, or at LONG_EPOCHS its
+  """The steps of tuning ``recipe`` (the target-aware PILoT, or at LONG_EPOCHS its
   reference AIM_REFERENCE, tuned alike) at ``sparsity``, each choosing the best
-  median among its settings with no failed seed (:func:`choose`): first its own values at
-  the learning rate and weight decay of its pick (its 30-epoch pick; where ``long``, its
-  pick at LONG_EPOCHS, :func:`long_picked`, and at that length; empty until the recipe is
-  picked); then that choice at each of WEIGHT_DECAYS (on a product x = m * w, weight decay
-  on m and w is itself an L1 bias on x, so its strength depends on the target as alpha's
-  does; empty until the first step has finished, and its runs at the pick's own weight
-  decay are the first step's); ``picked`` is None until every run of the second step is
-  recorded."""
+  median among its settings with no failed seed (:func:`choose`), one coordinate at a
+  time: first its own values at the learning rate and weight decay of its pick (its
+  30-epoch pick; where ``long``, its pick at LONG_EPOCHS, :func:`long_picked`, and at
+  that length; empty until the recipe is picked); then that choice at each of
+  WEIGHT_DECAYS (on a product x = m * w, weight decay on m and w is itself an L1 bias on
+  x, so its strength depends on the target as alpha's does; empty until the first step
+  has finished, and its runs at the pick's own weight decay are the first step's); then,
+  where the second step moved the weight decay, its own values again at the new one (a
+  choice made at a weight decay where every value underfits, or where none is sparse
+  enough for the prune, cannot tell the values apart; the second step's choice is among
+  these runs already). ``picked`` is None until every run of the last step is recorded."""
   setting = (long_picked if long else picked)(recorded, model, recipe)
   if setting is None:
-    return AimTuning([], [], None)
+    return AimTuning([], [], [], None)
   base, own = protocol.RECIPES[recipe]
   shared = {k: setting[k] for k in ('learning_rate', 'weight_decay', 'num_epochs')
             if k in setting}
@@ -219,7 +223,13 @@ def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float,
   second = [] if value is None else [
       _aim_rows(model, recipe, {**value, 'weight_decay': wd}, sparsity, long)
       for wd in protocol.WEIGHT_DECAYS]
-  return AimTuning(first, second, _aim_choice(recorded, second))
+  decay = _aim_choice(recorded, second)
+  if decay is None or decay['weight_decay'] == setting['weight_decay']:
+    return AimTuning(first, second, [], decay)
+  third = [_aim_rows(model, recipe, {**base, **shared, **extra,
+                                     'weight_decay': decay['weight_decay']}, sparsity, long)
+           for extra in own]
+  return AimTuning(first, second, third, _aim_choice(recorded, third))
 
 
 def long_tuning_rows(recorded: Dict[str, dict], model: str, recipe: str) -> List[dict]:

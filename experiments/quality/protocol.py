@@ -108,17 +108,19 @@ STUDIES: Dict[str, Tuple[str, dict, Tuple[float, ...], str]] = {
 }
 # The target-aware standalone PILoT (AIMED) tuned at each of AIM_SPARSITIES instead of at
 # TUNING_SPARSITY alone: how strong the bias must be depends on the target
-# (quality/notes.md), and its pick at 98% drives the network past 90%. In two steps on the
-# validation split and AIM_TUNING_SEEDS, each picked by the median with a failed seed
-# disqualifying (experiments.quality.picking.choose): its own values (RECIPES[AIMED]) at
-# the learning rate and weight decay of its pick, then WEIGHT_DECAYS at the chosen value;
-# then 5 test seeds at that target: the study AIM_STUDY.
+# (quality/notes.md), and its pick at 98% drives the network past 90%. One coordinate at a
+# time on the validation split and AIM_TUNING_SEEDS, each picked by the median with a
+# failed seed disqualifying (experiments.quality.picking.aim_tuning): its own values
+# (RECIPES[AIMED]) at the learning rate and weight decay of its pick, then WEIGHT_DECAYS at
+# the chosen value, then its own values again where the weight decay moved; then 5 test
+# seeds at that target: the study AIM_STUDY.
 AIMED = 'pilot target'
 AIM_SPARSITIES = (0.9, 0.95)
 AIM_TUNING_SEEDS = (0, 1, 2)
 # At LONG_EPOCHS the reference it is judged against is tuned at each target the same way
-# (its own values, then WEIGHT_DECAYS, on AIM_TUNING_SEEDS), so that the two compare at
-# equal tuning budgets; at 30 epochs the reference keeps its 98% pick.
+# (its own values, then WEIGHT_DECAYS, then its own values where the weight decay moved, on
+# AIM_TUNING_SEEDS), so that the two compare at equal tuning rules; at 30 epochs the
+# reference keeps its 98% pick.
 AIM_REFERENCE = 'dense+gmp'
 
 

@@ -37,7 +37,7 @@ def accuracy_cell(values: Dict[int, float], stopped=()) -> str:
 def aim_tuning_table(rows: List[dict], model: str, long: bool = False,
                      recipe: str = protocol.AIMED) -> List[str]:
   """The tuning of ``recipe`` (the target-aware PILoT, or its reference AIM_REFERENCE) at
-  each of AIM_SPARSITIES (at LONG_EPOCHS where ``long``), both steps
+  each of AIM_SPARSITIES (at LONG_EPOCHS where ``long``), every step
   (:func:`picking.aim_tuning`): per setting, its validation accuracy (%) on
   AIM_TUNING_SEEDS (:func:`picking.confirmation`: median, worst seed, failed runs) and what
   was picked; empty before any of those runs."""
@@ -51,19 +51,22 @@ def aim_tuning_table(rows: List[dict], model: str, long: bool = False,
     c = picking.confirmation(done, 'median')
     return f'{100 * c.value:.1f} / {100 * c.worst:.1f} / {c.failed}'
 
-  lines = ['| target | ' + ' | '.join(', '.join(f'{k}={v}' for k, v in extra.items())
-                                      for extra in own) + ' | then weight_decay='
-           + ' / '.join(f'{wd:g}' for wd in protocol.WEIGHT_DECAYS) + ' | picked |',
-           '|---|' + '---|' * len(own) + '---|---|']
+  names = [', '.join(f'{k}={v}' for k, v in extra.items()) for extra in own]
+  lines = ['| target | ' + ' | '.join(names) + ' | then weight_decay='
+           + ' / '.join(f'{wd:g}' for wd in protocol.WEIGHT_DECAYS) + ' | then '
+           + ' / '.join(names) + ' at that weight_decay | picked |',
+           '|---|' + '---|' * len(own) + '---|---|---|']
   for sparsity in protocol.AIM_SPARSITIES:
-    first, second, pick = picking.aim_tuning(by_id, model, sparsity, long, recipe)
+    first, second, third, pick = picking.aim_tuning(by_id, model, sparsity, long, recipe)
     if not any(r['id'] in by_id for runs in first for r in runs):
       continue
     chosen = 'pending' if pick is None else ', '.join(
         f'{k}={pick[k]}' for k in ('weight_decay', *own[0]) if k in pick)
     decays = ' ; '.join(cell(runs) for runs in second) if second else 'after the first step'
+    again = (' ; '.join(cell(runs) for runs in third) if third
+             else 'after the second step' if pick is None else 'not moved')
     lines.append(f'| {sparsity:.0%} | ' + ' | '.join(cell(runs) for runs in first)
-                 + f' | {decays} | {chosen} |')
+                 + f' | {decays} | {again} | {chosen} |')
   return lines if len(lines) > 2 else []
 
 
@@ -194,7 +197,8 @@ def markdown(rows: List[dict]) -> str:
     aim = aim_tuning_table(rows, model)
     out += [f'### {model}: studies (after fine-tuning)', '',
             *([f'"{protocol.AIM_STUDY}": the target-aware standalone PILoT tuned at each '
-               'target instead of at 98% alone, its own values first, then the weight decay '
+               'target instead of at 98% alone, its own values first, then the weight '
+               'decay, then its own values again where the weight decay moved '
                f'(validation accuracy %, seeds {", ".join(map(str, protocol.AIM_TUNING_SEEDS))}'
                ': median / worst / failed; the best median with no failed seed is picked):',
                '', *aim, '']

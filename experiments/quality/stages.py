@@ -117,7 +117,7 @@ def _aim_study_rows(recorded: Dict[str, dict], model: str, long: bool,
   study = protocol.long_name(study) if long else study
   for sparsity in protocol.AIM_SPARSITIES:
     tuning = picking.aim_tuning(recorded, model, sparsity, long, recipe)
-    for runs in tuning.first + tuning.second:
+    for runs in tuning.first + tuning.second + tuning.third:
       yield from runs
     for run in (final_rows(model, recipe, tuning.picked, (sparsity,), study=study)
                 if tuning.picked is not None else ()):

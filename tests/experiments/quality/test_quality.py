@@ -874,6 +874,12 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_at_the_papers_length(mon
     for runs in picking.aim_tuning(recorded, 'cnn1d', sparsity, long=True).second:
       for run in runs:
         recorded[run['id']] = {**run, 'results': {'validation_accuracy': 0.9}}
+    # The first weight decay ties the rest and comes first: it moved from the pick's 1e-3,
+    # so the own values are tried again there, and the others trail (0.85).
+    for runs in picking.aim_tuning(recorded, 'cnn1d', sparsity, long=True).third:
+      assert runs[0]['overrides']['weight_decay'] == protocol.WEIGHT_DECAYS[0]
+      for run in runs:
+        recorded.setdefault(run['id'], {**run, 'results': {'validation_accuracy': 0.85}})
   planned = list(stages.plan(recorded, ['cnn1d'], ['long'], '/tmp'))
   finals = [r for r in planned if r['study'] == 'pilot target, tuned at its target 150 epochs']
   assert sorted({(r['overrides']['sparsity'], r['overrides']['seed']) for r in finals}) == [
@@ -923,12 +929,27 @@ def test_at_the_papers_length_gmp_is_tuned_at_each_target_alike_and_judged_again
       for run in runs:
         recorded.setdefault(run['id'], {**run, 'results': {'validation_accuracy': (
             0.75 if run['overrides']['weight_decay'] == 3e-4 else 0.6)}})
+    # The weight decay moved from the pick's 3e-3, so the ramp's end is chosen again at
+    # 3e-4; its second-step choice is among those runs already (0.75 on every seed).
+    tuning = picking.aim_tuning(recorded, 'mlp', sparsity, long=True, recipe='dense+gmp')
+    assert tuning.picked is None
+    assert [(runs[0]['overrides']['gmp.end_fraction'], runs[0]['overrides']['weight_decay'])
+            for runs in tuning.third] == [(0.5, 3e-4), (0.7, 3e-4), (0.9, 3e-4)]
+    for runs in tuning.third:  # by hand: at 95% the ramp ending at 0.7 now wins (0.78)
+      fraction = runs[0]['overrides']['gmp.end_fraction']
+      assert all(r['id'] in recorded for r in runs) == (fraction == best[sparsity])
+      for run in runs:
+        recorded.setdefault(run['id'], {**run, 'results': {'validation_accuracy': (
+            0.78 if (sparsity, fraction) == (0.95, 0.7) else 0.70)}})
+  chosen = {0.9: 0.9, 0.95: 0.7}
   planned = list(stages.plan(recorded, ['mlp'], ['long'], '/tmp'))
   finals = [r for r in planned if r['study'] == 'dense+gmp, tuned at its target 150 epochs']
   assert sorted((r['overrides']['sparsity'], r['overrides']['seed'],
                  r['overrides']['gmp.end_fraction'], r['overrides']['weight_decay'])
-                for r in finals) == [(s, seed, best[s], 3e-4)
+                for r in finals) == [(s, seed, chosen[s], 3e-4)
                                      for s in protocol.AIM_SPARSITIES for seed in protocol.SEEDS]
+  assert not [r for r in planned if r['stage'] == 'tune' and r['id'] not in recorded
+              and 'tuned at' in (r['study'] or '')]
   # Judged by hand: GMP tuned at its target reaches 74 + seed %, the target-aware PILoT tuned
   # at its target 1 pp under it at 90% and 2.5 pp at 95%; against GMP tuned at 98% (70 +
   # seed %) it is 3 and 1.5 pp over.
@@ -948,6 +969,26 @@ def test_at_the_papers_length_gmp_is_tuned_at_each_target_alike_and_judged_again
   assert '| >= dense+gmp, tuned at its target 150 epochs -2 pp by median at 90% and 95% |' in (
       aimed[1])
   assert '90%: -1.0' in aimed[1] and aimed[1].endswith('| missed by 0.5 pp at 95% |')
+
+
+def test_the_own_values_are_not_tuned_again_where_the_weight_decay_stays(monkeypatch):
+  """Where the second step keeps the pick's weight decay, tuning ends there: no third step,
+  and its choice is the setting of the finals."""
+  gmp = {'model': 'mlp', 'eval_train': False, 'method': 'dense', 'schedule': 'gmp',
+         'gmp.end_fraction': 0.7, 'learning_rate': 0.2, 'weight_decay': 3e-3,
+         'num_epochs': protocol.LONG_EPOCHS}
+  monkeypatch.setattr(picking, 'long_picked', lambda recorded, model, recipe: dict(gmp))
+  recorded = {}
+  for runs in picking.aim_tuning(recorded, 'mlp', 0.9, long=True, recipe='dense+gmp').first:
+    for run in runs:  # by hand: the ramp ending at 0.5 leads (0.72 against 0.70)
+      recorded[run['id']] = {**run, 'results': {'validation_accuracy': (
+          0.72 if run['overrides']['gmp.end_fraction'] == 0.5 else 0.70)}}
+  for runs in picking.aim_tuning(recorded, 'mlp', 0.9, long=True, recipe='dense+gmp').second:
+    for run in runs:  # every other weight decay trails the pick's 3e-3 (0.72)
+      recorded.setdefault(run['id'], {**run, 'results': {'validation_accuracy': 0.65}})
+  tuning = picking.aim_tuning(recorded, 'mlp', 0.9, long=True, recipe='dense+gmp')
+  assert tuning.third == []
+  assert (tuning.picked['gmp.end_fraction'], tuning.picked['weight_decay']) == (0.5, 3e-3)
 
 
 @pytest.mark.parametrize('plain, clipped, halved, adopted, verdict', [
@@ -1184,16 +1225,31 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
         value = by_decay[o['weight_decay']][protocol.AIM_TUNING_SEEDS.index(
             run['overrides']['seed'])]
         recorded[run['id']] = {**run, 'results': {'validation_accuracy': value}}
+  # The weight decay moved (1e-3 to 3e-4), so the own values are chosen again at 3e-4: the
+  # third's runs there are the second step's (0.95); the first's median is 0.97 but seed 2
+  # fails (0.60); the second reaches 0.96 on every seed, so it is picked; the fourth 0.90.
+  by_value = {0: (0.99, 0.97, 0.60), 1: (0.96, 0.96, 0.96), 3: (0.90, 0.90, 0.90)}
+  assert picking.aim_tuning(recorded, 'cnn1d', 0.9).picked is None
+  for sparsity in protocol.AIM_SPARSITIES:
+    groups = picking.aim_tuning(recorded, 'cnn1d', sparsity).third
+    assert len(groups) == len(own)
+    for i, runs in enumerate(groups):
+      o = runs[0]['overrides']
+      assert all(o[k] == v for k, v in own[i].items()) and o['weight_decay'] == 3e-4
+      assert all(r['id'] in recorded for r in runs) == (i == 2)
+      for run in runs if i in by_value else ():
+        value = by_value[i][protocol.AIM_TUNING_SEEDS.index(run['overrides']['seed'])]
+        recorded[run['id']] = {**run, 'results': {'validation_accuracy': value}}
   assert picking.aim_tuning(dict(list(recorded.items())[:-1]), 'cnn1d', 0.95).picked is None
   chosen = picking.aim_tuning(recorded, 'cnn1d', 0.9).picked
-  assert {k: chosen[k] for k in own[2]} == own[2] and chosen['weight_decay'] == 3e-4
+  assert {k: chosen[k] for k in own[1]} == own[1] and chosen['weight_decay'] == 3e-4
   assert chosen['learning_rate'] == 0.2 and 'seed' not in chosen and 'sparsity' not in chosen
   finals = [r for r in stages.plan(recorded, ['cnn1d'], ['study'], '/tmp')
             if r['study'] == protocol.AIM_STUDY]
   assert sorted({(r['overrides']['sparsity'], r['overrides']['seed']) for r in finals}) == [
       (s, seed) for s in protocol.AIM_SPARSITIES for seed in protocol.SEEDS]
   assert all(r['overrides']['finetune_epochs'] == protocol.FINETUNE_EPOCHS
-             and all(r['overrides'][k] == v for k, v in own[2].items()) for r in finals)
+             and all(r['overrides'][k] == v for k, v in own[1].items()) for r in finals)
   # Its own runs, not the recipe's finals where the two settings agree.
   same = stages.final_rows('cnn1d', protocol.AIMED, chosen, protocol.AIM_SPARSITIES)
   assert not {r['id'] for r in same} & {r['id'] for r in finals}
@@ -1213,4 +1269,5 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
   table = quality_report.aim_tuning_table(list(recorded.values()), 'cnn1d')
   assert table[2] == ('| 90% | 95.0 / 65.0 / 1 | 91.0 / 90.0 / 0 | 93.0 / 92.0 / 0 | 80.0 / 79.0 '
                       '/ 0 | 96.0 / 60.0 / 1 ; 95.0 / 94.0 / 0 ; 93.0 / 92.0 / 0 ; 50.0 / 49.0 '
-                      '/ 0 | weight_decay=0.0003, pilot.delta=1.3, pilot.alpha=0.0001 |')
+                      '/ 0 | 97.0 / 60.0 / 1 ; 96.0 / 96.0 / 0 ; 95.0 / 94.0 / 0 ; 90.0 / 90.0 '
+                      '/ 0 | weight_decay=0.0003, pilot.delta=1.0, pilot.alpha=0.0003 |')
