@@ -217,18 +217,19 @@ def aim_tuning(recorded: Dict[str, dict], model: str, sparsity: float,
   base, own = protocol.RECIPES[recipe]
   shared = {k: setting[k] for k in ('learning_rate', 'weight_decay', 'num_epochs')
             if k in setting}
-  first = [_aim_rows(model, recipe, {**base, **shared, **extra}, sparsity, long)
-           for extra in own]
+  def own_values(fixed):
+    return [_aim_rows(model, recipe, {**base, **fixed, **extra}, sparsity, long)
+            for extra in own]
+
+  first = own_values(shared)
   value = _aim_choice(recorded, first)
   second = [] if value is None else [
       _aim_rows(model, recipe, {**value, 'weight_decay': wd}, sparsity, long)
       for wd in protocol.WEIGHT_DECAYS]
   decay = _aim_choice(recorded, second)
-  if decay is None or decay['weight_decay'] == setting['weight_decay']:
+  if decay is None or decay['weight_decay'] == value['weight_decay']:
     return AimTuning(first, second, [], decay)
-  third = [_aim_rows(model, recipe, {**base, **shared, **extra,
-                                     'weight_decay': decay['weight_decay']}, sparsity, long)
-           for extra in own]
+  third = own_values({**shared, 'weight_decay': decay['weight_decay']})
   return AimTuning(first, second, third, _aim_choice(recorded, third))
 
 

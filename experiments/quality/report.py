@@ -228,7 +228,7 @@ def markdown(rows: List[dict]) -> str:
                  'this length, as at 30 epochs (validation accuracy %: median / worst / '
                  'failed):', '', *aim, ''] if aim else []),
               *([f'"{reference_aimed}": its reference tuned at each target the same way, so '
-                 'that the two compare at equal tuning budgets (validation accuracy %: '
+                 'that the two are tuned by the same rule (validation accuracy %: '
                  'median / worst / failed):', '', *aim_reference, '']
                 if aim_reference else []),
               f'Paired against {reference}, and against the same recipe at 30 epochs:', '',

@@ -134,7 +134,7 @@ def _aimed_rows(found, stopped, model: str) -> List[str]:
   """The target-aware standalone PILoT's rows: tuned at the tuning sparsity (AIMED) and at
   each target (AIM_STUDY) against AIMED_REFERENCE at 30 epochs, and, on the models whose
   long stage runs AIMED, both at the paper's LONG_EPOCHS, then AIM_STUDY against
-  AIMED_REFERENCE tuned at each target alike (equal tuning budgets)."""
+  AIMED_REFERENCE tuned at each target alike (the same tuning rule)."""
   rows = [_aimed_row(found, stopped, model, name) for name in (AIMED, protocol.AIM_STUDY)]
   if AIMED in protocol.LONG_RECIPES.get(model, ()):
     long = protocol.long_name

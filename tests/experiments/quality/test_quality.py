@@ -851,7 +851,7 @@ def test_the_target_aware_pilot_is_also_judged_at_the_papers_length():
 
 
 def test_the_target_aware_pilot_is_tuned_at_each_target_at_the_papers_length(monkeypatch):
-  """At LONG_EPOCHS the same two steps start from the recipe's pick at that length, train
+  """At LONG_EPOCHS the same steps start from the recipe's pick at that length, train
   that long, and their finals are their own study, planned by the long stage."""
   pick = {'model': 'cnn1d', 'eval_train': False, 'method': 'pilot', 'schedule': 'one_shot',
           'pilot.alpha_control': 'target', 'pilot.prune_tolerance': 0.01, 'pilot.delta': 1.3,
@@ -875,19 +875,25 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_at_the_papers_length(mon
       for run in runs:
         recorded[run['id']] = {**run, 'results': {'validation_accuracy': 0.9}}
     # The first weight decay ties the rest and comes first: it moved from the pick's 1e-3,
-    # so the own values are tried again there, and the others trail (0.85).
-    for runs in picking.aim_tuning(recorded, 'cnn1d', sparsity, long=True).third:
+    # so the own values are tried again there (the second's runs are the second step's,
+    # 0.9); by hand the fourth now leads (0.95) and the others trail (0.85).
+    third = picking.aim_tuning(recorded, 'cnn1d', sparsity, long=True).third
+    assert len(third) == len(protocol.RECIPES[protocol.AIMED][1])
+    for i, runs in enumerate(third):
       assert runs[0]['overrides']['weight_decay'] == protocol.WEIGHT_DECAYS[0]
+      assert all(r['id'] in recorded for r in runs) == (i == 1)
       for run in runs:
-        recorded.setdefault(run['id'], {**run, 'results': {'validation_accuracy': 0.85}})
+        recorded.setdefault(run['id'], {**run, 'results': {
+            'validation_accuracy': 0.95 if i == 3 else 0.85}})
   planned = list(stages.plan(recorded, ['cnn1d'], ['long'], '/tmp'))
   finals = [r for r in planned if r['study'] == 'pilot target, tuned at its target 150 epochs']
   assert sorted({(r['overrides']['sparsity'], r['overrides']['seed']) for r in finals}) == [
       (s, seed) for s in protocol.AIM_SPARSITIES for seed in protocol.SEEDS]
-  # The second setting (the first with the best median, 0.9) at the first weight decay.
+  # The fourth setting (the third step's best, 0.95) at the first weight decay.
+  fourth = protocol.RECIPES[protocol.AIMED][1][3]
   assert all(r['overrides']['num_epochs'] == protocol.LONG_EPOCHS
-             and r['overrides']['pilot.alpha'] == protocol.RECIPES[protocol.AIMED][1][1][
-                 'pilot.alpha'] and r['overrides']['weight_decay'] == protocol.WEIGHT_DECAYS[0]
+             and all(r['overrides'][k] == v for k, v in fourth.items())
+             and r['overrides']['weight_decay'] == protocol.WEIGHT_DECAYS[0]
              for r in finals)
   assert not [r for r in planned if r['stage'] == 'tune' and r['id'] not in recorded
               and 'tuned at' in (r['study'] or '')]
@@ -895,10 +901,10 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_at_the_papers_length(mon
 
 def test_at_the_papers_length_gmp_is_tuned_at_each_target_alike_and_judged_against(
     monkeypatch):
-  """Equal tuning budgets: at LONG_EPOCHS the reference runs the target-aware PILoT's two
-  steps at each target (its own values, then WEIGHT_DECAYS, on AIM_TUNING_SEEDS), its
-  finals are a study of their own, and the target-aware PILoT tuned at its target is also
-  judged against them."""
+  """The same tuning rule: at LONG_EPOCHS the reference runs the target-aware PILoT's
+  steps at each target (its own values, then WEIGHT_DECAYS, then its own values again
+  where the weight decay moved, on AIM_TUNING_SEEDS), its finals are a study of their own,
+  and the target-aware PILoT tuned at its target is also judged against them."""
   gmp = {'model': 'mlp', 'eval_train': False, 'method': 'dense', 'schedule': 'gmp',
          'gmp.end_fraction': 0.7, 'learning_rate': 0.2, 'weight_decay': 3e-3,
          'num_epochs': protocol.LONG_EPOCHS}
@@ -973,7 +979,7 @@ def test_at_the_papers_length_gmp_is_tuned_at_each_target_alike_and_judged_again
 
 def test_the_own_values_are_not_tuned_again_where_the_weight_decay_stays(monkeypatch):
   """Where the second step keeps the pick's weight decay, tuning ends there: no third step,
-  and its choice is the setting of the finals."""
+  and the second step's choice is picked."""
   gmp = {'model': 'mlp', 'eval_train': False, 'method': 'dense', 'schedule': 'gmp',
          'gmp.end_fraction': 0.7, 'learning_rate': 0.2, 'weight_decay': 3e-3,
          'num_epochs': protocol.LONG_EPOCHS}
