@@ -240,6 +240,7 @@ def markdown(rows: List[dict]) -> str:
     sparsify = [f'sparsify trained: {r}' for r in protocol.SPARSIFY_RECIPES]
     out += [f'### {model}: sparsifying a trained dense model in {protocol.SPARSIFY_EPOCHS} '
             'epochs (+5 fine-tuning)', '',
+            'A seed whose dense start failed (counted in its row) has no sparsifying runs.', '',
             *accuracy_table(after, model, ['dense start'] + sparsify, (0.0, 0.95, 0.98),
                             failed, off), '',
             'Paired against GMP sparsifying the same trained model:', '',

@@ -12,6 +12,7 @@ from typing import Dict, Iterator, List, Optional
 from experiments.quality import clipping
 from experiments.quality import picking
 from experiments.quality import protocol
+from experiments.quality import seed_statistics
 
 
 def final_rows(
@@ -139,6 +140,8 @@ def _study_rows(recorded: Dict[str, dict], models, workdir: str) -> Iterator[dic
       for seed in protocol.SEEDS if setting is not None else ():
         start = dense_start(model, seed, dense)
         yield start
+        if start['id'] in recorded and seed_statistics.stopped_early(recorded[start['id']]):
+          continue  # no trained model to start from: the start's own row shows the failure
         for sparsity in (0.95, 0.98):
           yield sparsify_row(model, recipe, setting, sparsity, start, workdir)
 

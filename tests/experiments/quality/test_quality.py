@@ -1277,3 +1277,23 @@ def test_the_target_aware_pilot_is_tuned_at_each_target_and_judged_on_those_fina
                       '/ 0 | 96.0 / 60.0 / 1 ; 95.0 / 94.0 / 0 ; 93.0 / 92.0 / 0 ; 50.0 / 49.0 '
                       '/ 0 | 97.0 / 60.0 / 1 ; 96.0 / 96.0 / 0 ; 95.0 / 94.0 / 0 ; 90.0 / 90.0 '
                       '/ 0 | weight_decay=0.0003, pilot.delta=1.0, pilot.alpha=0.0003 |')
+
+
+def test_a_dense_start_that_failed_gets_no_sparsifying_runs(monkeypatch):
+  """A sparsifying run starts from its seed's trained dense model; where that start
+  collapsed there are no weights to start from, so none of its runs is planned (the
+  start's row counts the failure), while the other seeds' runs are."""
+  dense = {'model': 'cnn1d', 'eval_train': False, 'method': 'dense', 'schedule': 'one_shot',
+           'learning_rate': 0.4, 'weight_decay': 1e-3}
+  monkeypatch.setattr(picking, 'picked', lambda recorded, model, recipe: (
+      dict(dense) if recipe in protocol.SPARSIFY_RECIPES else None))
+  recorded = {}
+  for seed in protocol.SEEDS:
+    start = stages.dense_start('cnn1d', seed, dense)
+    recorded[start['id']] = {**start, 'results': (
+        {'collapsed': 'at chance'} if seed == 4 else {'test_accuracy': 0.9})}
+  planned = [r for r in stages.plan(recorded, ['cnn1d'], ['study'], '/tmp')
+             if (r['study'] or '').startswith('sparsify trained')]
+  seeds = sorted({r['overrides']['seed'] for r in planned})
+  assert seeds == [0, 1, 2, 3]
+  assert len(planned) == 4 * len(protocol.SPARSIFY_RECIPES) * 2  # 95% and 98%
