@@ -50,8 +50,8 @@ PICKED: Dict[Tuple[str, str], Dict[str, object]] = {
     ('cnn1d', 'pilot+imp'): {'imp.cycles': 3, 'pilot.delta': 1.0, 'learning_rate': 0.2,
                              'weight_decay': 0.001, 'imp.rewind': 'learning_rate',
                              'pilot.alpha': 0.0003, 'imp.warmup_epochs': 3},
-    ('cnn1d', 'mirror'): {'pilot.delta': 1.0, 'learning_rate': 0.2, 'weight_decay': 0.001,
-                          'pilot.alpha': 0.0001},
+    ('cnn1d', 'mirror'): {'pilot.delta': 1.0, 'learning_rate': 0.2, 'weight_decay': 0.003,
+                          'pilot.alpha': 0.001},
     ('cnn1d', 'cs'): {'learning_rate': 0.2, 'weight_decay': 0.001, 'cs.l1_strength': 0.001},
     ('cnn1d', 'powerprop'): {'learning_rate': 0.4, 'weight_decay': 0.003, 'powerprop.power': 1.5},
     ('mlp', 'dense+gmp'): {'learning_rate': 0.4, 'weight_decay': 0.003, 'gmp.end_fraction': 0.9},
@@ -73,7 +73,7 @@ PICKED: Dict[Tuple[str, str], Dict[str, object]] = {
                            'pilot.alpha': 0.0003},
     ('mlp', 'mirror'): {'pilot.delta': 1.0, 'learning_rate': 0.4, 'weight_decay': 0.0003,
                         'pilot.alpha': 0.0003},
-    ('mlp', 'cs'): {'learning_rate': 0.4, 'weight_decay': 0.0001, 'cs.l1_strength': 0.001},
+    ('mlp', 'cs'): {'learning_rate': 0.2, 'weight_decay': 0.0003, 'cs.l1_strength': 0.001},
     ('mlp', 'powerprop'): {'learning_rate': 0.4, 'weight_decay': 0.003, 'powerprop.power': 1.5},
 }
 DATASET = 'mnist1d'  # the dataset the picks were made on
