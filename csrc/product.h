@@ -34,7 +34,7 @@ void Product(Pool& pool, int64_t threads, const Rows& rows, const float* x,
              const float* bias, int64_t features, int64_t fan_in, int64_t cols,
              int64_t nonzeros, int64_t activation, int64_t layout, float* y) {
   if (cols == 1) {  // one column: both layouts are the same vectors
-    ParallelFor(pool, threads, features, kRowsPerBlock, nonzeros, [&](int64_t r0, int64_t r1) {
+    ParallelShares(pool, threads, features, kRowsPerBlock, nonzeros, [&](int64_t r0, int64_t r1) {
       DotRows(rows, x, bias, activation, r0, r1, y);
     });
     return;

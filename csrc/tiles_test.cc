@@ -6,10 +6,12 @@
 // runs it; it prints one line per failure and exits 1 if any.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -48,6 +50,25 @@ class ThreadsPool {
  private:
   int64_t threads_;
   std::vector<std::thread> running_;
+};
+
+// A pool whose helpers start only when it is run (or when it goes): helpers that start
+// after the loop has returned, as a pool busy with other work starts them.
+class LatePool {
+ public:
+  explicit LatePool(int64_t threads) : threads_(threads) {}
+  ~LatePool() { Run(); }
+  int64_t num_threads() const { return threads_; }
+  template <typename Fn>
+  void Schedule(Fn&& fn) { waiting_.emplace_back(std::forward<Fn>(fn)); }
+  void Run() {
+    for (auto& fn : waiting_) fn();
+    waiting_.clear();
+  }
+
+ private:
+  int64_t threads_;
+  std::vector<std::function<void()>> waiting_;
 };
 
 // A random W^T (features x fan_in) of the given layout: CSR keeps each weight with
@@ -267,6 +288,37 @@ void TestConvolution(int64_t kh, int64_t kw, int64_t channels, int64_t features,
 
 // The store of two accumulator vectors, by hand: the sum, through the ReLU where asked
 // (a NaN stays NaN, -0 stays -0, as std::max(v, 0) leaves them), only `valid` lanes written.
+// Both parallel loops run every block exactly once, over n not a multiple of the block,
+// with helpers that run alongside (ThreadsPool) and with helpers that start only after the
+// caller has run every block (LatePool), who must then find none.
+template <typename Pool>
+void TestParallelLoops(int64_t threads, const std::string& pool_name) {
+  for (int64_t n : {1, 15, 16, 17, 1000, 4099}) {
+    for (bool shares : {false, true}) {
+      std::vector<std::atomic<int>> runs(n);
+      for (auto& r : runs) r = 0;
+      auto body = [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) runs[i].fetch_add(1);
+      };
+      {
+        Pool pool(threads);
+        const int64_t work = int64_t{1} << 20;  // past kMinParallelWork
+        if (shares) {
+          ParallelShares(pool, kPool, n, 16, work, body);
+        } else {
+          ParallelFor(pool, kPool, n, 16, work, body);
+        }
+      }  // the pool's helpers are done (or, late, have started and found nothing)
+      int64_t wrong = 0;
+      for (auto& r : runs) wrong += r.load() != 1;
+      Expect(wrong == 0, std::string(shares ? "ParallelShares" : "ParallelFor") + " on " +
+                             pool_name + " with " + std::to_string(threads) + " threads, n " +
+                             std::to_string(n) + ": " + std::to_string(wrong) +
+                             " items not run exactly once");
+    }
+  }
+}
+
 void TestStore() {
   const float nan = std::nanf("");
   const Vec8 even[2] = {{nan, -1.0f, 2.0f, -0.0f, 3.0f, -4.0f, 0.5f, -0.5f},
@@ -296,6 +348,10 @@ void TestStore() {
 
 int main() {
   pcs::TestStore();
+  for (int64_t threads : {2, 3, 5}) {
+    pcs::TestParallelLoops<pcs::ThreadsPool>(threads, "a pool");
+    pcs::TestParallelLoops<pcs::LatePool>(threads, "a late pool");
+  }
   using pcs::RowTileTester;
   for (int64_t width : {2, 4, 8, 16}) {
     for (int64_t valid = 1; valid <= width; ++valid) {

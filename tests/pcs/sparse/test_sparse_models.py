@@ -152,6 +152,32 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   assert all(c.format == 'dense' for c in never.choices)
 
 
+@pytest.mark.parametrize('batch, caller_over_pool, on_the_pool, bar', [
+    (1, 1.6, True, 0.75),    # the helper halves the time: the pool
+    (1, 0.97, True, 0.75),   # a helper that started late: the pool costs its hand-off
+    (1, 0.8, True, 0.75),
+    (1, 0.7, False, 0.75),   # the calling thread alone takes under 3/4 of the pool's time
+    (16, 1.6, True, 1.0),    # batched: the faster
+    (16, 0.97, False, 1.0)])
+def test_a_layer_leaves_the_pool_only_where_the_calling_thread_is_clearly_faster(
+    monkeypatch, batch, caller_over_pool, on_the_pool, bar):
+  export = pcs.sparse._export  # pylint: disable=protected-access
+  formats = pcs.sparse._formats  # pylint: disable=protected-access
+  asked = []
+
+  def compare(first, second, threshold=1.0):  # stood-in timings: t_first / t_second
+    asked.append(threshold)
+    ratio = caller_over_pool if len(asked) == 1 else 2.0  # threads first, then dense
+    return pcs.sparse.Comparison(ratio, 1.0, ratio, ratio, ratio, 11)
+  monkeypatch.setattr(export.timing, 'compare', compare)
+  kernel = np.zeros((64, 32), np.float32)
+  kernel[::4, ::2] = 1.0
+  layer = pcs.sparse.csr(kernel)
+  kept, _ = export._measure(kernel, layer, export.LayerInput((batch, 64)), threshold=1.05)  # pylint: disable=protected-access
+  assert asked == [bar, 1.05]  # the thread choice is timed until clear of its own bar
+  assert kept.threads == (formats.THREADS_POOL if on_the_pool else formats.THREADS_CALLER)
+
+
 def test_the_export_times_each_pair_in_random_order_each_call_after_itself(monkeypatch):
   """pcs.sparse._timing.compare: per pair, dense and sparse in a seeded random order, each
   timed run (between two clock reads) right after an untimed run of the same thunk."""
