@@ -13,8 +13,9 @@ product).
 
 * **One layer** (4096 x 4096 magnitude-pruned to each sparsity or 2:4, and the transformer MLP's
   768 -> 3072 and 3072 -> 768 at 90%; batches 1, 16, 64, 256): XLA's dense dot, the pcs kernel
-  on device arrays (the faster of XLA's thread pool and the calling thread, both timed here;
-  ``pcs.export`` keeps the pool unless the calling thread is clearly faster), jax's BCSR,
+  on device arrays (both on XLA's thread pool and on the calling thread, the figure the one
+  ``pcs.export`` would keep: the faster, but at batch 1 the pool unless the calling thread
+  is clearly faster), jax's BCSR,
   scipy.sparse CSR (single-threaded) and torch.sparse CSR (the CPU build, when installed:
   ``pip install 'pcs[bench]'``). At batch 1 the bandwidth the dense product reaches and the
   memory-traffic bound: the bytes the CSR product must read (values, indices, row pointers,
@@ -97,11 +98,18 @@ def _pruned_layer(rng, sparsity, fan_in=LAYER, features=LAYER):
   return kernel
 
 
+def _kept(pool_ms, caller_ms, batch):
+  """``'pcs pool'`` or ``'pcs caller'``: which one ``pcs.export`` keeps for a Dense layer
+  at this batch (the faster, but at batch 1 the pool unless the calling thread takes
+  under ``POOL_KEPT_UNTIL`` of its time)."""
+  kept_until = pcs.sparse._export.POOL_KEPT_UNTIL if batch == 1 else 1.0  # pylint: disable=protected-access
+  return 'pcs caller' if caller_ms < kept_until * pool_ms else 'pcs pool'
+
+
 def layer_rows(repeats):
   """One layer at every shape, sparsity and batch: ms per product for each peer. pcs is
   timed on device arrays both on the thread pool and on the calling thread alone; its
-  figure is the faster of the two (``pcs.export`` keeps the pool unless the calling thread
-  is clearly faster: ``pcs.sparse._export.POOL_KEPT_UNTIL``)."""
+  figure is the one ``pcs.export``'s rule keeps (:func:`_kept`)."""
   rng, torch, rows = np.random.default_rng(0), _torch(), []
   sparse = pcs.sparse
   bcsr_module = __import__('jax.experimental.sparse', fromlist=['BCSR'])
@@ -137,7 +145,7 @@ def layer_rows(repeats):
         for variant in (layer, caller):
           np.testing.assert_allclose(ours(xj, variant), x @ kernel, rtol=1e-3, atol=1e-3)
         ms = interleaved.medians(calls, repeats if batch < 64 else max(3, repeats // 4))
-        threads = min(('pcs pool', 'pcs caller'), key=ms.get)
+        threads = _kept(ms['pcs pool'], ms['pcs caller'], batch)
         row = {'shape': (fan_in, features), 'sparsity': sparsity, 'batch': batch, **ms,
                'pcs': ms[threads], 'threads': threads.split()[1], 'pcs_kb': layer.nbytes / 1024}
         row['spread']['pcs'] = row['spread'][threads]

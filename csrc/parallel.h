@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -29,7 +30,7 @@ constexpr std::chrono::microseconds kSpinBeforeSleep{50};
 // What the caller and the helpers of one parallel loop share: how many blocks are done,
 // and where the caller sleeps until the helpers' last blocks are.
 struct Completion {
-  explicit Completion(int64_t blocks) : blocks(blocks) {}
+  explicit Completion(int64_t count) : blocks(count) {}
   const int64_t blocks;
   std::atomic<int64_t> done{0};
   std::mutex mutex;
@@ -134,15 +135,19 @@ template <typename Pool, typename Body>
 void ParallelShares(Pool& pool, int64_t threads, int64_t n, int64_t block,
                     int64_t work, const Body& body) {
   const int64_t blocks = (n + block - 1) / block;
+  if (blocks > std::numeric_limits<int32_t>::max()) {  // past a Share's 32-bit indices
+    ParallelFor(pool, threads, n, block, work, body);
+    return;
+  }
   const int64_t helpers = Helpers(pool, threads, blocks, work);
   if (helpers == 0) {
     body(0, n);
     return;
   }
   struct Shared : Completion {
-    Shared(int64_t blocks, int64_t parts) : Completion(blocks), shares(parts) {
+    Shared(int64_t count, int64_t parts) : Completion(count), shares(parts) {
       for (int64_t t = 0; t < parts; ++t) {
-        shares[t].Reset(blocks * t / parts, blocks * (t + 1) / parts);
+        shares[t].Reset(count * t / parts, count * (t + 1) / parts);
       }
     }
     std::vector<Share> shares;
@@ -150,14 +155,14 @@ void ParallelShares(Pool& pool, int64_t threads, int64_t n, int64_t block,
   const int64_t parts = helpers + 1;
   auto shared = std::make_shared<Shared>(blocks, parts);
   auto run = [shared, parts, block, n, body](int64_t own) {
-    int64_t b;
+    int64_t taken;
     auto one = [&](int64_t b) {
       body(b * block, std::min(n, (b + 1) * block));
       shared->Done();
     };
-    while (shared->shares[own].TakeFront(&b)) one(b);
+    while (shared->shares[own].TakeFront(&taken)) one(taken);
     for (int64_t t = 1; t < parts; ++t) {
-      while (shared->shares[(own + t) % parts].TakeBack(&b)) one(b);
+      while (shared->shares[(own + t) % parts].TakeBack(&taken)) one(taken);
     }
   };
   for (int64_t i = 1; i <= helpers; ++i) pool.Schedule([run, i]() { run(i); });

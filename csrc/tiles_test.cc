@@ -286,11 +286,10 @@ void TestConvolution(int64_t kh, int64_t kw, int64_t channels, int64_t features,
   }
 }
 
-// The store of two accumulator vectors, by hand: the sum, through the ReLU where asked
-// (a NaN stays NaN, -0 stays -0, as std::max(v, 0) leaves them), only `valid` lanes written.
 // Both parallel loops run every block exactly once, over n not a multiple of the block,
 // with helpers that run alongside (ThreadsPool) and with helpers that start only after the
-// caller has run every block (LatePool), who must then find none.
+// caller has run every block (LatePool), who must then find none: checked when the loop
+// returns (every block done by then) and again once the pool's helpers have all run.
 template <typename Pool>
 void TestParallelLoops(int64_t threads, const std::string& pool_name) {
   for (int64_t n : {1, 15, 16, 17, 1000, 4099}) {
@@ -300,6 +299,14 @@ void TestParallelLoops(int64_t threads, const std::string& pool_name) {
       auto body = [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) runs[i].fetch_add(1);
       };
+      auto check = [&](const std::string& when) {
+        int64_t wrong = 0;
+        for (auto& r : runs) wrong += r.load() != 1;
+        Expect(wrong == 0, std::string(shares ? "ParallelShares" : "ParallelFor") + " on " +
+                               pool_name + " with " + std::to_string(threads) + " threads, n " +
+                               std::to_string(n) + ", " + when + ": " + std::to_string(wrong) +
+                               " items not run exactly once");
+      };
       {
         Pool pool(threads);
         const int64_t work = int64_t{1} << 20;  // past kMinParallelWork
@@ -308,17 +315,15 @@ void TestParallelLoops(int64_t threads, const std::string& pool_name) {
         } else {
           ParallelFor(pool, kPool, n, 16, work, body);
         }
-      }  // the pool's helpers are done (or, late, have started and found nothing)
-      int64_t wrong = 0;
-      for (auto& r : runs) wrong += r.load() != 1;
-      Expect(wrong == 0, std::string(shares ? "ParallelShares" : "ParallelFor") + " on " +
-                             pool_name + " with " + std::to_string(threads) + " threads, n " +
-                             std::to_string(n) + ": " + std::to_string(wrong) +
-                             " items not run exactly once");
+        check("when the loop returns");
+      }
+      check("after the pool's helpers");
     }
   }
 }
 
+// The store of two accumulator vectors, by hand: the sum, through the ReLU where asked
+// (a NaN stays NaN, -0 stays -0, as std::max(v, 0) leaves them), only `valid` lanes written.
 void TestStore() {
   const float nan = std::nanf("");
   const Vec8 even[2] = {{nan, -1.0f, 2.0f, -0.0f, 3.0f, -4.0f, 0.5f, -0.5f},

@@ -47,7 +47,9 @@ FORMATS = ('auto',) + tuple(formats.FORMATS)
 # product up to 1.8x faster. On the 2-core Zen 4 measured, spells of seconds in which the
 # helper started too late to help came and went within one process, so a layer measured
 # in one is not kept on one thread for good. (ResNet-20's small convolutions, most of them
-# faster on the calling thread, ran 1.2x slower as a model kept on the pool this way.)
+# faster on the calling thread, ran 1.2x slower as a model kept on the pool this way; a
+# convolution with one output position at batch 1, a one-column product too, is left to
+# the faster.) A tie keeps the pool.
 POOL_KEPT_UNTIL = 0.75
 ACCEPTED = ('linen params (a dict such as variables["params"]), an nnx.State from '
             'nnx.state(model, nnx.Param), or an nnx.Module')

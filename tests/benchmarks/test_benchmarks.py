@@ -164,6 +164,16 @@ def test_sparse_inference_verdicts_are_against_the_best_peer_of_the_same_run():
   assert 'slowest: ResNet-20 95% batch 1, 0.91x | missed |' in text
 
 
+def test_the_one_layer_figure_is_the_thread_choice_the_export_keeps():
+  from benchmarks import sparse_inference
+  # At batch 1 the pool stays unless the calling thread takes under 3/4 of its time.
+  assert sparse_inference._kept(1.0, 0.8, 1) == 'pcs pool'  # pylint: disable=protected-access
+  assert sparse_inference._kept(1.0, 0.7, 1) == 'pcs caller'  # pylint: disable=protected-access
+  # Batched: the faster.
+  assert sparse_inference._kept(1.0, 0.97, 16) == 'pcs caller'  # pylint: disable=protected-access
+  assert sparse_inference._kept(0.9, 1.0, 16) == 'pcs pool'  # pylint: disable=protected-access
+
+
 def test_the_mlp_pruned_in_every_layer_is_judged_beside_the_global_one_and_shown_apart(
     tmp_path, monkeypatch):
   from benchmarks import machine, sparse_inference

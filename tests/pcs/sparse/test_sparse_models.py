@@ -152,15 +152,19 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   assert all(c.format == 'dense' for c in never.choices)
 
 
-@pytest.mark.parametrize('batch, caller_over_pool, on_the_pool, bar', [
-    (1, 1.6, True, 0.75),    # the helper halves the time: the pool
-    (1, 0.97, True, 0.75),   # a helper that started late: the pool costs its hand-off
-    (1, 0.8, True, 0.75),
-    (1, 0.7, False, 0.75),   # the calling thread alone takes under 3/4 of the pool's time
-    (16, 1.6, True, 1.0),    # batched: the faster
-    (16, 0.97, False, 1.0)])
+@pytest.mark.parametrize('shape, caller_over_pool, on_the_pool, bar', [
+    ((1, 64), 1.6, True, 0.75),    # the helper halves the time: the pool
+    ((1, 64), 0.97, True, 0.75),   # a helper that started late: the pool costs its hand-off
+    ((1, 64), 0.75, True, 0.75),   # the bar itself: a tie keeps the pool
+    ((1, 64), 0.7, False, 0.75),   # the calling thread alone takes under 3/4 of its time
+    ((1, 1, 64), 0.8, True, 0.75),  # one column however the batch axes are written
+    ((64,), 0.8, True, 0.75),
+    ((16, 64), 1.6, True, 1.0),    # batched: the faster
+    ((16, 64), 0.97, False, 1.0),
+    ((16, 64), 1.0, True, 1.0),
+    ((1, 8, 8, 1), 0.97, False, 1.0)])  # a convolution at batch 1: the faster
 def test_a_layer_leaves_the_pool_only_where_the_calling_thread_is_clearly_faster(
-    monkeypatch, batch, caller_over_pool, on_the_pool, bar):
+    monkeypatch, shape, caller_over_pool, on_the_pool, bar):
   export = pcs.sparse._export  # pylint: disable=protected-access
   formats = pcs.sparse._formats  # pylint: disable=protected-access
   asked = []
@@ -170,10 +174,16 @@ def test_a_layer_leaves_the_pool_only_where_the_calling_thread_is_clearly_faster
     ratio = caller_over_pool if len(asked) == 1 else 2.0  # threads first, then dense
     return pcs.sparse.Comparison(ratio, 1.0, ratio, ratio, ratio, 11)
   monkeypatch.setattr(export.timing, 'compare', compare)
-  kernel = np.zeros((64, 32), np.float32)
-  kernel[::4, ::2] = 1.0
+  if len(shape) == 4:  # a 3x3 convolution from 1 channel to 4, SAME padding
+    kernel = np.zeros((3, 3, 1, 4), np.float32)
+    kernel[1, 1] = 1.0
+    layer_input = export.LayerInput(shape, {'strides': (1, 1), 'padding': 'SAME'})
+  else:
+    kernel = np.zeros((64, 32), np.float32)
+    kernel[::4, ::2] = 1.0
+    layer_input = export.LayerInput(shape)
   layer = pcs.sparse.csr(kernel)
-  kept, _ = export._measure(kernel, layer, export.LayerInput((batch, 64)), threshold=1.05)  # pylint: disable=protected-access
+  kept, _ = export._measure(kernel, layer, layer_input, threshold=1.05)  # pylint: disable=protected-access
   assert asked == [bar, 1.05]  # the thread choice is timed until clear of its own bar
   assert kept.threads == (formats.THREADS_POOL if on_the_pool else formats.THREADS_CALLER)
 
