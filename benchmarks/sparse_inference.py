@@ -100,10 +100,10 @@ def _pruned_layer(rng, sparsity, fan_in=LAYER, features=LAYER):
 
 def _kept(pool_ms, caller_ms, batch):
   """``'pcs pool'`` or ``'pcs caller'``: which one ``pcs.export`` keeps for a Dense layer
-  at this batch (the faster, but at batch 1 the pool unless the calling thread takes
-  under ``POOL_KEPT_UNTIL`` of its time)."""
-  kept_until = pcs.sparse._export.POOL_KEPT_UNTIL if batch == 1 else 1.0  # pylint: disable=protected-access
-  return 'pcs caller' if caller_ms < kept_until * pool_ms else 'pcs pool'
+  at this batch (``pool_bar``: the faster, but at batch 1 the pool unless the calling
+  thread is clearly faster)."""
+  bar = pcs.sparse._export.pool_bar(batch == 1)  # pylint: disable=protected-access
+  return 'pcs caller' if caller_ms < bar * pool_ms else 'pcs pool'
 
 
 def layer_rows(repeats):
@@ -274,8 +274,9 @@ def model_rows(repeats, sparsities=None):
     dense_fn = jax.jit(functools.partial(_apply, model))
     sparse_fn = jax.jit(functools.partial(_sparse_apply, model))
     cases = [(sparsity, 'global', batches) for sparsity in sparsities or SPARSITIES]
-    cases += [(sparsity, 'layerwise', (batch,)) for every_layer, sparsity, batch in [EVERY_LAYER]
-              if every_layer == name and sparsity in (sparsities or SPARSITIES)]
+    every_layer, sparsity, batch = EVERY_LAYER
+    if every_layer == name and sparsity in (sparsities or SPARSITIES):
+      cases.append((sparsity, 'layerwise', (batch,)))
     for sparsity, scope, scope_batches in cases:
       params, _ = pcs.prune(variables['params'], sparsity, scope=scope)
       pruned = {**variables, 'params': params}

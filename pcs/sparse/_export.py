@@ -269,6 +269,12 @@ def _conv(x, layer, options):
   return layers.conv(x, layer, **options)
 
 
+def pool_bar(one_column: bool) -> float:
+  """The ratio t_caller / t_pool under which a layer runs on the calling thread alone:
+  :data:`POOL_KEPT_UNTIL` for the one-column product, 1 (the faster) for any other."""
+  return POOL_KEPT_UNTIL if one_column else 1.0
+
+
 def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
              threshold: float) -> Tuple[Any, timing.Comparison]:
   """``layer`` on the faster of the thread pool and the calling thread alone (at batch 1,
@@ -280,11 +286,10 @@ def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
   product = layers.dense if kernel.ndim == 2 else functools.partial(_conv, options=options)
   serial = dataclasses.replace(layer, threads=formats.THREADS_CALLER)
   pool = dataclasses.replace(layer, threads=formats.THREADS_POOL)
-  one_column = kernel.ndim == 2 and math.prod(layer_input.shape[:-1]) == 1
-  kept_until = POOL_KEPT_UNTIL if one_column else 1.0
+  bar = pool_bar(kernel.ndim == 2 and math.prod(layer_input.shape[:-1]) == 1)
   threads = timing.compare(timing.compiled(product, x, serial),  # t_caller / t_pool
-                           timing.compiled(product, x, pool), threshold=kept_until)
-  if threads.speedup < kept_until:
+                           timing.compiled(product, x, pool), threshold=bar)
+  if threads.speedup < bar:
     layer = serial
   dense = timing.compiled(_dense_product(kernel, options), x, jnp.asarray(kernel))
   return layer, timing.compare(dense, timing.compiled(product, x, layer), threshold=threshold)
