@@ -346,8 +346,11 @@ def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
   half its interquartile range (±, as a share of its median time)."""
   lines = ['One layer: speed-up over XLA\'s dense dot, the same for every peer, so a ratio '
            'over another is the ratio of their times (the targets compare times); '
-           'pcs on device arrays, the faster of the thread pool and the calling thread (which, '
-           'in "threads"); at batch 1 the bandwidth the dense product reaches and the '
+           'pcs on device arrays, on the threads `pcs.export` keeps for a Dense layer at that '
+           'batch (which, in "threads"): the faster of the thread pool and the calling '
+           'thread, but at batch 1 the pool unless the calling thread takes under '
+           f'{pcs.sparse._export.POOL_KEPT_UNTIL:g} of its time (runs 1-43 show the faster '  # pylint: disable=protected-access
+           'of the two at every batch); at batch 1 the bandwidth the dense product reaches and the '
            'memory-traffic bound of the CSR product (the bytes it must read over that '
            'bandwidth); "bf16 values": pcs with its values stored in bfloat16 '
            '(`exported.astype(jnp.bfloat16)`, 4 bytes a nonzero instead of 6).', '',

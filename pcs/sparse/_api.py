@@ -1,7 +1,7 @@
 """One ``export`` and one ``load`` for linen and NNX models: each reads what it is given and
 hands it to the adapter (:mod:`pcs.sparse.linen`, :mod:`pcs.sparse.nnx`)."""
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from pcs.core import _boundary as boundary
 from pcs.core import _selection as selection
@@ -15,7 +15,7 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
            format: str = 'auto',  # pylint: disable=redefined-builtin
            n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
            batch_size: int = 1, margin: float = 0.05, fold_batch_norm: bool = True,
-           fuse_relu: Sequence[Any] = ()) -> _export.Exported:
+           fuse_relu: Any = 'auto') -> _export.Exported:
   """The pruned Dense/Conv kernels of a model in their fastest layout.
 
   Every leaf named ``kernel`` (Dense/Conv, and the 2-D product of a ``DenseGeneral`` /
@@ -33,7 +33,9 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
   Args:
     target: an ``nnx.Module`` (the pruned model itself); or a linen model's variables
       (``{'params': ..., 'batch_stats': ...}``: batch norms fold only when their
-      statistics are given) or params; or a params tree / ``nnx.State`` alone.
+      statistics are given) or params; or a params tree / ``nnx.State`` alone (without
+      ``model``, a dict whose ``'params'`` entry is a dict is read as variables: the
+      layers are named by their paths in it).
     model: the linen module of ``target`` (None for NNX: the module is the target).
     inputs: an example input of the batch size served (only its shape is used): each
       layer is measured at its real input (required for Conv layers under
@@ -49,10 +51,13 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
       1 / (1 - margin); the whole model stays sparse only if the lower quartile of its
       paired speed-ups does.
     fold_batch_norm: fold inference batch norms into the layers before them.
-    fuse_relu: module paths (``('block', 'Conv_0')`` or ``'block/Conv_0'``) of layers
-      whose output (after a folded batch norm) always goes through a ReLU: the product
-      applies it in its store (the model's own ReLU is then a no-op on it; Flax applies
-      activations outside layers, so they are named, not detected).
+    fuse_relu: the layers whose ReLU the product applies in its store. ``'auto'``
+      (given the model and ``inputs``): every exported layer whose output (after a folded
+      batch norm) the model passes to a ReLU, ``max(y, 0)``, and to nothing else, found
+      in a trace of the model (``pcs/sparse/_relu.py``; Flax applies activations outside
+      its layers). Or a list of module paths (``[('block', 'Conv_0')]`` or
+      ``['block/Conv_0']``) whose output always goes through a ReLU; ``[]`` for none.
+      The model's own ReLU is then a no-op on a non-negative array.
 
   Returns:
     :class:`pcs.sparse.Exported`, its arrays on the default device;
@@ -62,7 +67,8 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
   Raises:
     ValueError: for a tree with no exportable kernel, an unknown ``format``, a kernel
       without the ``n_m`` pattern, ``model`` without ``inputs`` (or the reverse), a
-      ``model`` given with an ``nnx.Module``, or a ``fuse_relu`` path that is no layer.
+      ``model`` given with an ``nnx.Module``, a ``fuse_relu`` path that is no layer, or
+      a ``fuse_relu`` string other than ``'auto'``.
 
   Example:
     >>> import jax.numpy as jnp, pcs

@@ -13,9 +13,10 @@ is stored with it. Files of version 1 (before the meta field and epilogues) stil
 """
 
 import hashlib
+from collections.abc import Mapping
 import json
 import zipfile
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,16 @@ def _is_exported_kernel(path: Tuple, exported: _export.Exported) -> bool:
   return layer in exported or (layer[:1] == ('params',) and layer[1:] in exported)
 
 
+def _merged(trees: List[Dict[str, Any]]) -> Dict[str, Any]:
+  """Nested dicts merged into one (the states of one NNX model, one per filter)."""
+  out: Dict[str, Any] = {}
+  for tree in trees:
+    for key, value in tree.items():
+      both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+      out[key] = _merged([out[key], value]) if both else value
+  return out
+
+
 def save(file, exported: _export.Exported, variables: Any = None) -> None:
   """Writes ``exported`` and the model's other ``variables`` to ``file`` (a path or a
   binary file object), as a ``.npz`` with a hashed manifest.
@@ -46,8 +57,10 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
     file: where to write (``numpy.savez`` appends ``.npz`` to a path without it).
     exported: from :func:`pcs.export`.
     variables: the rest of the model: linen ``variables`` (``{'params': ...,
-      'batch_stats': ...}``) or an NNX state such as ``nnx.state(model, nnx.Param,
-      nnx.BatchStat)``. The dense kernels of exported layers are left out.
+      'batch_stats': ...}``), or its NNX state: ``nnx.state(model, nnx.Param,
+      nnx.BatchStat)`` (the states it returns, one per filter, are saved as one), so
+      that a batch norm left unfolded keeps its statistics. The dense kernels of
+      exported layers are left out.
 
   Raises:
     TypeError: for a leaf that is not a numeric array (e.g. an NNX RNG key).
@@ -57,6 +70,9 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
   arrays: Dict[str, np.ndarray] = {}
 
   def add(array) -> Dict[str, Any]:
+    if jax.dtypes.issubdtype(getattr(array, 'dtype', np.float32), jax.dtypes.prng_key):
+      raise TypeError('pcs.sparse.save stores numeric arrays only; got a PRNG key (an NNX '
+                      'RNG stream). For NNX, save nnx.state(model, nnx.Param, nnx.BatchStat).')
     array = np.asarray(array)
     dtype = array.dtype.str
     if array.dtype == BFLOAT16:  # numpy's format has no bfloat16: its bits, as uint16
@@ -69,6 +85,9 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
     return {'array': name, 'dtype': dtype, 'shape': list(array.shape),
             'sha256': hashlib.sha256(arrays[name].tobytes()).hexdigest()}
 
+  if isinstance(variables, (tuple, list)) and variables and all(
+      boundary.is_nnx_state(v) for v in variables):
+    variables = _merged([boundary.plain(v) for v in variables])
   leaves = []
   flat = jax.tree_util.tree_flatten_with_path(boundary.plain(variables or {}))[0]
   for path, leaf in flat:

@@ -10,9 +10,10 @@ against dense, and layers go back to dense until it is faster. :meth:`Exported.s
 says which layers went sparse, what was measured and its spread.
 
 Epilogues (:class:`Epilogue`): the adapters can fold an inference batch norm into the
-layer before it (``pcs/sparse/_folding.py``) and fuse a ReLU the user names into the
-product's store; the exported layer then holds the folded kernel and bias. A residual
-add is not fused (it stays an XLA op after the product).
+layer before it (``pcs/sparse/_folding.py``) and fuse a ReLU into the product's store (the
+layers whose output only a ReLU reads, found in a trace, or named by the user;
+``pcs/sparse/_relu.py``); the exported layer then holds the folded kernel and bias. A
+residual add is not fused (it stays an XLA op after the product).
 
 The compressed arrays are placed on the default device once, when they are made (here
 and in :func:`pcs.sparse.load`): a jitted call then takes them as they are, where numpy
@@ -36,6 +37,7 @@ from pcs.core import _selection as selection
 from pcs.sparse import _folding as folding
 from pcs.sparse import _formats as formats
 from pcs.sparse import _layers as layers
+from pcs.sparse import _relu as relu_lib
 from pcs.sparse import _timing as timing
 
 FORMATS = ('auto',) + tuple(formats.FORMATS)
@@ -174,11 +176,11 @@ class Exported(Mapping):
     """A table: each layer, its shape and sparsity, the format kept and why."""
     lines = [f'{"layer":<28} {"kernel":<18} {"sparsity":>8}  {"kept as":<7} reason']
     for c in self.choices:
-      name = '/'.join(str(p) for p in c.path)
+      name = layer_name(c.path)
       lines.append(f'{name:<28} {"x".join(map(str, c.kernel_shape)):<18} '
                    f'{100 * c.sparsity:7.1f}%  {c.format:<7} {c.reason}')
     for path, e in self.epilogues.items():
-      name = '/'.join(str(p) for p in path)
+      name = layer_name(path)
       if e.norm is not None:
         lines.append(f'{name}: batch norm {"/".join(map(str, e.norm))} folded into it '
                      '(kernel and bias); that norm runs as the identity')
@@ -196,11 +198,20 @@ def bound_call(fn: Callable, *bound: Any) -> Callable:
   A call passes the flat list of the bound arrays, so it neither flattens the pytrees
   again nor compares their structure with the compiled one's (a dict of variables, an
   :class:`Exported` whose per-layer choices are its static part). On the mnist1d CNN at
-  batch 1 that is about a tenth of the call (``make bench``'s whole-model rows).
+  batch 1 that is about a tenth of the call (``make bench``'s whole-model rows). The
+  model's ReLUs on the output of a product that applied its own are left out of the
+  compiled call (:func:`pcs.sparse._relu.without_fused_relus`).
   """
   leaves, treedef = jax.tree.flatten(jax.device_put(bound))
-  run = jax.jit(lambda leaves, *args: fn(*jax.tree.unflatten(treedef, leaves), *args))
+  run = jax.jit(relu_lib.without_fused_relus(
+      lambda leaves, *args: fn(*jax.tree.unflatten(treedef, leaves), *args)))
   return functools.partial(run, leaves)
+
+
+def layer_name(path: Path) -> str:
+  """A module path as ``'block/Conv_0'``; ``'(the model)'`` for a model that is itself the
+  layer (an ``nnx.Linear`` exported on its own)."""
+  return '/'.join(map(str, path)) or '(the model)'
 
 
 def key_name(key) -> Any:
@@ -234,6 +245,9 @@ def as_matrix(kernel: np.ndarray, path: Path,
   and says why: it could be a convolution's or a ``DenseGeneral``'s, whose products differ.
   """
   layout = (layouts or {}).get(path + ('kernel',))
+  if layout is None and kernel.ndim > 2 and any('transpose' in str(k).lower() for k in path):
+    return None, ('a transposed convolution (named so) runs dense: pcs runs Conv, not '
+                  'ConvTranspose, layers sparse')
   if layout is None:
     layout = layout_lib.named_layout(path + ('kernel',), kernel.ndim)
   if layout is None:
@@ -281,7 +295,11 @@ def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
   a Dense layer stays on the pool unless the calling thread is clearly faster:
   :data:`POOL_KEPT_UNTIL`), and that product timed against the dense one at
   ``layer_input``."""
-  x = jnp.asarray(np.random.default_rng(0).normal(size=layer_input.shape), jnp.float32)
+  shape = layer_input.shape
+  if kernel.ndim > 2:  # a convolution's batch axes, however many (none too), as one
+    cut = len(shape) - kernel.ndim + 1
+    shape = (math.prod(shape[:cut]),) + tuple(shape[cut:])
+  x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
   options = layer_input.conv_options or {}
   product = layers.dense if kernel.ndim == 2 else functools.partial(_conv, options=options)
   serial = dataclasses.replace(layer, threads=formats.THREADS_CALLER)
@@ -347,8 +365,9 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     norms: ``{module path: NormFold}``: the inference batch norm after that layer, folded
       into its kernel and bias where the layer is exported (``_folding.py``).
     fuse_relu: module paths (tuples, or strings joined by ``/``) of layers whose output
-      always goes through a ReLU: their product applies it in its store. The model's own
-      ReLU then runs on a non-negative array and changes nothing.
+      always goes through a ReLU: their product applies it in its store (the adapters
+      resolve ``'auto'`` to the layers a trace finds: :func:`pcs.sparse._relu.resolve`).
+      The model's own ReLU then changes nothing, and :meth:`Exported.bind` leaves it out.
 
   Returns:
     :class:`Exported`, its arrays on the default device.
@@ -381,7 +400,7 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
   threshold = 1.0 / (1.0 - margin)
   exported, choices, epilogues = {}, [], {}
   for path, kernel in kernels.items():
-    name = '/'.join(map(str, path))
+    name = layer_name(path)
     if kernel.dtype != np.float32:
       raise TypeError(f'pcs.export: the kernel of {name} is {kernel.dtype}; the sparse '
                       'kernels compute in float32.')
@@ -434,9 +453,10 @@ def check_against_dense(dense: Callable, sparse: Callable, inputs: Any) -> None:
   order differ by far less).
 
   Raises:
-    ValueError: where they differ, as they do when a folded batch norm's layer output is
+    ValueError: where they differ, as they do when a layer named in ``fuse_relu`` has an
+      output that is not always passed to a ReLU, or a folded batch norm's layer output is
       also read by something other than that batch norm (a structure the export cannot
-      see); export with ``fold_batch_norm=False`` then.
+      see; export with ``fold_batch_norm=False`` then).
   """
   for want, got in zip(jax.tree.leaves(dense(inputs)), jax.tree.leaves(sparse(inputs))):
     want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
@@ -444,9 +464,11 @@ def check_against_dense(dense: Callable, sparse: Callable, inputs: Any) -> None:
     error = float(np.max(np.abs(got - want), initial=0.0))
     if not error <= 1e-3 * scale:
       raise ValueError(f'pcs.export: the exported model differs from the model on `inputs` '
-                       f'(largest difference {error:.3g}, outputs up to {scale:.3g}). If a '
-                       'folded batch norm\'s layer output is also read elsewhere, export with '
-                       'fold_batch_norm=False.')
+                       f'(largest difference {error:.3g}, outputs up to {scale:.3g}). A '
+                       'layer named in `fuse_relu` whose output does not always go through a '
+                       'ReLU makes them differ (leave it out, or use fuse_relu=\'auto\'); so '
+                       'does a folded batch norm\'s layer output read elsewhere (export with '
+                       'fold_batch_norm=False).')
 
 
 def _exported(layers, epilogues, choices, model=None) -> Exported:

@@ -158,7 +158,8 @@ def conv(x: jax.Array, weight, bias: Optional[jax.Array] = None, *,
          strides: Union[int, Sequence[int]] = 1, padding: Padding = 'SAME',
          activation: Optional[str] = None) -> jax.Array:
   """A channels-last convolution y = act(conv(x, W) + b) with the compressed ``weight``
-  of shape ``(*window, in, features)``; x: ``(N, *spatial, in)`` or ``(*spatial, in)``.
+  of shape ``(*window, in, features)``; x: ``(*batch, *spatial, in)``, any number of
+  batch axes (none included), as Flax's ``Conv`` takes it.
 
   1-D and 2-D with at least ``MIN_DIRECT_POSITIONS`` output positions per image: the
   direct sparse convolution; else im2col, x^T = the stacked strided
@@ -170,16 +171,15 @@ def conv(x: jax.Array, weight, bias: Optional[jax.Array] = None, *,
   spatial = len(window)
   _check_input(x, channels, 'conv')
   dtype, x, bias = x.dtype, x.astype(jnp.float32), _float32(bias)
-  unbatched = x.ndim == spatial + 1
-  if unbatched:
-    x = x[None]
-  if x.ndim != spatial + 2:
-    raise ValueError(f'conv: a {spatial}-D kernel needs input (N, *{spatial} spatial, C); '
-                     f'got shape {x.shape}.')
+  if x.ndim < spatial + 1:
+    raise ValueError(f'conv: a {spatial}-D kernel needs input (*batch, *{spatial} spatial, '
+                     f'C); got shape {x.shape}.')
+  batch = x.shape[:x.ndim - spatial - 1]
+  x = x.reshape((-1,) + x.shape[x.ndim - spatial - 1:])
   strides = (strides,) * spatial if isinstance(strides, int) else tuple(strides)
   pads = [tuple(p) for p in conv_pads(padding, x.shape[1:-1], window, strides)]
   out = [(size + lo + hi - w) // s + 1
          for size, (lo, hi), w, s in zip(x.shape[1:-1], pads, window, strides)]
   direct = spatial <= 2 and np.prod(out) >= MIN_DIRECT_POSITIONS
   y = (_direct if direct else _im2col)(x, weight, bias, window, strides, pads, activation)
-  return (y[0] if unbatched else y).astype(dtype)
+  return y.reshape(batch + y.shape[1:]).astype(dtype)

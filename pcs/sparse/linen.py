@@ -13,7 +13,7 @@ array a Dense or Conv returned, which is folded into it (``_folding.py``).
 """
 
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
@@ -24,11 +24,12 @@ from pcs.core import _selection as selection
 from pcs.sparse import _export
 from pcs.sparse import _folding as folding
 from pcs.sparse import _layers as layers
+from pcs.sparse import _relu as relu_lib
 from pcs.sparse import _timing as timing
 
 
 def _name(path) -> str:
-  return '/'.join(map(str, path))
+  return _export.layer_name(path)
 
 
 def _general(module, x) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
@@ -145,7 +146,8 @@ def _norm_folds(norms: Dict[Tuple, NormAfter], variables) -> Dict[Tuple, folding
   out = {}
   for layer, norm in norms.items():
     stats = _leaf(variables['batch_stats'], norm.path)
-    params = _leaf(variables['params'], norm.path)
+    # A norm without scale and bias (use_scale=use_bias=False) has no params entry.
+    params = _leaf(variables['params'], norm.path) if norm.use_scale or norm.use_bias else {}
     out[layer] = folding.norm_fold(norm.path, stats['mean'], stats['var'], norm.epsilon,
                                    params['scale'] if norm.use_scale else None,
                                    params['bias'] if norm.use_bias else None)
@@ -162,7 +164,7 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
                  call_kwargs: Optional[Dict[str, Any]] = None, format: str = 'auto',  # pylint: disable=redefined-builtin
                  n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
                  batch_size: int = 1, margin: float = 0.05, fold_batch_norm: bool = True,
-                 fuse_relu: Sequence[Any] = ()) -> _export.Exported:
+                 fuse_relu: Any = 'auto') -> _export.Exported:
   """:func:`pcs.export` of a linen model's ``tree`` (its params, or its variables), or of
   a params tree without a model (an NNX state too)."""
   call_kwargs = call_kwargs or {}
@@ -170,8 +172,11 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
     raise ValueError('pcs.export: `model` and `inputs` go together (the layers are '
                      'measured at the inputs the model gives them).')
   if model is None:
+    if isinstance(tree, Mapping) and isinstance(tree.get('params'), Mapping):
+      tree = tree['params']  # a model's variables: the layers are its params' paths
     return _export.export_kernels(tree, format=format, n_m=n_m, where=where,
-                                  batch_size=batch_size, margin=margin, fuse_relu=fuse_relu)
+                                  batch_size=batch_size, margin=margin,
+                                  fuse_relu=relu_lib.resolve(fuse_relu, None))
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **call_kwargs), inputs)
   given = dict(tree) if _is_variables(tree, shapes) else {'params': tree}
   variables = {**jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes), **given}
@@ -187,11 +192,18 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
     dense, sparse = calls(candidate)
     _export.check_against_dense(dense, sparse, inputs)
     return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
+  layouts = layout_lib.kernel_layouts(model, inputs, **call_kwargs)
+
+  def detect():  # every candidate layer sparse, its batch norm folded: who feeds a ReLU
+    trial = _export.export_kernels(given['params'], format='csr', where=where,
+                                   layouts=layouts, norms=norms, unsupported=found.unsupported)
+    return relu_lib.relu_only(
+        lambda v, e, x: sparse_apply(model, v, e, x, **call_kwargs), variables, trial, inputs)
   exported = _export.export_kernels(
       given['params'], format=format, n_m=n_m, where=where, batch_size=batch_size,
       layer_inputs=found.inputs, margin=margin, compare_model=compare_model,
-      layouts=layout_lib.kernel_layouts(model, inputs, **call_kwargs), norms=norms,
-      fuse_relu=fuse_relu, unsupported=found.unsupported)
+      layouts=layouts, norms=norms, fuse_relu=relu_lib.resolve(fuse_relu, detect),
+      unsupported=found.unsupported)
   if format != 'auto' and exported.epilogues:
     dense, sparse = calls(exported)
     _export.check_against_dense(dense, sparse, inputs)
@@ -261,6 +273,10 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
   nn = extras.require('flax.linen', 'pcs.sparse_apply')
   if not isinstance(exported, _export.Exported):
     raise TypeError(f'`exported` must come from pcs.export; got {type(exported).__name__}.')
+  if not (isinstance(variables, Mapping) and 'params' in variables):
+    raise ValueError('pcs.sparse_apply: `variables` must be the model\'s variables, '
+                     "{'params': params, ...} (as model.apply takes them); got "
+                     f'{type(variables).__name__} without a "params" entry.')
   params, folded_norms = variables['params'], exported.folded_norms
   used: set = set()
   folded_outputs: list = []
@@ -280,8 +296,9 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
     expected, general = _expected_shape(nn, module, x, name)
     if tuple(layer.kernel_shape) != expected:
       raise ValueError(f'pcs.sparse_apply: the exported kernel of {name} has shape '
-                       f'{layer.kernel_shape} but the model\'s layer takes {expected}; '
-                       'the export belongs to another model.')
+                       f'{layer.kernel_shape} but the model\'s layer takes {expected} on its '
+                       f'input of shape {tuple(x.shape)}: the input is not the one the model '
+                       'was exported for, or the export belongs to another model.')
     used.add(path)
     epilogue = exported.epilogue(path)
     bias = epilogue.bias
@@ -300,6 +317,7 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
       y = layers.dense(x.reshape(lead + (expected[0],)), layer,
                        None if bias is None else bias.reshape(-1),
                        epilogue.activation).reshape(lead + general[1])
+    y = relu_lib.marked(y, path, epilogue.activation == 'relu')
     if epilogue.norm is not None:
       folded_outputs.append(y)
     return y

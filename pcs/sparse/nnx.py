@@ -18,7 +18,7 @@ this module needs flax (``pip install 'pcs[export]'``).
 """
 
 import contextvars
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
@@ -31,6 +31,7 @@ from pcs.sparse import _export
 from pcs.sparse import _folding as folding
 from pcs.sparse import _formats as formats
 from pcs.sparse import _layers as layers
+from pcs.sparse import _relu as relu_lib
 from pcs.sparse import _timing as timing
 
 
@@ -104,7 +105,8 @@ class SparseLinear(_SparseLayer):
   """``nnx.Linear`` with a compressed weight: y = x W + b."""
 
   def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
-    y = layers.dense(self._input(x), self.layer, self._bias(), self.activation)
+    y = relu_lib.marked(layers.dense(self._input(x), self.layer, self._bias(), self.activation),
+                        self.source_path, self.activation == 'relu')
     self._record(x, y)
     return _sharded(y, out_sharding)
 
@@ -128,7 +130,9 @@ class SparseLinearGeneral(_SparseLayer):
     x = x.reshape(lead + (int(np.prod(self.in_features)),))
     self._record(x)
     y = layers.dense(self._input(x), self.layer, self._bias(), self.activation)
-    return _sharded(y.reshape(lead + self.out_features), out_sharding)
+    y = relu_lib.marked(y.reshape(lead + self.out_features), self.source_path,
+                        self.activation == 'relu')
+    return _sharded(y, out_sharding)
 
 
 class SparseConv(_SparseLayer):
@@ -144,6 +148,7 @@ class SparseConv(_SparseLayer):
     options = {'strides': self.strides, 'padding': self.padding}
     y = layers.conv(self._input(x), self.layer, self._bias(), activation=self.activation,
                     **options)
+    y = relu_lib.marked(y, self.source_path, self.activation == 'relu')
     self._record(x, y, options)
     return y
 
@@ -349,7 +354,7 @@ def export_module(model, *, inputs: Any = None,
                   format: str = 'auto',  # pylint: disable=redefined-builtin
                   n_m: Optional[Tuple[int, int]] = None, where: selection.Where = None,
                   batch_size: int = 1, margin: float = 0.05, fold_batch_norm: bool = True,
-                  fuse_relu: Sequence[Any] = ()) -> _export.Exported:
+                  fuse_relu: Any = 'auto') -> _export.Exported:
   """:func:`pcs.export` of an ``nnx.Module``: its Linear/Conv kernels in their fastest
   layout, each measured at the input it gets from ``inputs`` (an example batch)."""
   if not boundary.is_nnx_module(model):
@@ -362,16 +367,25 @@ def export_module(model, *, inputs: Any = None,
     dense, sparse = calls(candidate)
     _export.check_against_dense(dense, sparse, inputs)
     return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
-  found, compare_model = Probe({}, {}), None
+  found, compare_model, detect = Probe({}, {}), None, None
+  state, layouts, unsupported = (nnx.state(model, nnx.Param), layout_lib.kernel_layouts(model),
+                                 _unsupported(model))
   if inputs is not None:
     found, compare_model = probe(model, inputs, where, **(call_kwargs or {})), compare
+  norms = _norm_folds(model, found.norms) if fold_batch_norm else None
+  if inputs is not None:
+    def detect():  # every candidate layer sparse, its batch norm folded: who feeds a ReLU
+      trial = _swapped(model, _export.export_kernels(state, format='csr', where=where,
+                                                     layouts=layouts, norms=norms,
+                                                     unsupported=unsupported))
+      graphdef, variables = nnx.split(trial)
+      return relu_lib.relu_only(
+          lambda v, x: nnx.merge(graphdef, v)(x, **(call_kwargs or {})), variables, inputs)
   exported = _export.export_kernels(
-      nnx.state(model, nnx.Param), format=format, n_m=n_m, where=where,
+      state, format=format, n_m=n_m, where=where,
       batch_size=batch_size, layer_inputs=found.inputs or None, margin=margin,
-      compare_model=compare_model, layouts=layout_lib.kernel_layouts(model),
-      unsupported=_unsupported(model),
-      norms=_norm_folds(model, found.norms) if fold_batch_norm else None,
-      fuse_relu=fuse_relu)
+      compare_model=compare_model, layouts=layouts, unsupported=unsupported, norms=norms,
+      fuse_relu=relu_lib.resolve(fuse_relu, detect))
   if format != 'auto' and exported.epilogues and inputs is not None:
     dense, sparse = calls(exported)
     _export.check_against_dense(dense, sparse, inputs)
@@ -435,12 +449,21 @@ def restore(model, variables, exported: _export.Exported):
     variables, exported: as :func:`pcs.sparse.load` reads them.
 
   Raises:
-    ValueError: if a saved variable is missing from ``model`` or has another shape.
+    ValueError: if a saved variable is missing from ``model`` or has another shape, or
+      the file holds no statistics for a batch norm of ``model`` that is not folded (it
+      would run on the new model's initial ones).
   """
   saved = {tuple(_export.key_name(k) for k in path): value
            for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]}
   found = {tuple(path): node for path, node in nnx.iter_graph(model)
            if isinstance(node, nnx.Variable)}
+  unsaved = sorted('/'.join(map(str, path)) for path, node in found.items()
+                   if isinstance(node, nnx.BatchStat) and path not in saved
+                   and path[:-1] not in exported.folded_norms)
+  if unsaved:
+    raise ValueError(f'pcs.sparse.load: the file holds no value for the batch statistics '
+                     f'{unsaved} of `model`, whose batch norms are not folded into the export; '
+                     'save nnx.state(model, nnx.Param, nnx.BatchStat).')
   for path, value in saved.items():
     name = '/'.join(map(str, path))
     if path not in found or tuple(found[path].get_value().shape) != value.shape:

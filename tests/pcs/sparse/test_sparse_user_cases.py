@@ -1,0 +1,135 @@
+"""Cases a user trial of the export met (2026-12-07): each ran into an error or a silently
+wrong model before. The exported model is checked against the model computed densely
+(its own forward pass), and each refusal against the argument it must name."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import pcs
+
+
+class Mlp(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(4)(nn.relu(nn.Dense(16)(x)))
+
+
+def _pruned(model, x, sparsity=0.8):
+  variables = model.init(jax.random.key(0), x)
+  params, _ = pcs.prune(variables['params'], sparsity, scope='layerwise')
+  return {**variables, 'params': params}
+
+
+def test_linen_variables_exported_without_the_model_bind_to_it():
+  x = jax.random.normal(jax.random.key(1), (3, 8))
+  model = Mlp()
+  variables = _pruned(model, x)
+  exported = pcs.export(variables, format='csr')
+  assert set(exported) == {('Dense_0',), ('Dense_1',)}
+  np.testing.assert_allclose(exported.bind(model, variables)(x), model.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+class NormWithoutAffine(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.BatchNorm(use_running_average=True, use_scale=False, use_bias=False)(nn.Dense(16)(x))
+    return nn.Dense(3)(nn.relu(y))
+
+
+def test_a_batch_norm_without_scale_and_bias_folds():
+  x = jax.random.normal(jax.random.key(1), (4, 8))
+  model = NormWithoutAffine()
+  variables = _pruned(model, x)
+  variables['batch_stats'] = jax.tree.map(
+      lambda v: jax.random.uniform(jax.random.key(2), v.shape, minval=0.5, maxval=1.5),
+      variables['batch_stats'])
+  exported = pcs.export(variables, model=model, inputs=x, format='csr')
+  assert exported.folded_norms == {('BatchNorm_0',): ('Dense_0',)}
+  np.testing.assert_allclose(exported.bind(model, variables)(x), model.apply(variables, x),
+                             rtol=1e-4, atol=1e-4)
+
+
+class Decoder(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.ConvTranspose(4, (3, 3), strides=(2, 2))(nn.relu(nn.Conv(8, (3, 3))(x)))
+
+
+def test_a_conv_transpose_exported_without_the_model_stays_dense():
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3))
+  model = Decoder()
+  variables = _pruned(model, x)
+  exported = pcs.export(variables['params'], format='csr')
+  assert set(exported) == {('Conv_0',)}
+  (choice,) = [c for c in exported.choices if c.path == ('ConvTranspose_0',)]
+  assert choice.format == 'dense' and 'ConvTranspose' in choice.reason
+  np.testing.assert_allclose(exported.bind(model, variables)(x), model.apply(variables, x),
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('format', ['csr', 'auto'])
+@pytest.mark.parametrize('shape', [(2, 3, 8, 8, 3), (8, 8, 3)])
+def test_a_conv_takes_any_number_of_batch_axes(format, shape):  # pylint: disable=redefined-builtin
+  x = jax.random.normal(jax.random.key(1), shape)
+  model = nn.Conv(4, (3, 3))
+  variables = _pruned(model, x, 0.6)
+  exported = pcs.export(variables, model=model, inputs=x, format=format)
+  np.testing.assert_allclose(exported.bind(model, variables)(x), model.apply(variables, x),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_variables_and_inputs_are_named():
+  x = jnp.ones((2, 8))
+  model = nn.Dense(4)
+  params = _pruned(model, x)['params']
+  exported = pcs.export(params, format='csr')
+  with pytest.raises(ValueError, match=r"`variables` must be the model's variables"):
+    exported.bind(model, params)(x)
+  with pytest.raises(ValueError, match=r'\(the model\).*input of shape \(2, 7\)'):
+    exported.bind(model, {'params': params})(jnp.ones((2, 7)))
+
+
+class NnxNormNet(nnx.Module):
+
+  def __init__(self, rngs):
+    self.fc = nnx.Linear(8, 16, rngs=rngs)
+    self.norm = nnx.BatchNorm(16, rngs=rngs)
+    self.drop = nnx.Dropout(0.5, rngs=rngs)
+    self.out = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(self.drop(nnx.relu(self.norm(self.fc(x)))))
+
+
+def _nnx_model(seed):
+  model = NnxNormNet(nnx.Rngs(seed))
+  model.norm.mean.set_value(jnp.linspace(-0.5, 0.5, 16))
+  model.norm.var.set_value(jnp.linspace(0.5, 2.0, 16))
+  pruned, _ = pcs.prune(nnx.state(model, nnx.Param), 0.8)
+  nnx.update(model, pruned)
+  model.eval()
+  return model
+
+
+def test_nnx_save_keeps_the_statistics_of_an_unfolded_norm(tmp_path):
+  model, x = _nnx_model(0), jax.random.normal(jax.random.key(1), (4, 8))
+  exported = pcs.export(model, inputs=x, format='csr', fold_batch_norm=False)
+  path = str(tmp_path / 'model.npz')
+  pcs.sparse.save(path, exported, nnx.state(model, nnx.Param, nnx.BatchStat))
+  fresh = _nnx_model(1)  # other weights and statistics, overwritten by the load
+  fresh.norm.mean.set_value(jnp.zeros(16))
+  np.testing.assert_allclose(pcs.sparse.load(path, fresh)(x), model(x), rtol=1e-4, atol=1e-4)
+  # Its params alone: the load refuses, naming the statistics, instead of using fresh ones.
+  pcs.sparse.save(path, exported, nnx.state(model, nnx.Param))
+  with pytest.raises(ValueError, match=r"\['norm/mean', 'norm/var'\].*nnx.BatchStat"):
+    pcs.sparse.load(path, _nnx_model(1))
+  with pytest.raises(TypeError, match='PRNG key'):
+    pcs.sparse.save(path, exported, nnx.state(model))
