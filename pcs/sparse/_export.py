@@ -245,7 +245,7 @@ def as_matrix(kernel: np.ndarray, path: Path,
   and says why: it could be a convolution's or a ``DenseGeneral``'s, whose products differ.
   """
   layout = (layouts or {}).get(path + ('kernel',))
-  if layout is None and kernel.ndim > 2 and any('transpose' in str(k).lower() for k in path):
+  if layout is None and kernel.ndim > 2 and path and 'convtranspose' in str(path[-1]).lower():
     return None, ('a transposed convolution (named so) runs dense: pcs runs Conv, not '
                   'ConvTranspose, layers sparse')
   if layout is None:

@@ -20,16 +20,32 @@ outside its layers, so:
 """
 
 import contextvars
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+import itertools
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
 import jax
 from jax.extend import core as jax_core
 
 Path = Tuple[Any, ...]
 _MARK = 'pcs_layer_output_'
+# The equations that compute a ReLU when their one body does: the calls jax.nn.relu makes
+# (a custom_jvp of a jit) and the ones that only wrap a function (remat).
+_CALLS = ('jit', 'pjit', 'closed_call', 'custom_jvp_call', 'custom_vjp_call', 'remat2')
+_traces = itertools.count()
 
-# (layer path, ReLU fused) of each output marked during a trace, in order (None otherwise).
-_marking: contextvars.ContextVar[Optional[List[Tuple[Path, bool]]]] = contextvars.ContextVar(
+
+class _Marks(NamedTuple):
+  """One trace's marking: its number (in every marker's name, so that a marker in a
+  nested jit whose trace JAX cached from another trace is not taken for one of these)
+  and the (layer path, ReLU fused) of each output marked, in order."""
+  trace: int
+  marks: List[Tuple[Path, bool]]
+
+  def name(self, index: int) -> str:
+    return f'{_MARK}{self.trace}_{index}'
+
+
+_marking: contextvars.ContextVar[Optional[_Marks]] = contextvars.ContextVar(
     'pcs_sparse_relu_marking', default=None)
 
 
@@ -37,27 +53,27 @@ def marked(y: jax.Array, path: Path, fused: bool) -> jax.Array:
   """``y``, the output of the sparse layer at ``path`` (``fused``: its product applied a
   ReLU); while :func:`relu_only` or :func:`without_fused_relus` traces, wrapped in an
   identity named for it (a ``jit`` equation of its own in the jaxpr)."""
-  marks = _marking.get()
-  if marks is None:
+  marking = _marking.get()
+  if marking is None:
     return y
 
   def identity(value):
     return value
-  identity.__name__ = f'{_MARK}{len(marks)}'
-  marks.append((tuple(path), bool(fused)))
+  identity.__name__ = marking.name(len(marking.marks))
+  marking.marks.append((tuple(path), bool(fused)))
   return jax.jit(identity)(y)
 
 
-def _traced(fn: Callable, *args):
-  """``(closed jaxpr, output shapes, marks)`` of ``fn(*args)`` traced with marking on."""
-  marks: List[Tuple[Path, bool]] = []
-  token = _marking.set(marks)
+def _traced(fn: Callable, *args) -> Tuple[Any, Any, _Marks]:
+  """``(closed jaxpr, output shapes, marking)`` of ``fn(*args)`` traced with marking on."""
+  marking = _Marks(next(_traces), [])
+  token = _marking.set(marking)
   try:
     # A new function each time: a trace of ``fn`` cached without the markers is not reused.
     closed, shapes = jax.make_jaxpr(lambda *a: fn(*a), return_shape=True)(*args)
   finally:
     _marking.reset(token)
-  return closed, shapes, marks
+  return closed, shapes, marking
 
 
 def _is_marker(eqn) -> bool:
@@ -84,7 +100,8 @@ def _is_relu_of(eqn, var) -> bool:
     a, b = eqn.invars
     return (a is var and _is_zero(b)) or (b is var and _is_zero(a))
   inner = eqn.params.get('call_jaxpr', eqn.params.get('jaxpr'))
-  if inner is None or len(eqn.invars) != 1 or eqn.invars[0] is not var:
+  if (eqn.primitive.name not in _CALLS or inner is None or len(eqn.invars) != 1
+      or eqn.invars[0] is not var):
     return False
   return _computes_relu(getattr(inner, 'jaxpr', inner))
 
@@ -126,12 +143,12 @@ def _verdicts(jaxpr, out: Dict[str, bool]) -> None:
 def relu_only(fn: Callable, *args) -> Set[Path]:
   """The paths of the sparse layers whose every output in ``fn(*args)`` goes to a ReLU
   and nowhere else (``fn`` calls the sparse model; it is traced, not run)."""
-  closed, _, marks = _traced(fn, *args)
+  closed, _, marking = _traced(fn, *args)
   verdicts: Dict[str, bool] = {}
   _verdicts(closed.jaxpr, verdicts)
   passed: Dict[Path, bool] = {}
-  for index, (path, _) in enumerate(marks):
-    passed[path] = passed.get(path, True) and verdicts.get(f'{_MARK}{index}', False)
+  for index, (path, _) in enumerate(marking.marks):
+    passed[path] = passed.get(path, True) and verdicts.get(marking.name(index), False)
   return {path for path, ok in passed.items() if ok}
 
 
@@ -157,11 +174,28 @@ def _dropped(jaxpr, fused: Set[str]):
 def without_fused_relus(fn: Callable) -> Callable:
   """``fn`` (a call of the sparse model), computing the same, without the ReLUs that read
   the output of a product that applied its own (module docstring). Traced when called
-  (under ``jax.jit``: once per input shape)."""
+  (under ``jax.jit``: once per input shape). Only ReLUs at the model's own level are
+  left out; one inside a transform of the model (``nn.scan``, ``nn.remat``, a ``cond``)
+  runs, on an already non-negative array.
+
+  Raises:
+    ValueError (when traced): if the output of a product that applied a ReLU is read by
+      anything but a ReLU in this call (a call with other arguments than the export's,
+      which reads the layer's output elsewhere).
+  """
   def run(*args):
-    closed, shapes, marks = _traced(fn, *args)
-    fused = {f'{_MARK}{i}' for i, (_, relu) in enumerate(marks) if relu}
-    jaxpr = _dropped(closed.jaxpr, fused) if fused else closed.jaxpr
+    closed, shapes, marking = _traced(fn, *args)
+    fused = {marking.name(i): path for i, (path, relu) in enumerate(marking.marks) if relu}
+    verdicts: Dict[str, bool] = {}
+    _verdicts(closed.jaxpr, verdicts)
+    wrong = sorted({'/'.join(map(str, path)) or '(the model)' for name, path in fused.items()
+                    if not verdicts.get(name, True)})
+    if wrong:
+      raise ValueError(f'pcs: the layers {wrong} were exported with their ReLU in the '
+                       'product (fuse_relu), but in this call their output is also read by '
+                       'something other than a ReLU; export with the arguments of this call '
+                       '(call_kwargs=...), or with fuse_relu=[].')
+    jaxpr = _dropped(closed.jaxpr, set(fused)) if fused else closed.jaxpr
     out = jax.core.eval_jaxpr(jaxpr, closed.consts, *jax.tree.leaves(args))
     return jax.tree.unflatten(jax.tree.structure(shapes), out)
   return run
@@ -171,12 +205,24 @@ def resolve(fuse_relu: Union[str, Any], detect: Optional[Callable[[], Set[Path]]
   """The layers whose ReLU the export fuses: :func:`relu_only`'s (``detect()``) for
   ``'auto'`` (none without a model to trace: ``detect`` None), else the paths given.
 
+  ``'auto'`` moves none where the model cannot be traced as exported (a call that writes
+  a collection, such as a decoding cache): no result changes.
+
   Raises:
-    ValueError: for a string other than ``'auto'`` (a single path goes in a list).
+    ValueError: for a string other than ``'auto'`` (a single path goes in a list), or
+      anything else that is not a list of paths.
   """
-  if isinstance(fuse_relu, str):
-    if fuse_relu != 'auto':
-      raise ValueError(f"`fuse_relu` must be 'auto' or a list of layer paths; got "
-                       f'{fuse_relu!r} (for one layer: fuse_relu=[{fuse_relu!r}]).')
-    return sorted(detect(), key=str) if detect is not None else ()
+  if isinstance(fuse_relu, str) and fuse_relu == 'auto':
+    if detect is None:
+      return ()
+    try:
+      return sorted(detect(), key=str)
+    except Exception:  # pylint: disable=broad-except
+      # A call that cannot be traced as exported (it writes a collection, such as a
+      # decoding cache, or needs RNGs): no ReLU is moved, which changes no result.
+      return ()
+  if isinstance(fuse_relu, str) or not isinstance(fuse_relu, (list, tuple, set)):
+    hint = f' (for one layer: fuse_relu=[{fuse_relu!r}])' if isinstance(fuse_relu, str) else ''
+    raise ValueError(f"`fuse_relu` must be 'auto' or a list of layer paths; got "
+                     f'{fuse_relu!r}{hint}.')
   return fuse_relu

@@ -457,9 +457,11 @@ def restore(model, variables, exported: _export.Exported):
            for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]}
   found = {tuple(path): node for path, node in nnx.iter_graph(model)
            if isinstance(node, nnx.Variable)}
+  norms = {tuple(path) for path, node in nnx.iter_graph(model)
+           if isinstance(node, nnx.BatchNorm)}
   unsaved = sorted('/'.join(map(str, path)) for path, node in found.items()
                    if isinstance(node, nnx.BatchStat) and path not in saved
-                   and path[:-1] not in exported.folded_norms)
+                   and path[:-1] in norms and path[:-1] not in exported.folded_norms)
   if unsaved:
     raise ValueError(f'pcs.sparse.load: the file holds no value for the batch statistics '
                      f'{unsaved} of `model`, whose batch norms are not folded into the export; '

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.extend import core as jax_core
 
 import pcs
 from pcs.sparse import _relu as relu_lib
@@ -39,6 +38,11 @@ def _marked(x, path='a', fused=False):
     # one layer called twice: a ReLU after one call only
     (lambda x: jax.nn.relu(_marked(x)) + _marked(x)[::-1], set()),
     (lambda x: jax.nn.relu(_marked(x)) + jax.nn.relu(_marked(x))[::-1], {('a',)}),
+    (lambda x: jax.nn.relu(_marked(x.astype(jnp.bfloat16))), {('a',)}),
+    # a marked output that leaves a cond's branch is read outside it: not taken
+    (lambda x: jax.nn.relu(jax.lax.cond(x[0] > 0, lambda: _marked(x), lambda: x)), set()),
+    (lambda x: jax.lax.cond(x[0] > 0, lambda: jax.nn.relu(_marked(x)), lambda: x), {('a',)}),
+    (lambda x: jax.lax.scan(lambda c, _: (c, None), _marked(x), length=0)[0], set()),
 ])
 def test_relu_only_keeps_the_outputs_read_by_relus_alone(body, found):
   assert relu_lib.relu_only(body, jnp.arange(-3.0, 3.0)) == found
@@ -52,9 +56,7 @@ def test_without_fused_relus_drops_exactly_the_relus_after_fused_products():
             'both': jnp.maximum(fused, 0.0) + plain}
 
   def relus(fn, x):
-    closed = jax.make_jaxpr(fn)(x)
-    return sum(relu_lib._is_relu_of(e, v)  # pylint: disable=protected-access
-               for e in closed.jaxpr.eqns for v in e.invars if isinstance(v, jax_core.Var))
+    return _relu_count(jax.make_jaxpr(fn)(x).jaxpr)
 
   x = jnp.linspace(-2.0, 2.0, 9)
   rewritten = relu_lib.without_fused_relus(model)
@@ -88,27 +90,75 @@ def _pruned_net():
   return model, {'params': params, 'batch_stats': stats}, x
 
 
+def _relu_count(jaxpr) -> int:
+  """The ReLUs at ``jaxpr``'s level, by their primitives: jax.nn.relu's custom_jvp call
+  and ``max`` (jnp.maximum)."""
+  return sum(e.primitive.name == 'max' or (e.primitive.name == 'custom_jvp_call'
+                                           and 'relu' in str(e.params['call_jaxpr']))
+             for e in jaxpr.eqns)
+
+
 def _relu_eqns(bound, x):
   """ReLUs at the model's level of the compiled call's jaxpr."""
   (call,) = jax.make_jaxpr(bound.func)(*bound.args, x).jaxpr.eqns
-  inner = call.params['jaxpr'].jaxpr
-  return sum(relu_lib._is_relu_of(e, v)  # pylint: disable=protected-access
-             for e in inner.eqns for v in e.invars if isinstance(v, jax_core.Var))
+  return _relu_count(call.params['jaxpr'].jaxpr)
 
 
-@pytest.mark.parametrize('format', ['csr', 'auto'])
-def test_linen_export_fuses_the_relus_it_finds_and_binds_without_them(format):  # pylint: disable=redefined-builtin
+def test_linen_export_fuses_the_relus_it_finds_and_binds_without_them():
   model, variables, x = _pruned_net()
-  exported = pcs.export(variables, model=model, inputs=x, format=format)
-  fused = {p for p, e in exported.epilogues.items() if e.activation == 'relu'}
-  assert fused == {('Dense_0',), ('Dense_2',)} & set(exported)
+  exported = pcs.export(variables, model=model, inputs=x, format='csr')
+  assert {p for p, e in exported.epilogues.items() if e.activation == 'relu'} == {
+      ('Dense_0',), ('Dense_2',)}
   bound = exported.bind(model, variables)
   np.testing.assert_allclose(bound(x), model.apply(variables, x), rtol=1e-4, atol=1e-4)
-  if format == 'csr':
-    assert _relu_eqns(bound, x) == 1  # Dense_1's, read by the residual add too
-    unfused = pcs.export(variables, model=model, inputs=x, format='csr', fuse_relu=[])
-    assert not unfused.epilogues.get(('Dense_0',)) and _relu_eqns(
-        unfused.bind(model, variables), x) == 3
+  assert _relu_eqns(bound, x) == 1  # Dense_1's, read by the residual add too
+  unfused = pcs.export(variables, model=model, inputs=x, format='csr', fuse_relu=[])
+  assert not unfused.epilogues.get(('Dense_0',))
+  assert _relu_eqns(unfused.bind(model, variables), x) == 3
+
+
+class Features(nn.Module):
+  """The hidden layer's ReLU is its only reader, unless the call asks for the features."""
+
+  @nn.compact
+  def __call__(self, x, features=False):
+    h = nn.Dense(16)(x)
+    y = nn.Dense(3)(nn.relu(h))
+    return (y, h) if features else y
+
+
+def test_bind_refuses_a_call_that_reads_a_fused_output_elsewhere():
+  x = jax.random.normal(jax.random.key(1), (2, 8))
+  model = Features()
+  variables = model.init(jax.random.key(0), x)
+  exported = pcs.export(variables, model=model, inputs=x, format='csr')
+  assert exported.epilogue(('Dense_0',)).activation == 'relu'
+  with pytest.raises(ValueError, match=r"\['Dense_0'\].*call_kwargs"):
+    exported.bind(model, variables, features=True)(x)
+  features = pcs.export(variables, model=model, inputs=x, format='csr',
+                        call_kwargs={'features': True})
+  assert not features.epilogues
+  for got, want in zip(features.bind(model, variables, features=True)(x),
+                       model.apply(variables, x, features=True)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+class Counting(nn.Module):
+  """Writes a collection on every call (as a decoding cache does)."""
+
+  @nn.compact
+  def __call__(self, x):
+    calls = self.variable('cache', 'calls', jnp.zeros, (), jnp.int32)
+    calls.value += 1
+    return nn.Dense(3)(nn.relu(nn.Dense(16)(x)))
+
+
+def test_a_model_that_cannot_be_traced_as_exported_exports_without_moving_relus():
+  x = jax.random.normal(jax.random.key(1), (2, 8))
+  model = Counting()
+  variables = model.init(jax.random.key(0), x)
+  exported = pcs.export(variables, model=model, inputs=x, format='csr')
+  assert set(exported) == {('Dense_0',), ('Dense_1',)} and not exported.epilogues
 
 
 class NnxNet(nnx.Module):
@@ -148,5 +198,7 @@ def test_fuse_relu_takes_auto_or_a_list():
   model, variables, x = _pruned_net()
   with pytest.raises(ValueError, match=r"`fuse_relu` must be 'auto' or a list.*\['Dense_0'\]"):
     pcs.export(variables, model=model, inputs=x, format='csr', fuse_relu='Dense_0')
+  with pytest.raises(ValueError, match=r"`fuse_relu` must be 'auto' or a list.*None"):
+    pcs.export(variables, model=model, inputs=x, format='csr', fuse_relu=None)
   # Without the model there is nothing to trace: 'auto' fuses none.
   assert not pcs.export(variables['params'], format='csr').epilogues
