@@ -98,12 +98,16 @@ def _pruned_layer(rng, sparsity, fan_in=LAYER, features=LAYER):
   return kernel
 
 
-def _kept(pool_ms, caller_ms, batch):
+def _kept(pool_ms, caller_ms, batch, alone):
   """``'pcs pool'`` or ``'pcs caller'``: which one ``pcs.export`` keeps for a Dense layer
-  at this batch (``pool_bar``: the faster, but at batch 1 the pool unless the calling
-  thread is clearly faster)."""
-  bar = pcs.sparse._export.pool_bar(batch == 1)  # pylint: disable=protected-access
-  return 'pcs caller' if caller_ms < bar * pool_ms else 'pcs pool'
+  at this batch. Its rule (``pcs.sparse._export.on_the_calling_thread``: the faster, but at
+  batch 1 the pool unless the calling thread is clearly faster in a loop of its own, or
+  faster after other work where that loop shows the pool's helper at work) on t_caller /
+  t_pool timed as the export times it in a loop of their own (``alone``) and in this
+  benchmark's rounds, after the other variants (the export: after the dense product)."""
+  export = pcs.sparse._export  # pylint: disable=protected-access
+  caller = export.on_the_calling_thread(batch == 1, alone, caller_ms / pool_ms)
+  return 'pcs caller' if caller else 'pcs pool'
 
 
 def layer_rows(repeats):
@@ -144,10 +148,14 @@ def layer_rows(repeats):
           calls['torch CSR'] = functools.partial(operator.matmul, tdense.to_sparse_csr(), tx)
         for variant in (layer, caller):
           np.testing.assert_allclose(ours(xj, variant), x @ kernel, rtol=1e-3, atol=1e-3)
+        alone = pcs.sparse._timing.compare(  # pylint: disable=protected-access
+            calls['pcs caller'], calls['pcs pool'],
+            threshold=pcs.sparse._export.pool_bar(batch == 1)).speedup  # pylint: disable=protected-access
         ms = interleaved.medians(calls, repeats if batch < 64 else max(3, repeats // 4))
-        threads = _kept(ms['pcs pool'], ms['pcs caller'], batch)
+        threads = _kept(ms['pcs pool'], ms['pcs caller'], batch, alone)
         row = {'shape': (fan_in, features), 'sparsity': sparsity, 'batch': batch, **ms,
-               'pcs': ms[threads], 'threads': threads.split()[1], 'pcs_kb': layer.nbytes / 1024}
+               'pcs': ms[threads], 'threads': threads.split()[1], 'pcs_kb': layer.nbytes / 1024,
+               'caller over pool alone': alone}
         row['spread']['pcs'] = row['spread'][threads]
         if batch == 1:
           bandwidth = kernel.nbytes / (ms['dense'] * 1e-3)  # bytes/s the dense GEMV reaches
@@ -347,10 +355,12 @@ def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
   lines = ['One layer: speed-up over XLA\'s dense dot, the same for every peer, so a ratio '
            'over another is the ratio of their times (the targets compare times); '
            'pcs on device arrays, on the threads `pcs.export` keeps for a Dense layer at that '
-           'batch (which, in "threads"): the faster of the thread pool and the calling '
-           'thread, but at batch 1 the pool unless the calling thread takes under '
-           f'{pcs.sparse._export.POOL_KEPT_UNTIL:g} of its time (runs 1-43 show the faster '  # pylint: disable=protected-access
-           'of the two at every batch); at batch 1 the bandwidth the dense product reaches and the '
+           'batch (which, in "threads"; `pcs.sparse._export.on_the_calling_thread` on t_caller '
+           '/ t_pool timed in a loop of their own, as the export times them, and in these '
+           'rounds, after the other variants; runs 1-55 used earlier rules: the faster in '
+           'these rounds, and from run 44 at batch 1 the pool unless the calling thread took '
+           f'under {pcs.sparse._export.POOL_KEPT_UNTIL:g} of its time); '  # pylint: disable=protected-access
+           'at batch 1 the bandwidth the dense product reaches and the '
            'memory-traffic bound of the CSR product (the bytes it must read over that '
            'bandwidth); "bf16 values": pcs with its values stored in bfloat16 '
            '(`exported.astype(jnp.bfloat16)`, 4 bytes a nonzero instead of 6).', '',

@@ -12,7 +12,7 @@ compares with, so a noisy machine buys more runs instead of a coin flip.
 """
 
 import time
-from typing import Any, Callable, List, NamedTuple
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -55,13 +55,16 @@ def compare_calls(dense: Callable, sparse: Callable, *args,
 
 
 def compare(dense: Callable[[], Any], sparse: Callable[[], Any], *,
-            threshold: float = 1.0, seed: int = 0) -> Comparison:
+            threshold: float = 1.0, seed: int = 0,
+            before: Optional[Callable[[], Any]] = None) -> Comparison:
   """Times two thunks in pairs until the speed-up is clear of ``threshold``.
 
   Each pair runs them in a random order (``seed``), each timed run after an untimed run
-  of itself (module docstring). Runs at least ``MIN_PAIRS`` pairs and ``MIN_SECONDS``;
-  then continues, up to ``MAX_SECONDS`` or ``MAX_PAIRS``, while the quartiles of the
-  paired speed-ups t_dense / t_sparse lie on both sides of ``threshold``.
+  of itself (module docstring), and, given ``before``, that untimed run after a call of
+  ``before`` (other work, as a layer of a model runs after other ops). Runs at least
+  ``MIN_PAIRS`` pairs and ``MIN_SECONDS``; then continues, up to ``MAX_SECONDS`` or
+  ``MAX_PAIRS``, while the quartiles of the paired speed-ups t_dense / t_sparse lie on
+  both sides of ``threshold``.
   """
   dense_times: List[float] = []
   sparse_times: List[float] = []
@@ -71,6 +74,8 @@ def compare(dense: Callable[[], Any], sparse: Callable[[], Any], *,
     pair = [(dense, dense_times), (sparse, sparse_times)]
     for i in rng.permutation(2):
       thunk, times = pair[i]
+      if before is not None:
+        before()
       thunk()
       begin = time.perf_counter()
       thunk()

@@ -152,26 +152,33 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   assert all(c.format == 'dense' for c in never.choices)
 
 
-@pytest.mark.parametrize('shape, caller_over_pool, on_the_pool, bar', [
-    ((1, 64), 1.6, True, 0.75),    # the helper halves the time: the pool
-    ((1, 64), 0.97, True, 0.75),   # a helper that started late: the pool costs its hand-off
-    ((1, 64), 0.75, True, 0.75),   # the bar itself: a tie keeps the pool
-    ((1, 64), 0.7, False, 0.75),   # the calling thread alone takes under 3/4 of its time
-    ((1, 1, 64), 0.8, True, 0.75),  # one column however the batch axes are written
-    ((64,), 0.8, True, 0.75),
-    ((16, 64), 1.6, True, 1.0),    # batched: the faster
-    ((16, 64), 0.97, False, 1.0),
-    ((16, 64), 1.0, True, 1.0),
-    ((1, 8, 8, 1), 0.97, False, 1.0)])  # a convolution at batch 1: the faster
+@pytest.mark.parametrize('shape, alone, after, on_the_pool, bar', [
+    ((1, 64), 1.2, None, True, 0.75),   # the helper helps a little: the pool
+    ((1, 64), 0.97, None, True, 0.75),  # a helper that started late: the pool costs its hand-off
+    ((1, 64), 0.75, None, True, 0.75),  # the bar itself: a tie keeps the pool
+    ((1, 64), 0.7, None, False, 0.75),  # the calling thread alone takes under 3/4 of its time
+    ((1, 1, 64), 0.8, None, True, 0.75),  # one column however the batch axes are written
+    ((64,), 0.8, None, True, 0.75),
+    # The helper at work in a loop of its own (the pool at least 1/0.75 times faster): timed
+    # again after the dense product, where the faster takes it.
+    ((1, 64), 1.6, 1.3, True, 0.75),
+    ((1, 64), 1.6, 0.9, False, 0.75),
+    ((1, 64), 1 / 0.75, 0.99, False, 0.75),
+    ((16, 64), 1.6, None, True, 1.0),   # batched: the faster in its own loop
+    ((16, 64), 0.97, None, False, 1.0),
+    ((16, 64), 1.0, None, True, 1.0),
+    ((1, 8, 8, 1), 0.97, None, False, 1.0)])  # a convolution at batch 1: the faster
 def test_a_layer_leaves_the_pool_only_where_the_calling_thread_is_clearly_faster(
-    monkeypatch, shape, caller_over_pool, on_the_pool, bar):
+    monkeypatch, shape, alone, after, on_the_pool, bar):
   export = pcs.sparse._export  # pylint: disable=protected-access
   formats = pcs.sparse._formats  # pylint: disable=protected-access
   asked = []
 
-  def compare(first, second, threshold=1.0):  # stood-in timings: t_first / t_second
-    asked.append(threshold)
-    ratio = caller_over_pool if len(asked) == 1 else 2.0  # threads first, then dense
+  def compare(first, second, threshold=1.0, before=None):  # stood-in t_first / t_second
+    del first, second
+    asked.append((threshold, before is not None))
+    ratio = [alone] + ([after] if after is not None else []) + [2.0]  # threads, then dense
+    ratio = ratio[len(asked) - 1]
     return pcs.sparse.Comparison(ratio, 1.0, ratio, ratio, ratio, 11)
   monkeypatch.setattr(export.timing, 'compare', compare)
   if len(shape) == 4:  # a 3x3 convolution from 1 channel to 4, SAME padding
@@ -184,7 +191,9 @@ def test_a_layer_leaves_the_pool_only_where_the_calling_thread_is_clearly_faster
     layer_input = export.LayerInput(shape)
   layer = pcs.sparse.csr(kernel)
   kept, _ = export._measure(kernel, layer, layer_input, threshold=1.05)  # pylint: disable=protected-access
-  assert asked == [bar, 1.05]  # the thread choice is timed until clear of its own bar
+  # The thread choice is timed until clear of its own bar; after other work (the dense
+  # product before each pair) only where its own loop shows the helper at work.
+  assert asked == [(bar, False)] + ([(1.0, True)] if after is not None else []) + [(1.05, False)]
   assert kept.threads == (formats.THREADS_POOL if on_the_pool else formats.THREADS_CALLER)
 
 
@@ -201,6 +210,21 @@ def test_the_export_times_each_pair_in_random_order_each_call_after_itself(monke
   assert result.pairs == len(pairs) >= timing.MIN_PAIRS
   assert set(pairs) == {'dtdtststt', 'ststdtdtt'}  # both orders, each call twice, timed second
   assert result.speedup == 1.0  # every timed run spans one tick of the fake clock
+
+
+def test_other_work_runs_before_each_untimed_call_when_asked(monkeypatch):
+  """pcs.sparse._timing.compare(before=...): the other work, then the untimed run, then the
+  timed one, for each thunk of each pair."""
+  timing = pcs.sparse._timing  # pylint: disable=protected-access
+  log = []
+  clock = types.SimpleNamespace(perf_counter=lambda: (log.append('t'), len(log))[1])
+  monkeypatch.setattr(timing, 'time', clock)
+  result = timing.compare(lambda: log.append('d'), lambda: log.append('s'),
+                          before=lambda: log.append('b'))
+  runs = ''.join(log[1:])
+  pairs = [runs[i:i + 11] for i in range(0, len(runs), 11)]
+  assert result.pairs == len(pairs) >= timing.MIN_PAIRS
+  assert set(pairs) == {'bdtdtbststt', 'bststbdtdtt'}
 
 
 def test_measured_export_of_models_with_convolutions():
