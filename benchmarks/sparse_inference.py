@@ -150,7 +150,7 @@ def layer_rows(repeats):
           np.testing.assert_allclose(ours(xj, variant), x @ kernel, rtol=1e-3, atol=1e-3)
         alone = pcs.sparse._timing.compare(  # pylint: disable=protected-access
             calls['pcs caller'], calls['pcs pool'],
-            threshold=pcs.sparse._export.pool_bar(batch == 1)).speedup  # pylint: disable=protected-access
+            threshold=pcs.sparse._export.thread_bars(batch == 1)).speedup  # pylint: disable=protected-access
         ms = interleaved.medians(calls, repeats if batch < 64 else max(3, repeats // 4))
         threads = _kept(ms['pcs pool'], ms['pcs caller'], batch, alone)
         row = {'shape': (fan_in, features), 'sparsity': sparsity, 'batch': batch, **ms,

@@ -298,6 +298,13 @@ def pool_bar(one_column: bool) -> float:
   return POOL_KEPT_UNTIL if one_column else 1.0
 
 
+def thread_bars(one_column: bool) -> Tuple[float, ...]:
+  """The ratios t_caller / t_pool a layer's own loop is timed until clear of:
+  :func:`pool_bar`, and for the one-column product the helper's mark too
+  (:func:`helper_at_work`)."""
+  return (POOL_KEPT_UNTIL, 1.0 / POOL_KEPT_UNTIL) if one_column else (1.0,)
+
+
 def helper_at_work(one_column: bool, alone: float) -> bool:
   """Whether a one-column product's t_caller / t_pool timed in a loop of its own
   (``alone``) shows the pool's helper at work, so that it is timed again after other work
@@ -334,7 +341,7 @@ def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
   one_column = kernel.ndim == 2 and math.prod(layer_input.shape[:-1]) == 1
   on_caller, on_pool = timing.compiled(product, x, serial), timing.compiled(product, x, pool)
   dense = timing.compiled(_dense_product(kernel, options), x, jnp.asarray(kernel))
-  alone = timing.compare(on_caller, on_pool, threshold=pool_bar(one_column)).speedup
+  alone = timing.compare(on_caller, on_pool, threshold=thread_bars(one_column)).speedup
   after = (timing.compare(on_caller, on_pool, before=dense).speedup  # t_caller / t_pool
            if helper_at_work(one_column, alone) else None)
   if on_the_calling_thread(one_column, alone, after):

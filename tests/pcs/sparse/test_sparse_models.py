@@ -191,9 +191,11 @@ def test_a_layer_leaves_the_pool_only_where_the_calling_thread_is_clearly_faster
     layer_input = export.LayerInput(shape)
   layer = pcs.sparse.csr(kernel)
   kept, _ = export._measure(kernel, layer, layer_input, threshold=1.05)  # pylint: disable=protected-access
-  # The thread choice is timed until clear of its own bar; after other work (the dense
+  # The thread choice is timed until clear of its own bars; after other work (the dense
   # product before each pair) only where its own loop shows the helper at work.
-  assert asked == [(bar, False)] + ([(1.0, True)] if after is not None else []) + [(1.05, False)]
+  bars = (bar, 1 / bar) if bar < 1.0 else (bar,)  # at batch 1 also the helper's mark
+  assert asked == [(bars, False)] + ([(1.0, True)] if after is not None else []) + [
+      (1.05, False)]
   assert kept.threads == (formats.THREADS_POOL if on_the_pool else formats.THREADS_CALLER)
 
 
@@ -225,6 +227,26 @@ def test_other_work_runs_before_each_untimed_call_when_asked(monkeypatch):
   pairs = [runs[i:i + 11] for i in range(0, len(runs), 11)]
   assert result.pairs == len(pairs) >= timing.MIN_PAIRS
   assert set(pairs) == {'bdtdtbststt', 'bststbdtdtt'}
+
+
+def test_the_timing_goes_on_while_any_of_its_thresholds_is_straddled(monkeypatch):
+  """Paired speed-ups of 1.30 and 1.37 in turn: clear of 0.75 at the minimum of pairs, but
+  not of 1/0.75, so with both thresholds the timing runs to its time budget."""
+  timing = pcs.sparse._timing  # pylint: disable=protected-access
+  now = [0.0]
+  monkeypatch.setattr(timing, 'time', types.SimpleNamespace(perf_counter=lambda: now[0]))
+  sparse_calls = []
+
+  def dense():
+    now[0] += 1.3e-3
+
+  def sparse():
+    sparse_calls.append(None)  # each pair calls it twice: timed second
+    now[0] += 1.0e-3 if len(sparse_calls) % 4 < 2 else 0.95e-3
+  one = timing.compare(dense, sparse, threshold=0.75)
+  both = timing.compare(dense, sparse, threshold=(0.75, 1 / 0.75))
+  assert one.pairs == timing.MIN_PAIRS
+  assert both.pairs > 100 and both.speedup_low < 1 / 0.75 < both.speedup_high
 
 
 def test_measured_export_of_models_with_convolutions():
