@@ -231,14 +231,17 @@ ffi::Error CsrConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   std::vector<float> widened;
   for (int64_t i = 0; i < out.count; ++i) {
     const int32_t* pi = indptr.typed_data() + pm.Offset(i);
-    for (int64_t k = 0; k < nnz; ++k) {
-      inputs[k] = narrow ? static_cast<const uint16_t*>(indices.untyped_data())[im.Offset(i) + k]
-                         : static_cast<const int32_t*>(indices.untyped_data())[im.Offset(i) + k];
+    if (narrow) {
+      const uint16_t* from = static_cast<const uint16_t*>(indices.untyped_data()) + im.Offset(i);
+      std::copy(from, from + nnz, inputs.begin());
+    } else {
+      const int32_t* from = static_cast<const int32_t*>(indices.untyped_data()) + im.Offset(i);
+      std::copy(from, from + nnz, inputs.begin());
     }
     std::copy(pi, pi + s.features + 1, starts.begin());
     Convolve(pool, threads, FloatValues(values, half, vm, i, &widened), inputs, starts,
-             window_w, x.typed_data() + xm.Offset(i), bias.typed_data() + bm.Offset(i), s,
-             images, activation, y->typed_data() + out.Offset(i));
+             window_h, window_w, x.typed_data() + xm.Offset(i), bias.typed_data() + bm.Offset(i),
+             s, images, activation, y->typed_data() + out.Offset(i));
   }
   return ffi::Error::Success();
 }
@@ -272,10 +275,14 @@ ffi::Error NmConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   for (int64_t o = 0; o <= s.features; ++o) starts[o] = o * kept;
   for (int64_t i = 0; i < out.count; ++i) {
     const uint8_t* p = positions.typed_data() + pm.Offset(i);
-    for (int64_t k = 0; k < pairs; ++k) inputs[k] = (k % kept) / n * m + p[k];
-    Convolve(pool, threads, values.typed_data() + vm.Offset(i), inputs, starts, window_w,
-             x.typed_data() + xm.Offset(i), bias.typed_data() + bm.Offset(i), s, images,
-             activation, y->typed_data() + out.Offset(i));
+    for (int64_t k = 0; k < pairs;) {  // pair k of a row keeps position p[k] of group g
+      for (int64_t g = 0; g < kept / n; ++g) {
+        for (int64_t t = 0; t < n; ++t, ++k) inputs[k] = g * m + p[k];
+      }
+    }
+    Convolve(pool, threads, values.typed_data() + vm.Offset(i), inputs, starts, window_h,
+             window_w, x.typed_data() + xm.Offset(i), bias.typed_data() + bm.Offset(i), s,
+             images, activation, y->typed_data() + out.Offset(i));
   }
   return ffi::Error::Success();
 }

@@ -266,8 +266,8 @@ void TestConvolution(int64_t kh, int64_t kw, int64_t channels, int64_t features,
   const ConvShape shape{channels, pa * pb * channels, hq, wq, ho, wo, sh, sw, pb, features};
   std::vector<float> y(features * ho * wo, 0.0f);
   ThreadsPool pool(3);
-  Convolve(pool, threads, w.values.data(), inputs, starts, kw, z.data(), bias.data(), shape, 1,
-           kIdentity, y.data());
+  Convolve(pool, threads, w.values.data(), inputs, starts, kh, kw, z.data(), bias.data(), shape,
+           1, kIdentity, y.data());
   for (int64_t o = 0; o < features; ++o) {
     for (int64_t i = 0; i < ho; ++i) {
       for (int64_t j = 0; j < wo; ++j) {
@@ -386,6 +386,8 @@ int main() {
     }
     pcs::TestConvolution(3, 3, 4, 5, 1, 1, 12, 45, threads);  // tiles of 32, 8 and the rest
     pcs::TestConvolution(3, 3, 4, 5, 2, 2, 11, 20, threads);
+    // bands of 32, 16 and 8 columns and 1 more; 11 rows: 2, 4 and 8 at a time, the rest alone
+    pcs::TestConvolution(3, 3, 4, 5, 1, 1, 13, 59, threads);
     pcs::TestConvolution(1, 3, 2, 3, 1, 2, 1, 40, threads);   // a 1-D convolution
     pcs::TestConvolution(3, 3, 8, 40, 1, 1, 16, 16, threads);  // parallel over channels
   }

@@ -455,10 +455,9 @@ def restore(model, variables, exported: _export.Exported):
   """
   saved = {tuple(_export.key_name(k) for k in path): value
            for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]}
-  found = {tuple(path): node for path, node in nnx.iter_graph(model)
-           if isinstance(node, nnx.Variable)}
-  norms = {tuple(path) for path, node in nnx.iter_graph(model)
-           if isinstance(node, nnx.BatchNorm)}
+  nodes = [(tuple(path), node) for path, node in nnx.iter_graph(model)]
+  found = {path: node for path, node in nodes if isinstance(node, nnx.Variable)}
+  norms = {path for path, node in nodes if isinstance(node, nnx.BatchNorm)}
   unsaved = sorted('/'.join(map(str, path)) for path, node in found.items()
                    if isinstance(node, nnx.BatchStat) and path not in saved
                    and path[:-1] in norms and path[:-1] not in exported.folded_norms)
