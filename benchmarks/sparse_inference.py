@@ -25,6 +25,9 @@ product).
   called as README shows, ``exported.bind(model, variables)``; for the 4096 MLP at batch 1
   also a jitted ``pcs.sparse_apply`` given the export as numpy arrays (copied on every call)
   and as device arrays; for the MLPs scipy CSR layer by layer.
+* **Where a call's time goes** (every model at 95%, batch 1): XLA's profile of the
+  README's call, split into the sparse products, XLA's ops between them and the rest
+  (``benchmarks/call_profile.py``).
 * **Convolutions** (full run): every distinct Conv layer of ResNet-20 and the 1-D CNN at its
   real input, XLA's dense convolution against im2col and the direct convolution.
 * **Fused ReLU** (full run): ReLU in the kernel's store against ReLU applied after it.
@@ -47,6 +50,7 @@ from absl import app
 from absl import flags
 
 import pcs
+from benchmarks import call_profile
 from benchmarks import interleaved
 from benchmarks import machine
 from benchmarks import sparse_nnx
@@ -76,6 +80,9 @@ MODELS = (('MLP 784-4096-4096-10', lambda: models.MLP((4096, 4096, 10)), (784,),
 # Issue 29's MLP: (model, sparsity, batch) also pruned to that sparsity in every layer
 # (`scope='layerwise'`); pruned globally, its first layer (784 x 4096) keeps 26% of its weights.
 EVERY_LAYER = (MODELS[0][0], 0.95, 1)
+# The whole-model rows whose call is also profiled (benchmarks/call_profile.py): every
+# model at (sparsity, scope, batch).
+PROFILED = (0.95, 'global', 1)
 
 
 def _torch():
@@ -305,7 +312,37 @@ def model_rows(repeats, sparsities=None):
         ms = interleaved.medians(calls, repeats if batch < 256 else max(3, repeats // 4))
         rows.append({'model': name, 'sparsity': sparsity, 'scope': scope, 'batch': batch, **ms,
                      'sparse_layers': len(exported), 'layers': len(exported.choices)})
+        if (sparsity, scope, batch) == PROFILED:
+          rows[-1]['profile'] = call_profile.profile(bound, x)
   return rows
+
+
+def profile_markdown(whole) -> str:
+  """Where the README's call spends its time (the rows profiled, :data:`PROFILED`)."""
+  profiled = [r for r in whole if 'profile' in r]
+  if not profiled:
+    return ''
+  lines = ['Where the time of a call goes (`benchmarks/call_profile.py`: XLA\'s profile of '
+           '50 calls of `exported.bind(...)`, after 100 unprofiled ones; medians per call, '
+           'in us; at {:.0%}, batch {}). "Waited for": the call as its caller waits for it, '
+           'dispatch included; "executable": from the start of its first op to the end of '
+           'its last, the sparse products, XLA\'s ops between them, and the time between '
+           'ops. An "add" among '
+           'what an op fuses is an elementwise add: in ResNet-20 the residual adds, which '
+           'ride in the ops that pad or transpose for the next product.'.format(
+               PROFILED[0], PROFILED[2]), '',
+           '| model | waited for | executable | sparse products | XLA ops | between ops | '
+           'XLA ops holding an add | slowest XLA ops (what they fuse: us) |',
+           '|---|---:|---:|---:|---:|---:|---:|---|']
+  for r in profiled:
+    p = r['profile']
+    adds = [op for op in p['ops'] if 'add' in op[1]]
+    slowest = '; '.join(f"{name} ({', '.join(what)}): {us:.1f}" for name, what, us
+                        in p['ops'][:4])
+    lines.append(f"| {r['model']} | {p['wall_us']:.0f} | {p['executable_us']:.0f} | "
+                 f"{p['products_us']:.0f} | {p['xla_us']:.0f} | {p['between_us']:.0f} | "
+                 f"{len(adds)}, {sum(op[2] for op in adds):.0f} us | {slowest} |")
+  return '\n'.join(lines)
 
 
 def _ratio(row, key):
@@ -393,6 +430,8 @@ def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
                  f"{_ratio(r, 'pcs')}{_spread(r, 'pcs')} | {_ratio(r, 'pcs numpy args')} | "
                  f"{_ratio(r, 'pcs device args')} | {r['sparse_layers']}/{r['layers']} | "
                  f"{_ratio(r, 'scipy')} |")
+  if any('profile' in r for r in whole):
+    lines += ['', profile_markdown(whole)]
   if conv:
     lines += ['', conv_markdown(conv)]
   if relu:
