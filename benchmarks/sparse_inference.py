@@ -322,15 +322,15 @@ def profile_markdown(whole) -> str:
   profiled = [r for r in whole if 'profile' in r]
   if not profiled:
     return ''
+  sparsity, _, batch = PROFILED
   lines = ['Where the time of a call goes (`benchmarks/call_profile.py`: XLA\'s profile of '
            '50 calls of `exported.bind(...)`, after 100 unprofiled ones; medians per call, '
-           'in us; at {:.0%}, batch {}). "Waited for": the call as its caller waits for it, '
-           'dispatch included; "executable": from the start of its first op to the end of '
-           'its last, the sparse products, XLA\'s ops between them, and the time between '
-           'ops. An "add" among '
-           'what an op fuses is an elementwise add: in ResNet-20 the residual adds, which '
-           'ride in the ops that pad or transpose for the next product.'.format(
-               PROFILED[0], PROFILED[2]), '',
+           f'in us; at {sparsity:.0%}, batch {batch}). "Waited for": the call as its caller '
+           'waits for it, dispatch included; "executable": from the start of its first op to '
+           'the end of its last, the sparse products, XLA\'s ops between them, and the time '
+           'between ops. An "add" among what an op fuses is an elementwise add: in ResNet-20 '
+           'the residual adds, which ride in the ops that pad or transpose for the next '
+           'product.', '',
            '| model | waited for | executable | sparse products | XLA ops | between ops | '
            'XLA ops holding an add | slowest XLA ops (what they fuse: us) |',
            '|---|---:|---:|---:|---:|---:|---:|---|']
