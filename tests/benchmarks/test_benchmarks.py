@@ -93,6 +93,9 @@ def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):
       [('mnist1d CNN', 'global', b) for b in (1, 16, 256)] + [('mnist1d CNN', 'layerwise', 16)])
   assert all(r['layers'] == 4 and 0 <= r['sparse_layers'] <= 4 for r in rows)
   assert 'mnist1d CNN | 95% | 256 |' in sparse_inference.markdown([], rows)
+  # The README's call at 95%, batch 1 is also profiled (call_profile's own tests check it).
+  assert ['profile' in r for r in rows] == [True, False, False, False]
+  assert '| mnist1d CNN | ' in sparse_inference.profile_markdown(rows)
 
 
 def test_benchmark_target_verdicts():
