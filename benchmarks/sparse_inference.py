@@ -109,7 +109,7 @@ def _kept(pool_ms, caller_ms, batch, alone):
   """``'pcs pool'`` or ``'pcs caller'``: which one ``pcs.export`` keeps for a Dense layer
   at this batch. Its rule (``pcs.sparse._export.on_the_calling_thread``: the faster, but at
   batch 1 the pool unless the calling thread is clearly faster in a loop of its own, or
-  faster after other work where that loop shows the pool's helper at work) on t_caller /
+  faster after other work where that loop shows the pool faster) on t_caller /
   t_pool timed as the export times it in a loop of their own (``alone``) and in this
   benchmark's rounds, after the other variants (the export: after the dense product)."""
   export = pcs.sparse._export  # pylint: disable=protected-access
@@ -157,7 +157,7 @@ def layer_rows(repeats):
           np.testing.assert_allclose(ours(xj, variant), x @ kernel, rtol=1e-3, atol=1e-3)
         alone = pcs.sparse._timing.compare(  # pylint: disable=protected-access
             calls['pcs caller'], calls['pcs pool'],
-            threshold=pcs.sparse._export.thread_bars(batch == 1)).speedup  # pylint: disable=protected-access
+            threshold=pcs.sparse._export.pool_bar(batch == 1)).speedup  # pylint: disable=protected-access
         ms = interleaved.medians(calls, repeats if batch < 64 else max(3, repeats // 4))
         threads = _kept(ms['pcs pool'], ms['pcs caller'], batch, alone)
         row = {'shape': (fan_in, features), 'sparsity': sparsity, 'batch': batch, **ms,

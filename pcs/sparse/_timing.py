@@ -12,7 +12,7 @@ compares with, so a noisy machine buys more runs instead of a coin flip.
 """
 
 import time
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -55,19 +55,17 @@ def compare_calls(dense: Callable, sparse: Callable, *args,
 
 
 def compare(dense: Callable[[], Any], sparse: Callable[[], Any], *,
-            threshold: Union[float, Sequence[float]] = 1.0, seed: int = 0,
+            threshold: float = 1.0, seed: int = 0,
             before: Optional[Callable[[], Any]] = None) -> Comparison:
-  """Times two thunks in pairs until the speed-up is clear of ``threshold`` (of each, for
-  several).
+  """Times two thunks in pairs until the speed-up is clear of ``threshold``.
 
   Each pair runs them in a random order (``seed``), each timed run after an untimed run
   of itself (module docstring), and, given ``before``, that untimed run after a call of
   ``before`` (other work, as a layer of a model runs after other ops). Runs at least
   ``MIN_PAIRS`` pairs and ``MIN_SECONDS``; then continues, up to ``MAX_SECONDS`` or
   ``MAX_PAIRS``, while the quartiles of the paired speed-ups t_dense / t_sparse lie on
-  both sides of ``threshold`` (of any of them).
+  both sides of ``threshold``.
   """
-  thresholds = (threshold,) if isinstance(threshold, (int, float)) else tuple(threshold)
   dense_times: List[float] = []
   sparse_times: List[float] = []
   rng = np.random.default_rng(seed)
@@ -87,8 +85,7 @@ def compare(dense: Callable[[], Any], sparse: Callable[[], Any], *,
       continue
     ratios = np.asarray(dense_times) / np.maximum(np.asarray(sparse_times), 1e-12)
     low, high = np.quantile(ratios, [0.25, 0.75])
-    straddled = any(low < t < high for t in thresholds)
-    if not straddled or spent > MAX_SECONDS or pairs >= MAX_PAIRS:
+    if not low < threshold < high or spent > MAX_SECONDS or pairs >= MAX_PAIRS:
       return Comparison(1e3 * float(np.median(dense_times)),
                         1e3 * float(np.median(sparse_times)), float(np.median(ratios)),
                         float(low), float(high), pairs)
