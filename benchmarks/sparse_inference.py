@@ -108,8 +108,8 @@ def _pruned_layer(rng, sparsity, fan_in=LAYER, features=LAYER):
 def _kept(pool_ms, caller_ms, batch, alone):
   """``'pcs pool'`` or ``'pcs caller'``: which one ``pcs.export`` keeps for a Dense layer
   at this batch. Its rule (``pcs.sparse._export.on_the_calling_thread``: the faster, but at
-  batch 1 the pool unless the calling thread is clearly faster in a loop of its own, or
-  faster after other work where that loop shows the pool faster) on t_caller /
+  batch 1 the calling thread where it is clearly faster in a loop of its own, else the
+  faster after other work) on t_caller /
   t_pool timed as the export times it in a loop of their own (``alone``) and in this
   benchmark's rounds, after the other variants (the export: after the dense product)."""
   export = pcs.sparse._export  # pylint: disable=protected-access
@@ -324,13 +324,16 @@ def profile_markdown(whole) -> str:
     return ''
   sparsity, _, batch = PROFILED
   lines = ['Where the time of a call goes (`benchmarks/call_profile.py`: XLA\'s profile of '
-           '50 calls of `exported.bind(...)`, after 100 unprofiled ones; medians per call, '
+           f'{call_profile.CALLS} calls of `exported.bind(...)`, after {call_profile.WARMUP} '
+           'unprofiled ones; medians per call, '
            f'in us; at {sparsity:.0%}, batch {batch}). "Waited for": the call as its caller '
            'waits for it, dispatch included; "executable": from the start of its first op to '
            'the end of its last, the sparse products, XLA\'s ops between them, and the time '
            'between ops. An "add" among what an op fuses is an elementwise add: in ResNet-20 '
-           'the residual adds, which ride in the ops that pad or transpose for the next '
-           'product.', '',
+           'the residual adds, which ride in the ops that pad, transpose or split into '
+           'stride phases for the next product (XLA copies an add into each op that reads '
+           'it, so there are more such ops than adds, and their time is mostly that other '
+           'work).', '',
            '| model | waited for | executable | sparse products | XLA ops | between ops | '
            'XLA ops holding an add | slowest XLA ops (what they fuse: us) |',
            '|---|---:|---:|---:|---:|---:|---:|---|']
@@ -394,9 +397,12 @@ def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
            'pcs on device arrays, on the threads `pcs.export` keeps for a Dense layer at that '
            'batch (which, in "threads"; `pcs.sparse._export.on_the_calling_thread` on t_caller '
            '/ t_pool timed in a loop of their own, as the export times them, and in these '
-           'rounds, after the other variants; runs 1-55 used earlier rules: the faster in '
-           'these rounds, and from run 44 at batch 1 the pool unless the calling thread took '
-           f'under {pcs.sparse._export.POOL_KEPT_UNTIL:g} of its time); '  # pylint: disable=protected-access
+           'rounds, after the other variants; runs 1-71 used earlier rules: the faster in '
+           'these rounds, from run 44 at batch 1 the pool unless the calling thread took '
+           f'under {pcs.sparse._export.POOL_KEPT_UNTIL:g} of its time alone, from run 56 '  # pylint: disable=protected-access
+           'also the calling thread if faster in the rounds where the pool was at least '
+           f'1/{pcs.sparse._export.POOL_KEPT_UNTIL:g} times faster alone (from run 67: faster '  # pylint: disable=protected-access
+           'at all)); '
            'at batch 1 the bandwidth the dense product reaches and the '
            'memory-traffic bound of the CSR product (the bytes it must read over that '
            'bandwidth); "bf16 values": pcs with its values stored in bfloat16 '

@@ -62,9 +62,10 @@ PCS_INLINE void ConvTile(const ConvRows& rows, int64_t o, const float* x, float 
 
 // R output rows (i .. i + R) of one full tile of 8 V columns: each nonzero's value and
 // offset are read once for all R rows, row r reading its input r wq further on. R V = 8
-// accumulators, as ConvTile's two sets of V = 4. On ResNet-20's 95%-sparse layers at
-// batch 1 (Zen 4) this took 4-8 us off each layer's 21-65 us call: a row's nonzeros
-// are a scalar load of each value and offset and a broadcast per tile, now per R tiles.
+// accumulators, as ConvTile's two sets of V = 4. In a probe of ResNet-20's 95%-sparse
+// layers at batch 1 (Zen 4) this took 4-8 us off each layer's 22-71 us call: a row's
+// nonzeros are a scalar load of each value and offset and a broadcast per tile, now per
+// R tiles.
 template <int V, int R>
 PCS_INLINE void ConvTileRows(const ConvRows& rows, int64_t o, const float* x, int64_t wq,
                              float bias, int64_t activation, float* y, int64_t wo) {
@@ -128,8 +129,8 @@ PCS_CLONES inline void ConvUnits(const ConvRows& rows, const float* x, const flo
 // The convolution for rows whose pairs read kernel inputs `inputs[k]` (in the kernel's
 // (window, channels) order: input = (kh window_w + kw) C + c, each below window_h
 // window_w C). Each input's offset into z comes from a table filled by loops over the
-// window: no division per nonzero. Dividing for each (ResNet-20 at 95%, batch 1, Zen 4)
-// took 104 us of a 450-620 us call.
+// window: no division per nonzero. Dividing for each took 104 us per call of ResNet-20
+// at 95%, batch 1 (Zen 4; a counter in a probe's copy of the kernels).
 template <typename Pool>
 void Convolve(Pool& pool, int64_t threads, const float* values,
               const std::vector<int64_t>& inputs,

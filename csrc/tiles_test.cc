@@ -384,10 +384,12 @@ int main() {
       // 5 rows past TileToRows' last 8
       pcs::TestProduct(45, 301, 29, 0, 0, threads, pcs::kIdentity, false, layout);
     }
-    pcs::TestConvolution(3, 3, 4, 5, 1, 1, 12, 45, threads);  // tiles of 32, 8 and the rest
+    pcs::TestConvolution(3, 3, 4, 5, 1, 1, 12, 45, threads);  // bands of 32, 8 and the rest
     pcs::TestConvolution(3, 3, 4, 5, 2, 2, 11, 20, threads);
     // bands of 32, 16 and 8 columns and 1 more; 11 rows: 2, 4 and 8 at a time, the rest alone
     pcs::TestConvolution(3, 3, 4, 5, 1, 1, 13, 59, threads);
+    // stride 2 through the bands: 19 rows (9 pairs and 1), 34 columns (32 and 2)
+    pcs::TestConvolution(3, 3, 4, 5, 2, 2, 40, 70, threads);
     pcs::TestConvolution(1, 3, 2, 3, 1, 2, 1, 40, threads);   // a 1-D convolution
     pcs::TestConvolution(3, 3, 8, 40, 1, 1, 16, 16, threads);  // parallel over channels
   }
