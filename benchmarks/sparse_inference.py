@@ -109,9 +109,9 @@ def _kept(pool_ms, caller_ms, batch, alone):
   """``'pcs pool'`` or ``'pcs caller'``: which one ``pcs.export`` keeps for a Dense layer
   at this batch. Its rule (``pcs.sparse._export.on_the_calling_thread``: the faster, but at
   batch 1 the calling thread where it is clearly faster in a loop of its own, else the
-  faster after other work) on t_caller /
-  t_pool timed as the export times it in a loop of their own (``alone``) and in this
-  benchmark's rounds, after the other variants (the export: after the dense product)."""
+  faster after other work) on t_caller / t_pool timed as the export times it in a loop of
+  their own (``alone``) and in this benchmark's rounds, after the other variants (the
+  export: after the dense product)."""
   export = pcs.sparse._export  # pylint: disable=protected-access
   caller = export.on_the_calling_thread(batch == 1, alone, caller_ms / pool_ms)
   return 'pcs caller' if caller else 'pcs pool'
@@ -436,8 +436,9 @@ def markdown(layer, whole, conv=(), relu=(), nnx_rows=(), decode=()) -> str:
                  f"{_ratio(r, 'pcs')}{_spread(r, 'pcs')} | {_ratio(r, 'pcs numpy args')} | "
                  f"{_ratio(r, 'pcs device args')} | {r['sparse_layers']}/{r['layers']} | "
                  f"{_ratio(r, 'scipy')} |")
-  if any('profile' in r for r in whole):
-    lines += ['', profile_markdown(whole)]
+  profile = profile_markdown(whole)
+  if profile:
+    lines += ['', profile]
   if conv:
     lines += ['', conv_markdown(conv)]
   if relu:
