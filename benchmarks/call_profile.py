@@ -13,7 +13,6 @@ and for each XLA op its median time and what it fuses. A residual add shows ther
 op of its own.
 """
 
-import functools
 import glob
 import gzip
 import json
@@ -119,15 +118,10 @@ def split(events: Sequence[Dict[str, Any]], ops: Dict[str, Tuple[str, ...]]) -> 
 
 
 def profile(fn: Callable, *args, calls: int = CALLS, warmup: int = WARMUP) -> Dict[str, Any]:
-  """:func:`split` of ``calls`` calls of the jitted ``fn(*args)`` (``fn`` a ``jax.jit``
-  function, or a ``functools.partial`` of one with positional arguments, as
-  ``exported.bind`` returns), after ``warmup`` calls, each waited for inside a ``CALL``
-  annotation."""
-  jitted, bound = (fn.func, fn.args) if isinstance(fn, functools.partial) else (fn, ())
-  if isinstance(fn, functools.partial) and fn.keywords:
-    raise ValueError('call_profile.profile: a functools.partial with keyword arguments is '
-                     'not taken; bind them positionally.')
-  ops = instructions(jitted.lower(*bound, *args).compile().as_text())
+  """:func:`split` of ``calls`` calls of the compiled ``fn(*args)`` (``fn`` a ``jax.jit``
+  function, or a call ``exported.bind`` returns: anything with ``fn.trace(*args)``), after
+  ``warmup`` calls, each waited for inside a ``CALL`` annotation."""
+  ops = instructions(fn.trace(*args).lower().compile().as_text())
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
   with tempfile.TemporaryDirectory() as folder:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from pcs.core import _checks as checks
+from pcs.core import _paths as paths
 from pcs.core import _reparameterize as reparam
 from pcs.core import _selection as selection
 
@@ -27,7 +28,7 @@ class ThresholdLatent(NamedTuple):
     del params, where
     out = {}
     for path, s in jax.tree_util.tree_flatten_with_path(self.s)[0]:
-      out[f'threshold/{selection.path_name(path)}'] = jax.nn.sigmoid(s.astype(jnp.float32))
+      out[f'threshold/{paths.path_name(path)}'] = jax.nn.sigmoid(s.astype(jnp.float32))
     return out
 
 

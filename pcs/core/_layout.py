@@ -28,6 +28,7 @@ import jax
 
 from pcs.core import _boundary as boundary
 from pcs.core import _extras as extras
+from pcs.core import _paths as paths
 
 Path = Tuple[Any, ...]
 
@@ -139,20 +140,16 @@ def named_layout(path: Path, ndim: int) -> Optional[KernelLayout]:
   return None
 
 
-def path_key(path: Any) -> str:
-  """A path (a tuple of keys, or a string ``'a/0/kernel'``) as ``'a/0/kernel'``."""
-  return path if isinstance(path, str) else '/'.join(map(str, path))
-
-
 def resolve(layouts: Optional[Mapping]) -> Dict[str, KernelLayout]:
   """``layouts`` (as :func:`kernel_layouts` returns them, or keyed ``'a/0/kernel'``) keyed
-  by :func:`path_key`; raises ValueError for a value that is not a :class:`KernelLayout`."""
+  by :func:`pcs.core._paths.path_name`; raises ValueError for a value that is not a
+  :class:`KernelLayout`."""
   resolved = {}
   for path, layout in (layouts or {}).items():
     if not isinstance(layout, KernelLayout):
       raise ValueError(f'`layouts` must map parameter paths to pcs.KernelLayout; got '
-                       f'{type(layout).__name__} for {path_key(path)!r}.')
-    resolved[path_key(path)] = layout
+                       f'{type(layout).__name__} for {paths.path_name(path)!r}.')
+    resolved[paths.path_name(path)] = layout
   return resolved
 
 

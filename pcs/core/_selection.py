@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from pcs.core import _boundary as boundary
+from pcs.core import _paths as paths
 
 Where = Union[None, Any, Callable[[tuple, jax.Array], bool]]
 
@@ -28,7 +29,7 @@ EXCLUDED_NAMES = ('bias', 'scale')
 
 def leaf_name(path: tuple) -> str:
   """The last key of a key path as a string (``''`` for the root)."""
-  return path_name(path[-1:])
+  return paths.path_name(path[-1:])
 
 
 def _is_embedding(name: str) -> bool:
@@ -123,19 +124,6 @@ def _as_bool(value) -> bool:
   raise ValueError(f'`where` trees must hold bools only; got {value!r}.')
 
 
-def path_name(path: tuple) -> str:
-  """A key path as ``'a/b/kernel'`` (dict keys, attribute names and indices joined by /)."""
-  parts = []
-  for key in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return '/'.join(parts)
-
-
 def selected_leaves(params: Any, mask: Any) -> list:
   """``[(path, leaf)]`` for the leaves of ``params`` where ``mask`` (from :func:`select`) holds."""
   return [(path, x) for (path, x), chosen
@@ -222,7 +210,7 @@ def recorded(selected: Any, params: Any) -> Any:
 def describe(params: Any, limit: int = 12) -> str:
   """The leaves of ``params`` as ``'path shape'``, the first ``limit`` of them."""
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  shown = ', '.join(f'{path_name(path) or "<root>"} {tuple(jnp.shape(x))}'
+  shown = ', '.join(f'{paths.path_name(path) or "<root>"} {tuple(jnp.shape(x))}'
                     for path, x in leaves[:limit])
   return shown + (f' and {len(leaves) - limit} more' if len(leaves) > limit else '')
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pcs.core import _boundary as boundary
 from pcs.core import _layout as layout_lib
+from pcs.core import _paths as paths
 from pcs.core import _selection as selection
 import itertools
 
@@ -111,7 +112,7 @@ def magnitude_masks(params: Any, sparsity, *, scope: str = 'global',
       fractions = [sparsity] * len(chosen)
     else:
       resolved = layout_lib.resolve(layouts)
-      densities = erk_densities([erk_shape(selection.path_name(with_paths[i][0]),
+      densities = erk_densities([erk_shape(paths.path_name(with_paths[i][0]),
                                            jnp.shape(leaves[i]), resolved)
                                  for i in chosen], sparsity)
       fractions = [1.0 - densities[j] for j in range(len(chosen))]
@@ -169,7 +170,7 @@ def n_m_masks(params: Any, n: int, m: int, *, where: selection.Where = None,
     if not chosen:
       return jnp.ones(jnp.shape(x), bool)
     shape = tuple(jnp.shape(x))
-    layout = _n_m_layout(selection.path_name(path), shape, m, resolved)
+    layout = _n_m_layout(paths.path_name(path), shape, m, resolved)
     others = layout.window_axes + layout.batch_axes + layout.out_axes
     order = others + layout.in_axes
     moved = jnp.transpose(jnp.abs(x).astype(jnp.float32), order)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcs.core import _boundary as boundary
+from pcs.core import _paths as paths
 from pcs.sparse import _export
 from pcs.sparse import _formats as formats
 
@@ -91,7 +92,7 @@ def save(file, exported: _export.Exported, variables: Any = None) -> None:
   leaves = []
   flat = jax.tree_util.tree_flatten_with_path(boundary.plain(variables or {}))[0]
   for path, leaf in flat:
-    names = tuple(_export.key_name(k) for k in path)
+    names = tuple(paths.key_name(k) for k in path)
     if not _is_exported_kernel(names, exported):
       leaves.append({'path': list(names), **add(leaf)})
   layers = []
@@ -168,7 +169,7 @@ def load(file) -> Tuple[Dict, _export.Exported]:
     layers, epilogues = {}, {}
     for entry in manifest['layers']:
       path = tuple(entry['path'])
-      name = f'pcs.sparse.load: layer {"/".join(map(str, path))}'
+      name = f'pcs.sparse.load: layer {paths.layer_name(path)}'
       if entry['format'] not in formats.FORMATS:
         raise ValueError(f'{name} has the format {entry["format"]!r}; this pcs reads '
                          f'{list(formats.FORMATS)}.')

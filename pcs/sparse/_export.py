@@ -13,7 +13,9 @@ Epilogues (:class:`Epilogue`): the adapters can fold an inference batch norm int
 layer before it (``pcs/sparse/_folding.py``) and fuse a ReLU into the product's store (the
 layers whose output only a ReLU reads, found in a trace, or named by the user;
 ``pcs/sparse/_relu.py``); the exported layer then holds the folded kernel and bias. A
-residual add is not fused (it stays an XLA op after the product).
+residual add is not fused into the product: it stays an XLA op, which XLA fuses into the
+op that pads the next convolution's input or splits it into stride phases (the profile
+of ResNet-20's call in BENCHMARKS.md).
 
 The compressed arrays are placed on the default device once, when they are made (here
 and in :func:`pcs.sparse.load`): a jitted call then takes them as they are, where numpy
@@ -24,8 +26,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import (Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple,
-                    Union)
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Set, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ import numpy as np
 
 from pcs.core import _boundary as boundary
 from pcs.core import _layout as layout_lib
+from pcs.core import _paths as paths
 from pcs.core import _selection as selection
 from pcs.sparse import _folding as folding
 from pcs.sparse import _formats as formats
@@ -187,13 +189,13 @@ class Exported(Mapping):
     """A table: each layer, its shape and sparsity, the format kept and why."""
     lines = [f'{"layer":<28} {"kernel":<18} {"sparsity":>8}  {"kept as":<7} reason']
     for c in self.choices:
-      name = layer_name(c.path)
+      name = paths.layer_name(c.path)
       lines.append(f'{name:<28} {"x".join(map(str, c.kernel_shape)):<18} '
                    f'{100 * c.sparsity:7.1f}%  {c.format:<7} {c.reason}')
     for path, e in self.epilogues.items():
-      name = layer_name(path)
+      name = paths.layer_name(path)
       if e.norm is not None:
-        lines.append(f'{name}: batch norm {"/".join(map(str, e.norm))} folded into it '
+        lines.append(f'{name}: batch norm {paths.path_name(e.norm)} folded into it '
                      '(kernel and bias); that norm runs as the identity')
       if e.activation is not None:
         lines.append(f'{name}: {e.activation} fused into the product')
@@ -202,41 +204,13 @@ class Exported(Mapping):
     return '\n'.join(lines)
 
 
-def bound_call(fn: Callable, *bound: Any) -> Callable:
-  """``lambda *args: fn(*bound, *args)``, compiled, with ``bound`` placed on the default
-  device and flattened once.
-
-  A call passes the flat list of the bound arrays, so it neither flattens the pytrees
-  again nor compares their structure with the compiled one's (a dict of variables, an
-  :class:`Exported` whose per-layer choices are its static part). On the mnist1d CNN at
-  batch 1 that is about a tenth of the call (``make bench``'s whole-model rows). The
-  model's ReLUs on the output of a product that applied its own are left out of the
-  compiled call (:func:`pcs.sparse._relu.without_fused_relus`).
-  """
-  leaves, treedef = jax.tree.flatten(jax.device_put(bound))
-  run = jax.jit(relu_lib.without_fused_relus(
-      lambda leaves, *args: fn(*jax.tree.unflatten(treedef, leaves), *args)))
-  return functools.partial(run, leaves)
-
-
-def layer_name(path: Path) -> str:
-  """A module path as ``'block/Conv_0'``; ``'(the model)'`` for a model that is itself the
-  layer (an ``nnx.Linear`` exported on its own)."""
-  return '/'.join(map(str, path)) or '(the model)'
-
-
-def key_name(key) -> Any:
-  """A key of a jax key path as the dict key, attribute name or index it stands for."""
-  return getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key)))
-
-
 def kernels_of(params: Any, where: selection.Where = None) -> Dict[Path, np.ndarray]:
   """``{module path: kernel}`` for the selected leaves named ``kernel`` with ndim >= 2."""
   params = boundary.plain(params)
   mask = selection.select(params, where)
   out = {}
   for path, leaf in selection.selected_leaves(params, mask):
-    names = tuple(key_name(k) for k in path)
+    names = tuple(paths.key_name(k) for k in path)
     if names and names[-1] == 'kernel' and np.ndim(leaf) >= 2:
       out[names[:-1]] = np.asarray(leaf)
   return out
@@ -363,7 +337,9 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
                    layouts: Optional[Dict[Path, layout_lib.KernelLayout]] = None,
                    unsupported: Optional[Dict[Path, str]] = None,
                    norms: Optional[Dict[Path, folding.NormFold]] = None,
-                   fuse_relu: Sequence[Union[Path, str]] = ()) -> Exported:
+                   fuse_relu: Any = (),
+                   find_relus: Optional[Callable[['Exported'], Set[Path]]] = None
+                   ) -> Exported:
   """The pruned kernels of ``params`` in a compressed layout, where that is faster (what
   ``pcs.export`` runs once the adapter has read the model).
 
@@ -397,9 +373,13 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     norms: ``{module path: NormFold}``: the inference batch norm after that layer, folded
       into its kernel and bias where the layer is exported (``_folding.py``).
     fuse_relu: module paths (tuples, or strings joined by ``/``) of layers whose output
-      always goes through a ReLU: their product applies it in its store (the adapters
-      resolve ``'auto'`` to the layers a trace finds: :func:`pcs.sparse._relu.resolve`).
-      The model's own ReLU then changes nothing, and :meth:`Exported.bind` leaves it out.
+      always goes through a ReLU: their product applies it in its store. The model's own
+      ReLU then changes nothing, and :meth:`Exported.bind` leaves it out. ``'auto'``:
+      the layers ``find_relus`` finds (none without it; :func:`pcs.sparse._relu.resolve`).
+    find_relus: ``Exported -> paths`` (the adapters pass it when they have the model): the
+      layers whose every output goes to a ReLU, found in a trace of the model with every
+      layer that can be exported sparse (the export's own compressed layers) and its
+      batch norm folded (:func:`pcs.sparse._relu.relu_only`).
 
   Returns:
     :class:`Exported`, its arrays on the default device.
@@ -423,16 +403,10 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
   if not kernels:
     raise ValueError(f'pcs.export found no Dense/Conv kernel (a leaf named "kernel" with '
                      f'ndim >= 2) in the tree it was given; it accepts {ACCEPTED}.')
-  names = {'/'.join(map(str, path)): path for path in kernels}
-  named = {p if isinstance(p, str) else '/'.join(map(str, p)) for p in fuse_relu}
-  if named - set(names):
-    raise ValueError(f'`fuse_relu` names {sorted(named - set(names))}, which are not layers '
-                     f'the export takes; those are {sorted(names)}.')
-  relu = {names[p] for p in named}
   threshold = 1.0 / (1.0 - margin)
-  exported, choices, epilogues = {}, [], {}
+  compressed, chosen = {}, {}
   for path, kernel in kernels.items():
-    name = layer_name(path)
+    name = paths.layer_name(path)
     if kernel.dtype != np.float32:
       raise TypeError(f'pcs.export: the kernel of {name} is {kernel.dtype}; the sparse '
                       'kernels compute in float32.')
@@ -441,42 +415,64 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     if unsupported and path in unsupported:
       matrix, why = None, unsupported[path]
     if matrix is None:
-      choices.append(LayerChoice(path, shape, sparsity, 'dense', None, None, why))
+      chosen[path] = LayerChoice(path, shape, sparsity, 'dense', None, None, why)
       continue
     norm = (norms or {}).get(path)
-    folded_bias = None
+    folded = Epilogue()
     if norm is not None:
-      matrix, folded_bias = folding.fold(matrix, _bias(params, path), norm)
-    if norm is not None or path in relu:
-      epilogues[path] = jax.device_put(Epilogue(
-          folded_bias, None if norm is None else norm.norm, 'relu' if path in relu else None))
-    layer = jax.device_put(formats.compress(matrix, n_m, name))
+      matrix, bias = folding.fold(matrix, _bias(params, path), norm)
+      folded = jax.device_put(Epilogue(bias, norm.norm))
+    compressed[path] = (matrix, jax.device_put(formats.compress(matrix, n_m, name)), folded,
+                        shape, sparsity)
+  relu = _relu_paths(fuse_relu, kernels, find_relus and (lambda: find_relus(Exported(
+      {p: c[1] for p, c in compressed.items()}, (), None,
+      {p: c[2] for p, c in compressed.items() if c[2].norm is not None}))))
+  exported, epilogues = {}, {}
+  for path, (kernel, layer, folded, shape, sparsity) in compressed.items():
+    if folded.norm is not None or path in relu:
+      epilogues[path] = dataclasses.replace(folded, activation='relu' if path in relu else None)
     kind = layer.name
-    kernel = matrix
     if format != 'auto':
       exported[path] = layer
-      choices.append(LayerChoice(path, shape, sparsity, kind, None, None,
-                                 f'format={format!r}'))
+      chosen[path] = LayerChoice(path, shape, sparsity, kind, None, None, f'format={format!r}')
       continue
     layer_input = (layer_inputs or {}).get(path)
     if layer_input is None:
       if kernel.ndim > 2:
-        raise ValueError(f'pcs.export: measuring the Conv layer {name} needs its input '
-                         'shape; pass the model and an example input (inputs=...), or '
-                         "format='csr' to export without measuring.")
+        raise ValueError(f'pcs.export: measuring the Conv layer {paths.layer_name(path)} '
+                         'needs its input shape; pass the model and an example input '
+                         "(inputs=...), or format='csr' to export without measuring.")
       layer_input = LayerInput((batch_size, kernel.shape[0]))
     layer, measured = _measure(kernel, layer, layer_input, threshold)
     faster = measured.speedup > threshold
     if faster:
       exported[path] = layer
-    choices.append(LayerChoice(
+    chosen[path] = LayerChoice(
         path, shape, sparsity, kind if faster else 'dense', measured.dense_ms,
         measured.sparse_ms,
         f'{measured.describe()} at input {"x".join(map(str, layer_input.shape))}, on '
-        f'{"the calling thread" if layer.threads == formats.THREADS_CALLER else "the pool"}'))
+        f'{"the calling thread" if layer.threads == formats.THREADS_CALLER else "the pool"}')
+  choices = [chosen[path] for path in kernels]
   if format != 'auto' or compare_model is None:
     return _exported(exported, epilogues, choices)
   return _checked_together(exported, epilogues, choices, compare_model, threshold)
+
+
+def _relu_paths(fuse_relu: Any, kernels: Dict[Path, np.ndarray],
+                find: Optional[Callable[[], Set[Path]]]) -> Set[Path]:
+  """The paths of the layers whose product applies a ReLU: ``fuse_relu`` resolved
+  (:func:`pcs.sparse._relu.resolve`; ``find`` runs the trace for ``'auto'``), its strings
+  read as paths.
+
+  Raises:
+    ValueError: for a name that is not a layer the export takes.
+  """
+  names = {paths.path_name(path): path for path in kernels}
+  named = {paths.path_name(p) for p in relu_lib.resolve(fuse_relu, find)}
+  if named - set(names):
+    raise ValueError(f'`fuse_relu` names {sorted(named - set(names))}, which are not layers '
+                     f'the export takes; those are {sorted(names)}.')
+  return {names[p] for p in named}
 
 
 def check_against_dense(dense: Callable, sparse: Callable, inputs: Any) -> None:

@@ -19,6 +19,8 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from pcs.core import _paths as paths
+
 Path = Tuple
 
 
@@ -46,7 +48,7 @@ def fold(kernel: np.ndarray, bias: Optional[np.ndarray],
   """``(W', b')``: the kernel scaled per output feature (its last axis) and the folded
   bias, float32."""
   if norm.scale.shape != (kernel.shape[-1],):
-    raise ValueError(f'The batch norm {"/".join(map(str, norm.norm))} normalizes '
+    raise ValueError(f'The batch norm {paths.path_name(norm.norm)} normalizes '
                      f'{norm.scale.shape} features but the layer before it has '
                      f'{kernel.shape[-1]}; it cannot be folded.')
   b = np.zeros(kernel.shape[-1]) if bias is None else np.asarray(bias, np.float64)

@@ -13,10 +13,11 @@ outside its layers, so:
   is a ReLU, ``max(y, 0)`` (``jax.nn.relu``, ``nnx.relu``, ``jnp.maximum(y, 0)``). An
   output also read elsewhere (a residual branch, the model's result), or whose ReLU is one
   step of a larger function (a jit of more than the ReLU), is left alone.
-- :func:`without_fused_relus` compiles the model without the ReLUs that read a product
-  which applied its own: ``relu(y) = y`` for ``y = relu(W^T x + b)`` (ReLU is idempotent),
-  so the model computes what it did, with those ops gone (the 784-1024-1024-10 MLP at 95%,
-  batch 1: 0.045 ms against 0.099 ms with XLA's ReLUs).
+- :func:`without_fused_relus` traces the model without the ReLUs that read a product
+  which applied its own, and the bound call compiles that trace (``pcs/sparse/_bound.py``):
+  ``relu(y) = y`` for ``y = relu(W^T x + b)`` (ReLU is idempotent), so the model computes
+  what it did, with those ops gone (the 784-1024-1024-10 MLP at 95%, batch 1: 0.045 ms
+  against 0.099 ms with XLA's ReLUs).
 """
 
 import contextvars
@@ -25,6 +26,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple, 
 
 import jax
 from jax.extend import core as jax_core
+
+from pcs.core import _paths as paths
 
 Path = Tuple[Any, ...]
 _MARK = 'pcs_layer_output_'
@@ -171,34 +174,33 @@ def _dropped(jaxpr, fused: Set[str]):
   return jaxpr.replace(eqns=eqns, outvars=outvars)
 
 
-def without_fused_relus(fn: Callable) -> Callable:
-  """``fn`` (a call of the sparse model), computing the same, without the ReLUs that read
-  the output of a product that applied its own (module docstring). Traced when called
-  (under ``jax.jit``: once per input shape). Only ReLUs at the model's own level are
-  left out; one inside a transform of the model (``nn.scan``, ``nn.remat``, a ``cond``)
-  runs, on an already non-negative array.
+def without_fused_relus(fn: Callable, *args) -> Tuple[Any, Any]:
+  """``fn(*args)`` (a call of the sparse model) traced without the ReLUs that read the
+  output of a product that applied its own (module docstring): ``(closed jaxpr, output
+  tree)``, which computes what ``fn`` does when evaluated on the leaves of ``args``
+  (``jax.core.eval_jaxpr``). Only ReLUs at the model's own level are left out; one inside
+  a transform of the model (``nn.scan``, ``nn.remat``, a ``cond``) runs, on an already
+  non-negative array.
 
   Raises:
-    ValueError (when traced): if the output of a product that applied a ReLU is read by
-      anything but a ReLU in this call (a call with other arguments than the export's,
-      which reads the layer's output elsewhere).
+    ValueError: if the output of a product that applied a ReLU is read by anything but a
+      ReLU in this call (a call with other arguments than the export's, which reads the
+      layer's output elsewhere).
   """
-  def run(*args):
-    closed, shapes, marking = _traced(fn, *args)
-    fused = {marking.name(i): path for i, (path, relu) in enumerate(marking.marks) if relu}
-    verdicts: Dict[str, bool] = {}
-    _verdicts(closed.jaxpr, verdicts)
-    wrong = sorted({'/'.join(map(str, path)) or '(the model)' for name, path in fused.items()
-                    if not verdicts.get(name, True)})
-    if wrong:
-      raise ValueError(f'pcs: the layers {wrong} were exported with their ReLU in the '
-                       'product (fuse_relu), but in this call their output is also read by '
-                       'something other than a ReLU; export with the arguments of this call '
-                       '(call_kwargs=...), or with fuse_relu=[].')
-    jaxpr = _dropped(closed.jaxpr, set(fused)) if fused else closed.jaxpr
-    out = jax.core.eval_jaxpr(jaxpr, closed.consts, *jax.tree.leaves(args))
-    return jax.tree.unflatten(jax.tree.structure(shapes), out)
-  return run
+  closed, shapes, marking = _traced(fn, *args)
+  fused = {marking.name(i): path for i, (path, relu) in enumerate(marking.marks) if relu}
+  verdicts: Dict[str, bool] = {}
+  _verdicts(closed.jaxpr, verdicts)
+  wrong = sorted({paths.layer_name(path) for name, path in fused.items()
+                  if not verdicts.get(name, True)})
+  if wrong:
+    raise ValueError(f'pcs: the layers {wrong} were exported with their ReLU in the '
+                     'product (fuse_relu), but in this call their output is also read by '
+                     'something other than a ReLU; export with the arguments of this call '
+                     '(call_kwargs=...), or with fuse_relu=[].')
+  if fused:
+    closed = closed.replace(jaxpr=_dropped(closed.jaxpr, set(fused)))
+  return closed, jax.tree.structure(shapes)
 
 
 def resolve(fuse_relu: Union[str, Any], detect: Optional[Callable[[], Set[Path]]]) -> Any:

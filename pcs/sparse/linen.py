@@ -20,16 +20,14 @@ import numpy as np
 
 from pcs.core import _extras as extras
 from pcs.core import _layout as layout_lib
+from pcs.core import _paths as paths
 from pcs.core import _selection as selection
+from pcs.sparse import _bound as bound
 from pcs.sparse import _export
 from pcs.sparse import _folding as folding
 from pcs.sparse import _layers as layers
 from pcs.sparse import _relu as relu_lib
 from pcs.sparse import _timing as timing
-
-
-def _name(path) -> str:
-  return _export.layer_name(path)
 
 
 def _general(module, x) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
@@ -57,7 +55,8 @@ def _layer_input(nn, module, x) -> Optional[_export.LayerInput]:
   if isinstance(module, nn.Conv):
     if layers.conv_unsupported(module) is not None:  # it stays dense (probe: unsupported)
       return None
-    return _export.LayerInput(tuple(x.shape), layers.conv_options(module, _name(module.path)))
+    return _export.LayerInput(tuple(x.shape),
+                              layers.conv_options(module, paths.layer_name(module.path)))
   if isinstance(module, nn.Dense):
     return _export.LayerInput(tuple(x.shape))
   general = _general(module, x) if isinstance(module, nn.DenseGeneral) else None
@@ -175,8 +174,7 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
     if isinstance(tree, Mapping) and isinstance(tree.get('params'), Mapping):
       tree = tree['params']  # a model's variables: the layers are its params' paths
     return _export.export_kernels(tree, format=format, n_m=n_m, where=where,
-                                  batch_size=batch_size, margin=margin,
-                                  fuse_relu=relu_lib.resolve(fuse_relu, None))
+                                  batch_size=batch_size, margin=margin, fuse_relu=fuse_relu)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **call_kwargs), inputs)
   given = dict(tree) if _is_variables(tree, shapes) else {'params': tree}
   variables = {**jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes), **given}
@@ -194,15 +192,13 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
     return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
   layouts = layout_lib.kernel_layouts(model, inputs, **call_kwargs)
 
-  def detect():  # every candidate layer sparse, its batch norm folded: who feeds a ReLU
-    trial = _export.export_kernels(given['params'], format='csr', where=where,
-                                   layouts=layouts, norms=norms, unsupported=found.unsupported)
+  def find_relus(trial):  # every candidate layer sparse, its batch norm folded
     return relu_lib.relu_only(
         lambda v, e, x: sparse_apply(model, v, e, x, **call_kwargs), variables, trial, inputs)
   exported = _export.export_kernels(
       given['params'], format=format, n_m=n_m, where=where, batch_size=batch_size,
       layer_inputs=found.inputs, margin=margin, compare_model=compare_model,
-      layouts=layouts, norms=norms, fuse_relu=relu_lib.resolve(fuse_relu, detect),
+      layouts=layouts, norms=norms, fuse_relu=fuse_relu, find_relus=find_relus,
       unsupported=found.unsupported)
   if format != 'auto' and exported.epilogues:
     dense, sparse = calls(exported)
@@ -216,7 +212,7 @@ def bind(model: Any, variables: Any, exported: _export.Exported,
 
   The variables and the compressed arrays are placed on the default device and
   flattened once, and bound to one jitted :func:`sparse_apply`
-  (:func:`pcs.sparse._export.bound_call`), so a call is one dispatch (compiled once per
+  (:class:`pcs.sparse._bound.BoundCall`), so a call is one dispatch (compiled once per
   input shape). Same as ``exported.bind(model, variables, **call_kwargs)``.
 
   Example:
@@ -226,7 +222,7 @@ def bind(model: Any, variables: Any, exported: _export.Exported,
     >>> run(jnp.ones((1, 2)))
     Array([[2., 1.]], dtype=float32)
   """
-  return _export.bound_call(
+  return bound.BoundCall(
       lambda v, e, *args: sparse_apply(model, v, e, *args, **call_kwargs), variables, exported)
 
 
@@ -287,12 +283,13 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
       return next_fun(*call_args, **call_kwargs)
     if path in folded_norms and any(y is call_args[0] for y in folded_outputs):
       if not folding.in_inference(module, call_args[0], call_args, call_kwargs):
-        raise ValueError(f'pcs.sparse_apply: the batch norm {_name(path)} is folded into '
-                         f'{_name(folded_norms[path])}; it runs in inference mode only.')
+        raise ValueError(f'pcs.sparse_apply: the batch norm {paths.layer_name(path)} is folded '
+                         f'into {paths.layer_name(folded_norms[path])}; it runs in inference '
+                         'mode only.')
       return call_args[0]
     if path not in exported or not isinstance(module, (nn.Dense, nn.Conv, nn.DenseGeneral)):
       return next_fun(*call_args, **call_kwargs)
-    layer, x, name = exported[path], call_args[0], _name(path)
+    layer, x, name = exported[path], call_args[0], paths.layer_name(path)
     expected, general = _expected_shape(nn, module, x, name)
     if tuple(layer.kernel_shape) != expected:
       raise ValueError(f'pcs.sparse_apply: the exported kernel of {name} has shape '
@@ -326,7 +323,8 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
     out = model.apply(variables, *args, **kwargs)
   missing = [p for p in exported if p not in used]
   if missing:
-    raise ValueError(f'pcs.sparse_apply: exported layers {[_name(p) for p in missing]} '
+    raise ValueError(f'pcs.sparse_apply: exported layers '
+                     f'{[paths.layer_name(p) for p in missing]} '
                      'are not Dense/Conv/DenseGeneral layers this model calls; the export '
                      'belongs to another model.')
   return out

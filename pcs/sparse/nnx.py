@@ -26,7 +26,9 @@ from flax import nnx
 
 from pcs.core import _boundary as boundary
 from pcs.core import _layout as layout_lib
+from pcs.core import _paths as paths
 from pcs.core import _selection as selection
+from pcs.sparse import _bound as bound
 from pcs.sparse import _export
 from pcs.sparse import _folding as folding
 from pcs.sparse import _formats as formats
@@ -239,7 +241,7 @@ def _general_features(module) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]
 
 
 def _sparse_module(path, module, layer, epilogue: _export.Epilogue):
-  name = '/'.join(map(str, path))
+  name = paths.layer_name(path)
   expected = tuple(module.kernel.shape)
   general = (_general_features(module) if isinstance(module, (nnx.LinearGeneral, nnx.Einsum))
              else None)
@@ -283,7 +285,7 @@ def _swapped(model, exported: _export.Exported):
            if isinstance(node, nnx.BatchNorm)}
   for path, layer in exported.items():
     if path not in targets:
-      raise ValueError(f'pcs.sparse.nnx: the exported layer {"/".join(map(str, path))} is '
+      raise ValueError(f'pcs.sparse.nnx: the exported layer {paths.layer_name(path)} is '
                        'not an nnx.Linear, nnx.LinearGeneral, nnx.Einsum or nnx.Conv of this '
                        'model; the export belongs to another model.')
     new = _sparse_module(path, targets[path], layer, exported.epilogue(path))
@@ -292,7 +294,7 @@ def _swapped(model, exported: _export.Exported):
     _replace(model, path, new)
   for norm, path in exported.folded_norms.items():
     if norm not in norms:
-      raise ValueError(f'pcs.sparse.nnx: the batch norm {"/".join(map(str, norm))} folded '
+      raise ValueError(f'pcs.sparse.nnx: the batch norm {paths.path_name(norm)} folded '
                        'into the export is not an nnx.BatchNorm of this model; the export '
                        'belongs to another model.')
     _replace(model, norm, FoldedNorm(path, norm))
@@ -330,7 +332,7 @@ def bind(model, **call_kwargs) -> Callable:
   """``x -> model(x, **call_kwargs)`` compiled, with the model's state bound on device.
 
   ``nnx.split`` once, then one ``jax.jit`` of ``nnx.merge`` and the call, given the state
-  as device arrays flattened once (:func:`pcs.sparse._export.bound_call`): a call is one
+  as device arrays flattened once (:class:`pcs.sparse._bound.BoundCall`): a call is one
   dispatch, without ``nnx.jit``'s walk over the module graph. The model's variables are
   read, not updated (inference; for a decoding cache that a call updates, use ``nnx.jit``
   or ``nnx.cached_partial``).
@@ -345,7 +347,7 @@ def bind(model, **call_kwargs) -> Callable:
     Array([[2., 1.]], dtype=float32)
   """
   graphdef, state = nnx.split(model)
-  return _export.bound_call(
+  return bound.BoundCall(
       lambda state, *args: nnx.merge(graphdef, state)(*args, **call_kwargs), state)
 
 
@@ -367,25 +369,22 @@ def export_module(model, *, inputs: Any = None,
     dense, sparse = calls(candidate)
     _export.check_against_dense(dense, sparse, inputs)
     return timing.compare_calls(dense, sparse, inputs, threshold=1.0 / (1.0 - margin))
-  found, compare_model, detect = Probe({}, {}), None, None
+  found, compare_model, find_relus = Probe({}, {}), None, None
   state, layouts, unsupported = (nnx.state(model, nnx.Param), layout_lib.kernel_layouts(model),
                                  _unsupported(model))
   if inputs is not None:
     found, compare_model = probe(model, inputs, where, **(call_kwargs or {})), compare
-  norms = _norm_folds(model, found.norms) if fold_batch_norm else None
-  if inputs is not None:
-    def detect():  # every candidate layer sparse, its batch norm folded: who feeds a ReLU
-      trial = _swapped(model, _export.export_kernels(state, format='csr', where=where,
-                                                     layouts=layouts, norms=norms,
-                                                     unsupported=unsupported))
-      graphdef, variables = nnx.split(trial)
+
+    def find_relus(trial):  # every candidate layer sparse, its batch norm folded
+      graphdef, variables = nnx.split(_swapped(model, trial))
       return relu_lib.relu_only(
           lambda v, x: nnx.merge(graphdef, v)(x, **(call_kwargs or {})), variables, inputs)
+  norms = _norm_folds(model, found.norms) if fold_batch_norm else None
   exported = _export.export_kernels(
       state, format=format, n_m=n_m, where=where,
       batch_size=batch_size, layer_inputs=found.inputs or None, margin=margin,
       compare_model=compare_model, layouts=layouts, unsupported=unsupported, norms=norms,
-      fuse_relu=relu_lib.resolve(fuse_relu, detect))
+      fuse_relu=fuse_relu, find_relus=find_relus)
   if format != 'auto' and exported.epilogues and inputs is not None:
     dense, sparse = calls(exported)
     _export.check_against_dense(dense, sparse, inputs)
@@ -453,12 +452,12 @@ def restore(model, variables, exported: _export.Exported):
       the file holds no statistics for a batch norm of ``model`` that is not folded (it
       would run on the new model's initial ones).
   """
-  saved = {tuple(_export.key_name(k) for k in path): value
+  saved = {tuple(paths.key_name(k) for k in path): value
            for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]}
   nodes = [(tuple(path), node) for path, node in nnx.iter_graph(model)]
   found = {path: node for path, node in nodes if isinstance(node, nnx.Variable)}
   norms = {path for path, node in nodes if isinstance(node, nnx.BatchNorm)}
-  unsaved = sorted('/'.join(map(str, path)) for path, node in found.items()
+  unsaved = sorted(paths.path_name(path) for path, node in found.items()
                    if isinstance(node, nnx.BatchStat) and path not in saved
                    and path[:-1] in norms and path[:-1] not in exported.folded_norms)
   if unsaved:
@@ -466,7 +465,7 @@ def restore(model, variables, exported: _export.Exported):
                      f'{unsaved} of `model`, whose batch norms are not folded into the export; '
                      'save nnx.state(model, nnx.Param, nnx.BatchStat).')
   for path, value in saved.items():
-    name = '/'.join(map(str, path))
+    name = paths.layer_name(path)
     if path not in found or tuple(found[path].get_value().shape) != value.shape:
       raise ValueError(f'pcs.sparse.load: the saved variable {name} {value.shape} has no '
                        'counterpart of that shape in `model`; the file belongs to another '

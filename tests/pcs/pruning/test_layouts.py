@@ -97,7 +97,7 @@ LINEN_BATCH = {'seq': jnp.ones((2, 5, 16)), 'img': jnp.ones((2, 6, 6, 8)),
 def _names(tree):
   """{'a/b/kernel': leaf} of a (pure or NNX) params tree."""
   flat = jax.tree_util.tree_flatten_with_path(pcs.core._boundary.plain(tree))[0]  # pylint: disable=protected-access
-  return {pcs.core._selection.path_name(path): leaf for path, leaf in flat}  # pylint: disable=protected-access
+  return {pcs.core._paths.path_name(path): leaf for path, leaf in flat}  # pylint: disable=protected-access
 
 
 def _randomized(tree, seed=0):
@@ -150,7 +150,7 @@ def test_attention_and_conv_names_need_no_layouts():
   params = _randomized(model.init(jax.random.key(0), LINEN_BATCH)['params'])
   named = ('dense/kernel', 'conv1d/kernel', 'conv2d/kernel', 'attn/query/kernel',
            'attn/key/kernel', 'attn/value/kernel', 'attn/out/kernel')
-  where = lambda path, leaf: pcs.core._selection.path_name(path) in named  # pylint: disable=protected-access
+  where = lambda path, leaf: pcs.core._paths.path_name(path) in named  # pylint: disable=protected-access
   _, masks = pcs.prune(params, n_m=(2, 4), where=where)
   _check_every_kind(params, masks, {name: NNX_KINDS[name] for name in named})
   nnx_attention = nnx.MultiHeadAttention(4, 16, qkv_features=32, decode=False,
