@@ -25,7 +25,7 @@ signature (another batch) is traced under ``jax.jit`` as usual, and where it wou
 array left out (no model seen does), that array is passed from then on.
 """
 
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Set, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,12 @@ from pcs.sparse import _relu as relu_lib
 
 
 class _Unpassed(Exception):
-  """Raised while tracing: the trace reads bound arrays the call does not pass."""
+  """Raised while tracing: the trace reads bound arrays the call does not pass (their
+  indices, ``missing``)."""
+
+  def __init__(self, missing: Set[int]):
+    super().__init__(f'the trace reads the bound arrays {sorted(missing)}, not passed')
+    self.missing = missing
 
 
 def _signature(args) -> Any:
@@ -45,8 +50,11 @@ def _signature(args) -> Any:
   return tree, tuple((np.shape(a), jnp.result_type(a)) for a in flat)
 
 
-def _numeric(leaf) -> bool:
-  return bool(jnp.issubdtype(leaf.dtype, jnp.number) or jnp.issubdtype(leaf.dtype, jnp.bool_))
+def _replaceable(leaf) -> bool:
+  """Whether zeros of ``leaf``'s shape and dtype can stand in for it unread: a number or
+  bool array that is not weakly typed (a stand-in must trace as the array does)."""
+  return bool((jnp.issubdtype(leaf.dtype, jnp.number) or jnp.issubdtype(leaf.dtype, jnp.bool_))
+              and not getattr(leaf, 'weak_type', False))
 
 
 class BoundCall:
@@ -55,13 +63,14 @@ class BoundCall:
   given only the bound arrays it reads (module docstring).
 
   An array left out is zeros of its shape in the compiled function, which XLA removes as
-  dead code; one that is not a number (a PRNG key) is always passed.
+  dead code; one that zeros cannot stand in for (a PRNG key, a weakly typed scalar) is
+  always passed.
   """
 
   def __init__(self, fn: Callable, *bound: Any):
     self._fn = fn
     self._leaves, self._treedef = jax.tree.flatten(jax.device_put(bound))
-    self._kept: List[int] = []   # the indices of the leaves passed
+    self._kept: List[int] = []  # the indices of the leaves passed
     self._passed: List[jax.Array] = []
     self._run: Any = None
     self._traces: Dict[Any, Tuple[Any, Any]] = {}  # traced outside jax.jit, for its trace
@@ -75,19 +84,20 @@ class BoundCall:
 
   def _read(self, closed) -> Set[int]:
     """The indices of the bound arrays a trace reads (its equations' inputs and its
-    outputs, at its top level), and of those that are not numbers."""
+    outputs, at its top level), and of those zeros cannot stand in for."""
     atoms = [v for eqn in closed.jaxpr.eqns for v in eqn.invars] + list(closed.jaxpr.outvars)
     read = {v for v in atoms if isinstance(v, jax_core.Var)}
     return {i for i, (var, leaf) in enumerate(zip(closed.jaxpr.invars, self._leaves))
-            if var in read or not _numeric(leaf)}  # the bound arrays come first
+            if var in read or not _replaceable(leaf)}  # the bound arrays come first
 
-  def _prepare(self, args) -> None:
-    """Traces the call at ``args`` and compiles it given the arrays read so far."""
+  def _prepare(self, args, missing: AbstractSet[int] = frozenset()) -> None:
+    """Traces the call at ``args`` and compiles it given the arrays read so far, those
+    this trace reads and ``missing``."""
     closed, tree = self._trace(self._leaves, *args)
     self._traces[_signature(args)] = closed, tree
-    kept = sorted(set(self._kept) | self._read(closed))
+    kept = sorted(set(self._kept) | self._read(closed) | missing)
     unread = {i: (leaf.shape, leaf.dtype) for i, leaf in enumerate(self._leaves)
-              if i not in set(kept)}
+              if i not in kept}
 
     def run(passed, *args):
       given = dict(zip(kept, passed))
@@ -95,27 +105,27 @@ class BoundCall:
                 for i in range(len(self._leaves))]
       closed, tree = self._traces.pop(_signature(args), None) or self._trace(leaves, *args)
       if not self._read(closed) <= set(kept):
-        raise _Unpassed()
+        raise _Unpassed(self._read(closed) - set(kept))
       out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves, *jax.tree.leaves(args))
       return jax.tree.unflatten(tree, out)
     self._kept, self._passed, self._run = kept, [self._leaves[i] for i in kept], jax.jit(run)
 
   def __call__(self, *args):
-    if self._run is None:
-      self._prepare(args)
-    try:
-      return self._run(self._passed, *args)
-    except _Unpassed:
-      self._prepare(args)
-      return self._run(self._passed, *args)
+    return self._compiled('__call__', args)
 
   def trace(self, *args) -> jax.stages.Traced:
     """The compiled call traced at ``args``, as ``jax.jit(f).trace(*args)``; its
     ``.lower()`` gives the program XLA compiles."""
+    return self._compiled('trace', args)
+
+  def _compiled(self, method: str, args) -> Any:
+    """``getattr(compiled call, method)(passed arrays, *args)``, compiled first where no
+    call was, and again, given more arrays, where the trace at ``args`` reads an array
+    left out (each time with those arrays added, so it ends)."""
     if self._run is None:
       self._prepare(args)
-    try:
-      return self._run.trace(self._passed, *args)
-    except _Unpassed:
-      self._prepare(args)
-      return self._run.trace(self._passed, *args)
+    while True:
+      try:
+        return getattr(self._run, method)(self._passed, *args)
+      except _Unpassed as unpassed:
+        self._prepare(args, unpassed.missing)

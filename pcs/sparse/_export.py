@@ -386,7 +386,8 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
 
   Raises:
     ValueError: for a tree with no exportable kernel (naming the accepted kinds), an
-      unknown ``format``, or a kernel without the ``n_m`` pattern.
+      unknown ``format``, a kernel without the ``n_m`` pattern, or a ``fuse_relu`` that
+      is neither ``'auto'`` nor a list of the layers the export takes.
   """
   if format not in FORMATS:
     raise ValueError(f'`format` must be one of {FORMATS}; got {format!r}.')
@@ -403,14 +404,17 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
   if not kernels:
     raise ValueError(f'pcs.export found no Dense/Conv kernel (a leaf named "kernel" with '
                      f'ndim >= 2) in the tree it was given; it accepts {ACCEPTED}.')
+  auto = isinstance(fuse_relu, str) and fuse_relu == 'auto'
+  relu = set() if auto else _relu_paths(fuse_relu, kernels)  # a wrong name fails first
   threshold = 1.0 / (1.0 - margin)
-  compressed, chosen = {}, {}
+  compressed: Dict[Path, _Compressed] = {}
+  chosen: Dict[Path, LayerChoice] = {}
   for path, kernel in kernels.items():
     name = paths.layer_name(path)
     if kernel.dtype != np.float32:
       raise TypeError(f'pcs.export: the kernel of {name} is {kernel.dtype}; the sparse '
                       'kernels compute in float32.')
-    shape, sparsity = tuple(kernel.shape), 1.0 - np.count_nonzero(kernel) / kernel.size
+    shape, sparsity = tuple(kernel.shape), float(1.0 - np.count_nonzero(kernel) / kernel.size)
     matrix, why = as_matrix(kernel, path, layouts)
     if unsupported and path in unsupported:
       matrix, why = None, unsupported[path]
@@ -422,11 +426,13 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     if norm is not None:
       matrix, bias = folding.fold(matrix, _bias(params, path), norm)
       folded = jax.device_put(Epilogue(bias, norm.norm))
-    compressed[path] = (matrix, jax.device_put(formats.compress(matrix, n_m, name)), folded,
-                        shape, sparsity)
-  relu = _relu_paths(fuse_relu, kernels, find_relus and (lambda: find_relus(Exported(
-      {p: c[1] for p, c in compressed.items()}, (), None,
-      {p: c[2] for p, c in compressed.items() if c[2].norm is not None}))))
+    compressed[path] = _Compressed(matrix, jax.device_put(formats.compress(matrix, n_m, name)),
+                                   folded, shape, sparsity)
+  if auto and find_relus is not None:  # traced with every layer it can take sparse
+    find, trial = find_relus, Exported(
+        weights={p: c.layer for p, c in compressed.items()}, choices=(),
+        epilogues={p: c.folded for p, c in compressed.items() if c.folded.norm is not None})
+    relu = _relu_paths(relu_lib.resolve('auto', lambda: find(trial)), kernels)
   exported, epilogues = {}, {}
   for path, (kernel, layer, folded, shape, sparsity) in compressed.items():
     if folded.norm is not None or path in relu:
@@ -458,17 +464,27 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
   return _checked_together(exported, epilogues, choices, compare_model, threshold)
 
 
-def _relu_paths(fuse_relu: Any, kernels: Dict[Path, np.ndarray],
-                find: Optional[Callable[[], Set[Path]]]) -> Set[Path]:
-  """The paths of the layers whose product applies a ReLU: ``fuse_relu`` resolved
-  (:func:`pcs.sparse._relu.resolve`; ``find`` runs the trace for ``'auto'``), its strings
-  read as paths.
+class _Compressed(NamedTuple):
+  """A kernel the export can run sparse: its matrix (batch norm folded in), that matrix
+  compressed, the fold's :class:`Epilogue` (empty without one), the kernel's shape and
+  its sparsity."""
+  matrix: np.ndarray
+  layer: Any
+  folded: Epilogue
+  shape: Tuple[int, ...]
+  sparsity: float
+
+
+def _relu_paths(fuse_relu: Any, kernels: Dict[Path, np.ndarray]) -> Set[Path]:
+  """The paths of the layers whose product applies a ReLU: ``fuse_relu`` (a list of
+  paths, strings read as paths; as :func:`pcs.sparse._relu.resolve` takes it).
 
   Raises:
-    ValueError: for a name that is not a layer the export takes.
+    ValueError: for a value that is not a list, or a name that is not a layer the export
+      takes.
   """
   names = {paths.path_name(path): path for path in kernels}
-  named = {paths.path_name(p) for p in relu_lib.resolve(fuse_relu, find)}
+  named = {paths.path_name(p) for p in relu_lib.resolve(fuse_relu, None)}
   if named - set(names):
     raise ValueError(f'`fuse_relu` names {sorted(named - set(names))}, which are not layers '
                      f'the export takes; those are {sorted(names)}.')

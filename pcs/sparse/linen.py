@@ -13,7 +13,7 @@ array a Dense or Conv returned, which is folded into it (``_folding.py``).
 """
 
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
@@ -207,13 +207,14 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
 
 
 def bind(model: Any, variables: Any, exported: _export.Exported,
-         **call_kwargs) -> Callable:
+         **call_kwargs) -> bound.BoundCall:
   """``x -> model.apply(variables, x, **call_kwargs)`` with ``exported``'s layers sparse.
 
   The variables and the compressed arrays are placed on the default device and
-  flattened once, and bound to one jitted :func:`sparse_apply`
-  (:class:`pcs.sparse._bound.BoundCall`), so a call is one dispatch (compiled once per
-  input shape). Same as ``exported.bind(model, variables, **call_kwargs)``.
+  flattened once, and bound to one jitted :func:`sparse_apply` that is given the arrays
+  it reads only (:class:`pcs.sparse._bound.BoundCall`), so a call is one dispatch
+  (compiled once per input shape). Same as ``exported.bind(model, variables,
+  **call_kwargs)``.
 
   Example:
     >>> import jax.numpy as jnp, flax.linen as nn, pcs

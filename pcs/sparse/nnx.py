@@ -18,7 +18,7 @@ this module needs flax (``pip install 'pcs[export]'``).
 """
 
 import contextvars
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
@@ -328,12 +328,13 @@ def probe(model, inputs, where: selection.Where = None, **call_kwargs) -> Probe:
                                   if len(found) == 1})
 
 
-def bind(model, **call_kwargs) -> Callable:
+def bind(model, **call_kwargs) -> bound.BoundCall:
   """``x -> model(x, **call_kwargs)`` compiled, with the model's state bound on device.
 
   ``nnx.split`` once, then one ``jax.jit`` of ``nnx.merge`` and the call, given the state
-  as device arrays flattened once (:class:`pcs.sparse._bound.BoundCall`): a call is one
-  dispatch, without ``nnx.jit``'s walk over the module graph. The model's variables are
+  as device arrays flattened once, the arrays the call reads only
+  (:class:`pcs.sparse._bound.BoundCall`): a call is one dispatch, without ``nnx.jit``'s
+  walk over the module graph. The model's variables are
   read, not updated (inference; for a decoding cache that a call updates, use ``nnx.jit``
   or ``nnx.cached_partial``).
 
@@ -465,7 +466,7 @@ def restore(model, variables, exported: _export.Exported):
                      f'{unsaved} of `model`, whose batch norms are not folded into the export; '
                      'save nnx.state(model, nnx.Param, nnx.BatchStat).')
   for path, value in saved.items():
-    name = paths.layer_name(path)
+    name = paths.path_name(path)
     if path not in found or tuple(found[path].get_value().shape) != value.shape:
       raise ValueError(f'pcs.sparse.load: the saved variable {name} {value.shape} has no '
                        'counterpart of that shape in `model`; the file belongs to another '

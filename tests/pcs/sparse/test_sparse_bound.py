@@ -64,6 +64,9 @@ def test_an_array_the_result_holds_is_passed_and_one_never_read_is_not():
   np.testing.assert_array_equal(out[0], [0.0, 1.0, 2.0])
   assert float(out[1]) == 8.0
   assert _passed(call, jnp.float32(4.0)) == 1
+  # A weakly typed scalar is passed unread: zeros of its dtype would trace otherwise.
+  call = bound_lib.BoundCall(lambda v, x: 2.0 * x, {'a': a, 'w': 3.0})
+  assert float(call(jnp.float32(4.0))) == 8.0 and _passed(call, jnp.float32(4.0)) == 1
   # A pytree argument, then the same structure with another shape.
   call = bound_lib.BoundCall(lambda v, xs: v['b'][:2, :2] @ xs['x'], {'a': a, 'b': b})
   np.testing.assert_array_equal(call({'x': jnp.ones((2, 1))}), [[2.0], [2.0]])
@@ -82,6 +85,7 @@ def test_an_input_whose_trace_reads_an_array_left_out_passes_it_from_then_on():
 
 
 class DropoutNet(nnx.Module):
+  """Linear -> ReLU -> Dropout -> Linear: the dropout holds a PRNG key and a count."""
 
   def __init__(self, rngs):
     self.dense = nnx.Linear(8, 8, rngs=rngs)
