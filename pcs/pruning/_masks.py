@@ -8,6 +8,7 @@ all selected weights (global).
 """
 
 import dataclasses
+import warnings
 from typing import Any, Optional, Sequence, Tuple
 
 import jax
@@ -256,8 +257,27 @@ def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global
     masks = n_m_masks(params, *n_m, where=where, layouts=layouts)
   else:
     masks = magnitude_masks(params, sparsity, scope=scope, where=where, layouts=layouts)
+    if scope == 'global':
+      _warn_emptied(params, masks, where, sparsity)
   # An NNX State comes back as a State (for nnx.update), a pure tree as a pure tree.
   return boundary.restore(given, apply_masks(params, masks)), boundary.restore(given, masks)
+
+
+def _warn_emptied(params: Any, masks: Any, where: selection.Where, sparsity) -> None:
+  """Warns where global pruning kept no weight of a selected leaf that had some (a layer
+  whose weights are small beside the others', as at some initializations): the model's
+  output then ignores that layer's input. Skipped under a trace."""
+  selected = jax.tree.leaves(selection.select(params, where))
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  emptied = [paths.path_name(path) for (path, leaf), mask, chosen
+             in zip(flat, jax.tree.leaves(masks), selected)
+             if chosen and not isinstance(mask, jax.core.Tracer)
+             and not isinstance(leaf, jax.core.Tracer) and np.size(mask)
+             and not np.any(mask) and np.any(np.asarray(leaf) != 0)]
+  if emptied:
+    warnings.warn(f"pcs.prune: scope='global' at sparsity {sparsity} keeps no weight of "
+                  f'{emptied}; the model no longer reads what those layers receive. '
+                  "scope='layerwise' or 'erk' keeps weights in every layer.", stacklevel=3)
 
 
 def apply_masks(params: Any, masks: Any) -> Any:

@@ -80,6 +80,12 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
   options: Dict[str, Any] = dict(call_kwargs=call_kwargs, format=format, n_m=n_m, where=where,
                  batch_size=batch_size, margin=margin, fold_batch_norm=fold_batch_norm,
                  fuse_relu=fuse_relu)
+  if any((c.__module__.startswith('flax.linen') and c.__name__ == 'Module')
+         or (c.__module__ == 'flax.nnx.graphlib' and c.__name__.endswith('Def'))
+         for c in type(target).__mro__):  # a linen module, an nnx GraphDef
+    raise TypeError(f'pcs.export: the first argument is a {type(target).__name__}; it must be '
+                    f'the pruned weights or the model holding them ({_export.ACCEPTED}). A '
+                    'linen module goes in `model=`, with its variables first.')
   if boundary.is_nnx_module(target):
     if model is not None:
       raise ValueError('pcs.export: an nnx.Module is its own model; pass `model` only with '
@@ -93,7 +99,8 @@ def load(file, model: Any = None):
   """Reads a file written by :func:`pcs.sparse.save`.
 
   Args:
-    file: the ``.npz`` (a path or a binary file object).
+    file: the ``.npz`` (a path or a binary file object); the path given to ``save``
+      finds the file without its ``.npz``, which ``save`` appends.
     model: None or a linen module: the result is ``(variables, exported)``, both placed
       on the default device (``exported.bind(model, variables)`` runs it). An
       ``nnx.Module`` (a newly built instance of the saved architecture, e.g.

@@ -15,6 +15,7 @@ is stored with it. Files of version 1 (before the meta field and epilogues) stil
 import hashlib
 from collections.abc import Mapping
 import json
+import os
 import zipfile
 from typing import Any, Dict, List, Tuple
 
@@ -137,6 +138,9 @@ def load(file) -> Tuple[Dict, _export.Exported]:
     ValueError: if the file is truncated, not a pcs export, of another version, or
       altered (an array whose SHA-256 differs from the manifest's, or an invalid layout).
   """
+  if (isinstance(file, (str, os.PathLike)) and not os.path.exists(file)
+      and os.path.exists(f'{os.fspath(file)}.npz')):
+    file = f'{os.fspath(file)}.npz'  # numpy's savez added the suffix that save was not given
   try:
     with np.load(file, allow_pickle=False) as archive:
       contents = {name: archive[name] for name in archive.files}

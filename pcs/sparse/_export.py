@@ -24,6 +24,7 @@ arrays would be copied into new device buffers on every call.
 
 import dataclasses
 import functools
+import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Set, Tuple
@@ -78,7 +79,9 @@ class LayerInput(NamedTuple):
 
 
 class LayerChoice(NamedTuple):
-  """One layer's export decision (``format``: ``'csr'``, ``'n_m'`` or ``'dense'``)."""
+  """One layer's export decision (``format``: ``'csr'``, ``'n_m'`` or ``'dense'``) and
+  the digest of the kernel it was made from (:func:`kernel_digest`; None in files saved
+  before it was kept)."""
   path: Path
   kernel_shape: Tuple[int, ...]
   sparsity: float
@@ -86,6 +89,7 @@ class LayerChoice(NamedTuple):
   dense_ms: Optional[float]
   sparse_ms: Optional[float]
   reason: str
+  kernel_digest: Optional[str] = None
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=['bias'],
@@ -152,6 +156,12 @@ class Exported(Mapping):
 
     Returns:
       ``f(*inputs)``; the model's variables are read, not updated (for inference).
+
+    Raises:
+      ValueError: if a layer exported sparse holds another kernel in ``variables`` (or in
+        the NNX model) than the one exported (:func:`check_kernels`), or (NNX) if the
+        call updates the model's state, as in training mode
+        (:func:`pcs.sparse.nnx.bind`).
     """
     if boundary.is_nnx_module(model):
       if variables is not None:
@@ -164,6 +174,9 @@ class Exported(Mapping):
     if variables is None:
       raise ValueError('Exported.bind: a linen model needs its `variables` '
                        "({'params': ..., 'batch_stats': ...}).")
+    if isinstance(variables, Mapping) and 'params' in variables:  # else sparse_apply says
+      check_kernels(self, lambda path: _at(variables['params'], path + ('kernel',)),
+                    'Exported.bind')
     from pcs.sparse import linen  # pylint: disable=g-import-not-at-top
     return linen.bind(model, variables, self, **call_kwargs)
 
@@ -202,6 +215,38 @@ class Exported(Mapping):
     if self.model is not None:
       lines.append(f'whole model, as bound: {self.model.describe()}')
     return '\n'.join(lines)
+
+
+def kernel_digest(kernel: Any) -> str:
+  """A digest of a kernel's shape and float32 values (BLAKE2b, 128 bits)."""
+  values = np.ascontiguousarray(kernel, np.float32)
+  digest = hashlib.blake2b(repr(values.shape).encode(), digest_size=16)
+  digest.update(values.data)
+  return digest.hexdigest()
+
+
+def check_kernels(exported: 'Exported', kernel_at: Callable[[Path], Any], who: str) -> None:
+  """Checks that each layer ``exported`` runs sparse was exported from the kernel the
+  model now holds (``kernel_at(path)``; None where it holds none, as after
+  :func:`pcs.sparse.load`). Otherwise the model would compute with the exported copy of
+  that kernel and the current values of everything else. A kernel of another shape is
+  left to the checks that the model is the exported one; batch norm statistics folded
+  into a layer are not checked.
+
+  Raises:
+    ValueError: naming the layers whose kernels changed after the export.
+  """
+  changed = []
+  for c in exported.choices:
+    if c.path in exported.weights and c.kernel_digest is not None:
+      kernel = kernel_at(c.path)
+      if (kernel is not None and tuple(np.shape(kernel)) == tuple(c.kernel_shape)
+          and kernel_digest(kernel) != c.kernel_digest):
+        changed.append(paths.layer_name(c.path))
+  if changed:
+    raise ValueError(f'{who}: the kernels of {changed} are not the ones exported (the weights '
+                     'changed after pcs.export, or they are another model\'s); export again '
+                     'from these weights.')
 
 
 def kernels_of(params: Any, where: selection.Where = None) -> Dict[Path, np.ndarray]:
@@ -319,13 +364,19 @@ def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
   return layer, timing.compare(dense, timing.compiled(product, x, layer), threshold=threshold)
 
 
-def _bias(params: Any, path: Path) -> Optional[np.ndarray]:
-  node = boundary.plain(params)
-  for key in path + ('bias',):
+def _at(tree: Any, path: Path) -> Any:
+  """The leaf of nested mappings ``tree`` at ``path``; None where there is none."""
+  node = boundary.plain(tree)
+  for key in path:
     if not isinstance(node, Mapping) or key not in node:
       return None
     node = node[key]
-  return np.asarray(node)
+  return node
+
+
+def _bias(params: Any, path: Path) -> Optional[np.ndarray]:
+  bias = _at(params, path + ('bias',))
+  return None if bias is None else np.asarray(bias)
 
 
 def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=redefined-builtin
@@ -415,11 +466,12 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
       raise TypeError(f'pcs.export: the kernel of {name} is {kernel.dtype}; the sparse '
                       'kernels compute in float32.')
     shape, sparsity = tuple(kernel.shape), float(1.0 - np.count_nonzero(kernel) / kernel.size)
+    digest = kernel_digest(kernel)
     matrix, why = as_matrix(kernel, path, layouts)
     if unsupported and path in unsupported:
       matrix, why = None, unsupported[path]
     if matrix is None:
-      chosen[path] = LayerChoice(path, shape, sparsity, 'dense', None, None, why)
+      chosen[path] = LayerChoice(path, shape, sparsity, 'dense', None, None, why, digest)
       continue
     norm = (norms or {}).get(path)
     folded = Epilogue()
@@ -427,20 +479,21 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
       matrix, bias = folding.fold(matrix, _bias(params, path), norm)
       folded = jax.device_put(Epilogue(bias, norm.norm))
     compressed[path] = _Compressed(matrix, jax.device_put(formats.compress(matrix, n_m, name)),
-                                   folded, shape, sparsity)
+                                   folded, shape, sparsity, digest)
   if auto and find_relus is not None:  # traced with every layer it can take sparse
     find, trial = find_relus, Exported(
         weights={p: c.layer for p, c in compressed.items()}, choices=(),
         epilogues={p: c.folded for p, c in compressed.items() if c.folded.norm is not None})
     relu = _relu_paths(relu_lib.resolve('auto', lambda: find(trial)), kernels)
   exported, epilogues = {}, {}
-  for path, (kernel, layer, folded, shape, sparsity) in compressed.items():
+  for path, (kernel, layer, folded, shape, sparsity, digest) in compressed.items():
     if folded.norm is not None or path in relu:
       epilogues[path] = dataclasses.replace(folded, activation='relu' if path in relu else None)
     kind = layer.name
     if format != 'auto':
       exported[path] = layer
-      chosen[path] = LayerChoice(path, shape, sparsity, kind, None, None, f'format={format!r}')
+      chosen[path] = LayerChoice(path, shape, sparsity, kind, None, None, f'format={format!r}',
+                                 digest)
       continue
     layer_input = (layer_inputs or {}).get(path)
     if layer_input is None:
@@ -457,7 +510,8 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
         path, shape, sparsity, kind if faster else 'dense', measured.dense_ms,
         measured.sparse_ms,
         f'{measured.describe()} at input {"x".join(map(str, layer_input.shape))}, on '
-        f'{"the calling thread" if layer.threads == formats.THREADS_CALLER else "the pool"}')
+        f'{"the calling thread" if layer.threads == formats.THREADS_CALLER else "the pool"}',
+        digest)
   choices = [chosen[path] for path in kernels]
   if format != 'auto' or compare_model is None:
     return _exported(exported, epilogues, choices)
@@ -466,13 +520,14 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
 
 class _Compressed(NamedTuple):
   """A kernel the export can run sparse: its matrix (batch norm folded in), that matrix
-  compressed, the fold's :class:`Epilogue` (empty without one), the kernel's shape and
-  its sparsity."""
+  compressed, the fold's :class:`Epilogue` (empty without one), the kernel's shape, its
+  sparsity and its :func:`kernel_digest`."""
   matrix: np.ndarray
   layer: Any
   folded: Epilogue
   shape: Tuple[int, ...]
   sparsity: float
+  digest: str
 
 
 def _relu_paths(fuse_relu: Any, kernels: Dict[Path, np.ndarray]) -> Set[Path]:

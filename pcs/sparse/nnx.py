@@ -334,9 +334,12 @@ def bind(model, **call_kwargs) -> bound.BoundCall:
   ``nnx.split`` once, then one ``jax.jit`` of ``nnx.merge`` and the call, given the state
   as device arrays flattened once, the arrays the call reads only
   (:class:`pcs.sparse._bound.BoundCall`): a call is one dispatch, without ``nnx.jit``'s
-  walk over the module graph. The model's variables are
-  read, not updated (inference; for a decoding cache that a call updates, use ``nnx.jit``
-  or ``nnx.cached_partial``).
+  walk over the module graph. The model's variables are read, not updated (inference;
+  for a decoding cache that a call updates, use ``nnx.jit`` or ``nnx.cached_partial``).
+
+  Raises:
+    ValueError (at the first call): if the call updates the model's state, as a model in
+      training mode does (a dropout's RNG count, a batch norm's statistics).
 
   Example:
     >>> import jax.numpy as jnp
@@ -348,8 +351,24 @@ def bind(model, **call_kwargs) -> bound.BoundCall:
     Array([[2., 1.]], dtype=float32)
   """
   graphdef, state = nnx.split(model)
-  return bound.BoundCall(
-      lambda state, *args: nnx.merge(graphdef, state)(*args, **call_kwargs), state)
+
+  def call(state, *args):
+    before = jax.tree_util.tree_flatten_with_path(state)[0]  # merge shares its variables
+    model = nnx.merge(graphdef, state)
+    out = model(*args, **call_kwargs)
+    after = jax.tree.leaves(nnx.state(model))
+    if len(after) != len(before) or any(a is not b for (_, b), a in zip(before, after)):
+      changed = [paths.path_name(path) for (path, b), a in zip(before, after) if a is not b]
+      what = changed or 'new variables'
+      raise ValueError(
+          f"pcs.sparse.nnx.bind: the call updates the model's state ({what}), as a "
+          "dropout's RNG count or a batch norm's statistics do in training mode. A bound "
+          'call reads the state and does not write it back (a dropout mask would repeat on '
+          "every call): call model.eval() first, or give the call's own flag in "
+          'call_kwargs; for a call that must update the model (a decoding cache), use '
+          'nnx.jit.')
+    return out
+  return bound.BoundCall(call, state)
 
 
 def export_module(model, *, inputs: Any = None,
@@ -417,7 +436,9 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
     The sparse copy; ``model`` is unchanged.
 
   Raises:
-    ValueError: if ``exported`` names a layer the model lacks or of another shape.
+    ValueError: if ``exported`` names a layer the model lacks or of another shape, or
+      one whose kernel in ``model`` is not the one exported (the weights changed after
+      the export: :func:`pcs.sparse._export.check_kernels`).
 
   Example:
     >>> import jax.numpy as jnp, pcs
@@ -436,12 +457,19 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
                      f'not both; got {sorted(export_kwargs)}.')
   if not isinstance(exported, _export.Exported):
     raise TypeError(f'`exported` must come from pcs.export; got {type(exported).__name__}.')
+  nodes = {tuple(path): node for path, node in nnx.iter_graph(model)}
+  _export.check_kernels(
+      exported, lambda path: (nodes[path].kernel.get_value() if isinstance(
+          getattr(nodes.get(path), 'kernel', None), nnx.Variable) else None),
+      'pcs.sparse.nnx.sparsify')
   return _swapped(model, exported)
 
 
 def restore(model, variables, exported: _export.Exported):
   """The sparse model of ``model``'s architecture with the saved ``variables`` and
-  ``exported`` layers (what :func:`pcs.sparse.load` returns given an ``nnx.Module``).
+  ``exported`` layers (what :func:`pcs.sparse.load` returns given an ``nnx.Module``), in
+  inference mode (``.eval()``: dropout off, batch norms on their statistics), as an
+  export is run; ``.train()`` gives training mode back.
 
   Args:
     model: a newly built instance of the same architecture (e.g. ``Model(rngs=nnx.Rngs(0))``);
@@ -472,7 +500,9 @@ def restore(model, variables, exported: _export.Exported):
                        'counterpart of that shape in `model`; the file belongs to another '
                        'model.')
     found[path].set_value(jax.numpy.asarray(value))
-  return sparsify(model, exported)
+  sparse = _swapped(model, exported)  # the template's own kernels are not the export's
+  sparse.eval()
+  return sparse
 
 
 def dense_kernels(model) -> Dict[Tuple, np.ndarray]:

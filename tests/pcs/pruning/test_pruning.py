@@ -1,5 +1,7 @@
 """pcs.prune, N:M masks, ERK, keep_masked and summary against independent computations."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +39,19 @@ def test_layerwise_is_exact_in_every_layer(sparsity):
   pruned, _ = pcs.prune(_params(), sparsity, scope='layerwise')
   for layer in pcs.summary(pruned).layers:
     assert layer.zeros == round(sparsity * layer.size)
+
+
+def test_global_pruning_warns_where_it_empties_a_layer():
+  # 70% of 48 is 34 weights: c's 16 zeros, all 16 of b's (smaller than a's) and 2 of a's.
+  params = {'a': {'kernel': jnp.full((4, 4), 5.0)}, 'b': {'kernel': jnp.full((4, 4), 0.01)},
+            'c': {'kernel': jnp.zeros((4, 4))}}  # zero already: nothing is lost there
+  with pytest.warns(UserWarning, match=r"keeps no weight of \['b/kernel'\].*'layerwise'"):
+    pruned, _ = pcs.prune(params, 0.7)
+  assert not np.any(pruned['b']['kernel']) and np.count_nonzero(pruned['a']['kernel']) == 14
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    pcs.prune(params, 0.7, scope='layerwise')
+    pcs.prune(params, 0.6)  # 29 of 48: c's 16 zeros and 13 of b's, which keeps 3
 
 
 def test_ties_are_broken_by_position():

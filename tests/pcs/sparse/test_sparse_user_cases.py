@@ -135,3 +135,67 @@ def test_nnx_save_keeps_the_statistics_of_an_unfolded_norm(tmp_path):
     pcs.sparse.load(path, _nnx_model(1))
   with pytest.raises(TypeError, match='PRNG key'):
     pcs.sparse.save(path, exported, nnx.state(model))
+
+
+# A second user trial (2026-12-07, stop 15).
+
+
+def test_bind_refuses_weights_changed_after_the_export(tmp_path):
+  x = jax.random.normal(jax.random.key(1), (3, 8))
+  model = Mlp()
+  variables = _pruned(model, x)
+  exported = pcs.export(variables, format='csr')
+  changed = {**variables, 'params': {**variables['params'], 'Dense_1': jax.tree.map(
+      lambda v: 2.0 * v, variables['params']['Dense_1'])}}
+  with pytest.raises(ValueError, match=r"Exported.bind: the kernels of \['Dense_1'\] are not "
+                     'the ones exported'):
+    exported.bind(model, changed)
+  # The bias alone changed: the export holds no copy of it, so the call takes the new one.
+  biased = {**variables, 'params': {**variables['params'], 'Dense_1': {
+      **variables['params']['Dense_1'], 'bias': jnp.full((16,), 3.0)}}}
+  np.testing.assert_allclose(exported.bind(model, biased)(x), model.apply(biased, x),
+                             rtol=1e-5, atol=1e-5)
+  # A saved export's variables hold no kernel of its sparse layers: nothing to compare.
+  path = str(tmp_path / 'mlp')
+  pcs.sparse.save(path, exported, variables)
+  loaded, again = pcs.sparse.load(path)  # save wrote mlp.npz; the path it was given finds it
+  np.testing.assert_allclose(again.bind(model, loaded)(x), model.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  # NNX: sparsify of a model whose kernel changed after the export.
+  net = _nnx_model(0)
+  nnx_exported = pcs.export(net, format='csr')
+  net.out.kernel.set_value(net.out.kernel.get_value() + 1.0)
+  with pytest.raises(ValueError, match=r"sparsify: the kernels of \['out'\]"):
+    nnx_exported.bind(net)
+
+
+def test_nnx_bind_refuses_a_model_in_training_mode():
+  model, x = _nnx_model(0), jax.random.normal(jax.random.key(1), (4, 8))
+  exported = pcs.export(model, format='csr')
+  model.train()  # dropout on, the batch norm on batch statistics
+  call = exported.bind(model)
+  with pytest.raises(ValueError, match=r"updates the model's state.*model.eval\(\)"):
+    call(x)
+  model.eval()
+  np.testing.assert_allclose(exported.bind(model)(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_nnx_model_loads_in_inference_mode(tmp_path):
+  model, x = _nnx_model(0), jax.random.normal(jax.random.key(1), (4, 8))
+  exported = pcs.export(model, inputs=x, format='csr')
+  path = str(tmp_path / 'net.npz')
+  pcs.sparse.save(path, exported, nnx.state(model, nnx.Param, nnx.BatchStat))
+  template = NnxNormNet(nnx.Rngs(1))  # built in training mode, as nnx modules are
+  assert not template.drop.deterministic
+  loaded = pcs.sparse.load(path, template)
+  first, second = loaded(x), loaded(x)
+  np.testing.assert_array_equal(first, second)  # no dropout
+  np.testing.assert_allclose(first, model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_export_names_a_module_given_where_the_weights_go():
+  x = jnp.ones((2, 8))
+  for wrong in (Mlp(), nnx.split(_nnx_model(0))[0]):
+    with pytest.raises(TypeError, match=r'the first argument is a (Mlp|GraphDef); it must be '
+                       'the pruned weights'):
+      pcs.export(wrong, inputs=x)
