@@ -258,20 +258,19 @@ def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global
   else:
     masks = magnitude_masks(params, sparsity, scope=scope, where=where, layouts=layouts)
     if scope == 'global':
-      _warn_emptied(params, masks, where, sparsity)
+      _warn_emptied(params, masks, sparsity)
   # An NNX State comes back as a State (for nnx.update), a pure tree as a pure tree.
   return boundary.restore(given, apply_masks(params, masks)), boundary.restore(given, masks)
 
 
-def _warn_emptied(params: Any, masks: Any, where: selection.Where, sparsity) -> None:
-  """Warns where global pruning kept no weight of a selected leaf that had some (a layer
-  whose weights are small beside the others', as at some initializations): the model's
-  output then ignores that layer's input. Skipped under a trace."""
-  selected = jax.tree.leaves(selection.select(params, where))
+def _warn_emptied(params: Any, masks: Any, sparsity) -> None:
+  """Warns where global pruning kept no weight of a leaf that had some (a layer whose
+  weights are small beside the others', as at some initializations): the model's output
+  then ignores that layer's input. A leaf not selected has a mask of ones
+  (:func:`magnitude_masks`), so only selected ones can warn. Skipped under a trace."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  emptied = [paths.path_name(path) for (path, leaf), mask, chosen
-             in zip(flat, jax.tree.leaves(masks), selected)
-             if chosen and not isinstance(mask, jax.core.Tracer)
+  emptied = [paths.path_name(path) for (path, leaf), mask in zip(flat, jax.tree.leaves(masks))
+             if not isinstance(mask, jax.core.Tracer)
              and not isinstance(leaf, jax.core.Tracer) and np.size(mask)
              and not np.any(mask) and np.any(np.asarray(leaf) != 0)]
   if emptied:
