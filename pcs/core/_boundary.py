@@ -30,6 +30,18 @@ def is_nnx_module(x: Any) -> bool:
              for c in type(x).__mro__)
 
 
+def is_linen_module(x: Any) -> bool:
+  """Whether ``x`` is a ``flax.linen.Module`` (checked without importing flax)."""
+  return any(c.__module__.startswith('flax.linen') and c.__name__ == 'Module'
+             for c in type(x).__mro__)
+
+
+def is_nnx_graphdef(x: Any) -> bool:
+  """Whether ``x`` is an NNX ``GraphDef`` (``nnx.split``'s first result)."""
+  return any(c.__module__ == 'flax.nnx.graphlib' and c.__name__.endswith('Def')
+             for c in type(x).__mro__)
+
+
 def _plain_node(x: Any) -> Any:
   if is_nnx_variable(x):
     return plain(x.get_value())

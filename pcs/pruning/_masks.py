@@ -220,7 +220,9 @@ def prune(params: Any, sparsity: Optional[float] = None, *, scope: str = 'global
            [ 3.,  0.]], dtype=float32)
 
   Args:
-    params: the parameter pytree.
+    params: the parameter pytree; or an ``nnx.State`` (the result comes back as a State,
+      for ``nnx.update``); or an ``nnx.Module``, whose pruned copy comes back (the model
+      given is unchanged; its masks are a copy holding bool arrays).
     sparsity: fraction of the selected weights to zero, in [0, 1). Exactly
       round(sparsity * n) weights are pruned per layer (``layerwise``), over all
       selected weights (``global``), or per layer with the ERK distribution's

@@ -69,6 +69,8 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
       without the ``n_m`` pattern, ``model`` without ``inputs`` (or the reverse), a
       ``model`` given with an ``nnx.Module``, a ``fuse_relu`` path that is no layer, or
       a ``fuse_relu`` string other than ``'auto'``.
+    TypeError: for ``inputs`` that are not arrays (a shape, a ``jax.ShapeDtypeStruct``),
+      or a linen module or NNX ``GraphDef`` given as ``target``.
 
   Example:
     >>> import jax.numpy as jnp, pcs
@@ -80,12 +82,12 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
   options: Dict[str, Any] = dict(call_kwargs=call_kwargs, format=format, n_m=n_m, where=where,
                  batch_size=batch_size, margin=margin, fold_batch_norm=fold_batch_norm,
                  fuse_relu=fuse_relu)
-  if any((c.__module__.startswith('flax.linen') and c.__name__ == 'Module')
-         or (c.__module__ == 'flax.nnx.graphlib' and c.__name__.endswith('Def'))
-         for c in type(target).__mro__):  # a linen module, an nnx GraphDef
+  if boundary.is_linen_module(target) or boundary.is_nnx_graphdef(target):
     raise TypeError(f'pcs.export: the first argument is a {type(target).__name__}; it must be '
                     f'the pruned weights or the model holding them ({_export.ACCEPTED}). A '
                     'linen module goes in `model=`, with its variables first.')
+  if inputs is not None:
+    _export.check_inputs(inputs)
   if boundary.is_nnx_module(target):
     if model is not None:
       raise ValueError('pcs.export: an nnx.Module is its own model; pass `model` only with '

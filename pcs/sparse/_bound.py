@@ -13,9 +13,8 @@ counts:
 - Of those arrays, a call passes the ones it reads. The variables hold arrays the sparse
   model never reads: the dense kernel of each layer exported sparse, and the scale, bias
   and statistics of each batch norm folded into the layer before it. The dispatch handles
-  every argument, even one the compiled function drops: ResNet-20 at 95%, batch 1, reads
-  88 of its 194 arrays, and passing those alone took its call from 0.50 to 0.46 ms
-  (interleaved, in one process, on the Zen 4).
+  every argument, even one the compiled function drops (ResNet-20 at 95% reads 88 of its
+  194 arrays; BENCHMARKS.md profiles its call).
 - The model's ReLUs on the output of a product that applied its own are left out
   (:func:`pcs.sparse._relu.without_fused_relus`).
 
@@ -104,8 +103,9 @@ class BoundCall:
       leaves = [given[i] if i in given else jnp.zeros(*unread[i])
                 for i in range(len(self._leaves))]
       closed, tree = self._traces.pop(_signature(args), None) or self._trace(leaves, *args)
-      if not self._read(closed) <= set(kept):
-        raise _Unpassed(self._read(closed) - set(kept))
+      missing = self._read(closed) - set(kept)
+      if missing:
+        raise _Unpassed(missing)
       out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *leaves, *jax.tree.leaves(args))
       return jax.tree.unflatten(tree, out)
     self._kept, self._passed, self._run = kept, [self._leaves[i] for i in kept], jax.jit(run)

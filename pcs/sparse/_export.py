@@ -198,6 +198,15 @@ class Exported(Mapping):
     return dataclasses.replace(
         self, weights={path: weight.with_values(dtype) for path, weight in self.weights.items()})
 
+  def __repr__(self) -> str:
+    """One line: the layers kept sparse, each with its format and sparsity (the arrays
+    themselves are left out; :meth:`summary` says why each layer was kept as it is)."""
+    kept = [f'{paths.layer_name(c.path)}: {c.format} {100 * c.sparsity:.1f}%'
+            for c in self.choices if c.path in self.weights]
+    shown = ', '.join(kept[:8]) + (f', ... ({len(kept) - 8} more)' if len(kept) > 8 else '')
+    return (f'Exported({len(self.weights)} of {len(self.choices)} layers sparse'
+            f'{": " + shown if kept else ""})')
+
   def summary(self) -> str:
     """A table: each layer, its shape and sparsity, the format kept and why."""
     lines = [f'{"layer":<28} {"kernel":<18} {"sparsity":>8}  {"kept as":<7} reason']
@@ -455,8 +464,7 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
   if not kernels:
     raise ValueError(f'pcs.export found no Dense/Conv kernel (a leaf named "kernel" with '
                      f'ndim >= 2) in the tree it was given; it accepts {ACCEPTED}.')
-  auto = isinstance(fuse_relu, str) and fuse_relu == 'auto'
-  relu = set() if auto else _relu_paths(fuse_relu, kernels)  # a wrong name fails first
+  relu = _relu_paths(fuse_relu, kernels)  # 'auto': none yet; a wrong name fails first
   threshold = 1.0 / (1.0 - margin)
   compressed: Dict[Path, _Compressed] = {}
   chosen: Dict[Path, LayerChoice] = {}
@@ -478,13 +486,17 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     if norm is not None:
       matrix, bias = folding.fold(matrix, _bias(params, path), norm)
       folded = jax.device_put(Epilogue(bias, norm.norm))
+    name = f'{name} (kernel {shape}' + (  # an error names the kernel the user knows
+        f', as its {matrix.shape[0]} x {matrix.shape[1]} matrix)'
+        if matrix.shape != kernel.shape else ')')
     compressed[path] = _Compressed(matrix, jax.device_put(formats.compress(matrix, n_m, name)),
                                    folded, shape, sparsity, digest)
-  if auto and find_relus is not None:  # traced with every layer it can take sparse
-    find, trial = find_relus, Exported(
+  if find_relus is not None and fuse_relu == 'auto':  # traced with every layer it can
+    trial = Exported(                                   # take sparse, folded
         weights={p: c.layer for p, c in compressed.items()}, choices=(),
         epilogues={p: c.folded for p, c in compressed.items() if c.folded.norm is not None})
-    relu = _relu_paths(relu_lib.resolve('auto', lambda: find(trial)), kernels)
+    relu = _relu_paths(relu_lib.resolve(fuse_relu, functools.partial(find_relus, trial)),
+                       kernels)
   exported, epilogues = {}, {}
   for path, (kernel, layer, folded, shape, sparsity, digest) in compressed.items():
     if folded.norm is not None or path in relu:
@@ -544,6 +556,21 @@ def _relu_paths(fuse_relu: Any, kernels: Dict[Path, np.ndarray]) -> Set[Path]:
     raise ValueError(f'`fuse_relu` names {sorted(named - set(names))}, which are not layers '
                      f'the export takes; those are {sorted(names)}.')
   return {names[p] for p in named}
+
+
+def check_inputs(inputs: Any) -> None:
+  """Checks that ``inputs`` is an example input: an array, or a pytree of arrays.
+
+  Raises:
+    TypeError: naming what was given instead (a shape, a ``jax.ShapeDtypeStruct``): the
+      export calls the model on the example to check and time it.
+  """
+  for leaf in jax.tree.leaves(inputs):
+    if not isinstance(leaf, (np.ndarray, jax.Array)):
+      raise TypeError(f'pcs.export: `inputs` must be an example input, an array (or a pytree '
+                      f'of arrays) of the batch served, e.g. jnp.zeros((1, 784)); it holds a '
+                      f'{type(leaf).__name__} ({leaf!r}). The export calls the model on it '
+                      'to time and check it, so a shape or a ShapeDtypeStruct will not do.')
 
 
 def check_against_dense(dense: Callable, sparse: Callable, inputs: Any) -> None:

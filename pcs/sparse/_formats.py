@@ -327,13 +327,15 @@ def csr(kernel: np.ndarray) -> CSR:
              indptr=indptr.astype(np.int32), kernel_shape=tuple(kernel.shape))
 
 
-def nm(kernel: np.ndarray, n: int, m: int, name: str = 'kernel') -> NM:
+def nm(kernel: np.ndarray, n: int, m: int, name: Optional[str] = None) -> NM:
   """The :class:`NM` layout of ``kernel``, which must have at most ``n`` nonzeros in every
   group of ``m`` consecutive input channels (as ``pcs.prune(params, n_m=(n, m))`` leaves).
 
   Raises:
-    ValueError: naming ``name`` and the densest group found, if the pattern does not hold.
+    ValueError: naming ``name`` (default: the kernel and its shape) and the densest group
+      found, if the pattern does not hold.
   """
+  name = name or f'the kernel of shape {tuple(kernel.shape)}'
   if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m <= 256):
     raise ValueError(f'`n_m` must be (N, M) with integers 0 < N < M <= 256; got ({n!r}, {m!r}).')
   channels = kernel.shape[-2] if kernel.ndim > 1 else kernel.shape[0]
@@ -344,7 +346,7 @@ def nm(kernel: np.ndarray, n: int, m: int, name: str = 'kernel') -> NM:
   groups = matrix_t.reshape(matrix_t.shape[0], -1, m)
   densest = int(np.count_nonzero(groups, axis=-1).max(initial=0))
   if densest > n:
-    raise ValueError(f'`n_m`=({n}, {m}): {name} (shape {tuple(kernel.shape)}) has a group of '
+    raise ValueError(f'`n_m`=({n}, {m}): {name} has a group of '
                      f'{m} inputs with {densest} nonzeros, so it holds no {n}:{m} pattern; '
                      f'prune it with pcs.prune(params, n_m=({n}, {m})) first.')
   order = np.argsort(groups == 0, axis=-1, kind='stable')[..., :n]  # nonzeros first
@@ -355,6 +357,6 @@ def nm(kernel: np.ndarray, n: int, m: int, name: str = 'kernel') -> NM:
 
 
 def compress(kernel: np.ndarray, n_m: Optional[Tuple[int, int]] = None,
-             name: str = 'kernel') -> Format:
+             name: Optional[str] = None) -> Format:
   """:func:`nm` of ``kernel`` with ``n_m`` = (N, M), else :func:`csr`."""
   return csr(kernel) if n_m is None else nm(kernel, *n_m, name=name)

@@ -134,8 +134,17 @@ def layer_inputs(model: Any, inputs: Any, **call_kwargs) -> Dict[Tuple, _export.
   return probe(model, inputs, **call_kwargs).inputs
 
 
-def _leaf(tree, path):
+def _leaf(tree, path, collection):
+  """The leaf at ``path`` of the ``collection`` tree of a model's variables.
+
+  Raises:
+    ValueError: naming the path, where the variables hold no such leaf.
+  """
   for key in path:
+    if not isinstance(tree, Mapping) or key not in tree:
+      raise ValueError(f"pcs: the model's variables hold no {collection} entry "
+                       f'{paths.path_name(path)}: they are not the variables of the model '
+                       'that was exported.')
     tree = tree[key]
   return tree
 
@@ -144,9 +153,10 @@ def _norm_folds(norms: Dict[Tuple, NormAfter], variables) -> Dict[Tuple, folding
   """The :class:`NormFold` of every batch norm found, from the model's variables."""
   out = {}
   for layer, norm in norms.items():
-    stats = _leaf(variables['batch_stats'], norm.path)
+    stats = _leaf(variables['batch_stats'], norm.path, 'batch_stats')
     # A norm without scale and bias (use_scale=use_bias=False) has no params entry.
-    params = _leaf(variables['params'], norm.path) if norm.use_scale or norm.use_bias else {}
+    params = (_leaf(variables['params'], norm.path, 'params')
+              if norm.use_scale or norm.use_bias else {})
     out[layer] = folding.norm_fold(norm.path, stats['mean'], stats['var'], norm.epsilon,
                                    params['scale'] if norm.use_scale else None,
                                    params['bias'] if norm.use_bias else None)
@@ -236,7 +246,7 @@ def _expected_shape(nn, module, x, name):
     return _window(module) + (x.shape[-1], module.features), None
   general = _general(module, x)
   if general is None:
-    raise ValueError(f'pcs.sparse_apply: the exported layer {name} is a DenseGeneral with '
+    raise ValueError(f'pcs: the exported layer {name} is a DenseGeneral with '
                      'batch dims or contracted axes that are not its input\'s last; it '
                      'cannot run sparse (export it with a `where` that leaves it out).')
   return (int(np.prod(general[0])), int(np.prod(general[1]))), general
@@ -271,7 +281,7 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
   if not isinstance(exported, _export.Exported):
     raise TypeError(f'`exported` must come from pcs.export; got {type(exported).__name__}.')
   if not (isinstance(variables, Mapping) and 'params' in variables):
-    raise ValueError('pcs.sparse_apply: `variables` must be the model\'s variables, '
+    raise ValueError('pcs: `variables` must be the model\'s variables, '
                      "{'params': params, ...} (as model.apply takes them); got "
                      f'{type(variables).__name__} without a "params" entry.')
   params, folded_norms = variables['params'], exported.folded_norms
@@ -284,7 +294,7 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
       return next_fun(*call_args, **call_kwargs)
     if path in folded_norms and any(y is call_args[0] for y in folded_outputs):
       if not folding.in_inference(module, call_args[0], call_args, call_kwargs):
-        raise ValueError(f'pcs.sparse_apply: the batch norm {paths.layer_name(path)} is folded '
+        raise ValueError(f'pcs: the batch norm {paths.layer_name(path)} is folded '
                          f'into {paths.layer_name(folded_norms[path])}; it runs in inference '
                          'mode only.')
       return call_args[0]
@@ -293,7 +303,7 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
     layer, x, name = exported[path], call_args[0], paths.layer_name(path)
     expected, general = _expected_shape(nn, module, x, name)
     if tuple(layer.kernel_shape) != expected:
-      raise ValueError(f'pcs.sparse_apply: the exported kernel of {name} has shape '
+      raise ValueError(f'pcs: the exported kernel of {name} has shape '
                        f'{layer.kernel_shape} but the model\'s layer takes {expected} on its '
                        f'input of shape {tuple(x.shape)}: the input is not the one the model '
                        'was exported for, or the export belongs to another model.')
@@ -301,7 +311,7 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
     epilogue = exported.epilogue(path)
     bias = epilogue.bias
     if epilogue.norm is None and module.use_bias:
-      bias = _leaf(params, path + ('bias',))
+      bias = _leaf(params, path + ('bias',), 'params')
     # The dense layer's output dtype: its `dtype`, else the inputs' and float32 kernel's.
     # (The kernels compute in float32 and return x's dtype.)
     x = x.astype(module.dtype or jax.numpy.promote_types(x.dtype, jax.numpy.float32))
@@ -324,7 +334,7 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
     out = model.apply(variables, *args, **kwargs)
   missing = [p for p in exported if p not in used]
   if missing:
-    raise ValueError(f'pcs.sparse_apply: exported layers '
+    raise ValueError(f'pcs: exported layers '
                      f'{[paths.layer_name(p) for p in missing]} '
                      'are not Dense/Conv/DenseGeneral layers this model calls; the export '
                      'belongs to another model.')

@@ -87,15 +87,30 @@ def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):
   from benchmarks import sparse_inference
   monkeypatch.setattr(sparse_inference, 'SPARSITIES', (0.95,))
   monkeypatch.setattr(sparse_inference, 'MODELS', sparse_inference.MODELS[-1:])
-  monkeypatch.setattr(sparse_inference, 'EVERY_LAYER', ('mnist1d CNN', 0.95, 16))
   rows = sparse_inference.model_rows(repeats=2)  # outputs were checked against dense there
+  # Pruned in every layer (MODELS), so EVERY_LAYER (the 4096 MLP's) adds no row.
   assert [(r['model'], r['scope'], r['batch']) for r in rows] == (
-      [('mnist1d CNN', 'global', b) for b in (1, 16, 256)] + [('mnist1d CNN', 'layerwise', 16)])
+      [('mnist1d CNN', 'layerwise', b) for b in (1, 16, 256)])
   assert all(r['layers'] == 4 and 0 <= r['sparse_layers'] <= 4 for r in rows)
-  assert 'mnist1d CNN | 95% | 256 |' in sparse_inference.markdown([], rows)
+  # A call with a layer sparse runs a custom call, which the dense program has not.
+  assert all(not r['same_program'] for r in rows if r['sparse_layers'])
+  assert 'mnist1d CNN | 95% every layer | 256 |' in sparse_inference.markdown([], rows)
   # The README's call at 95%, batch 1 is also profiled (call_profile's own tests check it).
-  assert ['profile' in r for r in rows] == [True, False, False, False]
+  assert ['profile' in r for r in rows] == [True, False, False]
   assert '| mnist1d CNN | ' in sparse_inference.profile_markdown(rows)
+
+
+def test_an_export_with_no_layer_sparse_binds_to_the_dense_program():
+  import functools
+  from benchmarks import sparse_inference
+  model, x = models.CNN1D(), jnp.ones((2, 40, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  dense = jax.jit(functools.partial(sparse_inference._apply, model))  # pylint: disable=protected-access
+  none_sparse = pcs.sparse.Exported({}, ())
+  same = sparse_inference._same_program  # pylint: disable=protected-access
+  assert same(none_sparse.bind(model, variables, train=False), dense, variables, x)
+  exported = pcs.export(variables, format='csr')
+  assert not same(exported.bind(model, variables, train=False), dense, variables, x)
 
 
 def test_benchmark_target_verdicts():
@@ -165,6 +180,18 @@ def test_sparse_inference_verdicts_are_against_the_best_peer_of_the_same_run():
   assert 'every layer' not in text  # a run without the per-layer MLP judges only the global one
   assert '| ResNet-20, 95%, batch 1: >= 1.5x dense | 0.91x | missed |' in text
   assert 'slowest: ResNet-20 95% batch 1, 0.91x | missed |' in text
+  # A row whose bound call is the dense program is shown beside the verdict, not judged.
+  layer, whole, conv, relu = _sparse_rows()
+  whole[2]['pcs'] = 1.0  # ResNet-20 at 2.0x
+  whole.append({'model': 'mnist1d CNN', 'sparsity': 0.95, 'batch': 256, 'dense': 1.8,
+                'pcs': 2.0, 'sparse_layers': 0, 'layers': 4, 'same_program': True})
+  text = '\n'.join(sparse_inference.verdicts(layer, whole, conv, relu))
+  assert ('| every exported model as its user calls it: >= 0.95x dense | slowest: '
+          'MLP 784-4096-4096-10 95% batch 256, 2.00x; 1 kept every layer dense, the dense '
+          'program itself, measured at 0.90-0.90x | met |') in text
+  whole[-1]['same_program'] = False  # the same figure where the call is not dense's program
+  text = '\n'.join(sparse_inference.verdicts(layer, whole, conv, relu))
+  assert 'slowest: mnist1d CNN 95% batch 256, 0.90x | missed |' in text
 
 
 @pytest.mark.parametrize('pool_ms, caller_ms, batch, alone, kept', [

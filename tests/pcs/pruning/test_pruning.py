@@ -54,6 +54,25 @@ def test_global_pruning_warns_where_it_empties_a_layer():
     pcs.prune(params, 0.6)  # 29 of 48: c's 16 zeros and 13 of b's, which keeps 3
 
 
+def test_an_nnx_module_comes_back_pruned_as_a_copy():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  model = nnx.Sequential(nnx.Linear(8, 16, rngs=nnx.Rngs(0)), nnx.BatchNorm(16, rngs=nnx.Rngs(1)),
+                         nnx.Linear(16, 4, rngs=nnx.Rngs(2)))
+  kernels = [np.abs(np.asarray(model.layers[i].kernel.get_value())) for i in (0, 2)]
+  before = [k.copy() for k in kernels]
+  pruned, masks = pcs.prune(model, 0.5, scope='layerwise')
+  assert isinstance(pruned, nnx.Sequential) and isinstance(masks, nnx.Sequential)
+  for i, kernel, original in zip((0, 2), kernels, before):
+    threshold = np.sort(kernel.ravel())[kernel.size // 2 - 1]  # half of each, by hand
+    np.testing.assert_array_equal(np.asarray(masks.layers[i].kernel.get_value()),
+                                  kernel > threshold)
+    np.testing.assert_array_equal(np.asarray(pruned.layers[i].kernel.get_value()) != 0,
+                                  kernel > threshold)
+    np.testing.assert_array_equal(np.abs(np.asarray(model.layers[i].kernel.get_value())),
+                                  original)  # the model given is unchanged
+  np.testing.assert_array_equal(pruned.layers[1].scale.get_value(), np.ones(16))  # unselected
+
+
 def test_ties_are_broken_by_position():
   params = {'w': jnp.ones((4, 5))}
   _pruned, masks = pcs.prune(params, 0.35, scope='layerwise')

@@ -97,6 +97,26 @@ def test_wrong_variables_and_inputs_are_named():
     exported.bind(model, params)(x)
   with pytest.raises(ValueError, match=r'\(the model\).*input of shape \(2, 7\)'):
     exported.bind(model, {'params': params})(jnp.ones((2, 7)))
+  no_bias = {'kernel': params['kernel']}  # variables of a Dense without its bias
+  with pytest.raises(ValueError, match=r"variables hold no params entry bias"):
+    exported.bind(model, {'params': no_bias})(x)
+
+
+@pytest.mark.parametrize('inputs', [(2, 8), jax.ShapeDtypeStruct((2, 8), jnp.float32)])
+def test_export_names_inputs_that_are_no_array(inputs):
+  model = Mlp()
+  variables = _pruned(model, jnp.ones((2, 8)))
+  with pytest.raises(TypeError, match=r'`inputs` must be an example input.*holds a '
+                     r'(int|ShapeDtypeStruct)'):
+    pcs.export(variables, model=model, inputs=inputs)
+
+
+def test_repr_names_the_sparse_layers_not_their_arrays():
+  kernel = np.zeros((64, 64), np.float32)
+  kernel[0, :16] = 1.0  # 16 of 4096 kept
+  exported = pcs.export({'a': {'kernel': kernel}, 'b': {'kernel': np.ones((4, 4), np.float32)}},
+                        format='csr')
+  assert repr(exported) == 'Exported(2 of 2 layers sparse: a: csr 99.6%, b: csr 0.0%)'
 
 
 class NnxNormNet(nnx.Module):
@@ -199,3 +219,12 @@ def test_export_names_a_module_given_where_the_weights_go():
     with pytest.raises(TypeError, match=r'the first argument is a (Mlp|GraphDef); it must be '
                        'the pruned weights'):
       pcs.export(wrong, inputs=x)
+
+
+def test_an_n_m_refusal_names_the_kernel_as_the_model_holds_it():
+  dense_query = np.ones((8, 2, 4), np.float32)  # an attention query (in, heads, head_dim)
+  with pytest.raises(ValueError, match=r'attn/query \(kernel \(8, 2, 4\), as its 8 x 8 matrix\) '
+                     r'has a group of 4 inputs with 4 nonzeros'):
+    pcs.export({'attn': {'query': {'kernel': dense_query}}}, format='n_m', n_m=(2, 4))
+  with pytest.raises(ValueError, match=r'Dense_0 \(kernel \(6, 4\)\) has 6 input channels'):
+    pcs.export({'Dense_0': {'kernel': np.ones((6, 4), np.float32)}}, format='n_m', n_m=(2, 4))
