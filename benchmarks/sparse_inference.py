@@ -20,8 +20,9 @@ product).
   ``pip install 'pcs[bench]'``). At batch 1 the bandwidth the dense product reaches and the
   memory-traffic bound: the bytes the CSR product must read (values, indices, row pointers,
   x) over that bandwidth.
-* **Whole models** (global magnitude pruning, and the 4096 MLP at 95% in every layer as
-  issue 29 measured it): the jitted dense model against ``pcs.export(..., model=, inputs=)``
+* **Whole models** (their initial weights magnitude-pruned globally; the mnist1d CNN, whose
+  head that empties, in every layer; and the 4096 MLP at 95% in every layer as issue 29
+  measured it): the jitted dense model against ``pcs.export(..., model=, inputs=)``
   called as README shows, ``exported.bind(model, variables)``; for the 4096 MLP at batch 1
   also a jitted ``pcs.sparse_apply`` given the export as numpy arrays (copied on every call)
   and as device arrays; for the MLPs scipy CSR layer by layer.
