@@ -10,7 +10,8 @@ on use too.)
 import importlib
 from types import ModuleType
 
-EXTRAS = {'flax.linen': 'export', 'flax.nnx': 'export', 'orbax.checkpoint': 'checkpoint'}
+EXTRAS = {'flax.linen': 'export', 'flax.nnx': 'export', 'flax.errors': 'export',
+          'orbax.checkpoint': 'checkpoint'}
 
 
 def require(module: str, feature: str) -> ModuleType:

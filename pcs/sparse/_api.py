@@ -56,7 +56,9 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
       batch norm) the model passes to a ReLU, ``max(y, 0)``, and to nothing else, found
       in a trace of the model (``pcs/sparse/_relu.py``; Flax applies activations outside
       its layers). Or a list of module paths (``[('block', 'Conv_0')]`` or
-      ``['block/Conv_0']``) whose output always goes through a ReLU; ``[]`` for none.
+      ``['block/Conv_0']``) whose output always goes through a ReLU, checked against
+      the dense model on ``inputs`` (so it needs the model and ``inputs``); ``[]`` for
+      none.
       The model's own ReLU is then a no-op on a non-negative array.
 
   Returns:
@@ -67,8 +69,10 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
   Raises:
     ValueError: for a tree with no exportable kernel, an unknown ``format``, a kernel
       without the ``n_m`` pattern, ``model`` without ``inputs`` (or the reverse), a
-      ``model`` given with an ``nnx.Module``, a ``fuse_relu`` path that is no layer, or
-      a ``fuse_relu`` string other than ``'auto'``.
+      ``model`` given with an ``nnx.Module``, ``inputs`` with an ``nnx.State`` (the
+      module goes there), a ``fuse_relu`` path that is no layer, a
+      ``fuse_relu`` list without the model and ``inputs``, or a ``fuse_relu`` string
+      other than ``'auto'``.
     TypeError: for ``inputs`` that are not arrays (a shape, a ``jax.ShapeDtypeStruct``),
       or a linen module or NNX ``GraphDef`` given as ``target``.
 
@@ -88,6 +92,9 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
                     'linen module goes in `model=`, with its variables first.')
   if inputs is not None:
     _export.check_inputs(inputs)
+  if boundary.is_nnx_state(target) and model is None and inputs is not None:
+    raise ValueError('pcs.export: an nnx.State holds no model to run on `inputs`; pass the '
+                     'nnx.Module itself, pcs.export(model, inputs=x).')
   if boundary.is_nnx_module(target):
     if model is not None:
       raise ValueError('pcs.export: an nnx.Module is its own model; pass `model` only with '
@@ -110,10 +117,14 @@ def load(file, model: Any = None):
       overwritten with the saved ones (as :func:`pcs.sparse.nnx.sparsify` makes it).
 
   Raises:
+    TypeError: for a class given as ``model`` (an instance is needed).
     ValueError: if the file is truncated, not a pcs export, of another version, or
       altered (an array whose SHA-256 differs from the manifest's, or an invalid layout);
       for an ``nnx.Module``, if a saved variable has no counterpart of its shape.
   """
+  if isinstance(model, type):
+    raise TypeError(f'pcs.sparse.load: `model` is the class {model.__name__}; pass an instance '
+                    '(for NNX a newly built one, e.g. Model(rngs=nnx.Rngs(0))).')
   variables, exported = _artifact.load(file)
   if boundary.is_nnx_module(model):
     from pcs.sparse import nnx as sparse_nnx  # pylint: disable=g-import-not-at-top

@@ -79,9 +79,10 @@ class LayerInput(NamedTuple):
 
 
 class LayerChoice(NamedTuple):
-  """One layer's export decision (``format``: ``'csr'``, ``'n_m'`` or ``'dense'``) and
-  the digest of the kernel it was made from (:func:`kernel_digest`; None in files saved
-  before it was kept)."""
+  """One layer's export decision (``format``: ``'csr'``, ``'n_m'`` or ``'dense'``), the
+  digest of the kernel it was made from (:func:`kernel_digest`) and, where a batch norm
+  was folded into it, of the other values the fold read
+  (:func:`pcs.sparse._folding.fold_digest`); None in files saved before each was kept."""
   path: Path
   kernel_shape: Tuple[int, ...]
   sparsity: float
@@ -90,6 +91,7 @@ class LayerChoice(NamedTuple):
   sparse_ms: Optional[float]
   reason: str
   kernel_digest: Optional[str] = None
+  fold_digest: Optional[str] = None
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=['bias'],
@@ -159,7 +161,8 @@ class Exported(Mapping):
 
     Raises:
       ValueError: if a layer exported sparse holds another kernel in ``variables`` (or in
-        the NNX model) than the one exported (:func:`check_kernels`), or (NNX) if the
+        the NNX model) than the one exported, or another bias or batch norm folded into
+        it (:func:`check_kernels`), or (NNX) if the
         call updates the model's state, as in training mode
         (:func:`pcs.sparse.nnx.bind`).
     """
@@ -175,8 +178,15 @@ class Exported(Mapping):
       raise ValueError('Exported.bind: a linen model needs its `variables` '
                        "({'params': ..., 'batch_stats': ...}).")
     if isinstance(variables, Mapping) and 'params' in variables:  # else sparse_apply says
-      check_kernels(self, lambda path: _at(variables['params'], path + ('kernel',)),
-                    'Exported.bind')
+      params, stats = variables['params'], variables.get('batch_stats', {})
+
+      def fold_at(path, norm):
+        mean, var = _at(stats, norm + ('mean',)), _at(stats, norm + ('var',))
+        return None if mean is None or var is None else (
+            _at(params, path + ('bias',)), mean, var, _at(params, norm + ('scale',)),
+            _at(params, norm + ('bias',)))
+      check_kernels(self, lambda path: _at(params, path + ('kernel',)), 'Exported.bind',
+                    fold_at)
     from pcs.sparse import linen  # pylint: disable=g-import-not-at-top
     return linen.bind(model, variables, self, **call_kwargs)
 
@@ -234,26 +244,37 @@ def kernel_digest(kernel: Any) -> str:
   return digest.hexdigest()
 
 
-def check_kernels(exported: 'Exported', kernel_at: Callable[[Path], Any], who: str) -> None:
-  """Checks that each layer ``exported`` runs sparse was exported from the kernel the
-  model now holds (``kernel_at(path)``; None where it holds none, as after
-  :func:`pcs.sparse.load`). Otherwise the model would compute with the exported copy of
-  that kernel and the current values of everything else. A kernel of another shape is
-  left to the checks that the model is the exported one; batch norm statistics folded
-  into a layer are not checked.
+def check_kernels(exported: 'Exported', kernel_at: Callable[[Path], Any], who: str,
+                  fold_at: Optional[Callable[[Path, Path], Optional[Tuple]]] = None) -> None:
+  """Checks that each layer ``exported`` runs sparse was exported from the values the
+  model now holds: its kernel (``kernel_at(path)``; None where it holds none, as after
+  :func:`pcs.sparse.load`) and, where a batch norm was folded into it, the layer's bias
+  and that norm's statistics, scale and offset (``fold_at(layer path, norm path)``: the
+  arguments of :func:`pcs.sparse._folding.fold_digest`, or None where the model holds no
+  such norm). Otherwise the model would compute with the exported copies of those and the
+  current values of everything else, as after recalibrating the batch norms. A kernel of
+  another shape is left to the checks that the model is the exported one.
 
   Raises:
-    ValueError: naming the layers whose kernels changed after the export.
+    ValueError: naming the layers whose kernels, or folded values, changed after the export.
   """
   changed = []
   for c in exported.choices:
-    if c.path in exported.weights and c.kernel_digest is not None:
-      kernel = kernel_at(c.path)
-      if (kernel is not None and tuple(np.shape(kernel)) == tuple(c.kernel_shape)
-          and kernel_digest(kernel) != c.kernel_digest):
-        changed.append(paths.layer_name(c.path))
+    if c.path not in exported.weights:
+      continue
+    kernel = kernel_at(c.path) if c.kernel_digest is not None else None
+    if (kernel is not None and tuple(np.shape(kernel)) == tuple(c.kernel_shape)
+        and kernel_digest(kernel) != c.kernel_digest):
+      changed.append(paths.layer_name(c.path))
+      continue
+    norm = exported.epilogue(c.path).norm
+    held = (None if fold_at is None or norm is None or c.fold_digest is None
+            else fold_at(c.path, norm))
+    if held is not None and folding.fold_digest(*held) != c.fold_digest:
+      changed.append(f'{paths.layer_name(c.path)} (the bias or batch norm '
+                     f'{paths.layer_name(norm)} folded into it)')
   if changed:
-    raise ValueError(f'{who}: the kernels of {changed} are not the ones exported (the weights '
+    raise ValueError(f'{who}: the weights of {changed} are not the ones exported (they '
                      'changed after pcs.export, or they are another model\'s); export again '
                      'from these weights.')
 
@@ -447,7 +468,8 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
   Raises:
     ValueError: for a tree with no exportable kernel (naming the accepted kinds), an
       unknown ``format``, a kernel without the ``n_m`` pattern, or a ``fuse_relu`` that
-      is neither ``'auto'`` nor a list of the layers the export takes.
+      is neither ``'auto'`` nor a list of the layers the export takes, or that names
+      layers without ``find_relus`` (no model to check them on).
   """
   if format not in FORMATS:
     raise ValueError(f'`format` must be one of {FORMATS}; got {format!r}.')
@@ -465,6 +487,12 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     raise ValueError(f'pcs.export found no Dense/Conv kernel (a leaf named "kernel" with '
                      f'ndim >= 2) in the tree it was given; it accepts {ACCEPTED}.')
   relu = _relu_paths(fuse_relu, kernels)  # 'auto': none yet; a wrong name fails first
+  if relu and find_relus is None:
+    raise ValueError(f'`fuse_relu` names {sorted(paths.layer_name(p) for p in relu)}, but '
+                     'without the model and an example input (`inputs=`) the export cannot '
+                     'check that their outputs only go through a ReLU (a layer whose output '
+                     'is read otherwise would compute wrong values). Pass them, or leave '
+                     "fuse_relu='auto'.")
   threshold = 1.0 / (1.0 - margin)
   compressed: Dict[Path, _Compressed] = {}
   chosen: Dict[Path, LayerChoice] = {}
@@ -472,25 +500,27 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     name = paths.layer_name(path)
     if kernel.dtype != np.float32:
       raise TypeError(f'pcs.export: the kernel of {name} is {kernel.dtype}; the sparse '
-                      'kernels compute in float32.')
+                      'kernels compute in float32. Export a float32 copy of the weights; '
+                      '`exported.astype(jnp.bfloat16)` then stores the values in bfloat16.')
     shape, sparsity = tuple(kernel.shape), float(1.0 - np.count_nonzero(kernel) / kernel.size)
-    digest = kernel_digest(kernel)
+    digests: Tuple[str, ...] = (kernel_digest(kernel),)
     matrix, why = as_matrix(kernel, path, layouts)
     if unsupported and path in unsupported:
       matrix, why = None, unsupported[path]
     if matrix is None:
-      chosen[path] = LayerChoice(path, shape, sparsity, 'dense', None, None, why, digest)
+      chosen[path] = LayerChoice(path, shape, sparsity, 'dense', None, None, why, *digests)
       continue
     norm = (norms or {}).get(path)
     folded = Epilogue()
     if norm is not None:
       matrix, bias = folding.fold(matrix, _bias(params, path), norm)
       folded = jax.device_put(Epilogue(bias, norm.norm))
+      digests += (folding.fold_digest(_bias(params, path), *norm.source),)
     name = f'{name} (kernel {shape}' + (  # an error names the kernel the user knows
         f', as its {matrix.shape[0]} x {matrix.shape[1]} matrix)'
         if matrix.shape != kernel.shape else ')')
     compressed[path] = _Compressed(matrix, jax.device_put(formats.compress(matrix, n_m, name)),
-                                   folded, shape, sparsity, digest)
+                                   folded, shape, sparsity, digests)
   if find_relus is not None and fuse_relu == 'auto':  # traced with every layer it can
     trial = Exported(                                   # take sparse, folded
         weights={p: c.layer for p, c in compressed.items()}, choices=(),
@@ -498,14 +528,14 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     relu = _relu_paths(relu_lib.resolve(fuse_relu, functools.partial(find_relus, trial)),
                        kernels)
   exported, epilogues = {}, {}
-  for path, (kernel, layer, folded, shape, sparsity, digest) in compressed.items():
+  for path, (kernel, layer, folded, shape, sparsity, digests) in compressed.items():
     if folded.norm is not None or path in relu:
       epilogues[path] = dataclasses.replace(folded, activation='relu' if path in relu else None)
     kind = layer.name
     if format != 'auto':
       exported[path] = layer
       chosen[path] = LayerChoice(path, shape, sparsity, kind, None, None, f'format={format!r}',
-                                 digest)
+                                 *digests)
       continue
     layer_input = (layer_inputs or {}).get(path)
     if layer_input is None:
@@ -523,7 +553,7 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
         measured.sparse_ms,
         f'{measured.describe()} at input {"x".join(map(str, layer_input.shape))}, on '
         f'{"the calling thread" if layer.threads == formats.THREADS_CALLER else "the pool"}',
-        digest)
+        *digests)
   choices = [chosen[path] for path in kernels]
   if format != 'auto' or compare_model is None:
     return _exported(exported, epilogues, choices)
@@ -533,13 +563,14 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
 class _Compressed(NamedTuple):
   """A kernel the export can run sparse: its matrix (batch norm folded in), that matrix
   compressed, the fold's :class:`Epilogue` (empty without one), the kernel's shape, its
-  sparsity and its :func:`kernel_digest`."""
+  sparsity and its digests (:func:`kernel_digest`, and with a fold
+  :func:`pcs.sparse._folding.fold_digest`)."""
   matrix: np.ndarray
   layer: Any
   folded: Epilogue
   shape: Tuple[int, ...]
   sparsity: float
-  digest: str
+  digests: Tuple[str, ...]
 
 
 def _relu_paths(fuse_relu: Any, kernels: Dict[Path, np.ndarray]) -> Set[Path]:

@@ -15,6 +15,7 @@ b', and make that batch norm the identity when the model runs. The sums are take
 float64 and rounded once to float32.
 """
 
+import hashlib
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -26,10 +27,12 @@ Path = Tuple
 
 class NormFold(NamedTuple):
   """A batch norm to fold into a layer: its path, s = gamma / sqrt(var + eps) and
-  t = beta - mu s (so z = y s + t)."""
+  t = beta - mu s (so z = y s + t), and the values they came from, ``(mean, var, gamma,
+  beta)`` as the model holds them (None where it has none; :func:`fold_digest`)."""
   norm: Path
   scale: np.ndarray
   shift: np.ndarray
+  source: Tuple = ()
 
 
 def norm_fold(norm: Path, mean, var, epsilon: float, scale=None, offset=None) -> NormFold:
@@ -40,7 +43,23 @@ def norm_fold(norm: Path, mean, var, epsilon: float, scale=None, offset=None) ->
   gamma = np.ones_like(mean) if scale is None else np.asarray(scale, np.float64)
   beta = np.zeros_like(mean) if offset is None else np.asarray(offset, np.float64)
   s = gamma / np.sqrt(var + float(epsilon))
-  return NormFold(tuple(norm), s, beta - mean * s)
+  return NormFold(tuple(norm), s, beta - mean * s, (mean, var, scale, offset))
+
+
+def fold_digest(bias, mean, var, scale, offset) -> str:
+  """A digest (BLAKE2b, 128 bits) of what a fold reads besides the kernel: the layer's
+  ``bias`` and the norm's running ``mean`` and ``var``, ``scale`` (gamma) and ``offset``
+  (beta), each's shape and float32 values, None where the model has none. A layer's
+  folded bias b' = (b - mean) s + beta changes with any of them."""
+  digest = hashlib.blake2b(digest_size=16)
+  for value in (bias, mean, var, scale, offset):
+    if value is None:
+      digest.update(b'none;')
+      continue
+    values = np.ascontiguousarray(value, np.float32)
+    digest.update(repr(values.shape).encode())
+    digest.update(values.data)
+  return digest.hexdigest()
 
 
 def fold(kernel: np.ndarray, bias: Optional[np.ndarray],

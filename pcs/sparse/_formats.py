@@ -341,7 +341,7 @@ def nm(kernel: np.ndarray, n: int, m: int, name: Optional[str] = None) -> NM:
   channels = kernel.shape[-2] if kernel.ndim > 1 else kernel.shape[0]
   if channels % m:
     raise ValueError(f'`n_m`=({n}, {m}): {name} has {channels} input channels, not a multiple '
-                     f'of M={m}.')
+                     f'of M={m}; leave it out (pcs.export(..., where=...)) to keep it dense.')
   matrix_t = _matrix_t(kernel)
   groups = matrix_t.reshape(matrix_t.shape[0], -1, m)
   densest = int(np.count_nonzero(groups, axis=-1).max(initial=0))

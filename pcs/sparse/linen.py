@@ -178,8 +178,10 @@ def export_model(tree: Any, *, model: Any = None, inputs: Any = None,
   a params tree without a model (an NNX state too)."""
   call_kwargs = call_kwargs or {}
   if (model is None) != (inputs is None):
-    raise ValueError('pcs.export: `model` and `inputs` go together (the layers are '
-                     'measured at the inputs the model gives them).')
+    raise ValueError('pcs.export: `model` and `inputs` go together: on an example input the '
+                     'export reads each layer\'s input shape, finds the batch norms to fold '
+                     'and the ReLUs to fuse, and checks the result against the dense model. '
+                     'Pass both, or neither (the kernels alone, without folding or fusing).')
   if model is None:
     if isinstance(tree, Mapping) and isinstance(tree.get('params'), Mapping):
       tree = tree['params']  # a model's variables: the layers are its params' paths
@@ -259,12 +261,16 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
   kernel (with its bias, or the folded bias of a batch norm, and a fused ReLU in the
   product); a folded ``nn.BatchNorm`` returns that layer's output as it is; all other
   layers run as usual. Jittable: ``exported`` is a pytree. For inference: a folded
-  batch norm must run with its running statistics.
+  batch norm must run with its running statistics. The exported layers compute with the
+  kernels (and folded biases) of the export, whatever ``variables`` holds for them: this
+  function, which runs under the caller's trace, does not compare them (``exported.bind``
+  does, once, when it binds the weights).
 
   Raises:
     ValueError: if an exported kernel's shape differs from the layer's, an exported
-      layer is not a Dense/Conv call of ``model`` (a mismatched model/export pair), or a
-      folded batch norm is called in training mode.
+      layer is not a Dense/Conv call of ``model`` (a mismatched model/export pair), a
+      folded batch norm is called in training mode, or the call updates an immutable
+      collection (training mode).
 
   Example:
     >>> import jax.numpy as jnp, flax.linen as nn, pcs
@@ -330,8 +336,15 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
       folded_outputs.append(y)
     return y
 
-  with nn.intercept_methods(interceptor):
-    out = model.apply(variables, *args, **kwargs)
+  try:
+    with nn.intercept_methods(interceptor):
+      out = model.apply(variables, *args, **kwargs)
+  except extras.require('flax.errors', 'pcs.sparse_apply').ModifyScopeVariableError as error:
+    raise ValueError(f'pcs: the model\'s call updates its variables, as in training mode '
+                     f'({error}); the exported model runs for inference: call it in inference '
+                     "mode (`train=False` to bind or sparse_apply; call_kwargs={'train': False} "
+                     'to pcs.export), or pass `mutable=[...]` to sparse_apply for a cache.'
+                     ) from error
   missing = [p for p in exported if p not in used]
   if missing:
     raise ValueError(f'pcs: exported layers '

@@ -437,8 +437,9 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
 
   Raises:
     ValueError: if ``exported`` names a layer the model lacks or of another shape, or
-      one whose kernel in ``model`` is not the one exported (the weights changed after
-      the export: :func:`pcs.sparse._export.check_kernels`).
+      one whose kernel in ``model`` is not the one exported, nor the bias and batch norm
+      folded into it (the weights changed after the export:
+      :func:`pcs.sparse._export.check_kernels`).
 
   Example:
     >>> import jax.numpy as jnp, pcs
@@ -458,10 +459,17 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
   if not isinstance(exported, _export.Exported):
     raise TypeError(f'`exported` must come from pcs.export; got {type(exported).__name__}.')
   nodes = {tuple(path): node for path, node in nnx.iter_graph(model)}
-  _export.check_kernels(
-      exported, lambda path: (nodes[path].kernel.get_value() if isinstance(
-          getattr(nodes.get(path), 'kernel', None), nnx.Variable) else None),
-      'pcs.sparse.nnx.sparsify')
+
+  def value(path, name):  # None where the model holds no such variable
+    variable = getattr(nodes.get(path), name, None)
+    return variable.get_value() if isinstance(variable, nnx.Variable) else None
+
+  def fold_at(path, norm):
+    return None if value(norm, 'mean') is None else (
+        value(path, 'bias'), value(norm, 'mean'), value(norm, 'var'), value(norm, 'scale'),
+        value(norm, 'bias'))
+  _export.check_kernels(exported, lambda path: value(path, 'kernel'),
+                        'pcs.sparse.nnx.sparsify', fold_at)
   return _swapped(model, exported)
 
 

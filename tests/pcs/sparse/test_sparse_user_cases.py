@@ -167,7 +167,7 @@ def test_bind_refuses_weights_changed_after_the_export(tmp_path):
   exported = pcs.export(variables, format='csr')
   changed = {**variables, 'params': {**variables['params'], 'Dense_1': jax.tree.map(
       lambda v: 2.0 * v, variables['params']['Dense_1'])}}
-  with pytest.raises(ValueError, match=r"Exported.bind: the kernels of \['Dense_1'\] are not "
+  with pytest.raises(ValueError, match=r"Exported.bind: the weights of \['Dense_1'\] are not "
                      'the ones exported'):
     exported.bind(model, changed)
   # The bias alone changed: the export holds no copy of it, so the call takes the new one.
@@ -185,8 +185,74 @@ def test_bind_refuses_weights_changed_after_the_export(tmp_path):
   net = _nnx_model(0)
   nnx_exported = pcs.export(net, format='csr')
   net.out.kernel.set_value(net.out.kernel.get_value() + 1.0)
-  with pytest.raises(ValueError, match=r"sparsify: the kernels of \['out'\]"):
+  with pytest.raises(ValueError, match=r"sparsify: the weights of \['out'\]"):
     nnx_exported.bind(net)
+
+
+class NormNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.BatchNorm(use_running_average=True)(nn.Dense(16)(x))
+    return nn.Dense(3)(nn.relu(y))
+
+
+def _changed(variables, collection, path, value):
+  """``variables`` with the leaf at ``collection/path`` replaced by ``value``."""
+  out = jax.tree.map(lambda v: v, variables)  # a copy of the nested dicts
+  node = out[collection]
+  for key in path[:-1]:
+    node = node[key]
+  node[path[-1]] = value
+  return out
+
+
+def test_bind_refuses_a_batch_norm_or_bias_changed_after_it_was_folded(tmp_path):
+  x = jax.random.normal(jax.random.key(1), (4, 8))
+  model = NormNet()
+  variables = _pruned(model, x)
+  exported = pcs.export(variables, model=model, inputs=x, format='csr')
+  assert exported.folded_norms == {('BatchNorm_0',): ('Dense_0',)}
+  refused = r"the weights of \['Dense_0 \(the bias or batch norm BatchNorm_0 folded into it\)'\]"
+  for collection, path in (('batch_stats', ('BatchNorm_0', 'mean')),  # recalibrated
+                           ('batch_stats', ('BatchNorm_0', 'var')),
+                           ('params', ('BatchNorm_0', 'scale')),
+                           ('params', ('BatchNorm_0', 'bias')),
+                           ('params', ('Dense_0', 'bias'))):
+    changed = _changed(variables, collection, path, jnp.full((16,), 0.7))
+    with pytest.raises(ValueError, match=refused):
+      exported.bind(model, changed)
+  # A bias nothing was folded into is read on each call: the new one is used.
+  changed = _changed(variables, 'params', ('Dense_1', 'bias'), jnp.full((3,), 2.0))
+  np.testing.assert_allclose(exported.bind(model, changed)(x), model.apply(changed, x),
+                             rtol=1e-4, atol=1e-4)
+  # A saved export keeps the norm and the bias: loaded, it binds to what it saved.
+  path = str(tmp_path / 'norm')
+  pcs.sparse.save(path, exported, variables)
+  loaded, again = pcs.sparse.load(path)
+  np.testing.assert_allclose(again.bind(model, loaded)(x), model.apply(variables, x),
+                             rtol=1e-4, atol=1e-4)
+  # NNX: the statistics of the norm folded into `fc` recalibrated after the export.
+  net = _nnx_model(0)
+  nnx_exported = pcs.export(net, inputs=x, format='csr')
+  assert nnx_exported.folded_norms == {('norm',): ('fc',)}
+  pcs.sparse.nnx.sparsify(net, nnx_exported)  # unchanged: accepted
+  net.norm.mean.set_value(net.norm.mean.get_value() + 0.1)
+  with pytest.raises(ValueError, match=r"sparsify: the weights of \['fc \(the bias or batch "
+                     r"norm norm folded into it\)'\]"):
+    nnx_exported.bind(net)
+
+
+def test_fuse_relu_names_are_refused_where_the_export_cannot_check_them():
+  model = Mlp()
+  variables = _pruned(model, jnp.ones((2, 8)))
+  with pytest.raises(ValueError, match=r"`fuse_relu` names \['Dense_1'\], but without the "
+                     'model and an example input'):
+    pcs.export(variables, format='csr', fuse_relu=['Dense_1'])  # the logits: no ReLU after
+  with pytest.raises(ValueError, match=r"`fuse_relu` names \['out'\]"):
+    pcs.export(_nnx_model(0), format='csr', fuse_relu=['out'])
+  exported = pcs.export(variables, format='csr', fuse_relu=[])  # none named: nothing to check
+  assert not exported.epilogues
 
 
 def test_nnx_bind_refuses_a_model_in_training_mode():
@@ -228,3 +294,37 @@ def test_an_n_m_refusal_names_the_kernel_as_the_model_holds_it():
     pcs.export({'attn': {'query': {'kernel': dense_query}}}, format='n_m', n_m=(2, 4))
   with pytest.raises(ValueError, match=r'Dense_0 \(kernel \(6, 4\)\) has 6 input channels'):
     pcs.export({'Dense_0': {'kernel': np.ones((6, 4), np.float32)}}, format='n_m', n_m=(2, 4))
+
+
+class TrainByDefault(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):  # as Flax's examples write it
+    y = nn.BatchNorm(use_running_average=not train)(nn.Dense(16)(x))
+    return nn.Dense(3)(nn.relu(y))
+
+
+def test_a_call_in_training_mode_is_named_with_the_argument_that_fixes_it():
+  x = jnp.ones((2, 8))
+  model = TrainByDefault()
+  variables = model.init(jax.random.key(0), x, train=False)
+  exported = pcs.export(variables['params'], format='csr')  # nothing folded
+  with pytest.raises(ValueError, match=r"updates its variables, as in training mode.*"
+                     r"`train=False` to bind or sparse_apply"):
+    pcs.sparse_apply(model, variables, exported, x)
+  np.testing.assert_allclose(pcs.sparse_apply(model, variables, exported, x, train=False),
+                             model.apply(variables, x, train=False), rtol=1e-5, atol=1e-5)
+
+
+def test_an_nnx_state_with_inputs_a_class_to_load_and_bfloat16_kernels_are_named(tmp_path):
+  model, x = _nnx_model(0), jnp.ones((2, 8))
+  with pytest.raises(ValueError, match=r'an nnx.State holds no model.*pcs.export\(model, '
+                     r'inputs=x\)'):
+    pcs.export(nnx.state(model, nnx.Param), inputs=x)
+  path = str(tmp_path / 'net')
+  pcs.sparse.save(path, pcs.export(model, format='csr'), nnx.state(model, nnx.Param, nnx.BatchStat))
+  with pytest.raises(TypeError, match=r'`model` is the class NnxNormNet; pass an instance'):
+    pcs.sparse.load(path, NnxNormNet)
+  half = {'Dense_0': {'kernel': jnp.ones((8, 4), jnp.bfloat16)}}
+  with pytest.raises(TypeError, match=r'is bfloat16.*float32 copy.*astype\(jnp.bfloat16\)'):
+    pcs.export(half, format='csr')
