@@ -156,14 +156,28 @@ class SparseConv(_SparseLayer):
 
 
 class FoldedNorm(nnx.Module):
-  """An ``nnx.BatchNorm`` folded into the layer before it (``source_path``): the identity."""
+  """An ``nnx.BatchNorm`` folded into the layer before it (``source_path``): the identity,
+  in inference mode only. Its ``use_running_average`` follows the model's mode
+  (``model.train()`` sets it False, ``model.eval()`` True), as the norm's did.
 
-  def __init__(self, source_path: Tuple, norm_path: Tuple):
+  Raises:
+    ValueError: when called in training mode, where the norm would normalize with the
+      batch's statistics, not the running ones folded into the layer.
+  """
+
+  def __init__(self, source_path: Tuple, norm_path: Tuple,
+               use_running_average: Optional[bool]):
     self.source_path = tuple(source_path)
     self.norm_path = tuple(norm_path)
+    self.use_running_average = use_running_average
 
-  def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
-    del args, kwargs  # use_running_average, mask: the folded norm ran with its statistics
+  def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None,
+               **kwargs) -> jax.Array:
+    del kwargs  # mask: a folded norm ran without one
+    if not (self.use_running_average if use_running_average is None else use_running_average):
+      raise ValueError(f'pcs.sparse.nnx: the batch norm {paths.layer_name(self.norm_path)} is '
+                       f'folded into {paths.layer_name(self.source_path)}; it runs in '
+                       'inference mode only (call model.eval() on the sparse model).')
     return x
 
 
@@ -297,7 +311,7 @@ def _swapped(model, exported: _export.Exported):
       raise ValueError(f'pcs.sparse.nnx: the batch norm {paths.path_name(norm)} folded '
                        'into the export is not an nnx.BatchNorm of this model; the export '
                        'belongs to another model.')
-    _replace(model, norm, FoldedNorm(path, norm))
+    _replace(model, norm, FoldedNorm(path, norm, norms[norm].use_running_average))
   return model
 
 

@@ -328,3 +328,20 @@ def test_an_nnx_state_with_inputs_a_class_to_load_and_bfloat16_kernels_are_named
   half = {'Dense_0': {'kernel': jnp.ones((8, 4), jnp.bfloat16)}}
   with pytest.raises(TypeError, match=r'is bfloat16.*float32 copy.*astype\(jnp.bfloat16\)'):
     pcs.export(half, format='csr')
+
+
+def test_an_nnx_folded_norm_refuses_training_mode_as_the_linen_one_does():
+  model, x = _nnx_model(0), jax.random.normal(jax.random.key(1), (4, 8))
+  exported = pcs.export(model, inputs=x, format='csr')  # in eval mode: the norm folds
+  sparse = pcs.sparse.nnx.sparsify(model, exported)
+  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-4, atol=1e-4)
+  folded = r'the batch norm norm is folded into fc; it runs in inference mode only'
+  sparse.train()  # the dense model would normalize with the batch's statistics
+  with pytest.raises(ValueError, match=folded):
+    sparse(x)
+  model.train()  # a model in training mode, with an export made in inference mode
+  with pytest.raises(ValueError, match=folded):
+    pcs.sparse.nnx.sparsify(model, exported)(x)
+  sparse.eval()
+  model.eval()
+  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-4, atol=1e-4)
