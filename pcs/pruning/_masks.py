@@ -134,10 +134,10 @@ def _n_m_layout(name: str, shape: Tuple[int, ...], m: int, layouts: dict):
   if layout is None:
     raise ValueError(
         f'`n_m`: the input axes of {name}, of shape {shape}, are not known from its shape '
-        f'or name: a {len(shape)}-D kernel may be a conv kernel (*window, in, out), whose '
-        f'input axis is -2 (of size {shape[-2]}), or a DenseGeneral / LinearGeneral kernel '
-        '(*in, *out), such as an attention projection (in, heads, head_dim), whose input '
-        'axes lead. Pass `layouts=pcs.kernel_layouts(model)` (linen: '
+        f'or name: a {len(shape)}-D conv kernel (*window, in, out) reads its input on '
+        f'axis -2 (of size {shape[-2]}), a DenseGeneral / LinearGeneral kernel (*in, *out), '
+        'such as an attention projection (in, heads, head_dim), on its leading axes. Pass '
+        '`layouts=pcs.kernel_layouts(model)` (linen: '
         '`pcs.kernel_layouts(model, x)`), or for this leaf `layouts={'
         f"'{name}': pcs.KernelLayout(in_axes=..., out_axes=..., window_axes=...)}}`.")
   fan_in = int(np.prod([shape[a] for a in layout.in_axes]))

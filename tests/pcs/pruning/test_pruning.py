@@ -177,7 +177,8 @@ def test_prune_under_jit_with_a_traced_sparsity():
     (lambda p: pcs.prune(p, n_m=2), '`n_m`'),
     # A 4-D kernel named neither as a conv nor as an attention projection.
     (lambda p: pcs.prune({'block': {'c1': {'kernel': jnp.ones((3, 3, 8, 8))}}}, n_m=(2, 4)),
-     r'input axes of block/c1/kernel.*a 4-D kernel may be a conv kernel.*pcs.kernel_layouts'),
+     r'input axes of block/c1/kernel.*a 4-D conv kernel .* reads its input on axis -2 .*'
+     r'DenseGeneral.*pcs.kernel_layouts'),
     (lambda p: pcs.apply_masks(p, {'conv': True}), '`masks` must have the structure'),
     (lambda p: pcs.keep_masked(optax.sgd(0.1), jax.tree.map(
         lambda x: jnp.ones(x.shape[:1], bool), p)).init(p), 'must be a bool array of shape'),
