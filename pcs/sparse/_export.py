@@ -178,7 +178,8 @@ class Exported(Mapping):
       raise ValueError('Exported.bind: a linen model needs its `variables` '
                        "({'params': ..., 'batch_stats': ...}).")
     if isinstance(variables, Mapping) and 'params' in variables:  # else sparse_apply says
-      params, stats = variables['params'], variables.get('batch_stats', {})
+      params = boundary.plain(variables['params'])  # plain once: `_at` looks up many
+      stats = boundary.plain(variables.get('batch_stats', {}))
 
       def fold_at(path, norm):
         mean, var = _at(stats, norm + ('mean',)), _at(stats, norm + ('var',))
@@ -395,8 +396,9 @@ def _measure(kernel: np.ndarray, layer, layer_input: LayerInput,
 
 
 def _at(tree: Any, path: Path) -> Any:
-  """The leaf of nested mappings ``tree`` at ``path``; None where there is none."""
-  node = boundary.plain(tree)
+  """The leaf of nested mappings ``tree`` (plain: :func:`pcs.core._boundary.plain`) at
+  ``path``; None where there is none."""
+  node = tree
   for key in path:
     if not isinstance(node, Mapping) or key not in node:
       return None
@@ -482,6 +484,7 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     raise ValueError(f'`batch_size` must be an integer >= 1; got {batch_size!r}.')
   if not 0.0 <= margin < 1.0:
     raise ValueError(f'`margin` must lie in [0, 1); got {margin!r}.')
+  params = boundary.plain(params)  # once: each layer's bias is looked up in it
   kernels = kernels_of(params, where)
   if not kernels:
     raise ValueError(f'pcs.export found no Dense/Conv kernel (a leaf named "kernel" with '
@@ -513,9 +516,10 @@ def export_kernels(params: Any, *, format: str = 'auto',  # pylint: disable=rede
     norm = (norms or {}).get(path)
     folded = Epilogue()
     if norm is not None:
-      matrix, bias = folding.fold(matrix, _bias(params, path), norm)
+      own_bias = _bias(params, path)
+      matrix, bias = folding.fold(matrix, own_bias, norm)
       folded = jax.device_put(Epilogue(bias, norm.norm))
-      digests += (folding.fold_digest(_bias(params, path), *norm.source),)
+      digests += (folding.fold_digest(own_bias, *norm.source),)
     name = f'{name} (kernel {shape}' + (  # an error names the kernel the user knows
         f', as its {matrix.shape[0]} x {matrix.shape[1]} matrix)'
         if matrix.shape != kernel.shape else ')')

@@ -425,15 +425,25 @@ def export_module(model, *, inputs: Any = None,
   return exported
 
 
+def _variable(node, name: str) -> Any:
+  """The value of ``node``'s variable ``name``; None where it has none (no node, or an
+  attribute that is no ``nnx.Variable``, as a batch norm's scale without ``use_scale``)."""
+  variable = getattr(node, name, None)
+  return variable.get_value() if isinstance(variable, nnx.Variable) else None
+
+
+def _norm_values(norm) -> Tuple:
+  """``(mean, var, scale, bias)`` of an ``nnx.BatchNorm``, None where it has none."""
+  return tuple(_variable(norm, name) for name in ('mean', 'var', 'scale', 'bias'))
+
+
 def _norm_folds(model, norms: Dict[Tuple, Tuple]) -> Dict[Tuple, folding.NormFold]:
   """The :class:`NormFold` of every batch norm found, from ``model``'s own."""
   nodes = {tuple(path): node for path, node in nnx.iter_graph(model)}
-  value = lambda v: None if v is None else v.get_value()
   out = {}
   for layer, path in norms.items():
-    norm = nodes[path]
-    out[layer] = folding.norm_fold(path, value(norm.mean), value(norm.var), norm.epsilon,
-                                   value(norm.scale), value(norm.bias))
+    mean, var, scale, bias = _norm_values(nodes[path])
+    out[layer] = folding.norm_fold(path, mean, var, nodes[path].epsilon, scale, bias)
   return out
 
 
@@ -474,15 +484,10 @@ def sparsify(model, exported: Optional[_export.Exported] = None, **export_kwargs
     raise TypeError(f'`exported` must come from pcs.export; got {type(exported).__name__}.')
   nodes = {tuple(path): node for path, node in nnx.iter_graph(model)}
 
-  def value(path, name):  # None where the model holds no such variable
-    variable = getattr(nodes.get(path), name, None)
-    return variable.get_value() if isinstance(variable, nnx.Variable) else None
-
   def fold_at(path, norm):
-    return None if value(norm, 'mean') is None else (
-        value(path, 'bias'), value(norm, 'mean'), value(norm, 'var'), value(norm, 'scale'),
-        value(norm, 'bias'))
-  _export.check_kernels(exported, lambda path: value(path, 'kernel'),
+    held = _norm_values(nodes.get(norm))
+    return None if held[0] is None else (_variable(nodes.get(path), 'bias'), *held)
+  _export.check_kernels(exported, lambda path: _variable(nodes.get(path), 'kernel'),
                         'pcs.sparse.nnx.sparsify', fold_at)
   return _swapped(model, exported)
 
