@@ -86,3 +86,17 @@ def medians(calls, repeats, seed=0, min_seconds=MIN_SECONDS):
   out['spread'] = {k: float(np.subtract(*np.quantile(v, [0.75, 0.25])) / np.median(v))
                    for k, v in times.items()}
   return out
+
+
+# The ways a whole model's dense call is timed: its weights given as arguments (as a
+# training loop's state is), and closed over (jax then compiles them in as constants).
+DENSE_CALLS = {'dense': 'given its weights', 'dense closed over': 'closed over'}
+
+
+def over_dense(row, key: str, dense_keys=tuple(DENSE_CALLS)):
+  """``(speed-up, note)``: ``row[key]``'s speed-up over the fastest dense call ``row``
+  timed of ``dense_keys``; ``note`` names that call where ``row`` timed more than one."""
+  timed = [k for k in dense_keys if k in row]
+  fastest = min(timed, key=row.get)
+  note = f' (against dense {DENSE_CALLS[fastest]}, the faster)' if len(timed) > 1 else ''
+  return row[fastest] / row[key], note

@@ -40,10 +40,19 @@ def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
   return fields['model name'] + (f' ({"; ".join(detail)})' if detail else '')
 
 
+def cores() -> int:
+  """The cores this process may run on (its affinity, as ``taskset`` sets it; else every
+  core the machine has)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def describe() -> str:
   """``'AMD EPYC (family 25, model 17; AVX-512), 2 cores; 1 x cpu (cpu); Python 3.11.7,
   jax ..., optax ...; 2026-12-07'``."""
-  return (f'{cpu_model()}, {os.cpu_count()} cores; {jax.device_count()} x '
+  count = cores()
+  return (f'{cpu_model()}, {count} core{"s" if count != 1 else ""}; {jax.device_count()} x '
           f'{jax.devices()[0].device_kind} ({jax.default_backend()}); Python '
           f'{platform.python_version()}, jax {jax.__version__}, optax {optax.__version__}; '
           f'{time.strftime("%Y-%m-%d")}')

@@ -220,11 +220,12 @@ class Exported(Mapping):
 
   def summary(self) -> str:
     """A table: each layer, its shape and sparsity, the format kept and why."""
-    lines = [f'{"layer":<28} {"kernel":<18} {"sparsity":>8}  {"kept as":<7} reason']
-    for c in self.choices:
-      name = paths.layer_name(c.path)
-      lines.append(f'{name:<28} {"x".join(map(str, c.kernel_shape)):<18} '
-                   f'{100 * c.sparsity:7.1f}%  {c.format:<7} {c.reason}')
+    rows = [(paths.layer_name(c.path), 'x'.join(map(str, c.kernel_shape)),
+             f'{100 * c.sparsity:.1f}%', c.format, c.reason) for c in self.choices]
+    head = ('layer', 'kernel', 'sparsity', 'kept as', 'reason')
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    lines = [f'{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  '
+             f'{r[3]:<{widths[3]}}  {r[4]}' for r in [head] + rows]
     for path, e in self.epilogues.items():
       name = paths.layer_name(path)
       if e.norm is not None:

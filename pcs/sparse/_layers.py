@@ -51,16 +51,17 @@ def _float32(bias: Optional[jax.Array]) -> Optional[jax.Array]:
 
 
 def dense(x: jax.Array, weight, bias: Optional[jax.Array] = None,
-          activation: Optional[str] = None) -> jax.Array:
+          activation: Optional[str] = None, name: str = 'dense') -> jax.Array:
   """y = act(x W + b) for a compressed (fan_in, features) ``weight``; x: (..., fan_in).
 
   A bfloat16 or float16 ``x`` (as in a mixed-precision model) is computed in float32 and
-  the result returned in ``x``'s dtype, as the dense layer returns it.
+  the result returned in ``x``'s dtype, as the dense layer returns it. ``name``: the layer
+  the errors name (a model's adapter gives its path).
   """
   if len(weight.kernel_shape) != 2:
-    raise ValueError(f'dense: the kernel must be 2-D (fan_in, features); got '
+    raise ValueError(f'{name}: the kernel must be 2-D (fan_in, features); got '
                      f'{weight.kernel_shape}.')
-  _check_input(x, weight.fan_in, 'dense')
+  _check_input(x, weight.fan_in, name)
   x2 = x.reshape(-1, weight.fan_in).astype(jnp.float32)
   y = compiled.matmul(x2, weight, _float32(bias), activation)
   return y.reshape(x.shape[:-1] + (weight.features,)).astype(x.dtype)
@@ -156,7 +157,7 @@ def _im2col(x, weight, bias, window, strides, pads, activation):
 
 def conv(x: jax.Array, weight, bias: Optional[jax.Array] = None, *,
          strides: Union[int, Sequence[int]] = 1, padding: Padding = 'SAME',
-         activation: Optional[str] = None) -> jax.Array:
+         activation: Optional[str] = None, name: str = 'conv') -> jax.Array:
   """A channels-last convolution y = act(conv(x, W) + b) with the compressed ``weight``
   of shape ``(*window, in, features)``; x: ``(*batch, *spatial, in)``, any number of
   batch axes (none included), as Flax's ``Conv`` takes it.
@@ -164,15 +165,16 @@ def conv(x: jax.Array, weight, bias: Optional[jax.Array] = None, *,
   1-D and 2-D with at least ``MIN_DIRECT_POSITIONS`` output positions per image: the
   direct sparse convolution; else im2col, x^T = the stacked strided
   slices of the padded input, y^T = act(W^T x^T + b). Computed in float32; returned in
-  ``x``'s dtype (bfloat16 and float16 inputs as the dense layer takes them).
+  ``x``'s dtype (bfloat16 and float16 inputs as the dense layer takes them). ``name``:
+  the layer the errors name.
   """
   window = tuple(weight.kernel_shape[:-2])
   channels = weight.kernel_shape[-2]
   spatial = len(window)
-  _check_input(x, channels, 'conv')
+  _check_input(x, channels, name)
   dtype, x, bias = x.dtype, x.astype(jnp.float32), _float32(bias)
   if x.ndim < spatial + 1:
-    raise ValueError(f'conv: a {spatial}-D kernel needs input (*batch, *{spatial} spatial, '
+    raise ValueError(f'{name}: a {spatial}-D kernel needs input (*batch, *{spatial} spatial, '
                      f'C); got shape {x.shape}.')
   batch = x.shape[:x.ndim - spatial - 1]
   x = x.reshape((-1,) + x.shape[x.ndim - spatial - 1:])

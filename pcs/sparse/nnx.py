@@ -76,6 +76,11 @@ class _SparseLayer(nnx.Module):
     self.bias = None if bias is None else nnx.Param(bias)
 
   @property
+  def name(self) -> str:
+    """The path of the dense layer this one replaces, as errors name it."""
+    return paths.layer_name(self.source_path)
+
+  @property
   def layer(self) -> formats.Format:
     """The compressed weight (a :class:`pcs.sparse.CSR`, :class:`pcs.sparse.NM`, ...)."""
     return self.weights.get_value()
@@ -107,7 +112,8 @@ class SparseLinear(_SparseLayer):
   """``nnx.Linear`` with a compressed weight: y = x W + b."""
 
   def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
-    y = relu_lib.marked(layers.dense(self._input(x), self.layer, self._bias(), self.activation),
+    y = relu_lib.marked(layers.dense(self._input(x), self.layer, self._bias(), self.activation,
+                                     name=self.name),
                         self.source_path, self.activation == 'relu')
     self._record(x, y)
     return _sharded(y, out_sharding)
@@ -128,10 +134,14 @@ class SparseLinearGeneral(_SparseLayer):
     self.out_features = tuple(out_features)
 
   def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
-    lead = x.shape[:x.ndim - len(self.in_features)]
+    count = len(self.in_features)
+    if x.ndim < count or tuple(x.shape[x.ndim - count:]) != self.in_features:
+      raise ValueError(f'{self.name}: the input must end in axes {self.in_features}; got '
+                       f'shape {tuple(x.shape)}.')
+    lead = x.shape[:x.ndim - count]
     x = x.reshape(lead + (int(np.prod(self.in_features)),))
     self._record(x)
-    y = layers.dense(self._input(x), self.layer, self._bias(), self.activation)
+    y = layers.dense(self._input(x), self.layer, self._bias(), self.activation, name=self.name)
     y = relu_lib.marked(y.reshape(lead + self.out_features), self.source_path,
                         self.activation == 'relu')
     return _sharded(y, out_sharding)
@@ -149,7 +159,7 @@ class SparseConv(_SparseLayer):
   def __call__(self, x: jax.Array) -> jax.Array:
     options = {'strides': self.strides, 'padding': self.padding}
     y = layers.conv(self._input(x), self.layer, self._bias(), activation=self.activation,
-                    **options)
+                    name=self.name, **options)
     y = relu_lib.marked(y, self.source_path, self.activation == 'relu')
     self._record(x, y, options)
     return y
@@ -364,6 +374,27 @@ def bind(model, **call_kwargs) -> bound.BoundCall:
     >>> sparse_nnx.bind(sparse_nnx.sparsify(model, format='csr'))(jnp.ones((1, 2)))
     Array([[2., 1.]], dtype=float32)
   """
+  return _bound(model, call_kwargs, _BIND_UPDATES)
+
+
+_BIND_UPDATES = (
+    "pcs.sparse.nnx.bind: the call updates the model's state ({what}), as a dropout's RNG "
+    "count or a batch norm's statistics do in training mode. A bound call reads the state "
+    'and does not write it back (a dropout mask would repeat on every call): call '
+    "model.eval() first, or give the call's own flag in call_kwargs; for a call that must "
+    'update the model (a decoding cache), use nnx.jit.')
+_EXPORT_UPDATES = (
+    "pcs.export: the model's call with `inputs` and `call_kwargs` updates its state "
+    "({what}); the export times calls that only read it. Call model.eval() first (a "
+    "dropout's RNG count, a batch norm's statistics), or give the call's own flag in "
+    'call_kwargs. For a decoding cache, export the call without it (a prompt of the '
+    "decoding batch, `decode=False` or your model's flag): the sparse layers are the same "
+    'for a cached step, which the sparse model then runs as the dense one does.')
+
+
+def _bound(model, call_kwargs: Dict[str, Any], updates: str) -> bound.BoundCall:
+  """:func:`bind`, its refusal of a call that updates the state worded by ``updates``
+  (``{what}``: the variables the call changed)."""
   graphdef, state = nnx.split(model)
 
   def call(state, *args):
@@ -373,14 +404,7 @@ def bind(model, **call_kwargs) -> bound.BoundCall:
     after = jax.tree.leaves(nnx.state(model))
     if len(after) != len(before) or any(a is not b for (_, b), a in zip(before, after)):
       changed = [paths.path_name(path) for (path, b), a in zip(before, after) if a is not b]
-      what = changed or 'new variables'
-      raise ValueError(
-          f"pcs.sparse.nnx.bind: the call updates the model's state ({what}), as a "
-          "dropout's RNG count or a batch norm's statistics do in training mode. A bound "
-          'call reads the state and does not write it back (a dropout mask would repeat on '
-          "every call): call model.eval() first, or give the call's own flag in "
-          'call_kwargs; for a call that must update the model (a decoding cache), use '
-          'nnx.jit.')
+      raise ValueError(updates.format(what=changed or 'new variables'))
     return out
   return bound.BoundCall(call, state)
 
@@ -396,7 +420,7 @@ def export_module(model, *, inputs: Any = None,
   if not boundary.is_nnx_module(model):
     raise TypeError(f'`model` must be an nnx.Module; got {type(model).__name__}.')
   def calls(candidate):
-    return (bind(_swapped(model, chosen), **(call_kwargs or {}))
+    return (_bound(_swapped(model, chosen), call_kwargs or {}, _EXPORT_UPDATES)
             for chosen in (_export.Exported({}, ()), candidate))
 
   def compare(candidate):

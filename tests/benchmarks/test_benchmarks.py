@@ -2,6 +2,7 @@
 
 
 import os
+import subprocess
 import sys
 
 import jax
@@ -92,6 +93,8 @@ def test_sparse_inference_benchmark_on_the_small_cnn(monkeypatch):
   assert [(r['model'], r['scope'], r['batch']) for r in rows] == (
       [('mnist1d CNN', 'layerwise', b) for b in (1, 16, 256)])
   assert all(r['layers'] == 4 and 0 <= r['sparse_layers'] <= 4 for r in rows)
+  assert all(r['dense closed over'] > 0 for r in rows)  # the dense model with its weights
+  # compiled in, timed beside the one given them
   # A call with a layer sparse runs a custom call, which the dense program has not.
   assert all(not r['same_program'] for r in rows if r['sparse_layers'])
   assert 'mnist1d CNN | 95% every layer | 256 |' in sparse_inference.markdown([], rows)
@@ -194,6 +197,40 @@ def test_sparse_inference_verdicts_are_against_the_best_peer_of_the_same_run():
   assert 'slowest: mnist1d CNN 95% batch 256, 0.90x | missed |' in text
 
 
+def test_a_target_on_dense_is_judged_against_the_faster_dense_call():
+  from benchmarks import sparse_inference, sparse_nnx
+  layer, whole, conv, relu = _sparse_rows()
+  # The 4096 MLP: 0.4 ms sparse; dense 2.0 ms given its weights, 1.6 ms closed over.
+  whole[0]['dense closed over'] = 1.6
+  whole[1]['dense closed over'] = 2.5  # slower than given its weights: 2.0 / 1.0 stands
+  whole[2]['dense closed over'] = 2.0  # ResNet-20: as fast as given its weights
+  text = '\n'.join(sparse_inference.verdicts(layer, whole, conv, relu))
+  assert ('| MLP 784-4096-4096-10, 95% globally, batch 1, called as README shows: >= 5x dense | '
+          '4.00x (against dense closed over, the faster) | missed |') in text
+  assert ('| ResNet-20, 95%, batch 1: >= 1.5x dense | 0.91x (against dense given its weights, '
+          'the faster) | missed |') in text
+  assert ('slowest: ResNet-20 95% batch 1, 0.91x (against dense given its weights, the '
+          'faster) | missed |') in text
+  whole[2]['pcs'] = 1.0  # ResNet-20 at 2.0x; the MLP at batch 256 is now the slowest
+  whole[1]['dense closed over'] = 0.9
+  text = '\n'.join(sparse_inference.verdicts(layer, whole, conv, relu))
+  assert ('slowest: MLP 784-4096-4096-10 95% batch 256, 0.90x (against dense closed over, '
+          'the faster) | missed |') in text
+  table = sparse_inference.markdown(layer, whole)
+  assert '| MLP 784-4096-4096-10 | 95% | 1 | 2.000 | 5.00x | 4.00x | - | - | 2/3 |' in table
+  # NNX: bind against the faster of dense bound and closed over; nnx.jit against nnx.jit.
+  rows = [{'model': 'NNX 2-D CNN (held out)', 'sparsity': 0.95, 'batch': 1, 'dense': 1.0,
+           'dense closed over': 0.8, 'pcs': 0.9, 'dense nnx.jit': 2.0, 'pcs nnx.jit': 1.9,
+           'sparse_layers': 4, 'layers': 4}]
+  text = '\n'.join(sparse_nnx.verdicts(rows, []))
+  assert ('| NNX 2-D CNN (held out), batch 1, under bind: >= 0.95x dense | 0.89x (against dense '
+          'closed over, the faster) | missed |') in text
+  assert '| NNX 2-D CNN (held out), batch 1, under nnx.jit: >= 0.95x dense | 1.05x | met |' in (
+      text)
+  assert '| NNX 2-D CNN (held out) | 95% | 1 | 1.000 | 1.11x | 0.89x | 2.000 |' in (
+      sparse_nnx.markdown(rows, []))
+
+
 @pytest.mark.parametrize('pool_ms, caller_ms, batch, alone, kept', [
     # At batch 1 the calling thread if it takes under 3/4 of the pool's time in a loop of
     # its own ...
@@ -277,6 +314,17 @@ def test_the_cpu_is_named_with_its_family_model_and_vector_isa(tmp_path):
   bare = tmp_path / 'bare'
   bare.write_text('model name\t: Some CPU\n')
   assert machine.cpu_model(str(bare)) == 'Some CPU'
+
+
+@pytest.mark.skipif(not hasattr(os, 'sched_setaffinity'), reason='no CPU affinity here')
+def test_the_machine_counts_the_cores_the_process_may_run_on():
+  """A run under ``taskset -c 0`` is a 1-core machine to its record, not the host's count."""
+  script = ('import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); '
+            'from benchmarks import machine; print(machine.cores()); print(machine.describe())')
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                       check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__))))).stdout.splitlines()
+  assert out[0] == '1' and ', 1 core; ' in out[1]
 
 
 def test_runs_of_an_earlier_timing_protocol_are_shown_but_not_judged(tmp_path, monkeypatch):
@@ -401,6 +449,6 @@ def test_nnx_model_and_decoding_verdicts():
   assert 'forward at batch 8: >= 1.5x dense | 1.20x | missed |' in text
   assert 'every projection sparse: >= 3x dense | 3.33x | met |' in text
   table = sparse_nnx.markdown(rows, decode)
-  assert '| NNX 2-D CNN (held out) | 95% | 1 | 1.000 | 2.00x | 2.000 | 0.91x | 4.40x | 4/4 |' in (
-      table)
+  assert ('| NNX 2-D CNN (held out) | 95% | 1 | 1.000 | 2.00x | - | 2.000 | 0.91x | 4.40x | 4/4 |'
+          in table)
   assert '| decoder | 30.000 | 3.33x | 2.50x | csr 50, measured 49 |' in table

@@ -121,7 +121,7 @@ def test_the_choice_keeps_sparse_only_what_is_faster_alone_and_in_the_whole_mode
   choices = {c.path[0]: c for c in exported.choices}
   assert choices['Dense_1'].format == 'dense' and set(exported) == {('Dense_0',), ('Dense_2',)}
   summary = exported.summary()
-  assert 'Dense_1                      64x8' in summary and ' dense ' in summary
+  assert 'Dense_1  64x8' in summary and ' dense ' in summary
   assert 'quartiles' in choices['Dense_0'].reason  # the spread is reported
   # A layer at 1.04x is not kept at the default 5% margin, and is at margin 0.
   monkeypatch.setattr(pcs.sparse._export, '_measure',  # pylint: disable=protected-access

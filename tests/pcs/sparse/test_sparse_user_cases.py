@@ -345,3 +345,97 @@ def test_an_nnx_folded_norm_refuses_training_mode_as_the_linen_one_does():
   sparse.eval()
   model.eval()
   np.testing.assert_allclose(sparse(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+class NnxDecoder(nnx.Module):
+  """Embed, causal self-attention with a decoding cache (its projections LinearGeneral)
+  and a head: each cached step updates the model's state."""
+
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(16, 8, rngs=rngs)
+    self.attention = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8,
+                                            decode=False, rngs=rngs)
+    self.head = nnx.Linear(8, 16, rngs=rngs)
+
+  def __call__(self, tokens, decode=False):
+    x = self.embed(tokens)
+    return self.head(self.attention(x, decode=decode, is_causal=not decode))
+
+
+def test_an_nnx_export_of_a_cached_step_says_how_to_export_it(monkeypatch):
+  model = NnxDecoder(nnx.Rngs(0))
+  params, _ = pcs.prune(nnx.state(model, nnx.Param), 0.75, scope='layerwise',
+                        where=pcs.kernels)
+  nnx.update(model, params)
+  model.attention.init_cache((1, 4, 8))
+  token = jnp.zeros((1, 1), jnp.int32)
+  with monkeypatch.context() as patched:  # stood-in timings: every layer faster sparse
+    patched.setattr(pcs.sparse._export, '_measure',  # pylint: disable=protected-access
+                    lambda kernel, layer, *args: (layer, pcs.sparse.Comparison(
+                        2.0, 1.0, 2.0, 1.8, 2.2, 11)))
+    with pytest.raises(ValueError, match=r"pcs.export: the model's call .* updates its state "
+                       r"\(\['attention/cache_index.*export the call without it"):
+      pcs.export(model, inputs=token, call_kwargs={'decode': True})
+  # As the message says: export the call without the cache; the sparse copy then decodes.
+  exported = pcs.export(model, inputs=token, format='csr')
+  assert ('attention', 'query') in exported
+  sparse = pcs.sparse.nnx.sparsify(model, exported)
+  steps = {}
+  for name, decoder in (('dense', nnx.clone(model)), ('sparse', sparse)):
+    tokens, logits = token, []
+    for _ in range(4):
+      logits.append(decoder(tokens, decode=True))
+      tokens = jnp.argmax(logits[-1][:, -1], axis=-1).reshape(1, 1)
+    steps[name] = jnp.concatenate(logits, axis=1)
+  # The cached steps against the model's own forward over the whole sequence.
+  sequence = jnp.concatenate([token, jnp.argmax(steps['dense'][:, :-1], axis=-1)], axis=1)
+  np.testing.assert_allclose(steps['dense'], model(sequence), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(steps['sparse'], model(sequence), rtol=1e-5, atol=1e-5)
+
+
+class NnxStack(nnx.Module):
+
+  def __init__(self, rngs):
+    self.blocks = nnx.List([nnx.Linear(8, 8, rngs=rngs) for _ in range(2)])
+    self.mix = nnx.LinearGeneral((2, 4), (8,), axis=(-2, -1), rngs=rngs)
+    self.conv = nnx.Conv(8, 4, (3,), rngs=rngs)
+
+  def __call__(self, x):
+    for block in self.blocks:
+      x = block(x)
+    x = self.mix(x.reshape(x.shape[:-1] + (2, 4)))
+    return self.conv(x[:, None, :])
+
+
+def test_an_nnx_sparse_layer_given_an_input_of_another_shape_names_its_path():
+  model = NnxStack(nnx.Rngs(0))
+  sparse = pcs.sparse.nnx.sparsify(model, format='csr')
+  x = jnp.ones((2, 8))
+  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r'^blocks/0: the input must end in 8 features; got '
+                     r'shape \(2, 5\)'):
+    sparse(jnp.ones((2, 5)))
+  with pytest.raises(ValueError, match=r'^conv: the input must end in 8 features'):
+    sparse.conv(jnp.ones((2, 1, 5)))
+  # 8 values in axes (4, 2), not the (2, 4) the kernel contracts: the dense layer refuses
+  # them, and the sparse one did not (it flattened them to 8).
+  with pytest.raises(TypeError, match="contracting dimensions"):
+    model.mix(jnp.ones((2, 4, 2)))
+  with pytest.raises(ValueError, match=r'^mix: the input must end in axes \(2, 4\); got '
+                     r'shape \(2, 4, 2\)'):
+    sparse.mix(jnp.ones((2, 4, 2)))
+
+
+def test_the_summary_keeps_its_columns_for_long_layer_paths():
+  long_path = ('encoder', 'layers_11', 'attention', 'output_projection')
+  exported = pcs.export({'params': {'a': {'kernel': np.eye(4, dtype=np.float32)},
+                                    **{long_path[0]: {long_path[1]: {long_path[2]: {
+                                        long_path[3]: {'kernel': np.zeros((4, 3), np.float32)
+                                                       }}}}}}}, format='csr')
+  lines = exported.summary().splitlines()
+  assert [line.split()[0] for line in lines] == ['layer', 'a', '/'.join(long_path)]
+  # Each column starts where its header does: 'kernel', then the sparsities' right edges.
+  kernel_at = lines[0].index('kernel')
+  assert [line[kernel_at:].split()[0] for line in lines[1:]] == ['4x4', '4x3']
+  sparsity_end = lines[0].index('sparsity') + len('sparsity')
+  assert [line[:sparsity_end].split()[-1] for line in lines[1:]] == ['75.0%', '100.0%']
