@@ -37,10 +37,12 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
       ``model``, a dict whose ``'params'`` entry is a dict is read as variables: the
       layers are named by their paths in it).
     model: the linen module of ``target`` (None for NNX: the module is the target).
-    inputs: an example input of the batch size served (only its shape is used): each
-      layer is measured at its real input (required for Conv layers under
-      ``format='auto'``), and batch norms are found.
-    call_kwargs: keyword arguments of the model's call (e.g. ``{'train': False}``).
+    inputs: an example of the model's first argument, at the batch size served (an array
+      or a pytree of arrays): the model is called on it, so each layer is measured at its
+      real input (required for Conv layers under ``format='auto'``), batch norms are
+      found, and the export is checked against the dense model.
+    call_kwargs: the model call's other arguments, by name (e.g. ``{'train': False}``,
+      or ``{'positions': p}`` for a second input).
     format: ``'auto'`` (measured, as above), or ``'csr'`` / ``'n_m'``: every selected
       layer in that layout, without measuring.
     n_m: ``(N, M)``, the pattern the kernels were pruned to
