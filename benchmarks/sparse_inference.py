@@ -561,8 +561,8 @@ def _every_model(whole, line) -> str:
            f"{min(same):.2f}-{max(same):.2f}x" if same else '')
   if not judged:
     return line(target, f'no model kept a layer sparse{aside}', True)
-  worst = min(judged, key=lambda r: interleaved.over_dense(r, 'pcs')[0])
-  speed, note = interleaved.over_dense(worst, 'pcs')
+  speed, note, worst = min(((*interleaved.over_dense(r, 'pcs'), r) for r in judged),
+                          key=lambda found: found[0])
   return line(target, f"slowest: {worst['model']} {worst['sparsity']:.0%} batch "
               f"{worst['batch']}, {speed:.2f}x{note}{aside}", speed >= 0.95)
 

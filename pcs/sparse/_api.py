@@ -73,8 +73,9 @@ def export(target: Any, *, model: Any = None, inputs: Any = None,
       without the ``n_m`` pattern, ``model`` without ``inputs`` (or the reverse), a
       ``model`` given with an ``nnx.Module``, ``inputs`` with an ``nnx.State`` (the
       module goes there), a ``fuse_relu`` path that is no layer, a
-      ``fuse_relu`` list without the model and ``inputs``, or a ``fuse_relu`` string
-      other than ``'auto'``.
+      ``fuse_relu`` list without the model and ``inputs``, a ``fuse_relu`` string
+      other than ``'auto'``, or an NNX model whose call on ``inputs`` updates its state
+      (training mode, a decoding cache: the message says how to export it).
     TypeError: for ``inputs`` that are not arrays (a shape, a ``jax.ShapeDtypeStruct``),
       or a linen module or NNX ``GraphDef`` given as ``target``.
 

@@ -291,6 +291,7 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
                      "{'params': params, ...} (as model.apply takes them); got "
                      f'{type(variables).__name__} without a "params" entry.')
   params, folded_norms = variables['params'], exported.folded_norms
+  held = {c.path: c.kernel_shape for c in exported.choices}  # each kernel as the model holds it
   used: set = set()
   folded_outputs: list = []
 
@@ -308,6 +309,11 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
       return next_fun(*call_args, **call_kwargs)
     layer, x, name = exported[path], call_args[0], paths.layer_name(path)
     expected, general = _expected_shape(nn, module, x, name)
+    if general is not None and path in held:  # the axes, not only their product
+      axes = tuple(held[path][:len(general[0])])
+      if general[0] != axes:
+        raise ValueError(f'pcs: {name}: the input must end in axes {axes}; got shape '
+                         f'{tuple(x.shape)}.')
     if tuple(layer.kernel_shape) != expected:
       raise ValueError(f'pcs: the exported kernel of {name} has shape '
                        f'{layer.kernel_shape} but the model\'s layer takes {expected} on its '
@@ -322,15 +328,15 @@ def sparse_apply(model: Any, variables: Any, exported: _export.Exported, *args, 
     # (The kernels compute in float32 and return x's dtype.)
     x = x.astype(module.dtype or jax.numpy.promote_types(x.dtype, jax.numpy.float32))
     if isinstance(module, nn.Dense):
-      y = layers.dense(x, layer, bias, epilogue.activation)
+      y = layers.dense(x, layer, bias, epilogue.activation, name=name)
     elif isinstance(module, nn.Conv):
-      y = layers.conv(x, layer, bias, activation=epilogue.activation,
+      y = layers.conv(x, layer, bias, activation=epilogue.activation, name=name,
                       **layers.conv_options(module, name))
     else:
       lead = x.shape[:x.ndim - len(general[0])]
       y = layers.dense(x.reshape(lead + (expected[0],)), layer,
                        None if bias is None else bias.reshape(-1),
-                       epilogue.activation).reshape(lead + general[1])
+                       epilogue.activation, name=name).reshape(lead + general[1])
     y = relu_lib.marked(y, path, epilogue.activation == 'relu')
     if epilogue.norm is not None:
       folded_outputs.append(y)

@@ -378,7 +378,7 @@ def bind(model, **call_kwargs) -> bound.BoundCall:
 
 
 _BIND_UPDATES = (
-    "pcs.sparse.nnx.bind: the call updates the model's state ({what}), as a dropout's RNG "
+    "pcs: the bound call updates the model's state ({what}), as a dropout's RNG "
     "count or a batch norm's statistics do in training mode. A bound call reads the state "
     'and does not write it back (a dropout mask would repeat on every call): call '
     "model.eval() first, or give the call's own flag in call_kwargs; for a call that must "

@@ -2,6 +2,7 @@
 wrong model before. The exported model is checked against the model computed densely
 (its own forward pass), and each refusal against the argument it must name."""
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 from flax import nnx
 
 import pcs
+from pcs.sparse import nnx as sparse_nnx
 
 
 class Mlp(nn.Module):
@@ -333,7 +335,7 @@ def test_an_nnx_state_with_inputs_a_class_to_load_and_bfloat16_kernels_are_named
 def test_an_nnx_folded_norm_refuses_training_mode_as_the_linen_one_does():
   model, x = _nnx_model(0), jax.random.normal(jax.random.key(1), (4, 8))
   exported = pcs.export(model, inputs=x, format='csr')  # in eval mode: the norm folds
-  sparse = pcs.sparse.nnx.sparsify(model, exported)
+  sparse = sparse_nnx.sparsify(model, exported)
   np.testing.assert_allclose(sparse(x), model(x), rtol=1e-4, atol=1e-4)
   folded = r'the batch norm norm is folded into fc; it runs in inference mode only'
   sparse.train()  # the dense model would normalize with the batch's statistics
@@ -379,7 +381,7 @@ def test_an_nnx_export_of_a_cached_step_says_how_to_export_it(monkeypatch):
   # As the message says: export the call without the cache; the sparse copy then decodes.
   exported = pcs.export(model, inputs=token, format='csr')
   assert ('attention', 'query') in exported
-  sparse = pcs.sparse.nnx.sparsify(model, exported)
+  sparse = sparse_nnx.sparsify(model, exported)
   steps = {}
   for name, decoder in (('dense', nnx.clone(model)), ('sparse', sparse)):
     tokens, logits = token, []
@@ -398,25 +400,25 @@ class NnxStack(nnx.Module):
   def __init__(self, rngs):
     self.blocks = nnx.List([nnx.Linear(8, 8, rngs=rngs) for _ in range(2)])
     self.mix = nnx.LinearGeneral((2, 4), (8,), axis=(-2, -1), rngs=rngs)
-    self.conv = nnx.Conv(8, 4, (3,), rngs=rngs)
+    self.head = nnx.Conv(8, 4, (3,), rngs=rngs)
 
   def __call__(self, x):
     for block in self.blocks:
       x = block(x)
     x = self.mix(x.reshape(x.shape[:-1] + (2, 4)))
-    return self.conv(x[:, None, :])
+    return self.head(x[:, None, :])
 
 
 def test_an_nnx_sparse_layer_given_an_input_of_another_shape_names_its_path():
   model = NnxStack(nnx.Rngs(0))
-  sparse = pcs.sparse.nnx.sparsify(model, format='csr')
+  sparse = sparse_nnx.sparsify(model, format='csr')
   x = jnp.ones((2, 8))
   np.testing.assert_allclose(sparse(x), model(x), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match=r'^blocks/0: the input must end in 8 features; got '
                      r'shape \(2, 5\)'):
     sparse(jnp.ones((2, 5)))
-  with pytest.raises(ValueError, match=r'^conv: the input must end in 8 features'):
-    sparse.conv(jnp.ones((2, 1, 5)))
+  with pytest.raises(ValueError, match=r'^head: the input must end in 8 features'):
+    sparse.head(jnp.ones((2, 1, 5)))
   # 8 values in axes (4, 2), not the (2, 4) the kernel contracts: the dense layer refuses
   # them, and the sparse one did not (it flattened them to 8).
   with pytest.raises(TypeError, match="contracting dimensions"):
@@ -439,3 +441,26 @@ def test_the_summary_keeps_its_columns_for_long_layer_paths():
   assert [line[kernel_at:].split()[0] for line in lines[1:]] == ['4x4', '4x3']
   sparsity_end = lines[0].index('sparsity') + len('sparsity')
   assert [line[:sparsity_end].split()[-1] for line in lines[1:]] == ['75.0%', '100.0%']
+
+
+class LinenMix(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.DenseGeneral(8, axis=(-2, -1), name='mix')(x)
+
+
+def test_a_linen_dense_general_given_axes_of_another_shape_is_refused_as_dense_refuses_them():
+  model, x = LinenMix(), jax.random.normal(jax.random.key(1), (3, 2, 4))
+  variables = _pruned(model, x)
+  exported = pcs.export(variables, model=model, inputs=x, format='csr')
+  assert set(exported) == {('mix',)}
+  np.testing.assert_allclose(exported.bind(model, variables)(x), model.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  swapped = jnp.ones((3, 4, 2))  # 8 values a row, in axes (4, 2): not the (2, 4) contracted
+  with pytest.raises(flax.errors.ScopeParamShapeError, match=r'expected to generate shape '
+                     r'\(4, 2, 8\).*has shape \(2, 4, 8\)'):
+    model.apply(variables, swapped)
+  with pytest.raises(ValueError, match=r'^pcs: mix: the input must end in axes \(2, 4\); got '
+                     r'shape \(3, 4, 2\)'):
+    exported.bind(model, variables)(swapped)
