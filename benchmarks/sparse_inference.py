@@ -44,6 +44,7 @@ import hashlib
 import json
 import operator
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -596,11 +597,12 @@ def code_version() -> str:
   return digest.hexdigest()[:12]
 
 
-def record(rows, path: str) -> dict:
-  """Appends this run (its machine, timing protocol, :func:`code_version` and rows) to the
-  JSON-lines file ``path``."""
+def record(rows, path: str, code: Optional[str] = None) -> dict:
+  """Appends this run (its machine, timing protocol, ``code``: the :func:`code_version`
+  of the code it ran, read when it started, default now; and its rows) to the JSON-lines
+  file ``path``."""
   entry = {'machine': machine.describe(), 'cpu': machine.cpu_model(),
-           'timing': interleaved.PROTOCOL, 'code': code_version(),
+           'timing': interleaved.PROTOCOL, 'code': code or code_version(),
            'rows': dict(zip(('layer', 'whole', 'conv', 'relu', 'nnx', 'decode'), rows))}
   with open(path, 'a') as f:
     f.write(json.dumps(entry) + '\n')
@@ -674,8 +676,9 @@ def runs_markdown(path: str) -> str:
 
 def main(argv):
   del argv
+  code = code_version()  # the code imported: a file edited during the run is not it
   rows = run(FLAGS.inference_repeats, FLAGS.quick)
-  record(rows, FLAGS.sparse_record)
+  record(rows, FLAGS.sparse_record, code)
   print(markdown(*rows))
   print('\n| target | this run | verdict |\n|---|---|---|')
   print('\n'.join(verdicts(*rows)))
